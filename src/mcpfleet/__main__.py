@@ -1,0 +1,3 @@
+from mcpfleet.cli import main
+
+main()

@@ -1,0 +1,374 @@
+"""The `mcpfleet` command line. Each command resolves its target, opens an SDK session, prints, exits.
+
+Exit codes: 0 ok; 1 the tool (or the server) returned an error for the request; 2 usage or configuration
+error; 3 server unreachable or failed to start.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import anyio
+import typer
+from mcp.shared.exceptions import MCPError
+
+from mcpfleet import __version__
+from mcpfleet.cli import output
+from mcpfleet.cli.target import Target, gateway_servers, resolve
+from mcpfleet.client.connect import Connection, connect
+from mcpfleet.errors import McpfleetError, RegistryError, UsageError
+from mcpfleet.registry import HttpServer, load_registry, normalized
+from mcpfleet.registry.model import DockerServer, KubernetesServer, StdioServer
+
+app = typer.Typer(
+    name="mcpfleet",
+    help="Run many MCP servers behind one gateway, and talk to them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+registry_app = typer.Typer(help="Check and print registry files.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+T = TypeVar("T")
+
+RegistryOpt = Annotated[
+    Path | None,
+    typer.Option("--registry", "-r", help="Registry file (default: ./mcpfleet.yaml, then $MCPFLEET_REGISTRY)."),
+]
+DemoOpt = Annotated[bool, typer.Option("--demo", help="Use the built-in demo registry.")]
+GatewayOpt = Annotated[
+    str | None, typer.Option("--gateway", "-g", help="Talk to servers through the mcpfleet gateway at this URL.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
+ServerArg = Annotated[str, typer.Argument(help="Server id, as named in the registry.")]
+
+
+class ToolFailedError(McpfleetError):
+    """The tool returned an error result, or the server answered the request with an error (exit 1)."""
+
+    exit_code = 1
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return anyio.run(work)
+    except McpfleetError as exc:
+        output.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+
+
+async def _session(target: Target, server_id: str, body: Callable[[Connection], Awaitable[T]]) -> T:
+    server = target.server(server_id)
+    async with connect(server) as connection:
+        try:
+            return await body(connection)
+        except MCPError as exc:
+            raise ToolFailedError(f"server {server_id!r} answered with an error: {exc.error.message}") from None
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        output.stdout.print(f"mcpfleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Run many MCP servers behind one gateway, and talk to them."""
+
+
+# --- servers ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def servers(
+    registry: RegistryOpt = None, demo: DemoOpt = False, gateway: GatewayOpt = None, json_: JsonOpt = False
+) -> None:
+    """List the servers in the registry (or behind a gateway)."""
+
+    async def work() -> list[dict[str, Any]]:
+        target = resolve(registry, demo, gateway)
+        if target.gateway is not None:
+            listed: list[dict[str, Any]] = await anyio.to_thread.run_sync(gateway_servers, target.gateway)
+            return listed
+        assert target.registry is not None
+        return [_describe(sid, server) for sid, server in target.registry.servers.items()]
+
+    rows = _run(work)
+    if json_:
+        output.print_json(rows)
+        return
+    output.table(
+        "Servers",
+        ["id", "type", "reached at", "description"],
+        [[r["id"], r["type"], r.get("target", ""), r.get("description", "")] for r in rows],
+    )
+
+
+def _describe(server_id: str, server: Any) -> dict[str, Any]:
+    target = ""
+    if isinstance(server, HttpServer):
+        target = ", ".join(
+            server.mcp_url(e) if server.transport != "sse" else server.sse_url(e) for e in server.endpoints
+        )
+        if server.command:
+            target += f" (else stdio: {' '.join(server.command)})"
+    elif isinstance(server, StdioServer):
+        target = " ".join(server.command)
+    elif isinstance(server, DockerServer | KubernetesServer):
+        target = server.image or getattr(server, "chart", "") or ""
+    return {"id": server_id, "type": server.type, "target": target, "description": server.description}
+
+
+# --- tools, call --------------------------------------------------------------------------------------
+
+
+@app.command()
+def tools(
+    server: ServerArg,
+    registry: RegistryOpt = None,
+    demo: DemoOpt = False,
+    gateway: GatewayOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List a server's tools."""
+
+    async def work() -> Any:
+        target = resolve(registry, demo, gateway)
+        return await _session(target, server, lambda c: c.client.list_tools())
+
+    result = _run(work)
+    if json_:
+        output.print_json(result.tools)
+        return
+    output.table(
+        f"Tools of {server}",
+        ["name", "parameters (* required)", "description"],
+        [[t.name, output.schema_params(t.input_schema), output.first_line(t.description)] for t in result.tools],
+    )
+
+
+@app.command()
+def call(
+    server: ServerArg,
+    tool: Annotated[str, typer.Argument(help="Tool name.")],
+    arg: Annotated[list[str] | None, typer.Option("--arg", "-a", help="Argument as key=value (repeatable).")] = None,
+    args_json: Annotated[str | None, typer.Option("--args-json", help="All arguments as a JSON object.")] = None,
+    registry: RegistryOpt = None,
+    demo: DemoOpt = False,
+    gateway: GatewayOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Call a tool. Exits 1 when the tool returns an error result."""
+    base = _parse_args_json(args_json)
+
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
+        shown = f"{progress:g}/{total:g}" if total else f"{progress:g}"
+        output.stderr.print(f"[dim]progress {shown}{f' {message}' if message else ''}[/dim]")
+
+    async def body(connection: Connection) -> Any:
+        arguments = dict(base)
+        if arg:
+            listing = await connection.client.list_tools()
+            schema = next((t.input_schema for t in listing.tools if t.name == tool), None)
+            arguments |= _parse_pairs(arg, schema)
+        return await connection.client.call_tool(tool, arguments, progress_callback=progress)
+
+    async def work() -> Any:
+        return await _session(resolve(registry, demo, gateway), server, body)
+
+    result = _run(work)
+    if json_:
+        output.print_json(result)
+    elif result.content:
+        output.stdout.print(output.content_text(result.content), markup=False, highlight=False)
+    elif result.structured_content is not None:
+        output.print_json(result.structured_content)
+    if result.is_error:
+        if not json_:
+            output.error(f"tool {tool!r} of server {server!r} returned an error")
+        raise typer.Exit(1)
+
+
+def _parse_args_json(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _usage(f"--args-json is not valid JSON: {exc.msg} at column {exc.colno}")
+    if not isinstance(value, dict):
+        _usage('--args-json must be a JSON object, e.g. \'{"text": "hi"}\'')
+    return value
+
+
+def _parse_pairs(pairs: list[str], schema: dict[str, Any] | None) -> dict[str, Any]:
+    """key=value pairs; a value is JSON unless the tool's schema says the parameter is a string."""
+    properties = (schema or {}).get("properties") or {}
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            _usage(f"--arg {pair!r}: write key=value")
+        declared = properties.get(key, {}).get("type") if isinstance(properties.get(key), dict) else None
+        if declared == "string":
+            parsed[key] = raw
+            continue
+        try:
+            parsed[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed[key] = raw
+    return parsed
+
+
+def _usage(message: str) -> NoReturn:
+    output.error(message)
+    raise typer.Exit(UsageError.exit_code)
+
+
+# --- resources, read, prompts -------------------------------------------------------------------------
+
+
+@app.command()
+def resources(
+    server: ServerArg,
+    registry: RegistryOpt = None,
+    demo: DemoOpt = False,
+    gateway: GatewayOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List a server's resources and resource templates."""
+
+    async def body(connection: Connection) -> tuple[Any, Any]:
+        listed = await connection.client.list_resources()
+        caps = connection.client.server_capabilities
+        templates = await connection.client.list_resource_templates() if caps.resources else None
+        return listed, templates
+
+    async def work() -> tuple[Any, Any]:
+        return await _session(resolve(registry, demo, gateway), server, body)
+
+    listed, templates = _run(work)
+    template_list = templates.resource_templates if templates is not None else []
+    if json_:
+        output.print_json(
+            {
+                "resources": json.loads(output.as_json(listed.resources)),
+                "templates": json.loads(output.as_json(template_list)),
+            }
+        )
+        return
+    rows = [[r.uri, r.name, r.mime_type or "", output.first_line(r.description)] for r in listed.resources]
+    rows += [[t.uri_template, t.name, t.mime_type or "", output.first_line(t.description)] for t in template_list]
+    output.table(f"Resources of {server}", ["uri", "name", "type", "description"], rows)
+
+
+@app.command()
+def read(
+    server: ServerArg,
+    uri: Annotated[str, typer.Argument(help="Resource URI.")],
+    registry: RegistryOpt = None,
+    demo: DemoOpt = False,
+    gateway: GatewayOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Read a resource."""
+
+    async def work() -> Any:
+        return await _session(resolve(registry, demo, gateway), server, lambda c: c.client.read_resource(uri))
+
+    result = _run(work)
+    if json_:
+        output.print_json(result)
+        return
+    for content in result.contents:
+        text = getattr(content, "text", None)
+        shown = text if text is not None else f"[binary {content.mime_type or ''}, {len(content.blob) * 3 // 4} bytes]"
+        output.stdout.print(shown, markup=False, highlight=False)
+
+
+@app.command()
+def prompts(
+    server: ServerArg,
+    registry: RegistryOpt = None,
+    demo: DemoOpt = False,
+    gateway: GatewayOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List a server's prompts."""
+
+    async def work() -> Any:
+        return await _session(resolve(registry, demo, gateway), server, lambda c: c.client.list_prompts())
+
+    result = _run(work)
+    if json_:
+        output.print_json(result.prompts)
+        return
+    output.table(
+        f"Prompts of {server}",
+        ["name", "arguments (* required)", "description"],
+        [
+            [
+                p.name,
+                ", ".join(f"{a.name}{'*' if a.required else ''}" for a in p.arguments or []),
+                output.first_line(p.description),
+            ]
+            for p in result.prompts
+        ],
+    )
+
+
+# --- registry -----------------------------------------------------------------------------------------
+
+
+FileArg = Annotated[Path, typer.Argument(help="Registry file (JSON or YAML).")]
+
+
+@registry_app.command("validate")
+def registry_validate(file: FileArg, json_: JsonOpt = False) -> None:
+    """Check a registry file; report every problem with its place. Exits 2 when invalid."""
+    try:
+        loaded = load_registry(file)
+    except RegistryError as exc:
+        if json_:
+            output.print_json(
+                {
+                    "valid": False,
+                    "problems": [
+                        {"file": p.source, "location": p.location, "message": p.message} for p in exc.problems
+                    ],
+                }
+            )
+        else:
+            output.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    if json_:
+        output.print_json({"valid": True, "servers": sorted(loaded.servers)})
+    else:
+        count = len(loaded.servers)
+        output.stdout.print(f"{file}: valid, {count} server{'s' if count != 1 else ''}", highlight=False)
+
+
+@registry_app.command("show")
+def registry_show(file: FileArg, json_: JsonOpt = False) -> None:
+    """Print the normalized form of a registry file, with secrets masked."""
+    try:
+        loaded = load_registry(file)
+    except RegistryError as exc:
+        output.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    form = normalized(loaded)
+    if json_:
+        output.print_json(form)
+    else:
+        import yaml
+
+        output.stdout.print(yaml.safe_dump(form, sort_keys=False), markup=False, highlight=False, end="")

@@ -1,0 +1,79 @@
+"""How the CLI shows things: Rich tables for people, `--json` for machines. No I/O policy beyond printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def as_json(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    elif isinstance(value, list):
+        value = [
+            v.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(v, BaseModel) else v
+            for v in value
+        ]
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(as_json(value) + "\n")
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    grid = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(*row)
+    stdout.print(grid)
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def schema_params(schema: dict[str, Any] | None) -> str:
+    """`name*: type` for each input property; `*` marks required ones."""
+    if not schema:
+        return ""
+    required = set(schema.get("required", []))
+    parts = []
+    for name, spec in (schema.get("properties") or {}).items():
+        kind = spec.get("type", "any") if isinstance(spec, dict) else "any"
+        if isinstance(kind, list):
+            kind = "|".join(kind)
+        parts.append(f"{name}{'*' if name in required else ''}: {kind}")
+    return ", ".join(parts)
+
+
+def content_text(blocks: list[Any]) -> str:
+    """Readable text for a list of MCP content blocks."""
+    out = []
+    for block in blocks:
+        kind = getattr(block, "type", None)
+        if kind == "text":
+            out.append(block.text)
+        elif kind in ("image", "audio"):
+            out.append(f"[{kind} {block.mime_type}, {len(block.data) * 3 // 4} bytes]")
+        elif kind == "resource":
+            resource = block.resource
+            out.append(getattr(resource, "text", None) or f"[resource {resource.uri}]")
+        elif kind == "resource_link":
+            out.append(f"[resource link {block.uri}]")
+        else:
+            out.append(as_json(block))
+    return "\n".join(out)
+
+
+def error(message: str) -> None:
+    stderr.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)

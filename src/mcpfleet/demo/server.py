@@ -1,0 +1,84 @@
+"""The demo MCP server, written with the official SDK's `MCPServer`.
+
+Its tools cover what a gateway has to carry: plain text, structured output, progress notifications, an
+error result, a slow call, and `whoami`, which names the replica that answered so load balancing shows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel
+
+
+class Stats(BaseModel):
+    count: int
+    total: float
+    mean: float
+
+
+class Identity(BaseModel):
+    replica: str
+    pid: int
+    transport: str
+
+
+def build_server(*, replica: str = "stdio", transport: str = "stdio") -> MCPServer:
+    server = MCPServer("mcpfleet-demo", version="0.1.0", instructions="A demo server for trying mcpfleet.")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @server.tool()
+    def stats(numbers: list[float]) -> Stats:
+        """Count, total and mean of a list of numbers (structured output)."""
+        if not numbers:
+            raise ToolError("numbers is empty: give at least one number")
+        total = sum(numbers)
+        return Stats(count=len(numbers), total=total, mean=total / len(numbers))
+
+    @server.tool()
+    async def countdown(start: int, ctx: Context, interval: float = 0.05) -> str:
+        """Count down from `start` to zero, reporting progress at each step."""
+        for step in range(start):
+            await ctx.report_progress(step + 1, start, f"{start - step - 1} left")
+            await anyio.sleep(interval)
+        return f"counted down from {start}"
+
+    @server.tool()
+    def fail(message: str = "this tool always fails") -> str:
+        """Always return an error result with the given message."""
+        raise ToolError(message)
+
+    @server.tool()
+    async def sleep(seconds: float) -> str:
+        """Wait `seconds` before answering (a slow call)."""
+        await anyio.sleep(seconds)
+        return f"slept {seconds:g} s"
+
+    @server.tool()
+    def whoami() -> Identity:
+        """Which replica and process answered."""
+        return Identity(replica=replica, pid=os.getpid(), transport=transport)
+
+    @server.resource("demo://readme", mime_type="text/markdown")
+    def readme() -> str:
+        """What this server is."""
+        return "# mcpfleet demo\nA demo MCP server: try the tools echo, stats, countdown, fail, sleep, whoami.\n"
+
+    @server.resource("demo://greeting/{name}")
+    def greeting_resource(name: str) -> str:
+        """A greeting for `name` (a resource template)."""
+        return f"Hello, {name}!"
+
+    @server.prompt()
+    def review(code: str, language: str = "python") -> str:
+        """Ask for a review of a piece of code."""
+        return f"Please review this {language} code:\n\n{code}"
+
+    return server

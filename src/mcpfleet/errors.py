@@ -1,0 +1,81 @@
+"""The project's own errors.
+
+Library exceptions (pydantic, yaml, httpx2, OSError, the SDK's MCPError) are translated into these where
+they enter, so callers handle one hierarchy. Each class knows the CLI exit code it maps to; the gateway
+will map the same classes to HTTP statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class McpfleetError(Exception):
+    """Base class. `exit_code` is what the CLI exits with when this error reaches it."""
+
+    exit_code = 2
+
+
+class UsageError(McpfleetError):
+    """The command line or its arguments are wrong (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a registry file: which file, where in it, and what is wrong."""
+
+    source: str
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.location}" if self.location else self.source
+        return f"{where}: {self.message}"
+
+
+class RegistryError(McpfleetError):
+    """A registry file is unreadable or invalid. Carries every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in registry"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class UnknownServerError(McpfleetError):
+    """A server id that the registry does not name (exit 2)."""
+
+    def __init__(self, server_id: str, known: Sequence[str]) -> None:
+        self.server_id = server_id
+        hint = f"known servers: {', '.join(known)}" if known else "the registry names no servers"
+        super().__init__(f"unknown server {server_id!r} ({hint})")
+
+
+class ServerUnavailableError(McpfleetError):
+    """A server could not be reached or started (exit 3)."""
+
+    exit_code = 3
+
+
+class ServerStartError(ServerUnavailableError):
+    """A stdio server's command is missing, exited at once, or broke the protocol before the handshake ended."""
+
+    def __init__(self, server_id: str, argv: Sequence[str], reason: str, stderr_tail: str = "") -> None:
+        self.server_id = server_id
+        self.argv = tuple(argv)
+        self.reason = reason
+        self.stderr_tail = stderr_tail
+        text = f"server {server_id!r}: command {' '.join(self.argv)!r} {reason}"
+        if stderr_tail:
+            text += "\n  stderr (last lines):\n" + "\n".join(f"    {line}" for line in stderr_tail.splitlines())
+        super().__init__(text)
+
+
+class ServerUnreachableError(ServerUnavailableError):
+    """No HTTP endpoint of a server answered, and it has no command to fall back to."""
+
+
+class ProtocolError(ServerUnavailableError):
+    """The server answered, but not as an MCP server should (exit 3)."""

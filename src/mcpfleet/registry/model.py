@@ -1,0 +1,349 @@
+"""The registry's validated, immutable form.
+
+Every entry type is a frozen pydantic model with unknown fields forbidden. The models accept the field
+spellings of every registry form the loader recognises (`cmd` for `command`, `url` for `endpoint`,
+`command` + `args` as Claude Desktop writes them), so a located error always names the field the user
+actually wrote. Defaults are filled in here, so the normalized form is complete and explicit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+
+Seconds = Annotated[float, Field(gt=0)]
+Argv = tuple[str, ...]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Model):
+    """How long to wait, in seconds. Defaults suit slow tools; `idle_stream` stays above the SDK's 15 s ping.
+
+    connect: TCP connect to an HTTP endpoint. startup: a stdio process spawned until its MCP handshake ends.
+    first_byte: a request sent until its response starts. idle_stream: silence tolerated on an open stream.
+    shutdown: each wait of the stop sequence (after closing stdin, after SIGTERM).
+    """
+
+    connect: Seconds = 10.0
+    startup: Seconds = 30.0
+    first_byte: Seconds = 300.0
+    idle_stream: Seconds = 300.0
+    shutdown: Seconds = 2.0
+
+
+class Balancer(_Model):
+    strategy: Literal["round_robin", "least_connections", "p2c", "random"] = "round_robin"
+
+
+class Pool(_Model):
+    """stdio process pool. `session`: one process per client session; `shared`: many sessions per process."""
+
+    mode: Literal["session", "shared"] = "session"
+    min: Annotated[int, Field(ge=0)] = 0
+    max: Annotated[int, Field(ge=1)] = 16
+    idle_timeout: Seconds = 300.0
+    max_lifetime: Seconds | None = None
+    max_sessions_per_process: Annotated[int, Field(ge=1)] | None = None
+    acquire_timeout: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Pool:
+        if self.min > self.max:
+            raise ValueError(f"pool.min ({self.min}) is greater than pool.max ({self.max})")
+        return self
+
+
+class Health(_Model):
+    active: bool = False
+    interval: Seconds = 30.0
+    timeout: Seconds = 5.0
+    failures_to_eject: Annotated[int, Field(ge=1)] = 3
+    ejection_backoff: Seconds = 5.0
+    max_ejection_backoff: Seconds = 300.0
+
+
+class Resources(_Model):
+    """Per-replica CPU and memory, in Kubernetes quantity syntax (`500m`, `256Mi`)."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+    @model_validator(mode="after")
+    def _quantities(self) -> Resources:
+        for name in ("cpu", "memory"):
+            value = getattr(self, name)
+            if value is not None and not _QUANTITY.match(value):
+                raise ValueError(f"{name}: {value!r} is not a quantity such as 500m, 1, 256Mi or 1Gi")
+        return self
+
+
+def check_url(url: str) -> str:
+    """Accept an absolute http(s) URL with a host; the message names what is wrong."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"malformed URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"malformed URL {url!r}: the scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"malformed URL {url!r}: it has no host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"malformed URL {url!r}: a query or fragment is not allowed in an endpoint")
+    return url
+
+
+class Endpoint(_Model):
+    """One replica of an HTTP server: its base URL and its share of new sessions."""
+
+    url: str
+    weight: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"url": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _valid_url(self) -> Endpoint:
+        check_url(self.url)
+        return self
+
+
+def _merge_command(data: Any) -> Any:
+    """Fold the accepted spellings of a command into one argv list under `command`."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if "cmd" in data:
+        if "command" in data:
+            raise ValueError("give either 'cmd' or 'command', not both")
+        data["command"] = data.pop("cmd")
+    args = data.pop("args", None)
+    command = data.get("command")
+    if isinstance(command, str):
+        command = [command]
+    if args is not None:
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ValueError("'args' must be a list of strings")
+        if command is None:
+            raise ValueError("'args' is given without a 'command'")
+        command = [*command, *args] if isinstance(command, list) else command
+    if command is not None:
+        data["command"] = command
+    return data
+
+
+def _check_argv(argv: Argv | None) -> None:
+    if argv is not None and (not argv or not argv[0].strip()):
+        raise ValueError("'command' is empty: give the program to run and its arguments, e.g. [mcp-server-time]")
+
+
+class _Entry(_Model):
+    id: str
+    description: str = ""
+    disabled: bool = False
+    timeouts: Timeouts = Timeouts()
+    health: Health = Health()
+
+
+class _Spawnable(_Model):
+    """Fields of entries the gateway can run as a local stdio child."""
+
+    command: Argv | None = None
+    env: Mapping[str, str] = Field(default_factory=dict)
+    secret_env: Mapping[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    stateless: bool = False
+    pool: Pool = Pool()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_forms(cls, data: Any) -> Any:
+        return _merge_command(data)
+
+    @model_validator(mode="after")
+    def _argv(self) -> _Spawnable:
+        _check_argv(self.command)
+        return self
+
+
+class StdioServer(_Spawnable, _Entry):
+    type: Literal["stdio"] = "stdio"
+    command: Argv
+
+    @property
+    def argv(self) -> Argv:
+        return self.command
+
+
+class HttpServer(_Spawnable, _Entry):
+    """An MCP server reached over HTTP; with a `command` too, it is spawned over stdio when no endpoint answers."""
+
+    type: Literal["http"] = "http"
+    endpoints: tuple[Endpoint, ...]
+    path: str = "/mcp"
+    sse_path: str = "/sse"
+    transport: Literal["auto", "streamable-http", "sse"] = "auto"
+    headers: Mapping[str, str] = Field(default_factory=dict)
+    balancer: Balancer = Balancer()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_forms(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        singles = [key for key in ("endpoint", "url") if key in data]
+        if len(singles) + ("endpoints" in data) > 1:
+            raise ValueError("give one of 'endpoint', 'url' or 'endpoints'")
+        if singles:
+            data["endpoints"] = [data.pop(singles[0])]
+        endpoints = data.get("endpoints")
+        if isinstance(endpoints, list) and not endpoints:
+            raise ValueError("'endpoints' is empty: list at least one URL")
+        if "path" not in data and isinstance(endpoints, list):
+            data.update(_split_paths(endpoints))
+        return data
+
+    @model_validator(mode="after")
+    def _paths(self) -> HttpServer:
+        for name in ("path", "sse_path"):
+            if not getattr(self, name).startswith("/"):
+                raise ValueError(f"'{name}' must start with '/'")
+        return self
+
+    def mcp_url(self, endpoint: Endpoint) -> str:
+        return endpoint.url.rstrip("/") + self.path
+
+    def sse_url(self, endpoint: Endpoint) -> str:
+        return endpoint.url.rstrip("/") + self.sse_path
+
+
+def _split_paths(endpoints: list[Any]) -> dict[str, Any]:
+    """An endpoint written as a full MCP URL (`http://h:8080/mcp`) becomes base `http://h:8080` + `path`.
+
+    A path ending in `/sse` names a legacy HTTP+SSE server. Endpoints that disagree on their path must be
+    written as base URLs with an explicit `path`.
+    """
+    urls = [e if isinstance(e, str) else e.get("url") if isinstance(e, dict) else None for e in endpoints]
+    if not all(isinstance(u, str) for u in urls):
+        return {}
+    paths = {urlsplit(u).path.rstrip("/") for u in urls if isinstance(u, str)}
+    if paths == {""}:
+        return {}
+    if len(paths) > 1:
+        raise ValueError("the endpoints have different paths: write them as base URLs and set 'path'")
+    path = paths.pop()
+    bases = [_origin(u) for u in urls if isinstance(u, str)]
+    rebuilt = [b if isinstance(e, str) else {**e, "url": b} for b, e in zip(bases, endpoints, strict=True)]
+    if path.endswith("/sse"):
+        return {"endpoints": rebuilt, "sse_path": path, "transport": "sse"}
+    return {"endpoints": rebuilt, "path": path}
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class DockerServer(_Entry):
+    type: Literal["docker"] = "docker"
+    image: str
+    command: Argv | None = None
+    transport: Literal["http", "stdio"] = "http"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    path: str = "/mcp"
+    replicas: Annotated[int, Field(ge=0)] = 1
+    env: Mapping[str, str] = Field(default_factory=dict)
+    secret_env: Mapping[str, str] = Field(default_factory=dict)
+    resources: Resources = Resources()
+    balancer: Balancer = Balancer()
+    pool: Pool = Pool()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_forms(cls, data: Any) -> Any:
+        return _merge_command(data)
+
+    @model_validator(mode="after")
+    def _port_for_http(self) -> DockerServer:
+        _check_argv(self.command)
+        if self.transport == "http" and self.port is None:
+            raise ValueError("a docker server with transport 'http' needs the container 'port' it listens on")
+        return self
+
+
+class KubernetesServer(_Entry):
+    type: Literal["kubernetes"] = "kubernetes"
+    image: str | None = None
+    chart: str | None = None
+    command: Argv | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    path: str = "/mcp"
+    replicas: Annotated[int, Field(ge=0)] = 1
+    namespace: str = "default"
+    service_account: str | None = None
+    env: Mapping[str, str] = Field(default_factory=dict)
+    secret_env: Mapping[str, str] = Field(default_factory=dict)
+    resources: Resources = Resources()
+    balancer: Balancer = Balancer()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_forms(cls, data: Any) -> Any:
+        return _merge_command(data)
+
+    @model_validator(mode="after")
+    def _image_or_chart(self) -> KubernetesServer:
+        _check_argv(self.command)
+        if (self.image is None) == (self.chart is None):
+            raise ValueError("a kubernetes server needs exactly one of 'image' or 'chart'")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} is not a valid Kubernetes namespace name")
+        return self
+
+
+Server = StdioServer | HttpServer | DockerServer | KubernetesServer
+
+SERVER_TYPES: dict[str, type[_Entry]] = {
+    "stdio": StdioServer,
+    "http": HttpServer,
+    "docker": DockerServer,
+    "kubernetes": KubernetesServer,
+}
+
+
+class Gateway(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    session_idle_timeout: Seconds = 1800.0
+
+
+class Registry(_Model):
+    """One immutable snapshot of the registry: where it came from, the gateway settings, the servers by id."""
+
+    source: str
+    gateway: Gateway = Gateway()
+    servers: Mapping[str, Server] = Field(default_factory=dict)
+
+    def server(self, server_id: str) -> Server:
+        from mcpfleet.errors import UnknownServerError
+
+        try:
+            return self.servers[server_id]
+        except KeyError:
+            raise UnknownServerError(server_id, sorted(self.servers)) from None
