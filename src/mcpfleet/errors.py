@@ -79,3 +79,10 @@ class ServerUnreachableError(ServerUnavailableError):
 
 class ProtocolError(ServerUnavailableError):
     """The server answered, but not as an MCP server should (exit 3)."""
+
+
+def leaf_error(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups raised by task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

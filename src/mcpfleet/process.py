@@ -87,6 +87,7 @@ class StdioProcess:
         self._send_lock = anyio.Lock()
         self._eof = False
         self.timed_out = False
+        self._last_returncode: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -121,6 +122,7 @@ class StdioProcess:
         try:
             with anyio.CancelScope(shield=True):
                 await self._stop(process)
+                self._last_returncode = process.returncode
         finally:
             if self._task_group is not None:
                 task_group, self._task_group = self._task_group, None
@@ -154,11 +156,7 @@ class StdioProcess:
 
     @staticmethod
     def _group_alive(pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return bool(live_group_members(pgid))
 
     # --- I/O ------------------------------------------------------------------------------------------
 
@@ -168,7 +166,8 @@ class StdioProcess:
 
     @property
     def returncode(self) -> int | None:
-        return None if self._process is None else self._process.returncode
+        """The exit code once the child has exited (also after aclose), else None."""
+        return self._last_returncode if self._process is None else self._process.returncode
 
     async def wait_exited(self, within: float) -> bool:
         """Whether the child exits within `within` seconds (it may already have)."""
@@ -249,3 +248,25 @@ async def _exited(process: anyio.abc.Process, within: float) -> bool:
         while process.returncode is None:  # noqa: ASYNC110 - see above
             await anyio.sleep(_POLL)
     return process.returncode is not None
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` that are still running (zombies awaiting their reaper do not count)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members

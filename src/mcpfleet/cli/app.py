@@ -19,7 +19,7 @@ from mcpfleet import __version__
 from mcpfleet.cli import output
 from mcpfleet.cli.target import Target, gateway_servers, resolve
 from mcpfleet.client.connect import Connection, connect
-from mcpfleet.errors import McpfleetError, RegistryError, UsageError
+from mcpfleet.errors import McpfleetError, RegistryError, UsageError, leaf_error
 from mcpfleet.registry import HttpServer, load_registry, normalized
 from mcpfleet.registry.model import DockerServer, KubernetesServer, StdioServer
 
@@ -59,6 +59,14 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     except McpfleetError as exc:
         output.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except BaseExceptionGroup as group:
+        # Raised inside a task group (the SDK's or ours): report the project's error it carries, if any.
+        matched, _ = group.split(McpfleetError)
+        if matched is None:
+            raise
+        first = leaf_error(matched)
+        output.error(str(first))
+        raise typer.Exit(getattr(first, "exit_code", 1)) from None
 
 
 async def _session(target: Target, server_id: str, body: Callable[[Connection], Awaitable[T]]) -> T:
@@ -168,14 +176,13 @@ def call(
     json_: JsonOpt = False,
 ) -> None:
     """Call a tool. Exits 1 when the tool returns an error result."""
-    base = _parse_args_json(args_json)
 
     async def progress(progress: float, total: float | None, message: str | None) -> None:
         shown = f"{progress:g}/{total:g}" if total else f"{progress:g}"
         output.stderr.print(f"[dim]progress {shown}{f' {message}' if message else ''}[/dim]")
 
     async def body(connection: Connection) -> Any:
-        arguments = dict(base)
+        arguments = _parse_args_json(args_json)
         if arg:
             listing = await connection.client.list_tools()
             schema = next((t.input_schema for t in listing.tools if t.name == tool), None)
@@ -183,6 +190,7 @@ def call(
         return await connection.client.call_tool(tool, arguments, progress_callback=progress)
 
     async def work() -> Any:
+        _parse_args_json(args_json)  # fail on a typo before any server starts
         return await _session(resolve(registry, demo, gateway), server, body)
 
     result = _run(work)
@@ -199,6 +207,7 @@ def call(
 
 
 def _parse_args_json(text: str | None) -> dict[str, Any]:
+    """Parsed before any server is contacted, so a typo costs no process start."""
     if text is None:
         return {}
     try:
@@ -230,8 +239,7 @@ def _parse_pairs(pairs: list[str], schema: dict[str, Any] | None) -> dict[str, A
 
 
 def _usage(message: str) -> NoReturn:
-    output.error(message)
-    raise typer.Exit(UsageError.exit_code)
+    raise UsageError(message)
 
 
 # --- resources, read, prompts -------------------------------------------------------------------------
@@ -351,8 +359,10 @@ def registry_validate(file: FileArg, json_: JsonOpt = False) -> None:
             output.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     if json_:
-        output.print_json({"valid": True, "servers": sorted(loaded.servers)})
+        output.print_json({"valid": True, "servers": list(loaded.servers), "warnings": list(loaded.warnings)})
     else:
+        for warning in loaded.warnings:
+            output.stderr.print(f"warning: {warning}", markup=False, highlight=False)
         count = len(loaded.servers)
         output.stdout.print(f"{file}: valid, {count} server{'s' if count != 1 else ''}", highlight=False)
 

@@ -16,14 +16,13 @@ from typing import Any, Literal
 
 import anyio
 import httpx2
-import mcp_types as types
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from mcpfleet.client.transport import process_transport
-from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableError, UsageError
+from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableError, UsageError, leaf_error
 from mcpfleet.process import StdioProcess
 from mcpfleet.registry.model import Endpoint, HttpServer, Server, StdioServer
 
@@ -47,13 +46,6 @@ class Connection:
 
 class _NotStreamable(Exception):
     """The endpoint answered, but not to Streamable HTTP (404/405 on the POST): try legacy SSE."""
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real exception inside (possibly nested) exception groups raised by task groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 @contextlib.asynccontextmanager
@@ -94,29 +86,40 @@ class _Unreachable(Exception):
 async def _connect_http(server: HttpServer, endpoint: Endpoint, options: dict[str, Any]) -> AsyncIterator[Connection]:
     if server.transport in ("auto", "streamable-http"):
         url = server.mcp_url(endpoint)
+        log = _StatusLog()
         try:
-            async with _entered(server, url, "streamable-http", _streamable(server, url), options) as connection:
+            async with _entered(server, url, _streamable(server, url, log), options, log) as connection:
                 yield connection
                 return
         except _NotStreamable:
             if server.transport != "auto":
                 raise ProtocolError(f"server {server.id!r}: {url} does not serve Streamable HTTP") from None
     url = server.sse_url(endpoint)
-    async with _entered(server, url, "sse", _sse(server, url), options) as connection:
+    async with _entered(server, url, _sse(server, url), options, None) as connection:
         yield connection
 
 
-def _http_client(server: HttpServer) -> httpx2.AsyncClient:
-    timeouts = server.timeouts
-    return httpx2.AsyncClient(
-        headers=dict(server.headers),
-        timeout=httpx2.Timeout(timeouts.first_byte, connect=timeouts.connect, read=timeouts.idle_stream),
-    )
+class _StatusLog:
+    """Statuses of the POSTs a transport made. The SDK turns an HTTP error into an MCP error before we see
+    it; the status tells a server that does not speak Streamable HTTP (404/405) from one that refused us."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    async def __call__(self, response: httpx2.Response) -> None:
+        if response.request.method == "POST":
+            self.statuses.append(response.status_code)
 
 
 @contextlib.asynccontextmanager
-async def _streamable(server: HttpServer, url: str) -> AsyncIterator[Any]:
-    async with _http_client(server) as http, streamable_http_client(url, http_client=http) as streams:
+async def _streamable(server: HttpServer, url: str, log: _StatusLog) -> AsyncIterator[Any]:
+    timeouts = server.timeouts
+    http = httpx2.AsyncClient(
+        headers=dict(server.headers),
+        timeout=httpx2.Timeout(timeouts.first_byte, connect=timeouts.connect, read=timeouts.idle_stream),
+        event_hooks={"response": [log]},
+    )
+    async with http, streamable_http_client(url, http_client=http) as streams:
         yield streams
 
 
@@ -131,27 +134,30 @@ def _sse(server: HttpServer, url: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def _entered(
-    server: HttpServer, url: str, transport: TransportName, streams: Any, options: dict[str, Any]
+    server: HttpServer, url: str, streams: Any, options: dict[str, Any], log: _StatusLog | None
 ) -> AsyncIterator[Connection]:
-    """Enter an SDK client over an HTTP transport, translating what went wrong on the way in."""
+    """Enter an SDK client over an HTTP transport (`log` only for Streamable HTTP), translating failures."""
     async with contextlib.AsyncExitStack() as stack:
         try:
             client = await stack.enter_async_context(Client(streams, **options))
         except BaseException as exc:
-            raise _translate(server, url, transport, _leaf(exc)) from exc
-        yield Connection(server.id, client, transport, url)
+            raise _translate(server, url, leaf_error(exc), log) from exc
+        yield Connection(server.id, client, "sse" if log is None else "streamable-http", url)
 
 
-def _translate(server: HttpServer, url: str, transport: TransportName, exc: BaseException) -> BaseException:
+def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog | None) -> BaseException:
     if isinstance(exc, httpx2.TransportError):
         return _Unreachable(f"{url}: {type(exc).__name__} {exc}".rstrip())
     if isinstance(exc, OSError):
         return _Unreachable(f"{url}: {exc}")
     if isinstance(exc, MCPError):
-        not_found = exc.code == types.METHOD_NOT_FOUND and exc.error.message == "Not Found"
-        if transport == "streamable-http" and (not_found or exc.code == types.INTERNAL_ERROR):
+        failed = [status for status in (log.statuses if log else []) if status >= 400]
+        if failed and failed[-1] in (404, 405):
             return _NotStreamable()
-        return ProtocolError(f"server {server.id!r} at {url} refused the MCP handshake: {exc.error.message}")
+        if failed and failed[-1] in (401, 403):
+            return ProtocolError(f"server {server.id!r} at {url} requires authorization (HTTP {failed[-1]})")
+        answered = f" (HTTP {failed[-1]})" if failed else ""
+        return ProtocolError(f"server {server.id!r} at {url} refused the MCP handshake: {exc.error.message}{answered}")
     if isinstance(exc, httpx2.HTTPStatusError):
         return ProtocolError(f"server {server.id!r} at {url} answered HTTP {exc.response.status_code}")
     return exc
@@ -179,7 +185,7 @@ async def _connect_stdio(
             if process.timed_out:
                 reason = f"did not finish the MCP handshake within {server.timeouts.startup:g} s"
                 raise ServerStartError(server.id, argv, reason, process.stderr_tail()) from None
-            raise await _start_failure(server.id, argv, process, _leaf(exc)) from exc
+            raise await _start_failure(server.id, argv, process, leaf_error(exc)) from exc
         finally:
             watchdog.cancel()
         yield Connection(server.id, client, "stdio", " ".join(argv))

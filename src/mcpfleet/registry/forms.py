@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +26,12 @@ TYPE_ALIASES: dict[str, tuple[str, str | None]] = {
     "kubernetes": ("kubernetes", None),
     "k8s": ("kubernetes", None),
 }
+
+
+# Keys that Claude Desktop, Cursor, Cline or Windsurf write into `mcpServers` entries for their own use
+# (tool approval lists, client-side timeouts). They mean nothing to a gateway: accepted there, ignored,
+# and reported as warnings. Any other unknown key is an error, as in every form.
+CLIENT_ONLY_KEYS = frozenset({"autoApprove", "alwaysAllow", "disabledTools", "timeout"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ def read_document(doc: Any) -> Document:
     if not isinstance(doc, dict):
         return Document("native", None, (), (("", f"the top level must be a mapping, not {_kind(doc)}"),))
     if "mcpServers" in doc:
+        if "servers" in doc:
+            return Document("mcpServers", None, (), (("", "give either 'servers' or 'mcpServers', not both"),))
         return _nested(doc, "mcpServers")
     if "servers" in doc and isinstance(doc["servers"], dict):
         return _nested(doc, "servers")
@@ -74,9 +83,15 @@ def _nested(doc: dict[str, Any], key: Literal["servers", "mcpServers"]) -> Docum
     return Document(form, doc.get("gateway"), entries, tuple(problems))
 
 
+def suggest_id(server_id: str) -> str:
+    """A URL-safe id close to one that is not (`GitHub Server` -> `github-server`)."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", server_id.lower()).strip("-._")
+    return slug[:63] or "server"
+
+
 def infer_type(body: dict[str, Any]) -> tuple[str | None, str | None]:
     """Our entry type and implied transport for an entry; (None, message) when it cannot be told."""
-    declared = body.get("type")
+    declared = body.get("type", body.get("transportType"))
     if declared is not None:
         if not isinstance(declared, str) or declared not in TYPE_ALIASES:
             allowed = ", ".join(TYPE_ALIASES)
@@ -90,7 +105,7 @@ def infer_type(body: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def implied_transport(body: dict[str, Any]) -> str | None:
-    declared = body.get("type")
+    declared = body.get("type", body.get("transportType"))
     return TYPE_ALIASES[declared][1] if isinstance(declared, str) and declared in TYPE_ALIASES else None
 
 

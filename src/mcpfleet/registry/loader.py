@@ -18,8 +18,15 @@ from pydantic import BaseModel, ValidationError
 
 from mcpfleet.errors import Problem, RegistryError
 from mcpfleet.registry.expand import expand
-from mcpfleet.registry.forms import implied_transport, infer_type, read_document
-from mcpfleet.registry.model import SERVER_ID, SERVER_TYPES, Gateway, Registry, Server
+from mcpfleet.registry.forms import (
+    CLIENT_ONLY_KEYS,
+    RawEntry,
+    implied_transport,
+    infer_type,
+    read_document,
+    suggest_id,
+)
+from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, SERVER_TYPES, Gateway, Registry, Server
 
 
 def load_registry(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Registry:
@@ -53,18 +60,30 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
             _report_validation(exc, "gateway", report)
 
     servers: dict[str, Server] = {}
+    warnings: list[str] = []
     for raw in document.entries:
         if not SERVER_ID.fullmatch(raw.server_id):
+            hint = suggest_id(raw.server_id)
             report(
                 raw.path,
-                f"server id {raw.server_id!r} is not URL-safe: use lowercase letters, digits, '.', '_'"
-                " and '-', starting with a letter or digit",
+                f"server id {raw.server_id!r} is not URL-safe: use at most 63 lowercase letters, digits,"
+                f" '.', '_' and '-', starting with a letter or digit (e.g. {hint!r})",
             )
+            continue
+        if raw.server_id in RESERVED_IDS:
+            report(raw.path, f"server id {raw.server_id!r} is reserved for the gateway's own endpoints")
             continue
         if not isinstance(raw.body, dict):
             report(raw.path, "a server entry must be a mapping of fields")
             continue
-        if raw.body.get("disabled") is True:
+        if document.form == "mcpServers" and (ignored := sorted(CLIENT_ONLY_KEYS & raw.body.keys())):
+            warnings.append(f"{source}: {raw.path}: ignored client-only field(s): {', '.join(ignored)}")
+            raw = RawEntry(raw.server_id, raw.path, {k: v for k, v in raw.body.items() if k not in CLIENT_ONLY_KEYS})
+        disabled = raw.body.get("disabled", False)
+        if not isinstance(disabled, bool):
+            report(raw.path + ".disabled", "must be true or false")
+            continue
+        if disabled:
             continue
         kind, why = infer_type(raw.body)
         if kind is None:
@@ -73,7 +92,8 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
         if "id" in raw.body:
             report(raw.path + ".id", "unknown field (the server id is the entry's key)")
             continue
-        body = _expand_tree(raw.body, raw.path, environ, report)
+        kept = {k: v for k, v in raw.body.items() if k not in ("disabled", "transportType")}
+        body = _expand_tree(kept, raw.path, environ, report)
         body["type"] = kind
         transport = implied_transport(raw.body)
         if transport is not None and "transport" not in body:
@@ -85,7 +105,7 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
 
     if problems:
         raise RegistryError(problems)
-    return Registry(source=source, gateway=gateway, servers=servers)
+    return Registry(source=source, gateway=gateway, servers=servers, warnings=tuple(warnings))
 
 
 # --- parsing ---------------------------------------------------------------------------------------------

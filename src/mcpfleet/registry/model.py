@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
+SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+# Path segments the gateway serves itself: a server cannot take them as its id.
+RESERVED_IDS = frozenset({"healthz", "readyz", "servers", "metrics", "admin", ".well-known"})
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
 Seconds = Annotated[float, Field(gt=0)]
@@ -152,7 +154,6 @@ def _check_argv(argv: Argv | None) -> None:
 class _Entry(_Model):
     id: str
     description: str = ""
-    disabled: bool = False
     timeouts: Timeouts = Timeouts()
     health: Health = Health()
 
@@ -334,11 +335,15 @@ class Gateway(_Model):
 
 
 class Registry(_Model):
-    """One immutable snapshot of the registry: where it came from, the gateway settings, the servers by id."""
+    """One immutable snapshot of the registry: where it came from, the gateway settings, the servers by id.
+
+    `warnings` are things accepted but ignored (client-only keys of `mcpServers` files), for `validate`.
+    """
 
     source: str
     gateway: Gateway = Gateway()
     servers: Mapping[str, Server] = Field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     def server(self, server_id: str) -> Server:
         from mcpfleet.errors import UnknownServerError

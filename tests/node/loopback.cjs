@@ -1,0 +1,12 @@
+// Preloaded with `node --require` in tests: Node HTTP servers bind every interface unless told otherwise,
+// so pin every listen() without an explicit host to 127.0.0.1.
+const net = require("net");
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  if (typeof args[0] === "number" || (typeof args[0] === "string" && /^\d+$/.test(args[0]))) {
+    if (typeof args[1] !== "string") args.splice(1, 0, "127.0.0.1");
+  } else if (args[0] && typeof args[0] === "object" && !args[0].path && !args[0].host) {
+    args[0] = { ...args[0], host: "127.0.0.1" };
+  }
+  return listen.apply(this, args);
+};

@@ -1,0 +1,237 @@
+"""Registry parsing, normalizing and every error path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcpfleet.errors import RegistryError, UnknownServerError
+from mcpfleet.registry import HttpServer, StdioServer, load_registry, normalized, parse_registry
+from mcpfleet.registry.model import DockerServer, KubernetesServer
+
+ENV = {"TOKEN": "tok-123", "HOME": "/home/x"}
+
+
+def parse(text: str, source: str = "reg.yaml") -> object:
+    return parse_registry(text, source, environ=ENV)
+
+
+def problems(text: str, source: str = "reg.yaml") -> list[str]:
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(text, source, environ=ENV)
+    return [str(p) for p in caught.value.problems]
+
+
+# --- accepted forms -----------------------------------------------------------------------------------
+
+
+def test_native_form_with_inferred_types() -> None:
+    reg = parse_registry("servers:\n  a: {command: [x, --y]}\n  b: {endpoint: 'http://h:1'}\n", "r.yaml", environ={})
+    a, b = reg.servers["a"], reg.servers["b"]
+    assert isinstance(a, StdioServer) and a.command == ("x", "--y")
+    assert isinstance(b, HttpServer) and b.mcp_url(b.endpoints[0]) == "http://h:1/mcp"
+
+
+def test_flat_form_of_the_requirements_with_cmd() -> None:
+    text = (
+        '{"gh": {"type": "http", "endpoint": "http://github-server:8080"},'
+        ' "fs": {"type": "stdio", "cmd": ["mcp-filesystem-server", "--dir", "/data"]}}'
+    )
+    reg = parse_registry(text, "r.json", environ={})
+    assert isinstance(reg.servers["fs"], StdioServer)
+    assert reg.servers["fs"].command == ("mcp-filesystem-server", "--dir", "/data")
+    assert isinstance(reg.servers["gh"], HttpServer)
+
+
+def test_mcpservers_form_command_args_env_and_url() -> None:
+    text = """{"mcpServers": {
+        "fs": {"command": "npx", "args": ["-y", "pkg"], "env": {"A": "1"}},
+        "remote": {"url": "https://mcp.example.com/api/mcp", "headers": {"X-Key": "${TOKEN}"}},
+        "off": {"command": "nope", "disabled": true}}}"""
+    reg = parse_registry(text, "claude.json", environ=ENV)
+    fs, remote = reg.servers["fs"], reg.servers["remote"]
+    assert isinstance(fs, StdioServer) and fs.command == ("npx", "-y", "pkg") and fs.env == {"A": "1"}
+    assert isinstance(remote, HttpServer)
+    assert remote.endpoints[0].url == "https://mcp.example.com" and remote.path == "/api/mcp"
+    assert remote.headers == {"X-Key": "tok-123"}
+    assert "off" not in reg.servers
+
+
+def test_vscode_sse_type_and_sse_url_mean_legacy_transport() -> None:
+    reg = parse_registry(
+        '{"servers": {"a": {"type": "sse", "url": "http://h:1/events"}, "b": {"url": "http://h:2/sse"}}}',
+        "mcp.json",
+        environ={},
+    )
+    a, b = reg.servers["a"], reg.servers["b"]
+    assert isinstance(a, HttpServer) and a.transport == "sse"
+    assert isinstance(b, HttpServer) and b.transport == "sse" and b.sse_url(b.endpoints[0]) == "http://h:2/sse"
+
+
+def test_replicas_weights_and_explicit_path_keep_prefixes() -> None:
+    reg = parse_registry(
+        "servers:\n  s:\n    endpoints: ['http://a:1/base', {url: 'http://b:2/base', weight: 3}]\n    path: /rpc\n",
+        "r.yaml",
+        environ={},
+    )
+    server = reg.servers["s"]
+    assert isinstance(server, HttpServer)
+    assert [server.mcp_url(e) for e in server.endpoints] == ["http://a:1/base/rpc", "http://b:2/base/rpc"]
+    assert [e.weight for e in server.endpoints] == [1, 3]
+
+
+def test_docker_and_kubernetes_entries_are_defined() -> None:
+    reg = parse_registry(
+        "servers:\n  d: {type: docker, image: img, port: 80, replicas: 2}\n"
+        "  k: {type: k8s, image: img, namespace: mcp, resources: {cpu: 250m, memory: 128Mi}}\n",
+        "r.yaml",
+        environ={},
+    )
+    d, k = reg.servers["d"], reg.servers["k"]
+    assert isinstance(d, DockerServer) and d.replicas == 2
+    assert isinstance(k, KubernetesServer) and k.type == "kubernetes" and k.resources.cpu == "250m"
+
+
+def test_snapshot_is_immutable() -> None:
+    reg = parse_registry("servers:\n  a: {command: [x]}\n", "r.yaml", environ={})
+    with pytest.raises(Exception, match="frozen"):
+        reg.servers["a"].description = "changed"  # type: ignore[misc]
+
+
+def test_unknown_server_names_the_known_ones() -> None:
+    reg = parse_registry("servers:\n  a: {command: [x]}\n", "r.yaml", environ={})
+    with pytest.raises(UnknownServerError, match=r"'nope'.*known servers: a"):
+        reg.server("nope")
+
+
+# --- errors: every one located ------------------------------------------------------------------------
+
+
+def test_all_problems_are_reported_at_once_with_file_server_and_field() -> None:
+    found = problems("""
+servers:
+  extra: {command: [x], colour: red}
+  nocmd: {type: stdio}
+  badurl: {endpoint: "ftp://x"}
+  Bad_Id: {command: [x]}
+  noenv: {command: [x, "${NOPE}"]}
+gateway: {port: 99999}
+""")
+    assert len(found) == 6
+    joined = "\n".join(found)
+    assert "reg.yaml: servers.extra.colour: unknown field" in joined
+    assert "reg.yaml: servers.nocmd.command: missing required field" in joined
+    assert "reg.yaml: servers.badurl.endpoint: malformed URL 'ftp://x'" in joined
+    assert "reg.yaml: servers.Bad_Id: server id 'Bad_Id' is not URL-safe" in joined
+    assert "reg.yaml: servers.noenv.command[1]: environment variable NOPE is not set" in joined
+    assert "reg.yaml: gateway.port:" in joined
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("servers:\n  a: {command: [x]}\n  a: {command: [y]}\n", "line 3: duplicate key 'a'"),
+        ("servers: [\n", "line 2 column 1: invalid YAML"),
+        ("servers:\n  a: {cmd: [x], command: [y]}\n", "give either 'cmd' or 'command'"),
+        ("servers:\n  a: {command: []}\n", "'command' is empty"),
+        ("servers:\n  a: {args: [x], type: stdio}\n", "'args' is given without a 'command'"),
+        ("servers:\n  a: {type: stdio, command: x, args: x}\n", "'args' must be a list of strings"),
+        ("servers:\n  a: {type: ftp}\n", "servers.a.type: unknown type 'ftp'"),
+        ("servers:\n  a: {description: x}\n", "servers.a: cannot tell how to reach this server"),
+        ("servers:\n  a: {endpoint: 'http://h', url: 'http://g'}\n", "give one of 'endpoint', 'url' or 'endpoints'"),
+        ("servers:\n  a: {endpoints: []}\n", "'endpoints' is empty"),
+        ("servers:\n  a: {endpoint: 'http://'}\n", "it has no host"),
+        ("servers:\n  a: {endpoint: 'http://h:99999'}\n", "malformed URL"),
+        ("servers:\n  a: {endpoints: ['http://a/x', 'http://b/y']}\n", "different paths"),
+        ("servers:\n  a: {endpoint: 'http://h', path: mcp}\n", "'path' must start with '/'"),
+        ("servers:\n  a: {command: [x], pool: {min: 3, max: 2}}\n", "pool.min (3) is greater than pool.max (2)"),
+        (
+            "servers:\n  a: {command: [x], timeouts: {connect: 0}}\n",
+            "servers.a.timeouts.connect: Input should be greater",
+        ),
+        ("servers:\n  a: {endpoint: 'http://h', balancer: {strategy: fastest}}\n", "servers.a.balancer.strategy"),
+        ("servers:\n  a: {command: [x], balancer: {strategy: p2c}}\n", "servers.a.balancer: unknown field"),
+        ("servers:\n  a: {type: docker, image: i}\n", "needs the container 'port'"),
+        ("servers:\n  a: {type: k8s}\n", "exactly one of 'image' or 'chart'"),
+        ("servers:\n  a: {type: k8s, image: i, namespace: Bad_NS}\n", "not a valid Kubernetes namespace"),
+        ("servers:\n  a: {type: docker, image: i, port: 1, resources: {memory: lots}}\n", "is not a quantity"),
+        ("servers:\n  a: {command: [x], id: b}\n", "servers.a.id: unknown field"),
+        ("servers:\n  a: {command: [x], disabled: maybe}\n", "servers.a.disabled: must be true or false"),
+        ("servers:\n  a: {comand: [x], type: stdio}\n", "did you mean 'command'"),
+        ("servers:\n  a: [x]\n", "a server entry must be a mapping"),
+        ("servers: {}\nextra: 1\n", "extra: unknown top-level field"),
+        ("mcpServers: [1]\n", "mcpServers: must be a mapping"),
+        ("- a\n- b\n", "the top level must be a mapping, not a list"),
+        ("", "the registry is empty"),
+        ("gateway: {hots: x}\n", "gateway.hots: unknown field"),
+        ("servers:\n  a: {command: [x, '${1X}']}\n", "malformed reference"),
+    ],
+)
+def test_each_error_is_located_and_explained(text: str, expected: str) -> None:
+    assert any(expected in p for p in problems(text)), problems(text)
+
+
+def test_json_errors_carry_line_and_column() -> None:
+    found = problems('{"servers": {"a": }}', "reg.json")
+    assert found == ["reg.json: line 1 column 19: invalid JSON: Expecting value"]
+
+
+def test_json_duplicate_ids_are_rejected() -> None:
+    found = problems('{"a": {"cmd": ["x"]}, "a": {"cmd": ["y"]}}', "reg.json")
+    assert "duplicate key 'a'" in found[0]
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="no such file"):
+        load_registry(tmp_path / "absent.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(RegistryError, match="cannot read the file"):
+        load_registry(binary)
+
+
+# --- secrets ------------------------------------------------------------------------------------------
+
+
+def test_secrets_are_masked_in_the_normalized_form() -> None:
+    reg = parse_registry(
+        """
+servers:
+  h: {endpoint: 'https://user:pw@h.example.com', headers: {Authorization: 'Bearer ${TOKEN}'}}
+  s: {command: [x], env: {GITHUB_TOKEN: '${TOKEN}', MODE: fast}, secret_env: {DB_URL: 'postgres://u:p@db'}}
+""",
+        "r.yaml",
+        environ=ENV,
+    )
+    form = normalized(reg)
+    text = str(form)
+    assert "tok-123" not in text and ":pw@" not in text and "u:p@db" not in text
+    assert form["servers"]["h"]["headers"] == {"Authorization": "***"}
+    assert form["servers"]["h"]["endpoints"][0]["url"] == "https://user:***@h.example.com"
+    assert form["servers"]["s"]["env"] == {"GITHUB_TOKEN": "***", "MODE": "fast"}
+    assert normalized(reg, mask=False)["servers"]["s"]["env"]["GITHUB_TOKEN"] == "tok-123"
+
+
+def test_ids_are_bounded_reserved_and_get_a_suggestion() -> None:
+    assert any("e.g. 'github-server'" in p for p in problems('{"mcpServers": {"GitHub Server": {"command": "x"}}}'))
+    assert any("is not URL-safe" in p for p in problems("servers:\n  " + "a" * 64 + ": {command: [x]}\n"))
+    assert any("reserved" in p for p in problems("servers:\n  metrics: {command: [x]}\n"))
+
+
+def test_client_only_keys_of_mcpservers_files_are_ignored_with_a_warning() -> None:
+    reg = parse_registry(
+        '{"mcpServers": {"a": {"command": "x", "autoApprove": ["t"], "timeout": 60},'
+        ' "b": {"url": "http://h:1/sse", "transportType": "sse"}}}',
+        "cline.json",
+        environ={},
+    )
+    assert reg.warnings == ("cline.json: mcpServers.a: ignored client-only field(s): autoApprove, timeout",)
+    b = reg.servers["b"]
+    assert isinstance(b, HttpServer) and b.transport == "sse"
+    # Only in that form: elsewhere the same key is an unknown field.
+    assert any("unknown field" in p for p in problems("servers:\n  a: {command: [x], autoApprove: []}\n"))
+
+
+def test_servers_and_mcpservers_together_are_refused() -> None:
+    assert any("not both" in p for p in problems('{"servers": {}, "mcpServers": {}}'))
