@@ -1,0 +1,37 @@
+# Two commands work on a fresh machine: `make demo` and `make test`. Each creates .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := tests/node/node_modules/.package-lock.json
+
+.PHONY: demo test lint unit docs clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade 'pip==26.3'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(NODE_INSTALLED): tests/node/package.json tests/node/package-lock.json
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+demo: $(INSTALLED)
+	./scripts/demo.sh
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check src tests docs/hooks
+	$(BIN)/ruff format --check src tests docs/hooks
+	$(BIN)/mypy
+
+docs: $(INSTALLED)
+	$(BIN)/mkdocs build --strict --quiet -d build/site
+
+test: $(INSTALLED) $(NODE_INSTALLED) lint docs
+	$(BIN)/pytest
+
+unit: $(INSTALLED)
+	$(BIN)/pytest tests/unit
+
+clean:
+	rm -rf $(VENV) build tests/node/node_modules
