@@ -130,6 +130,9 @@ class StdioProcess:
                 await task_group.__aexit__(None, None, None)
 
     async def _stop(self, process: anyio.abc.Process) -> None:
+        if self._task_group is not None:
+            # A child blocked writing a full stdout pipe cannot see its stdin close: keep reading.
+            self._task_group.start_soon(self._discard_stdout, process)
         with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             await process.stdin.aclose()  # type: ignore[union-attr]
         if not await _exited(process, self._grace):
@@ -225,6 +228,12 @@ class StdioProcess:
         if self._process is None:
             raise anyio.ClosedResourceError
         return self._process
+
+    @staticmethod
+    async def _discard_stdout(process: anyio.abc.Process) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            while True:
+                await process.stdout.receive(_READ_CHUNK)  # type: ignore[union-attr]
 
     async def _drain_stderr(self) -> None:
         process = self._process

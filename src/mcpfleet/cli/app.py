@@ -7,6 +7,7 @@ error; 3 server unreachable or failed to start.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -78,9 +79,25 @@ async def _session(target: Target, server_id: str, body: Callable[[Connection], 
             raise ToolFailedError(f"server {server_id!r} answered with an error: {exc.error.message}") from None
 
 
+MAX_PAGES = 100  # a paginator that never ends cannot hang a listing
+
+
+async def _all_pages(fetch: Callable[..., Awaitable[Any]], field: str) -> list[Any]:
+    """Every item of a paginated list (`tools`, `resources`, ...), following `nextCursor`."""
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(MAX_PAGES):
+        page = await fetch(cursor=cursor)
+        items.extend(getattr(page, field))
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return items
+
+
 def version_callback(value: bool) -> None:
     if value:
-        output.stdout.print(f"mcpfleet {__version__}")
+        output.plain(f"mcpfleet {__version__}")
         raise typer.Exit()
 
 
@@ -151,16 +168,16 @@ def tools(
 
     async def work() -> Any:
         target = resolve(registry, demo, gateway)
-        return await _session(target, server, lambda c: c.client.list_tools())
+        return await _session(target, server, lambda c: _all_pages(c.client.list_tools, "tools"))
 
-    result = _run(work)
+    listed = _run(work)
     if json_:
-        output.print_json(result.tools)
+        output.print_json(listed)
         return
     output.table(
         f"Tools of {server}",
         ["name", "parameters (* required)", "description"],
-        [[t.name, output.schema_params(t.input_schema), output.first_line(t.description)] for t in result.tools],
+        [[t.name, output.schema_params(t.input_schema), output.first_line(t.description)] for t in listed],
     )
 
 
@@ -179,13 +196,13 @@ def call(
 
     async def progress(progress: float, total: float | None, message: str | None) -> None:
         shown = f"{progress:g}/{total:g}" if total else f"{progress:g}"
-        output.stderr.print(f"[dim]progress {shown}{f' {message}' if message else ''}[/dim]")
+        output.plain(f"progress {shown}{f' {message}' if message else ''}", stream=sys.stderr)
 
     async def body(connection: Connection) -> Any:
         arguments = _parse_args_json(args_json)
         if arg:
-            listing = await connection.client.list_tools()
-            schema = next((t.input_schema for t in listing.tools if t.name == tool), None)
+            listing = await _all_pages(connection.client.list_tools, "tools")
+            schema = next((t.input_schema for t in listing if t.name == tool), None)
             arguments |= _parse_pairs(arg, schema)
         return await connection.client.call_tool(tool, arguments, progress_callback=progress)
 
@@ -197,7 +214,7 @@ def call(
     if json_:
         output.print_json(result)
     elif result.content:
-        output.stdout.print(output.content_text(result.content), markup=False, highlight=False)
+        output.plain(output.content_text(result.content))
     elif result.structured_content is not None:
         output.print_json(result.structured_content)
     if result.is_error:
@@ -255,27 +272,23 @@ def resources(
 ) -> None:
     """List a server's resources and resource templates."""
 
-    async def body(connection: Connection) -> tuple[Any, Any]:
-        listed = await connection.client.list_resources()
-        caps = connection.client.server_capabilities
-        templates = await connection.client.list_resource_templates() if caps.resources else None
+    async def body(connection: Connection) -> tuple[list[Any], list[Any]]:
+        client = connection.client
+        if client.server_capabilities.resources is None:
+            return [], []  # the server offers no resources: an empty list, not an error
+        listed = await _all_pages(client.list_resources, "resources")
+        templates = await _all_pages(client.list_resource_templates, "resource_templates")
         return listed, templates
 
     async def work() -> tuple[Any, Any]:
         return await _session(resolve(registry, demo, gateway), server, body)
 
     listed, templates = _run(work)
-    template_list = templates.resource_templates if templates is not None else []
     if json_:
-        output.print_json(
-            {
-                "resources": json.loads(output.as_json(listed.resources)),
-                "templates": json.loads(output.as_json(template_list)),
-            }
-        )
+        output.print_json({"resources": listed, "templates": templates})
         return
-    rows = [[r.uri, r.name, r.mime_type or "", output.first_line(r.description)] for r in listed.resources]
-    rows += [[t.uri_template, t.name, t.mime_type or "", output.first_line(t.description)] for t in template_list]
+    rows = [[r.uri, r.name, r.mime_type or "", output.first_line(r.description)] for r in listed]
+    rows += [[t.uri_template, t.name, t.mime_type or "", output.first_line(t.description)] for t in templates]
     output.table(f"Resources of {server}", ["uri", "name", "type", "description"], rows)
 
 
@@ -300,7 +313,7 @@ def read(
     for content in result.contents:
         text = getattr(content, "text", None)
         shown = text if text is not None else f"[binary {content.mime_type or ''}, {len(content.blob) * 3 // 4} bytes]"
-        output.stdout.print(shown, markup=False, highlight=False)
+        output.plain(shown)
 
 
 @app.command()
@@ -314,11 +327,13 @@ def prompts(
     """List a server's prompts."""
 
     async def work() -> Any:
-        return await _session(resolve(registry, demo, gateway), server, lambda c: c.client.list_prompts())
+        return await _session(
+            resolve(registry, demo, gateway), server, lambda c: _all_pages(c.client.list_prompts, "prompts")
+        )
 
-    result = _run(work)
+    listed = _run(work)
     if json_:
-        output.print_json(result.prompts)
+        output.print_json(listed)
         return
     output.table(
         f"Prompts of {server}",
@@ -329,7 +344,7 @@ def prompts(
                 ", ".join(f"{a.name}{'*' if a.required else ''}" for a in p.arguments or []),
                 output.first_line(p.description),
             ]
-            for p in result.prompts
+            for p in listed
         ],
     )
 
@@ -362,9 +377,9 @@ def registry_validate(file: FileArg, json_: JsonOpt = False) -> None:
         output.print_json({"valid": True, "servers": list(loaded.servers), "warnings": list(loaded.warnings)})
     else:
         for warning in loaded.warnings:
-            output.stderr.print(f"warning: {warning}", markup=False, highlight=False)
+            output.plain(f"warning: {warning}", stream=sys.stderr)
         count = len(loaded.servers)
-        output.stdout.print(f"{file}: valid, {count} server{'s' if count != 1 else ''}", highlight=False)
+        output.plain(f"{file}: valid, {count} server{'s' if count != 1 else ''}")
 
 
 @registry_app.command("show")
@@ -381,4 +396,4 @@ def registry_show(file: FileArg, json_: JsonOpt = False) -> None:
     else:
         import yaml
 
-        output.stdout.print(yaml.safe_dump(form, sort_keys=False), markup=False, highlight=False, end="")
+        output.plain(yaml.safe_dump(form, sort_keys=False), end="")

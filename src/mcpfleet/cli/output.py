@@ -8,21 +8,35 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+# Text that comes from servers (tool output, descriptions, stderr) is never read as Rich markup or emoji
+# codes: tables get `Text` cells, and content is written with `plain`, byte for byte.
+stdout = Console(soft_wrap=True, emoji=False, highlight=False)
+stderr = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
+
+
+def plain(text: str, *, stream: Any = None, end: str = "\n") -> None:
+    target = stream or sys.stdout
+    target.write(text + end)
+    target.flush()
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON data for SDK models (wire field names), and lists and dicts of them."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
 
 
 def as_json(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    elif isinstance(value, list):
-        value = [
-            v.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(v, BaseModel) else v
-            for v in value
-        ]
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    return json.dumps(jsonable(value), indent=2, ensure_ascii=False)
 
 
 def print_json(value: Any) -> None:
@@ -34,7 +48,7 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for column in columns:
         grid.add_column(column, overflow="fold")
     for row in rows:
-        grid.add_row(*row)
+        grid.add_row(*(Text(cell) for cell in row))
     stdout.print(grid)
 
 
@@ -76,4 +90,4 @@ def content_text(blocks: list[Any]) -> str:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}")
