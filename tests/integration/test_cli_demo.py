@@ -22,7 +22,7 @@ def test_servers_lists_the_demo_registry() -> None:
 
 def test_tools_resources_prompts_over_stdio() -> None:
     tools = json.loads(run_cli("tools", "demo", "--demo", "--json").stdout)
-    assert {t["name"] for t in tools} == {"echo", "stats", "countdown", "fail", "sleep", "whoami"}
+    assert {t["name"] for t in tools} == {"echo", "stats", "countdown", "fail", "sleep", "crash", "whoami"}
     assert tools[0]["inputSchema"]["required"] == ["text"]
 
     resources = json.loads(run_cli("resources", "demo", "--demo", "--json").stdout)
@@ -142,3 +142,23 @@ def test_registry_show_masks_secrets(tmp_path: Path) -> None:
     assert "ghp_secret_value" not in shown.stdout + as_json.stdout
     missing = run_cli("registry", "show", str(path))
     assert missing.returncode == 2 and "GH_TOKEN is not set" in missing.stderr
+
+
+def test_server_dying_mid_call_exits_3(demo_http: Callable[[str], str], tmp_path: Path) -> None:
+    stdio = run_cli("call", "demo", "crash", "--demo")
+    assert stdio.returncode == 3, stdio.stderr
+    assert "server 'demo'" in stdio.stderr and "Traceback" not in stdio.stderr
+
+    registry = tmp_path / "r.yaml"
+    registry.write_text(f"servers:\n  web: {{endpoint: '{demo_http('doomed')}'}}\n")
+    http = run_cli("call", "web", "crash", "--registry", str(registry))
+    assert http.returncode == 3, http.stderr
+    assert "server 'web'" in http.stderr and "Traceback" not in http.stderr
+
+
+def test_servers_listing_masks_url_passwords(tmp_path: Path) -> None:
+    registry = tmp_path / "r.yaml"
+    registry.write_text("servers:\n  s: {endpoint: 'https://bob:hunter2@[::1]:8443'}\n")
+    listed = run_cli("servers", "--registry", str(registry), "--json")
+    assert json.loads(listed.stdout)[0]["target"] == "https://bob:***@[::1]:8443/mcp"
+    assert "hunter2" not in run_cli("servers", "--registry", str(registry)).stdout

@@ -235,3 +235,39 @@ def test_client_only_keys_of_mcpservers_files_are_ignored_with_a_warning() -> No
 
 def test_servers_and_mcpservers_together_are_refused() -> None:
     assert any("not both" in p for p in problems('{"servers": {}, "mcpServers": {}}'))
+
+
+def test_explicit_transport_wins_over_an_sse_looking_path() -> None:
+    reg = parse_registry("servers:\n  a: {url: 'http://h/sse', transport: streamable-http}\n", "r.yaml", environ={})
+    a = reg.servers["a"]
+    assert isinstance(a, HttpServer) and a.transport == "streamable-http" and a.path == "/sse"
+
+
+def test_bare_servers_key_is_an_empty_native_registry() -> None:
+    assert parse_registry("servers:\n", "r.yaml", environ={}).servers == {}
+
+
+def test_transport_type_is_only_read_in_mcpservers_files() -> None:
+    assert any("unknown field" in p for p in problems("servers:\n  a: {url: 'http://h/x', transportType: sse}\n"))
+    reg = parse_registry(
+        '{"mcpServers": {"a": {"url": "http://h/x", "type": "http", "transportType": "sse"}}}', "c.json", environ={}
+    )
+    assert "'transportType' ignored" in reg.warnings[0]
+
+
+def test_container_paths_and_ports_are_checked() -> None:
+    assert any(
+        "'path' must start with '/'" in p
+        for p in problems("servers:\n  a: {type: docker, image: i, port: 1, path: x}\n")
+    )
+    assert any(
+        "only for transport 'http'" in p
+        for p in problems("servers:\n  a: {type: docker, image: i, transport: stdio, port: 80}\n")
+    )
+
+
+def test_ipv6_url_passwords_keep_their_brackets() -> None:
+    from mcpfleet.registry.render import mask_url
+
+    assert mask_url("http://u:pw@[::1]:8080/x") == "http://u:***@[::1]:8080/x"
+    assert mask_url("http://[::1]:8080") == "http://[::1]:8080"

@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import anyio
+import httpx2
 import typer
 from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
 
 from mcpfleet import __version__
 from mcpfleet.cli import output
 from mcpfleet.cli.target import Target, gateway_servers, resolve
 from mcpfleet.client.connect import Connection, connect
-from mcpfleet.errors import McpfleetError, RegistryError, UsageError, leaf_error
+from mcpfleet.errors import McpfleetError, RegistryError, ServerUnavailableError, UsageError, leaf_error
 from mcpfleet.registry import HttpServer, load_registry, normalized
 from mcpfleet.registry.model import DockerServer, KubernetesServer, StdioServer
+from mcpfleet.registry.render import mask_url
 
 app = typer.Typer(
     name="mcpfleet",
@@ -72,11 +75,21 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
 
 async def _session(target: Target, server_id: str, body: Callable[[Connection], Awaitable[T]]) -> T:
     server = target.server(server_id)
-    async with connect(server) as connection:
-        try:
-            return await body(connection)
-        except MCPError as exc:
-            raise ToolFailedError(f"server {server_id!r} answered with an error: {exc.error.message}") from None
+    try:
+        async with connect(server) as connection:
+            try:
+                return await body(connection)
+            except MCPError as exc:
+                if exc.code == CONNECTION_CLOSED:
+                    closed = f"server {server_id!r} closed the connection during the request"
+                    raise ServerUnavailableError(closed) from None
+                raise ToolFailedError(f"server {server_id!r} answered with an error: {exc.error.message}") from None
+    except (BaseExceptionGroup, httpx2.TransportError, OSError) as exc:
+        # A server that dies mid-request surfaces from the SDK's task groups as a transport error.
+        lost = leaf_error(exc)
+        if isinstance(lost, McpfleetError) or not isinstance(lost, httpx2.TransportError | OSError):
+            raise
+        raise ServerUnavailableError(f"server {server_id!r}: connection lost during the request ({lost})") from None
 
 
 MAX_PAGES = 100  # a paginator that never ends cannot hang a listing
@@ -142,7 +155,7 @@ def _describe(server_id: str, server: Any) -> dict[str, Any]:
     target = ""
     if isinstance(server, HttpServer):
         target = ", ".join(
-            server.mcp_url(e) if server.transport != "sse" else server.sse_url(e) for e in server.endpoints
+            mask_url(server.mcp_url(e) if server.transport != "sse" else server.sse_url(e)) for e in server.endpoints
         )
         if server.command:
             target += f" (else stdio: {' '.join(server.command)})"
@@ -353,10 +366,12 @@ def prompts(
 
 
 FileArg = Annotated[Path, typer.Argument(help="Registry file (JSON or YAML).")]
+ValidateJsonOpt = Annotated[bool, typer.Option("--json", help="Print the verdict and problems as JSON.")]
+ShowJsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")]
 
 
 @registry_app.command("validate")
-def registry_validate(file: FileArg, json_: JsonOpt = False) -> None:
+def registry_validate(file: FileArg, json_: ValidateJsonOpt = False) -> None:
     """Check a registry file; report every problem with its place. Exits 2 when invalid."""
     try:
         loaded = load_registry(file)
@@ -383,7 +398,7 @@ def registry_validate(file: FileArg, json_: JsonOpt = False) -> None:
 
 
 @registry_app.command("show")
-def registry_show(file: FileArg, json_: JsonOpt = False) -> None:
+def registry_show(file: FileArg, json_: ShowJsonOpt = False) -> None:
     """Print the normalized form of a registry file, with secrets masked."""
     try:
         loaded = load_registry(file)

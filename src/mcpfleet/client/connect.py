@@ -25,6 +25,7 @@ from mcpfleet.client.transport import process_transport
 from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableError, UsageError, leaf_error
 from mcpfleet.process import StdioProcess
 from mcpfleet.registry.model import Endpoint, HttpServer, Server, StdioServer
+from mcpfleet.registry.render import mask_url
 
 TransportName = Literal["streamable-http", "sse", "stdio"]
 ClientFactory = Callable[[Any], Client]
@@ -147,9 +148,10 @@ async def _entered(
 
 def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog | None) -> BaseException:
     if isinstance(exc, httpx2.TransportError):
-        return _Unreachable(f"{url}: {type(exc).__name__} {exc}".rstrip())
+        return _Unreachable(f"{mask_url(url)}: {type(exc).__name__} {exc}".rstrip())
     if isinstance(exc, OSError):
-        return _Unreachable(f"{url}: {exc}")
+        return _Unreachable(f"{mask_url(url)}: {exc}")
+    url = mask_url(url)
     if isinstance(exc, MCPError):
         failed = [status for status in (log.statuses if log else []) if status >= 400]
         if failed and failed[-1] in (404, 405):

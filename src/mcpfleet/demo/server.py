@@ -1,7 +1,7 @@
 """The demo MCP server, written with the official SDK's `MCPServer`.
 
 Its tools cover what a gateway has to carry: plain text, structured output, progress notifications, an
-error result, a slow call, and `whoami`, which names the replica that answered so load balancing shows.
+error result, a slow call, a crash, and `whoami`, which names the replica that answered so load balancing shows.
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ def build_server(*, replica: str = "stdio", transport: str = "stdio") -> MCPServ
         return f"slept {seconds:g} s"
 
     @server.tool()
+    def crash(code: int = 1) -> str:
+        """Exit the server process at once, mid-call (to see how crashes are handled)."""
+        os._exit(code)
+
+    @server.tool()
     def whoami() -> Identity:
         """Which replica and process answered."""
         return Identity(replica=replica, pid=os.getpid(), transport=transport)
@@ -69,7 +74,10 @@ def build_server(*, replica: str = "stdio", transport: str = "stdio") -> MCPServ
     @server.resource("demo://readme", mime_type="text/markdown")
     def readme() -> str:
         """What this server is."""
-        return "# mcpfleet demo\nA demo MCP server: try the tools echo, stats, countdown, fail, sleep, whoami.\n"
+        return (
+            "# mcpfleet demo\n"
+            "A demo MCP server: try the tools echo, stats, countdown, fail, sleep, whoami (and crash).\n"
+        )
 
     @server.resource("demo://greeting/{name}")
     def greeting_resource(name: str) -> str:

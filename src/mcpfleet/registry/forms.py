@@ -61,7 +61,7 @@ def read_document(doc: Any) -> Document:
         if "servers" in doc:
             return Document("mcpServers", None, (), (("", "give either 'servers' or 'mcpServers', not both"),))
         return _nested(doc, "mcpServers")
-    if "servers" in doc and isinstance(doc["servers"], dict):
+    if "servers" in doc and (doc["servers"] is None or isinstance(doc["servers"], dict)):
         return _nested(doc, "servers")
     entries = tuple(RawEntry(key, key, value) for key, value in doc.items() if key != "gateway")
     return Document("flat", doc.get("gateway"), entries, ())
@@ -91,7 +91,7 @@ def suggest_id(server_id: str) -> str:
 
 def infer_type(body: dict[str, Any]) -> tuple[str | None, str | None]:
     """Our entry type and implied transport for an entry; (None, message) when it cannot be told."""
-    declared = body.get("type", body.get("transportType"))
+    declared = body.get("type")
     if declared is not None:
         if not isinstance(declared, str) or declared not in TYPE_ALIASES:
             allowed = ", ".join(TYPE_ALIASES)
@@ -105,7 +105,7 @@ def infer_type(body: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def implied_transport(body: dict[str, Any]) -> str | None:
-    declared = body.get("type", body.get("transportType"))
+    declared = body.get("type")
     return TYPE_ALIASES[declared][1] if isinstance(declared, str) and declared in TYPE_ALIASES else None
 
 

@@ -76,9 +76,8 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
         if not isinstance(raw.body, dict):
             report(raw.path, "a server entry must be a mapping of fields")
             continue
-        if document.form == "mcpServers" and (ignored := sorted(CLIENT_ONLY_KEYS & raw.body.keys())):
-            warnings.append(f"{source}: {raw.path}: ignored client-only field(s): {', '.join(ignored)}")
-            raw = RawEntry(raw.server_id, raw.path, {k: v for k, v in raw.body.items() if k not in CLIENT_ONLY_KEYS})
+        if document.form == "mcpServers":
+            raw = _client_file_entry(raw, source, warnings)
         disabled = raw.body.get("disabled", False)
         if not isinstance(disabled, bool):
             report(raw.path + ".disabled", "must be true or false")
@@ -92,7 +91,7 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
         if "id" in raw.body:
             report(raw.path + ".id", "unknown field (the server id is the entry's key)")
             continue
-        kept = {k: v for k, v in raw.body.items() if k not in ("disabled", "transportType")}
+        kept = {k: v for k, v in raw.body.items() if k != "disabled"}
         body = _expand_tree(kept, raw.path, environ, report)
         body["type"] = kind
         transport = implied_transport(raw.body)
@@ -106,6 +105,20 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
     if problems:
         raise RegistryError(problems)
     return Registry(source=source, gateway=gateway, servers=servers, warnings=tuple(warnings))
+
+
+def _client_file_entry(raw: RawEntry, source: str, warnings: list[str]) -> RawEntry:
+    """An `mcpServers` entry without the keys only its client reads; Cline's `transportType` read as `type`."""
+    body = dict(raw.body)
+    ignored = sorted(CLIENT_ONLY_KEYS & body.keys())
+    if ignored:
+        warnings.append(f"{source}: {raw.path}: ignored client-only field(s): {', '.join(ignored)}")
+    if "transportType" in body:
+        declared = body.pop("transportType")
+        if "type" in body and body["type"] != declared:
+            warnings.append(f"{source}: {raw.path}: 'transportType' ignored: 'type' says {body['type']!r}")
+        body.setdefault("type", declared)
+    return RawEntry(raw.server_id, raw.path, {k: v for k, v in body.items() if k not in CLIENT_ONLY_KEYS})
 
 
 # --- parsing ---------------------------------------------------------------------------------------------

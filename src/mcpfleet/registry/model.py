@@ -151,6 +151,11 @@ def _check_argv(argv: Argv | None) -> None:
         raise ValueError("'command' is empty: give the program to run and its arguments, e.g. [mcp-server-time]")
 
 
+def _check_path(path: str, name: str = "path") -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"'{name}' must start with '/'")
+
+
 class _Entry(_Model):
     id: str
     description: str = ""
@@ -214,14 +219,13 @@ class HttpServer(_Spawnable, _Entry):
         if isinstance(endpoints, list) and not endpoints:
             raise ValueError("'endpoints' is empty: list at least one URL")
         if "path" not in data and isinstance(endpoints, list):
-            data.update(_split_paths(endpoints))
+            data.update(_split_paths(endpoints, data.get("transport")))
         return data
 
     @model_validator(mode="after")
     def _paths(self) -> HttpServer:
-        for name in ("path", "sse_path"):
-            if not getattr(self, name).startswith("/"):
-                raise ValueError(f"'{name}' must start with '/'")
+        _check_path(self.path)
+        _check_path(self.sse_path, "sse_path")
         return self
 
     def mcp_url(self, endpoint: Endpoint) -> str:
@@ -231,7 +235,7 @@ class HttpServer(_Spawnable, _Entry):
         return endpoint.url.rstrip("/") + self.sse_path
 
 
-def _split_paths(endpoints: list[Any]) -> dict[str, Any]:
+def _split_paths(endpoints: list[Any], transport: Any) -> dict[str, Any]:
     """An endpoint written as a full MCP URL (`http://h:8080/mcp`) becomes base `http://h:8080` + `path`.
 
     A path ending in `/sse` names a legacy HTTP+SSE server. Endpoints that disagree on their path must be
@@ -248,7 +252,7 @@ def _split_paths(endpoints: list[Any]) -> dict[str, Any]:
     path = paths.pop()
     bases = [_origin(u) for u in urls if isinstance(u, str)]
     rebuilt = [b if isinstance(e, str) else {**e, "url": b} for b, e in zip(bases, endpoints, strict=True)]
-    if path.endswith("/sse"):
+    if path.endswith("/sse") and transport in (None, "sse"):
         return {"endpoints": rebuilt, "sse_path": path, "transport": "sse"}
     return {"endpoints": rebuilt, "path": path}
 
@@ -280,8 +284,11 @@ class DockerServer(_Entry):
     @model_validator(mode="after")
     def _port_for_http(self) -> DockerServer:
         _check_argv(self.command)
+        _check_path(self.path)
         if self.transport == "http" and self.port is None:
             raise ValueError("a docker server with transport 'http' needs the container 'port' it listens on")
+        if self.transport == "stdio" and self.port is not None:
+            raise ValueError("'port' is only for transport 'http': a stdio container is reached through its stdin")
         return self
 
 
@@ -308,6 +315,7 @@ class KubernetesServer(_Entry):
     @model_validator(mode="after")
     def _image_or_chart(self) -> KubernetesServer:
         _check_argv(self.command)
+        _check_path(self.path)
         if (self.image is None) == (self.chart is None):
             raise ValueError("a kubernetes server needs exactly one of 'image' or 'chart'")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.namespace):
