@@ -10,17 +10,16 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "tests" / "node"
+from support import demo_argv, free_port, running
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -78,48 +77,31 @@ def no_leftover_processes() -> Iterator[None]:
     assert not left, f"processes left behind: {left}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+@dataclass
+class RunningGateway:
+    url: str
+    registry: Path
+
+    def mcp(self, server_id: str) -> str:
+        return f"{self.url}/{server_id}/mcp"
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server process exited with {process.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[[str], RunningGateway]]:
+    """`gw = gateway(registry_yaml)` runs `mcpfleet serve` on a free port until the test ends."""
+    with contextlib.ExitStack() as stack:
+        count = 0
 
+        def start(registry_text: str) -> RunningGateway:
+            nonlocal count
+            count += 1
+            registry = tmp_path / f"gateway-{count}.yaml"
+            registry.write_text(registry_text)
+            port = free_port()
+            argv = [sys.executable, "-m", "mcpfleet", "serve", "--registry", str(registry), "--port", str(port)]
+            return RunningGateway(stack.enter_context(running(argv, port)), registry)
 
-@contextlib.contextmanager
-def running(argv: list[str], port: int, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
-    """Run a server process until the block ends; yields its base URL on 127.0.0.1."""
-    process = subprocess.Popen(
-        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        if process.stderr is not None:
-            process.stderr.close()
-
-
-def demo_argv(port: int, replica: str) -> list[str]:
-    return [sys.executable, "-m", "mcpfleet.demo", "http", "--port", str(port), "--replica", replica]
+        yield start
 
 
 @pytest.fixture
@@ -132,27 +114,3 @@ def demo_http() -> Iterator[Callable[[str], str]]:
             return stack.enter_context(running(demo_argv(port, replica), port))
 
         yield start
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    """Run `mcpfleet ARGS` as a real process; returns the completed process (never raises on exit code)."""
-    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "mcpfleet", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def node_package(name: str) -> Path:
-    """Path of an npm test package installed under tests/node (by `make test` via `npm ci`)."""
-    path = NODE_DIR / "node_modules" / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `npm ci --prefix tests/node` (make test does)")
-    return path

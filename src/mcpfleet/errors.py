@@ -86,3 +86,56 @@ def leaf_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+class GatewayError(McpfleetError):
+    """An error the gateway answers itself: an HTTP status and a JSON-RPC error body a person can act on.
+
+    JSON-RPC codes: the standard ones where they fit (-32700 parse error, -32600 invalid request), and
+    -32010..-32019 (left to implementations by the spec) for what only a gateway can say.
+    """
+
+    exit_code = 3
+
+    def __init__(
+        self, status: int, code: int, message: str, *, data: object = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.data = data
+        self.headers = headers or {}
+
+    @classmethod
+    def parse_error(cls, message: str) -> GatewayError:
+        return cls(400, -32700, message)
+
+    @classmethod
+    def invalid_request(cls, message: str, status: int = 400) -> GatewayError:
+        return cls(status, -32600, message)
+
+    @classmethod
+    def unknown_server(cls, server_id: str, known: Sequence[str]) -> GatewayError:
+        hint = f"; servers here: {', '.join(known)}" if known else "; the registry names no servers"
+        return cls(404, -32010, f"unknown server {server_id!r}{hint}")
+
+    @classmethod
+    def session_not_found(cls) -> GatewayError:
+        return cls(404, -32600, "Session not found: it ended, expired or was never issued here; initialize again")
+
+    @classmethod
+    def unreachable(cls, server_id: str, detail: str) -> GatewayError:
+        return cls(502, -32012, f"server {server_id!r} is unreachable: {detail}")
+
+    @classmethod
+    def start_failed(cls, error: ServerStartError) -> GatewayError:
+        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": error.stderr_tail})
+
+    @classmethod
+    def exited(cls, server_id: str, detail: str) -> GatewayError:
+        return cls(502, -32014, f"server {server_id!r} exited: {detail}")
+
+    @classmethod
+    def timeout(cls, server_id: str, what: str, seconds: float, setting: str) -> GatewayError:
+        return cls(504, -32015, f"server {server_id!r}: no {what} within {seconds:g} s (setting: {setting})")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_cli
+from support import free_port, run_cli
 
 
 def test_servers_lists_the_demo_registry() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import NODE_DIR, free_port, node_package, run_cli, running
+from support import NODE_DIR, free_port, node_package, run_cli, running
 
 NODE = NODE_DIR / "node_modules" / ".bin" / "node"
 LOOPBACK = NODE_DIR / "loopback.cjs"

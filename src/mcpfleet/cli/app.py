@@ -20,7 +20,7 @@ from mcp_types import CONNECTION_CLOSED
 
 from mcpfleet import __version__
 from mcpfleet.cli import output
-from mcpfleet.cli.target import Target, gateway_servers, resolve
+from mcpfleet.cli.target import Target, gateway_servers, registry_path, resolve
 from mcpfleet.client.connect import Connection, connect
 from mcpfleet.errors import McpfleetError, RegistryError, ServerUnavailableError, UsageError, leaf_error
 from mcpfleet.registry import HttpServer, load_registry, normalized
@@ -360,6 +360,58 @@ def prompts(
             for p in listed
         ],
     )
+
+
+# --- serve --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    registry: RegistryOpt = None,
+    demo: DemoOpt = False,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: gateway.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: gateway.port, 8000).")] = None,
+    tls_certfile: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")] = None,
+    tls_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
+    watch: Annotated[bool, typer.Option(help="Reload when the registry file changes.")] = True,
+) -> None:
+    """Run the gateway: every server in the registry at http://HOST:PORT/<server-id>/mcp."""
+    import logging
+
+    from mcpfleet.gateway.serve import serve as run_gateway
+
+    if (tls_certfile is None) != (tls_keyfile is None):
+        _fail(UsageError("give both --tls-certfile and --tls-keyfile, or neither"))
+    try:
+        path = registry_path(registry, demo)
+        loaded = load_registry(path)
+    except McpfleetError as exc:
+        _fail(exc)
+    bind = host or loaded.gateway.host
+    listen = port if port is not None else loaded.gateway.port
+    scheme = "https" if tls_certfile else "http"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shown = f"[{bind}]" if ":" in bind else bind
+    output.plain(f"mcpfleet gateway on {scheme}://{shown}:{listen} ({path}, {len(loaded.servers)} servers)")
+    for server_id in loaded.servers:
+        output.plain(f"  {scheme}://{shown}:{listen}/{server_id}/mcp")
+    output.plain(f"  status: {scheme}://{shown}:{listen}/servers")
+    anyio.run(
+        lambda: run_gateway(
+            loaded,
+            registry_path=None if demo else path,
+            host=bind,
+            port=listen,
+            tls_certfile=str(tls_certfile) if tls_certfile else None,
+            tls_keyfile=str(tls_keyfile) if tls_keyfile else None,
+            watch=watch,
+        )
+    )
+
+
+def _fail(exc: McpfleetError) -> NoReturn:
+    output.error(str(exc))
+    raise typer.Exit(exc.exit_code)
 
 
 # --- registry -----------------------------------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""The gateway: one ASGI app in front of every server in the registry.
+
+`async with Gateway(registry, ...) as app:` owns everything that lives longer than a request (the task
+group that supervises stdio processes, the idle-session reaper, the registry watcher) and serves `app`
+with any ASGI server. The hot path is plain ASGI: security checks, one dict lookup on the first path
+segment, then the server's runtime. Status and admin endpoints are answered here too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from mcpfleet import __version__
+from mcpfleet.errors import GatewayError, RegistryError
+from mcpfleet.gateway.asgi import Receive, Scope, Send, header, read_body, respond, respond_error
+from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.runtime import ServerRuntime
+from mcpfleet.gateway.security import Policy, check_path
+from mcpfleet.gateway.session import SessionTable
+from mcpfleet.registry import Registry, load_registry
+from mcpfleet.registry.model import HttpServer, StdioServer
+from mcpfleet.registry.render import mask_url
+
+log = logging.getLogger("mcpfleet.gateway")
+
+STATUS_PATHS = frozenset({"healthz", "readyz", "servers"})
+REAP_INTERVAL = 5.0
+
+
+class Gateway:
+    def __init__(self, registry: Registry, *, registry_path: str | Path | None = None, host: str | None = None) -> None:
+        self._snapshot = registry
+        self.registry_path = Path(registry_path) if registry_path is not None else None
+        self.sessions = SessionTable()
+        self.policy = Policy.create(
+            host or registry.gateway.host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins
+        )
+        self.reload_error: list[str] = []
+        self.reloads = {"ok": 0, "rejected": 0}
+        self.generation = 1
+        self._runtimes: dict[str, ServerRuntime] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._reload_lock = anyio.Lock()
+        self.ready = False
+
+    @property
+    def snapshot(self) -> Registry:
+        return self._snapshot
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._reap_idle_sessions)
+        self.ready = True
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.ready = False
+        assert self._task_group is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as closing:
+                    for runtime in self._runtimes.values():
+                        closing.start_soon(runtime.aclose)
+            self._runtimes.clear()
+        finally:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+
+    async def _reap_idle_sessions(self) -> None:
+        idle_after = self._snapshot.gateway.session_idle_timeout
+        while True:
+            await anyio.sleep(min(REAP_INTERVAL, idle_after / 2))
+            for token, session in self.sessions.idle(self._snapshot.gateway.session_idle_timeout):
+                self.sessions.drop(token)
+                log.info("session of server %r expired after %g s idle", session.server_id, idle_after)
+                await session.aclose()
+
+    def start_soon(self, fn: Any, *args: Any) -> None:
+        assert self._task_group is not None
+        self._task_group.start_soon(fn, *args)
+
+    # --- reload ----------------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Load the registry file again. An invalid file leaves the one in force; returns whether it loaded."""
+        if self.registry_path is None:
+            return False
+        async with self._reload_lock:
+            try:
+                fresh = await anyio.to_thread.run_sync(load_registry, self.registry_path)
+            except RegistryError as exc:
+                self.reload_error = [str(p) for p in exc.problems]
+                self.reloads["rejected"] += 1
+                log.error("registry reload rejected; the registry in force stays:\n%s", exc)
+                return False
+            self.apply(fresh)
+            return True
+
+    def apply(self, fresh: Registry) -> None:
+        """Swap in a new snapshot; runtimes of changed or removed entries drain in the background."""
+        old = self._snapshot
+        self._snapshot = fresh
+        self.generation += 1
+        self.reload_error = []
+        self.reloads["ok"] += 1
+        for server_id, runtime in list(self._runtimes.items()):
+            if fresh.servers.get(server_id) != old.servers.get(server_id):
+                del self._runtimes[server_id]
+                self.start_soon(runtime.retire)
+        added = sorted(set(fresh.servers) - set(old.servers))
+        removed = sorted(set(old.servers) - set(fresh.servers))
+        log.info(
+            "registry reloaded (generation %d): %d servers, added %s, removed %s",
+            self.generation,
+            len(fresh.servers),
+            added or "none",
+            removed or "none",
+        )
+
+    def _runtime(self, snapshot: Registry, server_id: str) -> ServerRuntime | None:
+        server = snapshot.servers.get(server_id)
+        if server is None or snapshot is not self._snapshot:
+            # A request that began under an older snapshot keeps its server only while nothing replaced it.
+            current = self._runtimes.get(server_id)
+            return current if current is not None and current.server == server else None
+        runtime = self._runtimes.get(server_id)
+        if runtime is None or runtime.server != server:
+            assert self._task_group is not None
+            runtime = ServerRuntime(server, self.sessions, self._task_group)
+            self._runtimes[server_id] = runtime
+        return runtime
+
+    # --- ASGI ------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._route(scope, receive, tracked)
+        except GatewayError as exc:
+            if not started:
+                await respond_error(send, exc)
+            else:
+                log.warning("error after the response started: %s", exc.message)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.policy.check_host(header(scope, b"host"))
+        self.policy.check_origin(header(scope, b"origin"))
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        segments = check_path(raw_path.split(b"?", 1)[0])
+        first = segments[0]
+        if len(segments) == 1 and first in STATUS_PATHS:
+            await self._status(first, send)
+            return
+        if first == "admin":
+            await self._admin(scope, segments, receive, send)
+            return
+        snapshot = self._snapshot
+        if first not in snapshot.servers:
+            raise GatewayError.unknown_server(first, sorted(snapshot.servers))
+        runtime = self._runtime(snapshot, first)
+        if runtime is None:
+            raise GatewayError.unknown_server(first, sorted(self._snapshot.servers))
+        rest = raw_path.split(b"?", 1)[0][len(first.encode()) + 1 :].decode("latin-1") or "/"
+        body = b""
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body = await read_body(receive, snapshot.gateway.max_body_bytes)
+        await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))
+
+    # --- status and admin ------------------------------------------------------------------------------
+
+    async def _status(self, what: str, send: Send) -> None:
+        if what == "healthz":
+            await respond(send, 200, b'{"status":"ok"}')
+        elif what == "readyz":
+            await respond(send, 200 if self.ready else 503, json.dumps({"ready": self.ready}).encode())
+        else:
+            await respond(send, 200, json.dumps(self.describe(), indent=2).encode())
+
+    def describe(self) -> dict[str, Any]:
+        servers = []
+        for server_id, server in self._snapshot.servers.items():
+            entry: dict[str, Any] = {"id": server_id, "type": server.type, "description": server.description}
+            runtime = self._runtimes.get(server_id)
+            if isinstance(server, HttpServer):
+                entry["replicas"] = [{"url": mask_url(e.url), "weight": e.weight} for e in server.endpoints]
+                entry["target"] = ", ".join(mask_url(server.mcp_url(e)) for e in server.endpoints)
+            if isinstance(server, StdioServer | HttpServer) and server.command:
+                entry["command"] = list(server.command)
+                if isinstance(server, StdioServer):
+                    entry["target"] = " ".join(server.command)
+                live = len(runtime.stdio.live) if runtime is not None and runtime.stdio is not None else 0
+                entry["processes"] = {"live": live, "max": server.pool.max}
+            entry["sessions"] = len(self.sessions.of_server(server_id))
+            entry["health"] = "unknown"
+            servers.append(entry)
+        return {
+            "version": __version__,
+            "generation": self.generation,
+            "registry": self._snapshot.source,
+            "last_reload_error": self.reload_error or None,
+            "reloads": self.reloads,
+            "servers": servers,
+        }
+
+    async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if not client or not (client[0].startswith("127.") or client[0] == "::1"):
+            raise GatewayError(403, -32600, "the admin endpoints answer loopback clients only")
+        if segments[1:] != ["reload"] or scope["method"] != "POST":
+            raise GatewayError(404, -32601, "admin endpoints: POST /admin/reload")
+        await read_body(receive, 1024)
+        loaded = await self.reload()
+        body = {"reloaded": loaded, "generation": self.generation, "errors": self.reload_error or None}
+        await respond(send, 200 if loaded else 422, json.dumps(body).encode())
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """The Gateway is entered by whoever serves it; an ASGI server's lifespan events are just acknowledged."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,86 @@
+"""Run the gateway: uvicorn in front of a `Gateway`, plus the reload triggers (file watch, SIGHUP).
+
+The registry file's directory is watched, not the file, so atomic renames and Kubernetes ConfigMap
+symlink swaps (`..data`) are seen; a change reloads only when the file's content changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+from pathlib import Path
+
+import anyio
+import uvicorn
+
+from mcpfleet.gateway.app import Gateway
+from mcpfleet.registry import Registry
+
+log = logging.getLogger("mcpfleet.gateway")
+
+
+async def serve(
+    registry: Registry,
+    *,
+    registry_path: Path | None,
+    host: str,
+    port: int,
+    tls_certfile: str | None = None,
+    tls_keyfile: str | None = None,
+    watch: bool = True,
+) -> None:
+    async with Gateway(registry, registry_path=registry_path, host=host) as gateway:
+        config = uvicorn.Config(
+            gateway,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            ssl_certfile=tls_certfile,
+            ssl_keyfile=tls_keyfile,
+            timeout_graceful_shutdown=25,
+            ws="none",
+        )
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tg:
+            if registry_path is not None:
+                tg.start_soon(_reload_on_sighup, gateway)
+                if watch:
+                    tg.start_soon(_reload_on_change, gateway, registry_path)
+            await server.serve()
+            tg.cancel_scope.cancel()
+
+
+async def _reload_on_sighup(gateway: Gateway) -> None:
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("SIGHUP: reloading the registry")
+            await gateway.reload()
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+async def _reload_on_change(gateway: Gateway, path: Path) -> None:
+    from watchfiles import awatch
+
+    seen = await anyio.to_thread.run_sync(_digest, path)
+    directory = await anyio.to_thread.run_sync(lambda: path.absolute().parent)
+    # The file itself, or the `..data` link a Kubernetes ConfigMap volume swaps atomically.
+    names = {path.name, "..data"}
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+
+    def relevant(_change: object, changed: str) -> bool:
+        return Path(changed).name in names
+
+    async for _ in awatch(directory, debounce=200, recursive=False, watch_filter=relevant):
+        current = await anyio.to_thread.run_sync(_digest, path)
+        if current is not None and current != seen:
+            seen = current
+            log.info("%s changed: reloading the registry", path)
+            await gateway.reload()

@@ -1,0 +1,451 @@
+"""stdio servers behind the gateway: the gateway is the Streamable HTTP server for each process.
+
+Session mode (the 2025 revisions): one client session leases one process, which sees exactly one
+`initialize` and keeps its own state. Messages go to the process untouched, one per line; what the process
+writes is routed back by id: responses to the POST that carried the request, progress to the stream of the
+request whose token it names, and server requests and other notifications to the single open POST stream,
+else the GET stream, else a bounded backlog that the next GET stream receives.
+
+2026-07-28 traffic is stateless, so it shares one process per server, with request ids and progress
+tokens remapped (`protocol.IdMap`) and a client disconnect passed on as `notifications/cancelled`.
+
+When a process exits, every request still waiting on it gets a JSON-RPC error at once, never a hang.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import time
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from mcpfleet.errors import GatewayError, ServerStartError
+from mcpfleet.gateway.asgi import Headers, respond, send_chunk, start_event_stream
+from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.protocol import (
+    SESSION_HEADER,
+    IdMap,
+    Message,
+    accepts,
+    dumps,
+    error_response,
+    id_key,
+    parse_body,
+    parse_message,
+    sse_event,
+)
+from mcpfleet.gateway.session import SessionTable
+from mcpfleet.process import StdioProcess
+from mcpfleet.registry.model import HttpServer, StdioServer
+
+log = logging.getLogger("mcpfleet.gateway.stdio")
+
+BACKLOG = 256
+EXITED = -32014
+
+
+class Outbox:
+    """Messages bound for one client stream: a POST's response stream or the session's GET stream."""
+
+    def __init__(self, waiting: set[str] | None = None) -> None:
+        self.waiting = waiting  # ids whose responses end this stream; None for the standing GET stream
+        self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
+
+    def deliver(self, message: bytes, answered: str | None = None) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._send.send_nowait(message)
+        if answered is not None and self.waiting is not None:
+            self.waiting.discard(answered)
+            if not self.waiting:
+                self.close()
+
+    def close(self) -> None:
+        self._send.close()
+
+
+class _Process:
+    """What session and shared modes have in common: a supervised child and a task that reads it."""
+
+    def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...]) -> None:
+        self.server = server
+        self.argv = argv
+        self.process: StdioProcess | None = None
+        self.closed = anyio.Event()
+        self.exit_detail = ""
+        self._stop = anyio.CancelScope()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        server = self.server
+        process = StdioProcess(
+            server.id,
+            self.argv,
+            env=server.env,
+            secret_env=server.secret_env,
+            cwd=server.cwd,
+            shutdown_grace=server.timeouts.shutdown,
+        )
+        try:
+            async with process:
+                self.process = process
+                task_status.started()
+                with self._stop:
+                    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        while True:
+                            line = await process.receive()
+                            message = parse_message(line)
+                            if message is None:
+                                log.warning("server %r wrote a line that is not JSON-RPC; skipped", server.id)
+                                continue
+                            self.dispatch(message)
+                    await process.wait_exited(0.5)
+        except ServerStartError:
+            raise
+        except Exception:  # the task group must not die with one process
+            log.exception("stdio server %r failed", server.id)
+        finally:
+            code = process.returncode
+            self.exit_detail = f"exit code {code}" if code is not None else "stopped"
+            if tail := process.stderr_tail().strip():
+                self.exit_detail += "; stderr: " + tail.splitlines()[-1]
+            self.finish()
+            self.closed.set()
+
+    def dispatch(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+    async def send(self, data: bytes) -> None:
+        if self.process is None or self.closed.is_set():
+            raise GatewayError.exited(self.server.id, self.exit_detail or "not running")
+        try:
+            await self.process.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            raise GatewayError.exited(self.server.id, self.exit_detail or "its stdin is closed") from None
+
+    async def aclose(self) -> None:
+        self._stop.cancel()
+        with anyio.move_on_after(self.server.timeouts.shutdown * 3 + 1):
+            await self.closed.wait()
+
+
+class StdioSession(_Process):
+    """Session mode: one client session, one process."""
+
+    def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...], owner: StdioUpstream) -> None:
+        super().__init__(server, argv)
+        self.owner = owner
+        self.server_id = server.id
+        self.last_used = time.monotonic()
+        self._pending: dict[str, Outbox] = {}
+        self._progress: dict[str, Outbox] = {}
+        self._posts: list[Outbox] = []
+        self._standing: Outbox | None = None
+        self._backlog: collections.deque[bytes] = collections.deque(maxlen=BACKLOG)
+
+    def dispatch(self, message: Message) -> None:
+        if message.is_response:
+            box = self._pending.pop(message.id_key, None)
+            if box is not None:
+                box.deliver(message.raw, answered=message.id_key)
+            return
+        if message.method == "notifications/progress":
+            token = (message.data.get("params") or {}).get("progressToken")
+            box = self._progress.get(id_key(token))
+            if box is not None:
+                box.deliver(message.raw)
+                return
+        self._unsolicited(message.raw)
+
+    def _unsolicited(self, raw: bytes) -> None:
+        open_posts = [box for box in self._posts if box.waiting]
+        if len(open_posts) == 1:
+            open_posts[0].deliver(raw)
+        elif self._standing is not None:
+            self._standing.deliver(raw)
+        else:
+            self._backlog.append(raw)
+
+    def finish(self) -> None:
+        detail = f"server {self.server_id!r} exited ({self.exit_detail})"
+        for key, box in list(self._pending.items()):
+            box.deliver(error_response(_parse_id(key), EXITED, detail), answered=key)
+        self._pending.clear()
+        if self._standing is not None:
+            self._standing.close()
+
+    async def post(self, messages: list[Message]) -> Outbox | None:
+        """Write messages to the process; the outbox that will carry the answers, or None if none are due."""
+        requests = [m for m in messages if m.is_request]
+        box = None
+        if requests:
+            box = Outbox({m.id_key for m in requests})
+            for m in requests:
+                self._pending[m.id_key] = box
+                if (token := m.progress_token()) is not None:
+                    self._progress[id_key(token)] = box
+            self._posts.append(box)
+        for m in messages:
+            await self.send(m.raw)
+        return box
+
+    def release(self, box: Outbox) -> None:
+        """The client stream of `box` ended: later answers for it have nowhere to go."""
+        with contextlib.suppress(ValueError):
+            self._posts.remove(box)
+        for key in [k for k, b in self._pending.items() if b is box]:
+            del self._pending[key]
+        for key in [k for k, b in self._progress.items() if b is box]:
+            del self._progress[key]
+        box.close()
+
+    def open_standing(self) -> Outbox | None:
+        if self._standing is not None:
+            return None
+        box = Outbox()
+        while self._backlog:
+            box.deliver(self._backlog.popleft())
+        if self.closed.is_set():
+            box.close()
+        self._standing = box
+        return box
+
+    def close_standing(self, box: Outbox) -> None:
+        if self._standing is box:
+            self._standing = None
+        box.close()
+
+
+class SharedProcess(_Process):
+    """2026-07-28 traffic from many clients over one process, ids and progress tokens remapped."""
+
+    def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...]) -> None:
+        super().__init__(server, argv)
+        self.ids = IdMap()
+
+    def dispatch(self, message: Message) -> None:
+        routed = self.ids.incoming(message)
+        if routed is None:
+            return  # e.g. a list_changed notification: stateless clients have no stream to receive it on
+        box, data = routed
+        box.deliver(data, answered="*" if message.is_response else None)
+
+    def finish(self) -> None:
+        detail = f"server {self.server.id!r} exited ({self.exit_detail})"
+        for box, original_id in self.ids.drain():
+            box.deliver(error_response(original_id, EXITED, detail), answered="*")
+
+
+def _parse_id(key: str) -> Any:
+    import json
+
+    return json.loads(key)
+
+
+class StdioUpstream:
+    """The processes of one server; their tasks live in the gateway's task group, not in a request."""
+
+    def __init__(
+        self,
+        server: StdioServer | HttpServer,
+        argv: tuple[str, ...],
+        task_group: anyio.abc.TaskGroup,
+        sessions: SessionTable,
+    ) -> None:
+        self.server = server
+        self.argv = argv
+        self._tg = task_group
+        self._sessions = sessions
+        self._limiter = anyio.CapacityLimiter(server.pool.max)
+        self._shared: SharedProcess | None = None
+        self._shared_lock = anyio.Lock()
+        self.live: set[_Process] = set()
+        self.retired = False
+
+    async def aclose(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for process in list(self.live):
+                tg.start_soon(process.aclose)
+
+    async def _start(self, process: _Process) -> None:
+        with anyio.move_on_after(self.server.pool.acquire_timeout) as waited:
+            await self._limiter.acquire_on_behalf_of(process)
+        if waited.cancelled_caught:
+            raise GatewayError(
+                503,
+                -32016,
+                f"server {self.server.id!r}: all {self.server.pool.max} processes are busy (setting: pool.max)",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            await self._tg.start(self._supervise, process)
+        except ServerStartError as exc:
+            self._limiter.release_on_behalf_of(process)
+            raise GatewayError.start_failed(exc) from None
+
+    async def _supervise(self, process: _Process, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        self.live.add(process)
+        try:
+            await process.run(task_status=task_status)
+        finally:
+            self.live.discard(process)
+            self._limiter.release_on_behalf_of(process)
+            if isinstance(process, StdioSession):
+                self._sessions.drop_session(process)
+
+    # --- session mode -------------------------------------------------------------------------------------
+
+    async def initialize(self, exchange: Exchange, message: Message) -> None:
+        session = StdioSession(self.server, self.argv, self)
+        await self._start(session)
+        keep = False
+        try:
+            box = await session.post([message])
+            assert box is not None
+            before: list[bytes] = []
+            first = None
+            with anyio.move_on_after(self.server.timeouts.startup):
+                while (first := await _next(box)) is not None:
+                    parsed = parse_message(first)
+                    if parsed is not None and parsed.is_response:
+                        break
+                    before.append(first)  # e.g. a log notification sent while initializing
+            if first is None:
+                if session.closed.is_set():
+                    raise GatewayError.exited(self.server.id, session.exit_detail + " before answering initialize")
+                raise GatewayError.timeout(
+                    self.server.id, "answer to initialize", self.server.timeouts.startup, "timeouts.startup"
+                )
+            answer = parse_message(first)
+            headers: Headers = []
+            if answer is not None and "result" in answer.data:
+                headers.append((SESSION_HEADER, self._sessions.issue(session).encode()))
+                keep = True
+            await _answer(exchange, [*before, first], box, headers, batch=False)
+            session.release(box)
+        finally:
+            if not keep:
+                await session.aclose()
+
+    async def in_session(self, exchange: Exchange, token: str, session: StdioSession) -> None:
+        if exchange.method == "DELETE":
+            self._sessions.drop(token)
+            await session.aclose()
+            await respond(exchange.send, 200, b"")
+            return
+        if exchange.method == "GET":
+            await self._standing_stream(exchange, session)
+            return
+        messages, batch = parse_body(exchange.body)
+        box = await session.post(messages)
+        if box is None:
+            await respond(exchange.send, 202, b"")
+            return
+        try:
+            await _answer(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+        finally:
+            session.release(box)
+
+    async def _standing_stream(self, exchange: Exchange, session: StdioSession) -> None:
+        if not accepts(exchange.header(b"accept") or "", "text/event-stream"):
+            raise GatewayError(406, -32600, "the GET stream needs 'Accept: text/event-stream'")
+        box = session.open_standing()
+        if box is None:
+            raise GatewayError(409, -32600, "this session already has a GET stream open")
+        try:
+            await _stream(
+                exchange, box, [(SESSION_HEADER, exchange.session_id.encode())] if exchange.session_id else []
+            )
+        finally:
+            session.close_standing(box)
+
+    # --- shared mode (2026-07-28) -------------------------------------------------------------------------
+
+    async def stateless(self, exchange: Exchange) -> None:
+        messages, batch = parse_body(exchange.body)
+        if batch or len(messages) != 1:
+            raise GatewayError.invalid_request("2026-07-28 requests are single JSON-RPC messages, not batches")
+        message = messages[0]
+        shared = await self._shared_process()
+        if not message.is_request:
+            await shared.send(message.raw)
+            await respond(exchange.send, 202, b"")
+            return
+        box = Outbox({"*"})
+        upstream_id, data = shared.ids.outgoing(message, box)
+        try:
+            await shared.send(data)
+            completed = await _answer(exchange, [], box, [], batch=False)
+        finally:
+            leftover = shared.ids.forget(box)
+            box.close()
+        if not completed and leftover and not shared.closed.is_set():
+            # At 2026-07-28 a client that goes away cancels its request.
+            with contextlib.suppress(GatewayError):
+                await shared.send(shared.ids.cancel(upstream_id, "the client disconnected"))
+
+    async def _shared_process(self) -> SharedProcess:
+        async with self._shared_lock:
+            if self._shared is None or self._shared.closed.is_set():
+                shared = SharedProcess(self.server, self.argv)
+                await self._start(shared)
+                self._shared = shared
+            return self._shared
+
+
+async def _next(box: Outbox) -> bytes | None:
+    try:
+        return await box.receive.receive()
+    except anyio.EndOfStream:
+        return None
+
+
+async def _answer(exchange: Exchange, already: list[bytes], box: Outbox, headers: Headers, *, batch: bool) -> bool:
+    """Answer a POST from `box`: an event stream when the client takes one, else JSON. True if complete."""
+    accept = exchange.header(b"accept") or ""
+    if accepts(accept, "text/event-stream"):
+        return await _stream(exchange, box, headers, already)
+    if not accepts(accept, "application/json"):
+        raise GatewayError(406, -32600, "the client must accept application/json or text/event-stream")
+    responses = list(already)
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            item = await box.receive.receive()
+            parsed = parse_message(item)
+            if parsed is not None and parsed.is_response:
+                responses.append(item)
+    body = b"[" + b",".join(responses) + b"]" if batch else (responses[0] if responses else b"")
+    await respond(exchange.send, 200, body, headers)
+    return True
+
+
+async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: list[bytes] | None = None) -> bool:
+    """Relay `box` as Server-Sent Events until it closes or the client goes away. True if it closed."""
+    await start_event_stream(exchange.send, headers)
+    completed = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch_client() -> None:
+            while (await exchange.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch_client)
+        with contextlib.suppress(OSError):
+            for item in already or []:
+                await send_chunk(exchange.send, sse_event(item))
+            async for item in box.receive:
+                await send_chunk(exchange.send, sse_event(item))
+            completed = True
+            await send_chunk(exchange.send, b"", more=False)
+        tg.cancel_scope.cancel()
+    return completed
+
+
+__all__ = ["Outbox", "SharedProcess", "StdioSession", "StdioUpstream", "dumps"]
