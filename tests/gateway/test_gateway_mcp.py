@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -86,3 +87,22 @@ def test_each_session_gets_its_own_process(gateway: Callable[[str], RunningGatew
         return found
 
     assert len(anyio.run(pids)) == 4
+
+
+def test_cli_works_through_the_gateway_unchanged(gateway: Callable[[str], RunningGateway]) -> None:
+    from support import run_cli
+
+    gw = gateway(f"servers:\n  local: {{command: {DEMO_STDIO}, description: through the gateway}}\n")
+    listed = run_cli("servers", "--gateway", gw.url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(s["id"], s["type"], s["description"]) for s in json.loads(listed.stdout)] == [
+        ("local", "stdio", "through the gateway")
+    ]
+    tools = run_cli("tools", "local", "--gateway", gw.url, "--json")
+    assert "whoami" in {t["name"] for t in json.loads(tools.stdout)}
+    called = run_cli("call", "local", "echo", "--arg", "text=via gateway", "--gateway", gw.url)
+    assert (called.returncode, called.stdout.strip()) == (0, "via gateway")
+    failed = run_cli("call", "local", "fail", "--gateway", gw.url)
+    assert failed.returncode == 1
+    unknown = run_cli("tools", "nope", "--gateway", gw.url)
+    assert unknown.returncode == 3 and "unknown server 'nope'" in unknown.stderr

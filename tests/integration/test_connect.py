@@ -13,6 +13,7 @@ from mcpfleet.client.connect import connect, http_entry
 from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableError
 from mcpfleet.registry import parse_registry
 from mcpfleet.registry.model import Server
+
 from support import free_port
 
 DEMO = [sys.executable, "-m", "mcpfleet.demo", "stdio"]

@@ -154,7 +154,10 @@ def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog
     url = mask_url(url)
     if isinstance(exc, MCPError):
         failed = [status for status in (log.statuses if log else []) if status >= 400]
-        if failed and failed[-1] in (404, 405):
+        # The SDK stands in a generic error for a bare 404/405; one with a JSON-RPC body is a real answer
+        # (a gateway saying the server id is unknown, say), not a sign of a legacy server.
+        bare = exc.error.message in ("Not Found", "Server returned an error response")
+        if failed and failed[-1] in (404, 405) and bare:
             return _NotStreamable()
         if failed and failed[-1] in (401, 403):
             return ProtocolError(f"server {server.id!r} at {url} requires authorization (HTTP {failed[-1]})")

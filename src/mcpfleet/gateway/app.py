@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -221,6 +222,7 @@ class Gateway:
             servers.append(entry)
         return {
             "version": __version__,
+            "pid": os.getpid(),
             "generation": self.generation,
             "registry": self._snapshot.source,
             "last_reload_error": self.reload_error or None,

@@ -150,7 +150,7 @@ class HttpUpstream:
                 if response.status_code == 404 or (exchange.method == "DELETE" and ok):
                     sessions.drop(session_token)
             streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-            if streaming:
+            if streaming and "x-accel-buffering" not in response.headers:
                 headers.append((b"x-accel-buffering", b"no"))
             elif (length := response.headers.get("content-length")) is not None:
                 headers.append((b"content-length", length.encode()))

@@ -1,0 +1,195 @@
+"""The gateway's HTTP contract, request by request: sessions, errors, security checks."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import pytest
+
+from conftest import RunningGateway
+from support import free_port
+
+DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+}
+
+
+def events(response: httpx2.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE (or JSON) response body."""
+    if response.headers["content-type"].startswith("application/json"):
+        body = response.json()
+        return body if isinstance(body, list) else [body]
+    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def open_session(client: httpx2.Client, url: str) -> str:
+    response = client.post(url, json=INIT, headers=ACCEPT)
+    assert response.status_code == 200, response.text
+    session = response.headers["mcp-session-id"]
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert client.post(url, json=note, headers={**ACCEPT, "mcp-session-id": session}).status_code == 202
+    return session
+
+
+def call(
+    client: httpx2.Client, url: str, session: str, name: str, arguments: dict[str, Any], rid: Any = 2, **extra: str
+) -> httpx2.Response:
+    body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+    return client.post(url, json=body, headers={**ACCEPT, "mcp-session-id": session, **extra}, timeout=30)
+
+
+@pytest.fixture
+def stdio_gateway(gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]) -> RunningGateway:
+    web = demo_http("web")
+    return gateway(
+        f"servers:\n  local: {{command: {DEMO_STDIO}}}\n  web: {{endpoint: '{web}'}}\n"
+        f"  down: {{endpoint: 'http://127.0.0.1:{free_port()}'}}\n"
+        "gateway: {max_body_bytes: 4096, session_idle_timeout: 2}\n"
+    )
+
+
+def test_session_ids_are_the_gateways_and_ids_keep_their_json_type(stdio_gateway: RunningGateway) -> None:
+    with httpx2.Client() as client:
+        for server_id in ("local", "web"):
+            url = stdio_gateway.mcp(server_id)
+            session = open_session(client, url)
+            assert len(session) >= 40  # 256 random bits, url-safe
+            for rid in ("req-7", 7):
+                answer = events(call(client, url, session, "echo", {"text": "x"}, rid=rid))[-1]
+                assert answer["id"] == rid and type(answer["id"]) is type(rid)
+            assert client.delete(url, headers={"mcp-session-id": session}).status_code == 200
+            gone = call(client, url, session, "echo", {"text": "x"})
+            assert gone.status_code == 404
+            assert gone.json()["error"]["code"] == -32600
+
+
+def test_unknown_and_forged_sessions_get_404(stdio_gateway: RunningGateway) -> None:
+    with httpx2.Client() as client:
+        for server_id in ("local", "web"):
+            response = call(client, stdio_gateway.mcp(server_id), "not-a-session-we-issued", "echo", {"text": "x"})
+            assert response.status_code == 404
+            assert "initialize again" in response.json()["error"]["message"]
+        # A session id is bound to its server: it does not open another one.
+        session = open_session(client, stdio_gateway.mcp("local"))
+        assert call(client, stdio_gateway.mcp("web"), session, "echo", {"text": "x"}).status_code == 404
+
+
+def test_idle_sessions_expire(stdio_gateway: RunningGateway) -> None:
+    with httpx2.Client() as client:
+        session = open_session(client, stdio_gateway.mcp("local"))
+        time.sleep(2 * 2 + 5.5)  # idle timeout 2 s, reaper period at most 5 s
+        assert call(client, stdio_gateway.mcp("local"), session, "echo", {"text": "x"}).status_code == 404
+        status = client.get(f"{stdio_gateway.url}/servers").json()
+        assert next(s for s in status["servers"] if s["id"] == "local")["processes"]["live"] == 0
+
+
+def test_crashed_process_fails_its_pending_call_at_once(stdio_gateway: RunningGateway) -> None:
+    with httpx2.Client() as client:
+        url = stdio_gateway.mcp("local")
+        session = open_session(client, url)
+        started = time.monotonic()
+        answer = events(call(client, url, session, "crash", {"code": 9}, rid="c1"))[-1]
+        assert time.monotonic() - started < 10
+        assert answer["id"] == "c1" and answer["error"]["code"] == -32014
+        assert "exit code 9" in answer["error"]["message"]
+        assert call(client, url, session, "echo", {"text": "x"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "code", "text"),
+    [
+        ("/nope/mcp", {}, 404, -32010, "unknown server 'nope'; servers here: down, local, web"),
+        ("/down/mcp", {"json": INIT}, 502, -32012, "server 'down' is unreachable"),
+        ("/local/mcp", {"content": b"{not json"}, 400, -32700, "not valid JSON"),
+        ("/local/mcp", {"content": b"x" * 5000}, 413, -32600, "exceeds 4096 bytes (setting: gateway.max_body_bytes)"),
+        ("/local/mcp", {"json": INIT, "headers": {"accept": "text/plain"}}, 406, -32600, "must accept"),
+        (
+            "/local/mcp",
+            {"json": {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}},
+            400,
+            -32600,
+            "Mcp-Session-Id header is required",
+        ),
+        ("/local/other", {}, 404, -32601, "serves only /local/mcp"),
+    ],
+)
+def test_errors_are_json_rpc_bodies_with_the_right_status(
+    stdio_gateway: RunningGateway, path: str, kwargs: dict[str, Any], status: int, code: int, text: str
+) -> None:
+    headers = {**ACCEPT, **kwargs.pop("headers", {})}
+    with httpx2.Client() as client:
+        response = client.post(stdio_gateway.url + path, headers=headers, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and text in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "text"),
+    [
+        ("/local/../web/mcp", "'.' and '..' segments"),
+        ("/web/%2e%2e/local/mcp", "'.' and '..' segments"),
+        ("/web/%2E./x", "'.' and '..' segments"),
+        ("/local%2Fmcp", "encoded separators"),
+        ("/web/a%5c..%5cb", "encoded separators"),
+        ("/web//etc/passwd", "empty segments"),
+        ("http://evil.example/web/mcp", "the path is not allowed"),
+    ],
+)
+def test_paths_cannot_escape_their_server(stdio_gateway: RunningGateway, raw_path: str, text: str) -> None:
+    # Sent over a raw socket: HTTP clients normalize dot segments before they leave.
+    port = int(stdio_gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {raw_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert text in json.loads(body)["error"]["message"]
+
+
+def test_dns_rebinding_checks(stdio_gateway: RunningGateway) -> None:
+    with httpx2.Client() as client:
+        foreign_host = client.post(stdio_gateway.mcp("local"), json=INIT, headers={**ACCEPT, "host": "evil.example"})
+        assert foreign_host.status_code == 421
+        foreign_origin = client.post(
+            stdio_gateway.mcp("local"), json=INIT, headers={**ACCEPT, "origin": "https://evil.example"}
+        )
+        assert foreign_origin.status_code == 403 and "gateway.allowed_origins" in foreign_origin.text
+        local_origin = client.post(
+            stdio_gateway.mcp("local"), json=INIT, headers={**ACCEPT, "origin": "http://localhost:3000"}
+        )
+        assert local_origin.status_code == 200
+
+
+def test_other_paths_of_http_servers_are_forwarded(stdio_gateway: RunningGateway) -> None:
+    with (
+        httpx2.Client() as client,
+        client.stream("GET", f"{stdio_gateway.url}/web/sse", headers={"accept": "text/event-stream"}) as stream,
+    ):
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert stream.headers["x-accel-buffering"] == "no"
+        first = next(stream.iter_text())
+        assert "event: endpoint" in first
+
+
+def test_status_endpoints(stdio_gateway: RunningGateway) -> None:
+    with httpx2.Client() as client:
+        assert client.get(f"{stdio_gateway.url}/healthz").json() == {"status": "ok"}
+        assert client.get(f"{stdio_gateway.url}/readyz").json() == {"ready": True}
+        status = client.get(f"{stdio_gateway.url}/servers").json()
+        assert [s["id"] for s in status["servers"]] == ["local", "web", "down"]
+        assert status["last_reload_error"] is None
