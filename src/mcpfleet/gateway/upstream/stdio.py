@@ -205,6 +205,11 @@ class StdioSession(_Process):
             del self._progress[key]
         box.close()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight and no stream open: ending it loses no message."""
+        return not self._pending and not self._posts and self._standing is None
+
     def open_standing(self) -> Outbox | None:
         if self._standing is not None:
             return None
@@ -274,6 +279,8 @@ class StdioUpstream:
                 tg.start_soon(process.aclose)
 
     async def _start(self, process: _Process) -> None:
+        if self._limiter.available_tokens < 1:
+            await self._reclaim_idle_session()
         with anyio.move_on_after(self.server.pool.acquire_timeout) as waited:
             await self._limiter.acquire_on_behalf_of(process)
         if waited.cancelled_caught:
@@ -288,6 +295,24 @@ class StdioUpstream:
         except ServerStartError as exc:
             self._limiter.release_on_behalf_of(process)
             raise GatewayError.start_failed(exc) from None
+
+    async def _reclaim_idle_session(self) -> None:
+        """At the process cap, end the least recently used session that has nothing in flight.
+
+        Many clients never send DELETE; without this, their abandoned sessions would hold every process
+        until they expire and new clients would wait. The evicted client gets 404 and initializes again.
+        """
+        idle = [p for p in self.live if isinstance(p, StdioSession) and p.idle]
+        if not idle:
+            return
+        victim = min(idle, key=lambda session: session.last_used)
+        log.info(
+            "server %r: at %d processes, ending the least recently used idle session",
+            self.server.id,
+            self.server.pool.max,
+        )
+        self._sessions.drop_session(victim)
+        await victim.aclose()
 
     async def _supervise(self, process: _Process, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self.live.add(process)
