@@ -84,6 +84,8 @@ class Gateway:
         while True:
             await anyio.sleep(min(REAP_INTERVAL, idle_after / 2))
             for token, session in self.sessions.idle(self._snapshot.gateway.session_idle_timeout):
+                if not getattr(session, "idle", True):
+                    continue  # a stream is open or a request is in flight
                 self.sessions.drop(token)
                 log.info("session of server %r expired after %g s idle", session.server_id, idle_after)
                 await session.aclose()
@@ -149,7 +151,7 @@ class Gateway:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
+            await self._websocket(scope, receive, send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
 
@@ -169,11 +171,30 @@ class Gateway:
             else:
                 log.warning("error after the response started: %s", exc.message)
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _target(self, scope: Scope) -> tuple[bytes, list[str]]:
+        """Security checks shared by HTTP and WebSocket: Host, Origin, then the raw path's segments."""
         self.policy.check_host(header(scope, b"host"))
         self.policy.check_origin(header(scope, b"origin"))
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        segments = check_path(raw_path.split(b"?", 1)[0])
+        raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
+        return raw_path, check_path(raw_path)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            _, segments = self._target(scope)
+            runtime = self._runtime(self._snapshot, segments[0]) if len(segments) == 2 else None
+            if runtime is None or segments[1] != "ws":
+                raise GatewayError(404, -32601, "WebSocket endpoints are /<server-id>/ws")
+            if "mcp" not in scope.get("subprotocols", []):
+                raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
+        except GatewayError as exc:
+            await receive()  # websocket.connect; closing before accepting answers the handshake with 403
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            return
+        await receive()
+        await runtime.websocket(receive, send, self._snapshot.gateway.max_body_bytes)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path, segments = self._target(scope)
         first = segments[0]
         if len(segments) == 1 and first in STATUS_PATHS:
             await self._status(first, send)
@@ -187,7 +208,7 @@ class Gateway:
         runtime = self._runtime(snapshot, first)
         if runtime is None:
             raise GatewayError.unknown_server(first, sorted(self._snapshot.servers))
-        rest = raw_path.split(b"?", 1)[0][len(first.encode()) + 1 :].decode("latin-1") or "/"
+        rest = raw_path[len(first.encode()) + 1 :].decode("latin-1") or "/"
         body = b""
         if scope["method"] in ("POST", "PUT", "PATCH"):
             body = await read_body(receive, snapshot.gateway.max_body_bytes)
@@ -216,6 +237,7 @@ class Gateway:
                 if isinstance(server, StdioServer):
                     entry["target"] = " ".join(server.command)
                 live = len(runtime.stdio.live) if runtime is not None and runtime.stdio is not None else 0
+                # (bridged HTTP connections are counted apart, under "bridged")
                 entry["processes"] = {"live": live, "max": server.pool.max}
             entry["sessions"] = len(self.sessions.of_server(server_id))
             entry["health"] = "unknown"

@@ -1,59 +1,101 @@
 """What the gateway runs for one registry entry: its upstreams, and the choice between them per request.
 
-A runtime belongs to one entry of one snapshot. A reload that changes or removes the entry retires the
-runtime: it takes no new sessions, its in-flight requests finish, then its sessions end and its processes
-stop (clients get 404 and initialize again, on the new configuration).
+| client transport                 | http entry (Streamable)  | http entry (legacy SSE) | stdio entry  |
+|----------------------------------|--------------------------|-------------------------|--------------|
+| Streamable HTTP  `/<id>/mcp`     | passthrough (bytes)      | relay over SDK client   | relay        |
+| legacy SSE `/<id>/sse` + `/messages/` | relay over SDK client | relay over SDK client  | relay        |
+| WebSocket `/<id>/ws`             | relay over SDK client    | relay over SDK client   | relay        |
+
+An http entry with a `command` is served over HTTP while an endpoint answers, and through its command when
+none does. A runtime belongs to one entry of one snapshot: a reload that changes or removes the entry
+retires it (no new sessions; in-flight requests finish; then its sessions end and its processes stop).
 """
 
 from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import respond
+from mcpfleet.gateway.asgi import Receive, Send, respond, send_chunk, start_event_stream
 from mcpfleet.gateway.exchange import Exchange
-from mcpfleet.gateway.protocol import is_initialize, parse_body
+from mcpfleet.gateway.protocol import is_initialize, parse_body, sse_event
 from mcpfleet.gateway.session import HttpSession, SessionTable
+from mcpfleet.gateway.upstream.backend import ProcessBackend, TransportBackend
 from mcpfleet.gateway.upstream.http import HttpUpstream, Unreachable
-from mcpfleet.gateway.upstream.stdio import StdioSession, StdioUpstream
+from mcpfleet.gateway.upstream.relay import RelayUpstream, StdioSession
 from mcpfleet.registry.model import HttpServer, Server, StdioServer
 
+log = logging.getLogger("mcpfleet.gateway")
+
 MCP_PATH = "/mcp"
+SSE_PATH = "/sse"
+MESSAGES_PATH = "/messages/"
+WS_PATH = "/ws"
+BRIDGE_LIMIT = 10_000  # bridged HTTP connections hold no process; this only bounds memory
 
 
 class ServerRuntime:
     def __init__(self, server: Server, sessions: SessionTable, task_group: anyio.abc.TaskGroup) -> None:
         self.server = server
         self.sessions = sessions
-        self.http = HttpUpstream(server) if isinstance(server, HttpServer) else None
-        argv = server.command if isinstance(server, StdioServer | HttpServer) else None
-        self.stdio = StdioUpstream(server, argv, task_group, sessions) if argv else None  # type: ignore[arg-type]
+        self.http: HttpUpstream | None = None
+        self.bridge: RelayUpstream | None = None
+        self.stdio: RelayUpstream | None = None
+        if isinstance(server, HttpServer):
+            if server.transport != "sse":
+                self.http = HttpUpstream(server)
+            rotation = itertools.cycle(server.endpoints)
+            self.bridge = RelayUpstream(
+                server,
+                lambda: TransportBackend(server, next(rotation)),
+                task_group,
+                sessions,
+                limit=BRIDGE_LIMIT,
+                what="bridged connections",
+            )
+        if isinstance(server, StdioServer | HttpServer) and server.command:
+            spawnable, argv = server, server.command
+            self.stdio = RelayUpstream(
+                spawnable, lambda: ProcessBackend(spawnable, argv), task_group, sessions, limit=server.pool.max
+            )
         self.inflight = 0
         self._idle = anyio.Event()
 
     @property
-    def retired(self) -> bool:
-        return (self.http is not None and self.http.retired) or (self.stdio is not None and self.stdio.retired)
+    def upstreams(self) -> list[HttpUpstream | RelayUpstream]:
+        return [u for u in (self.http, self.bridge, self.stdio) if u is not None]
 
     async def handle(self, exchange: Exchange) -> None:
         self.inflight += 1
         try:
             if exchange.rest == MCP_PATH:
                 await self._mcp(exchange)
+            elif exchange.rest == SSE_PATH and exchange.method == "GET":
+                await self._legacy_stream(exchange)
+            elif exchange.rest == MESSAGES_PATH and exchange.method == "POST":
+                await self._legacy_message(exchange)
             elif self.http is not None:
                 await self._forward_other(exchange)
             else:
                 raise GatewayError(
                     404,
                     -32601,
-                    f"server {self.server.id!r} runs over stdio: it serves only /{self.server.id}{MCP_PATH}",
+                    f"server {self.server.id!r} serves /{self.server.id}{MCP_PATH}, {SSE_PATH} and {WS_PATH} only",
                 )
         finally:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.set()
-                self._idle = anyio.Event()
+            self._done()
+
+    def _done(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+            self._idle = anyio.Event()
 
     async def _forward_other(self, exchange: Exchange) -> None:
         assert self.http is not None
@@ -61,6 +103,8 @@ class ServerRuntime:
             await self.http.forward(exchange, exchange.rest, self.sessions, None, None)
         except Unreachable as exc:
             raise GatewayError.unreachable(self.server.id, exc.detail) from None
+
+    # --- Streamable HTTP clients --------------------------------------------------------------------------
 
     async def _mcp(self, exchange: Exchange) -> None:
         token = exchange.session_id
@@ -72,15 +116,12 @@ class ServerRuntime:
                 except Unreachable as exc:
                     raise GatewayError.unreachable(self.server.id, exc.detail) from None
                 return
-            if isinstance(session, StdioSession) and self.stdio is not None:
-                await self.stdio.in_session(exchange, token, session)
+            if isinstance(session, StdioSession) and session.owner in (self.stdio, self.bridge):
+                await session.owner.in_session(exchange, token, session)
                 return
             raise GatewayError.session_not_found()
-        await self._sessionless(exchange)
-
-    async def _sessionless(self, exchange: Exchange) -> None:
-        initialize = exchange.method == "POST" and b'"initialize"' in exchange.body
         if self.http is not None:
+            initialize = exchange.method == "POST" and b'"initialize"' in exchange.body
             try:
                 await self.http.forward(
                     exchange, self.http.server.path, self.sessions, None, None, initialize=initialize
@@ -89,36 +130,145 @@ class ServerRuntime:
             except Unreachable as exc:
                 if self.stdio is None:
                     raise GatewayError.unreachable(self.server.id, exc.detail) from None
-        assert self.stdio is not None
+        await self._relayed_sessionless(exchange, self.stdio or self.bridge)
+
+    async def _relayed_sessionless(self, exchange: Exchange, relay: RelayUpstream | None) -> None:
+        assert relay is not None
         if exchange.method != "POST":
             if exchange.modern:
                 await respond(exchange.send, 405, b"", [(b"allow", b"POST")])
                 return
             raise GatewayError.invalid_request("Mcp-Session-Id header is required (initialize first)")
         if exchange.modern:
-            await self.stdio.stateless(exchange)
+            await relay.stateless(exchange)
             return
         messages, _ = parse_body(exchange.body)
         if not is_initialize(messages):
             raise GatewayError.invalid_request("Mcp-Session-Id header is required (initialize first)")
-        await self.stdio.initialize(exchange, messages[0])
+        await relay.initialize(exchange, messages[0])
+
+    # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------
+
+    async def _bridge_relay(self) -> RelayUpstream:
+        """Where a message-stream client's session goes: the HTTP bridge while an endpoint answers, else stdio."""
+        if self.bridge is not None and (self.stdio is None or await self._any_endpoint_answers()):
+            return self.bridge
+        if self.stdio is not None:
+            return self.stdio
+        raise GatewayError.unreachable(self.server.id, "no endpoint answers")
+
+    async def _any_endpoint_answers(self) -> bool:
+        assert isinstance(self.server, HttpServer)
+        for endpoint in self.server.endpoints:
+            parts = urlsplit(endpoint.url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            with anyio.move_on_after(self.server.timeouts.connect):
+                try:
+                    stream = await anyio.connect_tcp(parts.hostname or "", port)
+                except OSError:
+                    continue
+                await stream.aclose()
+                return True
+        return False
+
+    async def _legacy_stream(self, exchange: Exchange) -> None:
+        relay = await self._bridge_relay()
+        session, box = await relay.open_bridge()
+        token = self.sessions.issue(session)
+        prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
+        endpoint = f"{prefix}/{self.server.id}{MESSAGES_PATH}?session_id={token}"
+        try:
+            await start_event_stream(exchange.send)
+            await send_chunk(exchange.send, sse_event(endpoint.encode(), event="endpoint"))
+            async with anyio.create_task_group() as tg:
+
+                async def watch_client() -> None:
+                    while (await exchange.receive())["type"] != "http.disconnect":
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch_client)
+                with contextlib.suppress(OSError):
+                    async for item in box.receive:
+                        await send_chunk(exchange.send, sse_event(item))
+                    await send_chunk(exchange.send, b"", more=False)
+                tg.cancel_scope.cancel()
+        finally:
+            self.sessions.drop(token)
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+
+    async def _legacy_message(self, exchange: Exchange) -> None:
+        token = parse_qs(exchange.query.decode("latin-1")).get("session_id", [None])[0]
+        session = self.sessions.get(token, self.server.id) if token else None
+        if not isinstance(session, StdioSession) or session.standing is None:
+            raise GatewayError.session_not_found()
+        messages, _ = parse_body(exchange.body)
+        await session.bridge(messages, session.standing)
+        await respond(exchange.send, 202, b"Accepted", content_type=b"text/plain")
+
+    async def websocket(self, receive: Receive, send: Send, max_frame: int) -> None:
+        """One WebSocket connection = one session: text frames in, text frames out, one message each."""
+        self.inflight += 1
+        try:
+            relay = await self._bridge_relay()
+            session, box = await relay.open_bridge()
+        except GatewayError as exc:
+            self._done()
+            await send({"type": "websocket.close", "code": 1011, "reason": exc.message[:120]})
+            return
+        try:
+            await send({"type": "websocket.accept", "subprotocol": "mcp"})
+            async with anyio.create_task_group() as tg:
+
+                async def to_client() -> None:
+                    async for item in box.receive:
+                        await send({"type": "websocket.send", "text": item.decode()})
+                    await send({"type": "websocket.close", "code": 1011, "reason": "the server went away"})
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(to_client)
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    text = message.get("text")
+                    if text is None:
+                        await send({"type": "websocket.close", "code": 1003, "reason": "text frames only"})
+                        break
+                    if len(text) > max_frame:
+                        await send({"type": "websocket.close", "code": 1009, "reason": "frame too large"})
+                        break
+                    try:
+                        messages, _ = parse_body(text.encode())
+                        await session.bridge(messages, box)
+                    except GatewayError as exc:
+                        from mcpfleet.gateway.protocol import error_response
+
+                        await send(
+                            {"type": "websocket.send", "text": error_response(None, exc.code, exc.message).decode()}
+                        )
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+            self._done()
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
 
     async def retire(self, drain_limit: float = 600.0) -> None:
         """Take no new work, let in-flight requests finish (bounded), then end sessions and processes."""
-        for upstream in (self.http, self.stdio):
-            if upstream is not None:
-                upstream.retired = True
+        for upstream in self.upstreams:
+            upstream.retired = True
         with anyio.move_on_after(drain_limit):
             while self.inflight:
                 await self._idle.wait()
         for token, session in self.sessions.of_server(self.server.id):
-            if session.owner in (self.http, self.stdio):
+            if session.owner in self.upstreams:
                 self.sessions.drop(token)
                 await session.aclose()
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self.stdio is not None:
-            await self.stdio.aclose()
-        if self.http is not None:
-            await self.http.aclose()
+        for upstream in self.upstreams:
+            await upstream.aclose()

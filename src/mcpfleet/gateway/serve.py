@@ -40,7 +40,7 @@ async def serve(
             ssl_certfile=tls_certfile,
             ssl_keyfile=tls_keyfile,
             timeout_graceful_shutdown=25,
-            ws="none",
+            ws="websockets-sansio",
         )
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as tg:

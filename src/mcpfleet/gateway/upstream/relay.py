@@ -1,4 +1,4 @@
-"""stdio servers behind the gateway: the gateway is the Streamable HTTP server for each process.
+"""Relayed servers: the gateway is the MCP server transport for a stdio process or a bridged connection.
 
 Session mode (the 2025 revisions): one client session leases one process, which sees exactly one
 `initialize` and keeps its own state. Messages go to the process untouched, one per line; what the process
@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -40,7 +41,7 @@ from mcpfleet.gateway.protocol import (
     sse_event,
 )
 from mcpfleet.gateway.session import SessionTable
-from mcpfleet.process import StdioProcess
+from mcpfleet.gateway.upstream.backend import Backend
 from mcpfleet.registry.model import HttpServer, StdioServer
 
 log = logging.getLogger("mcpfleet.gateway.stdio")
@@ -68,50 +69,46 @@ class Outbox:
         self._send.close()
 
 
-class _Process:
-    """What session and shared modes have in common: a supervised child and a task that reads it."""
+class _Link:
+    """What session and shared modes have in common: one backend and the task that reads it."""
 
-    def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...]) -> None:
+    def __init__(self, server: StdioServer | HttpServer, backend: Backend) -> None:
         self.server = server
-        self.argv = argv
-        self.process: StdioProcess | None = None
+        self.backend = backend
         self.closed = anyio.Event()
         self.exit_detail = ""
+        self._running = False
+        self.started = False
         self._stop = anyio.CancelScope()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        server = self.server
-        process = StdioProcess(
-            server.id,
-            self.argv,
-            env=server.env,
-            secret_env=server.secret_env,
-            cwd=server.cwd,
-            shutdown_grace=server.timeouts.shutdown,
-        )
         try:
-            async with process:
-                self.process = process
+            async with self.backend:
+                self._running = True
+                self.started = True
                 task_status.started()
-                with self._stop:
-                    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                        while True:
-                            line = await process.receive()
-                            message = parse_message(line)
-                            if message is None:
-                                log.warning("server %r wrote a line that is not JSON-RPC; skipped", server.id)
-                                continue
-                            self.dispatch(message)
-                    await process.wait_exited(0.5)
+                with (
+                    self._stop,
+                    contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError),
+                ):
+                    while True:
+                        line = await self.backend.receive()
+                        message = parse_message(line)
+                        if message is None:
+                            log.warning("server %r sent something that is not JSON-RPC; skipped", self.server.id)
+                            continue
+                        self.dispatch(message)
+                self.exit_detail = await self.backend.settle()
         except ServerStartError:
             raise
-        except Exception:  # the task group must not die with one process
-            log.exception("stdio server %r failed", server.id)
+        except Exception as exc:  # the gateway's task group must not die with one backend
+            if not self._running:
+                raise
+            self.exit_detail = f"{type(exc).__name__}: {exc}"
+            log.warning("server %r: backend failed: %s", self.server.id, self.exit_detail)
         finally:
-            code = process.returncode
-            self.exit_detail = f"exit code {code}" if code is not None else "stopped"
-            if tail := process.stderr_tail().strip():
-                self.exit_detail += "; stderr: " + tail.splitlines()[-1]
+            self._running = False
+            self.exit_detail = self.exit_detail or "stopped"
             self.finish()
             self.closed.set()
 
@@ -122,12 +119,12 @@ class _Process:
         raise NotImplementedError
 
     async def send(self, data: bytes) -> None:
-        if self.process is None or self.closed.is_set():
+        if not self._running or self.closed.is_set():
             raise GatewayError.exited(self.server.id, self.exit_detail or "not running")
         try:
-            await self.process.send(data)
+            await self.backend.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            raise GatewayError.exited(self.server.id, self.exit_detail or "its stdin is closed") from None
+            raise GatewayError.exited(self.server.id, self.exit_detail or "its input is closed") from None
 
     async def aclose(self) -> None:
         self._stop.cancel()
@@ -135,11 +132,11 @@ class _Process:
             await self.closed.wait()
 
 
-class StdioSession(_Process):
-    """Session mode: one client session, one process."""
+class StdioSession(_Link):
+    """Session mode: one client session, one backend (a process, or a bridged connection)."""
 
-    def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...], owner: StdioUpstream) -> None:
-        super().__init__(server, argv)
+    def __init__(self, server: StdioServer | HttpServer, backend: Backend, owner: RelayUpstream) -> None:
+        super().__init__(server, backend)
         self.owner = owner
         self.server_id = server.id
         self.last_used = time.monotonic()
@@ -205,6 +202,16 @@ class StdioSession(_Process):
             del self._progress[key]
         box.close()
 
+    async def bridge(self, messages: list[Message], box: Outbox) -> None:
+        """For message-stream clients (legacy SSE, WebSocket): everything for this session goes to `box`."""
+        for m in messages:
+            if m.is_request:
+                self._pending[m.id_key] = box
+                if (token := m.progress_token()) is not None:
+                    self._progress[id_key(token)] = box
+        for m in messages:
+            await self.send(m.raw)
+
     @property
     def idle(self) -> bool:
         """Nothing in flight and no stream open: ending it loses no message."""
@@ -221,17 +228,21 @@ class StdioSession(_Process):
         self._standing = box
         return box
 
+    @property
+    def standing(self) -> Outbox | None:
+        return self._standing
+
     def close_standing(self, box: Outbox) -> None:
         if self._standing is box:
             self._standing = None
         box.close()
 
 
-class SharedProcess(_Process):
+class SharedProcess(_Link):
     """2026-07-28 traffic from many clients over one process, ids and progress tokens remapped."""
 
-    def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...]) -> None:
-        super().__init__(server, argv)
+    def __init__(self, server: StdioServer | HttpServer, backend: Backend) -> None:
+        super().__init__(server, backend)
         self.ids = IdMap()
 
     def dispatch(self, message: Message) -> None:
@@ -253,24 +264,33 @@ def _parse_id(key: str) -> Any:
     return json.loads(key)
 
 
-class StdioUpstream:
-    """The processes of one server; their tasks live in the gateway's task group, not in a request."""
+class RelayUpstream:
+    """The relayed connections of one server: stdio processes, or bridged HTTP connections.
+
+    Their tasks live in the gateway's task group, not in a request. `new_backend` opens one connection;
+    `limit` caps how many run at once (`pool.max` for processes).
+    """
 
     def __init__(
         self,
         server: StdioServer | HttpServer,
-        argv: tuple[str, ...],
+        new_backend: Callable[[], Backend],
         task_group: anyio.abc.TaskGroup,
         sessions: SessionTable,
+        *,
+        limit: int,
+        what: str = "processes",
     ) -> None:
         self.server = server
-        self.argv = argv
+        self._new_backend = new_backend
         self._tg = task_group
         self._sessions = sessions
-        self._limiter = anyio.CapacityLimiter(server.pool.max)
+        self._limit = limit
+        self._what = what
+        self._limiter = anyio.CapacityLimiter(limit)
         self._shared: SharedProcess | None = None
         self._shared_lock = anyio.Lock()
-        self.live: set[_Process] = set()
+        self.live: set[_Link] = set()
         self.retired = False
 
     async def aclose(self) -> None:
@@ -278,7 +298,7 @@ class StdioUpstream:
             for process in list(self.live):
                 tg.start_soon(process.aclose)
 
-    async def _start(self, process: _Process) -> None:
+    async def _start(self, process: _Link) -> None:
         if self._limiter.available_tokens < 1:
             await self._reclaim_idle_session()
         with anyio.move_on_after(self.server.pool.acquire_timeout) as waited:
@@ -287,7 +307,7 @@ class StdioUpstream:
             raise GatewayError(
                 503,
                 -32016,
-                f"server {self.server.id!r}: all {self.server.pool.max} processes are busy (setting: pool.max)",
+                f"server {self.server.id!r}: all {self._limit} {self._what} are busy (setting: pool.max)",
                 headers={"Retry-After": "1"},
             )
         try:
@@ -307,17 +327,22 @@ class StdioUpstream:
             return
         victim = min(idle, key=lambda session: session.last_used)
         log.info(
-            "server %r: at %d processes, ending the least recently used idle session",
+            "server %r: at %d %s, ending the least recently used idle session",
             self.server.id,
-            self.server.pool.max,
+            self._limit,
+            self._what,
         )
         self._sessions.drop_session(victim)
         await victim.aclose()
 
-    async def _supervise(self, process: _Process, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _supervise(self, process: _Link, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self.live.add(process)
         try:
             await process.run(task_status=task_status)
+        except Exception:
+            if not process.started:
+                raise  # the caller of start() reports it
+            log.exception("server %r: a relayed connection failed after it started", self.server.id)
         finally:
             self.live.discard(process)
             self._limiter.release_on_behalf_of(process)
@@ -327,7 +352,7 @@ class StdioUpstream:
     # --- session mode -------------------------------------------------------------------------------------
 
     async def initialize(self, exchange: Exchange, message: Message) -> None:
-        session = StdioSession(self.server, self.argv, self)
+        session = StdioSession(self.server, self._new_backend(), self)
         await self._start(session)
         keep = False
         try:
@@ -390,6 +415,14 @@ class StdioUpstream:
         finally:
             session.close_standing(box)
 
+    async def open_bridge(self) -> tuple[StdioSession, Outbox]:
+        """A session for a message-stream client: one connection, every message on one outbox."""
+        session = StdioSession(self.server, self._new_backend(), self)
+        await self._start(session)
+        box = session.open_standing()
+        assert box is not None
+        return session, box
+
     # --- shared mode (2026-07-28) -------------------------------------------------------------------------
 
     async def stateless(self, exchange: Exchange) -> None:
@@ -418,7 +451,7 @@ class StdioUpstream:
     async def _shared_process(self) -> SharedProcess:
         async with self._shared_lock:
             if self._shared is None or self._shared.closed.is_set():
-                shared = SharedProcess(self.server, self.argv)
+                shared = SharedProcess(self.server, self._new_backend())
                 await self._start(shared)
                 self._shared = shared
             return self._shared
@@ -473,4 +506,4 @@ async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: li
     return completed
 
 
-__all__ = ["Outbox", "SharedProcess", "StdioSession", "StdioUpstream", "dumps"]
+__all__ = ["Outbox", "RelayUpstream", "SharedProcess", "StdioSession", "dumps"]

@@ -1,0 +1,52 @@
+"""An SDK `Transport` over a WebSocket: subprotocol `mcp`, one JSON-RPC message per text frame.
+
+WebSocket is in no MCP revision; this follows the common convention (the TypeScript SDK's client and a
+pending proposal). The official SDK's `mcp.Client` runs on top, so the handshake is the SDK's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import mcp_types as types
+from mcp.client._transport import TransportStreams
+from mcp.shared.message import SessionMessage
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+SUBPROTOCOL = "mcp"
+
+
+@contextlib.asynccontextmanager
+async def websocket_client(url: str, *, max_size: int = 16 * 1024 * 1024) -> AsyncIterator[TransportStreams]:
+    async with connect(url, subprotocols=[SUBPROTOCOL], max_size=max_size) as ws:  # type: ignore[list-item]
+        read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+
+        async def from_server() -> None:
+            async with read_writer:
+                with contextlib.suppress(ConnectionClosed, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    async for frame in ws:
+                        try:
+                            item: SessionMessage | Exception = SessionMessage(
+                                types.jsonrpc_message_adapter.validate_json(frame, by_name=False)
+                            )
+                        except ValueError as exc:
+                            item = exc
+                        await read_writer.send(item)
+
+        async def to_server() -> None:
+            async with write_reader:
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in write_reader:
+                        await ws.send(message.message.model_dump_json(by_alias=True, exclude_unset=True))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(from_server)
+            tg.start_soon(to_server)
+            try:
+                yield read_stream, write_stream
+            finally:
+                tg.cancel_scope.cancel()
