@@ -1,0 +1,142 @@
+"""Pure protocol code of the gateway: message parsing, eras, SSE framing, id remapping, security checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.protocol import (
+    IdMap,
+    Message,
+    accepts,
+    error_response,
+    is_initialize,
+    is_modern,
+    parse_body,
+    parse_message,
+    sse_event,
+)
+from mcpfleet.gateway.security import Policy, check_path
+
+
+def msg(data: dict[str, object]) -> Message:
+    raw = json.dumps(data).encode()
+    parsed = parse_message(raw)
+    assert parsed is not None
+    return parsed
+
+
+def test_eras_follow_the_protocol_version_header() -> None:
+    assert not is_modern(None)
+    assert not is_modern("2025-11-25") and not is_modern("2024-11-05")
+    assert is_modern("2026-07-28") and is_modern("2099-01-01")
+
+
+def test_parse_body_keeps_single_line_bytes_and_reframes_multi_line_ones() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"x"}'
+    (only,), batch = parse_body(body)
+    assert only.raw == body and not batch
+    (pretty,), _ = parse_body(b'{\n  "jsonrpc": "2.0",\n  "id": "a",\n  "method": "x"\n}')
+    assert b"\n" not in pretty.raw and json.loads(pretty.raw)["id"] == "a"
+    items, batch = parse_body(b'[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"}]')
+    assert batch and [m.is_request for m in items] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"), [(b"{nope", -32700), (b"[]", -32600), (b'{"id": 1}', -32600), (b"3", -32600)]
+)
+def test_parse_body_rejects_what_is_not_json_rpc(body: bytes, code: int) -> None:
+    with pytest.raises(GatewayError) as caught:
+        parse_body(body)
+    assert caught.value.code == code and caught.value.status == 400
+
+
+def test_message_kinds_and_id_keys_keep_types_apart() -> None:
+    request = msg({"jsonrpc": "2.0", "id": 1, "method": "tools/call"})
+    same_text = msg({"jsonrpc": "2.0", "id": "1", "method": "tools/call"})
+    assert request.is_request and request.id_key != same_text.id_key
+    assert msg({"jsonrpc": "2.0", "method": "notifications/x"}).is_notification
+    assert msg({"jsonrpc": "2.0", "id": 1, "result": {}}).is_response
+    assert is_initialize([msg({"jsonrpc": "2.0", "id": 0, "method": "initialize"})])
+    assert parse_message(b"not json") is None and parse_message(b"[1]") is None
+
+
+def test_id_map_restores_ids_and_tokens_exactly_per_owner() -> None:
+    ids = IdMap()
+    alice, bob = object(), object()
+    a = msg(
+        {"jsonrpc": "2.0", "id": "x", "method": "tools/call", "params": {"name": "t", "_meta": {"progressToken": 7}}}
+    )
+    b = msg({"jsonrpc": "2.0", "id": "x", "method": "tools/call", "params": {"_meta": {"progressToken": 7}}})
+    up_a, sent_a = ids.outgoing(a, alice)
+    up_b, sent_b = ids.outgoing(b, bob)
+    assert up_a != up_b and json.loads(sent_a)["id"] == up_a and json.loads(sent_a)["params"]["name"] == "t"
+    token_b = json.loads(sent_b)["params"]["_meta"]["progressToken"]
+    progress = msg(
+        {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": token_b, "progress": 1}}
+    )
+    owner, data = ids.incoming(progress)  # type: ignore[misc]
+    assert owner is bob and json.loads(data)["params"]["progressToken"] == 7
+    owner, data = ids.incoming(msg({"jsonrpc": "2.0", "id": up_a, "result": {"ok": True}}))  # type: ignore[misc]
+    assert owner is alice and json.loads(data) == {"jsonrpc": "2.0", "id": "x", "result": {"ok": True}}
+    assert ids.incoming(msg({"jsonrpc": "2.0", "id": up_a, "result": {}})) is None  # answered once only
+    assert ids.forget(bob) == [up_b] and len(ids) == 0
+    cancel = json.loads(ids.cancel(up_b, "gone"))
+    assert cancel["method"] == "notifications/cancelled" and cancel["params"]["requestId"] == up_b
+
+
+def test_id_map_drain_gives_every_owner_its_original_id() -> None:
+    ids = IdMap()
+    owner = object()
+    ids.outgoing(msg({"jsonrpc": "2.0", "id": 41, "method": "a"}), owner)
+    ids.outgoing(msg({"jsonrpc": "2.0", "id": "s", "method": "b"}), owner)
+    assert sorted(map(str, (original for _, original in ids.drain()))) == ["41", "s"]
+    assert len(ids) == 0
+
+
+def test_sse_and_accept_and_errors() -> None:
+    assert sse_event(b'{"a":1}') == b'event: message\ndata: {"a":1}\n\n'
+    assert sse_event(b"/x", event="endpoint", event_id="3") == b"event: endpoint\nid: 3\ndata: /x\n\n"
+    assert accepts("application/json, text/event-stream", "text/event-stream")
+    assert accepts("*/*", "application/json") and not accepts("text/plain", "application/json")
+    assert json.loads(error_response("r", -32014, "gone", {"x": 1})) == {
+        "jsonrpc": "2.0",
+        "id": "r",
+        "error": {"code": -32014, "message": "gone", "data": {"x": 1}},
+    }
+
+
+@pytest.mark.parametrize(
+    "raw", [b"/a/../b", b"/a/%2e%2E/b", b"/a/%2F", b"/a%5cb", b"/a//b", b"/a/\x00", b"a/b", b"/./a"]
+)
+def test_escaping_paths_are_refused(raw: bytes) -> None:
+    with pytest.raises(GatewayError) as caught:
+        check_path(raw)
+    assert caught.value.status == 400
+
+
+def test_ordinary_paths_are_decoded_segments() -> None:
+    assert check_path(b"/time/mcp") == ["time", "mcp"]
+    assert check_path(b"/fs/files/a%20b.txt") == ["fs", "files", "a b.txt"]
+    assert check_path(b"/fs/") == ["fs", ""]
+
+
+def test_host_and_origin_policy() -> None:
+    loopback = Policy.create("127.0.0.1", (), ())
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
+        loopback.check_host(host)
+    loopback.check_origin(None)
+    loopback.check_origin("http://localhost:3000")
+    with pytest.raises(GatewayError) as host_error:
+        loopback.check_host("evil.example:8000")
+    assert host_error.value.status == 421
+    with pytest.raises(GatewayError) as origin_error:
+        loopback.check_origin("https://evil.example")
+    assert origin_error.value.status == 403
+    public = Policy.create("0.0.0.0", ("mcp.example.com",), ("https://app.example.com",))
+    public.check_host("mcp.example.com:443")
+    public.check_origin("https://app.example.com/")
+    with pytest.raises(GatewayError):
+        public.check_origin("http://localhost:3000")  # loopback origins are trusted only on loopback binds
