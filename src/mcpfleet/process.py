@@ -33,6 +33,9 @@ from anyio.streams.text import TextReceiveStream
 
 from mcpfleet.errors import ServerStartError
 from mcpfleet.framing import LineBuffer, encode_line
+from mcpfleet.registry.model import HttpServer, StdioServer
+
+Spawnable = StdioServer | HttpServer
 
 INHERITED_ENV = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR", "TZ")
 _POLL = 0.01
@@ -62,6 +65,18 @@ def resolve_program(server_id: str, argv: Sequence[str], environ: Mapping[str, s
 
 class StdioProcess:
     """One running stdio server. Use as `async with StdioProcess(...) as proc:`; send and receive raw lines."""
+
+    @classmethod
+    def for_entry(cls, server: Spawnable, argv: Sequence[str]) -> StdioProcess:
+        """The process a registry entry describes: its argv, environment, directory and stop timeout."""
+        return cls(
+            server.id,
+            argv,
+            env=server.env,
+            secret_env=server.secret_env,
+            cwd=server.cwd,
+            shutdown_grace=server.timeouts.shutdown,
+        )
 
     def __init__(
         self,

@@ -172,14 +172,7 @@ def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog
 async def _connect_stdio(
     server: StdioServer | HttpServer, argv: tuple[str, ...], options: dict[str, Any]
 ) -> AsyncIterator[Connection]:
-    process = StdioProcess(
-        server.id,
-        argv,
-        env=server.env,
-        secret_env=server.secret_env,
-        cwd=server.cwd,
-        shutdown_grace=server.timeouts.shutdown,
-    )
+    process = StdioProcess.for_entry(server, argv)
     async with process, contextlib.AsyncExitStack() as stack:
         # A cancel scope cannot wrap Client.__aenter__ (it opens a task group that outlives the scope), so a
         # slow handshake is ended by stopping the child, which fails the handshake at once.

@@ -18,6 +18,14 @@ from mcp.shared.message import SessionMessage
 from mcpfleet.process import StdioProcess
 
 
+def session_message(data: bytes | str) -> SessionMessage | Exception:
+    """One received JSON-RPC message for the SDK session; a parse error is handed over as a value."""
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(data, by_name=False))
+    except ValueError as exc:
+        return exc
+
+
 @contextlib.asynccontextmanager
 async def process_transport(process: StdioProcess) -> AsyncIterator[TransportStreams]:
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
@@ -27,14 +35,7 @@ async def process_transport(process: StdioProcess) -> AsyncIterator[TransportStr
         async with read_writer:
             with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 while True:
-                    line = await process.receive()
-                    try:
-                        message: SessionMessage | Exception = SessionMessage(
-                            types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-                        )
-                    except ValueError as exc:
-                        message = exc
-                    await read_writer.send(message)
+                    await read_writer.send(session_message(await process.receive()))
 
     async def pump_stdin() -> None:
         async with write_reader:

@@ -10,11 +10,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
-import mcp_types as types
 from mcp.client._transport import TransportStreams
 from mcp.shared.message import SessionMessage
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from mcpfleet.client.transport import session_message
 
 SUBPROTOCOL = "mcp"
 
@@ -29,13 +30,7 @@ async def websocket_client(url: str, *, max_size: int = 16 * 1024 * 1024) -> Asy
             async with read_writer:
                 with contextlib.suppress(ConnectionClosed, anyio.ClosedResourceError, anyio.BrokenResourceError):
                     async for frame in ws:
-                        try:
-                            item: SessionMessage | Exception = SessionMessage(
-                                types.jsonrpc_message_adapter.validate_json(frame, by_name=False)
-                            )
-                        except ValueError as exc:
-                            item = exc
-                        await read_writer.send(item)
+                        await read_writer.send(session_message(frame))
 
         async def to_server() -> None:
             async with write_reader:

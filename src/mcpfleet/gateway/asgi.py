@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
+
+import anyio
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.protocol import error_response
@@ -70,3 +73,27 @@ async def start_event_stream(send: Send, headers: Headers | None = None) -> None
 
 async def send_chunk(send: Send, data: bytes, more: bool = True) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def stream_body(receive: Receive, send: Send, chunks: AsyncIterator[bytes]) -> bool:
+    """Send `chunks` as the response body until they end or the client disconnects, whichever is first.
+
+    Returns True when the body was sent whole. Leaving early cancels the iteration, which closes whatever
+    feeds it (an upstream response stream, say).
+    """
+    completed = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch_client() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch_client)
+        with contextlib.suppress(OSError):
+            async for chunk in chunks:
+                await send_chunk(send, chunk)
+            completed = True
+            await send_chunk(send, b"", more=False)
+        tg.cancel_scope.cancel()
+    return completed

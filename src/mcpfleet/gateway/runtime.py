@@ -13,7 +13,6 @@ retires it (no new sessions; in-flight requests finish; then its sessions end an
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from urllib.parse import parse_qs, urlsplit
@@ -22,7 +21,7 @@ import anyio
 import anyio.abc
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import Receive, Send, respond, send_chunk, start_event_stream
+from mcpfleet.gateway.asgi import Receive, Send, respond, send_chunk, start_event_stream, stream_body
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import is_initialize, parse_body, sse_event
 from mcpfleet.gateway.session import HttpSession, SessionTable
@@ -180,19 +179,7 @@ class ServerRuntime:
         try:
             await start_event_stream(exchange.send)
             await send_chunk(exchange.send, sse_event(endpoint.encode(), event="endpoint"))
-            async with anyio.create_task_group() as tg:
-
-                async def watch_client() -> None:
-                    while (await exchange.receive())["type"] != "http.disconnect":
-                        pass
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(watch_client)
-                with contextlib.suppress(OSError):
-                    async for item in box.receive:
-                        await send_chunk(exchange.send, sse_event(item))
-                    await send_chunk(exchange.send, b"", more=False)
-                tg.cancel_scope.cancel()
+            await stream_body(exchange.receive, exchange.send, (sse_event(item) async for item in box.receive))
         finally:
             self.sessions.drop(token)
             with anyio.CancelScope(shield=True):

@@ -163,7 +163,16 @@ class _Entry(_Model):
     health: Health = Health()
 
 
-class _Spawnable(_Model):
+class _CommandForms(_Model):
+    """Entries with a `command`: accept `cmd`, and Claude Desktop's `command` + `args`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_forms(cls, data: Any) -> Any:
+        return _merge_command(data)
+
+
+class _Spawnable(_CommandForms):
     """Fields of entries the gateway can run as a local stdio child."""
 
     command: Argv | None = None
@@ -172,11 +181,6 @@ class _Spawnable(_Model):
     cwd: str | None = None
     stateless: bool = False
     pool: Pool = Pool()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _command_forms(cls, data: Any) -> Any:
-        return _merge_command(data)
 
     @model_validator(mode="after")
     def _argv(self) -> _Spawnable:
@@ -262,7 +266,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class DockerServer(_Entry):
+class DockerServer(_CommandForms, _Entry):
     type: Literal["docker"] = "docker"
     image: str
     command: Argv | None = None
@@ -276,11 +280,6 @@ class DockerServer(_Entry):
     balancer: Balancer = Balancer()
     pool: Pool = Pool()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _command_forms(cls, data: Any) -> Any:
-        return _merge_command(data)
-
     @model_validator(mode="after")
     def _port_for_http(self) -> DockerServer:
         _check_argv(self.command)
@@ -292,7 +291,7 @@ class DockerServer(_Entry):
         return self
 
 
-class KubernetesServer(_Entry):
+class KubernetesServer(_CommandForms, _Entry):
     type: Literal["kubernetes"] = "kubernetes"
     image: str | None = None
     chart: str | None = None
@@ -306,11 +305,6 @@ class KubernetesServer(_Entry):
     secret_env: Mapping[str, str] = Field(default_factory=dict)
     resources: Resources = Resources()
     balancer: Balancer = Balancer()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _command_forms(cls, data: Any) -> Any:
-        return _merge_command(data)
 
     @model_validator(mode="after")
     def _image_or_chart(self) -> KubernetesServer:

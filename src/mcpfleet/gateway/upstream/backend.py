@@ -49,14 +49,7 @@ class Backend(Protocol):
 
 class ProcessBackend:
     def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...]) -> None:
-        self.process = StdioProcess(
-            server.id,
-            argv,
-            env=server.env,
-            secret_env=server.secret_env,
-            cwd=server.cwd,
-            shutdown_grace=server.timeouts.shutdown,
-        )
+        self.process = StdioProcess.for_entry(server, argv)
 
     async def __aenter__(self) -> ProcessBackend:
         await self.process.__aenter__()

@@ -8,16 +8,14 @@ not passed on) and `Mcp-Session-Id` (the gateway's id outside, the upstream's in
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 from typing import Any
 
-import anyio
 import httpx2
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import Headers, respond_error, send_chunk
+from mcpfleet.gateway.asgi import Headers, respond_error, send_chunk, stream_body
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
 from mcpfleet.gateway.session import HttpSession, SessionTable
@@ -156,7 +154,8 @@ class HttpUpstream:
                 headers.append((b"content-length", length.encode()))
             await exchange.send({"type": "http.response.start", "status": response.status_code, "headers": headers})
             if streaming:
-                await _stream_until_disconnect(exchange, response)
+                # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
+                await stream_body(exchange.receive, exchange.send, response.aiter_raw())
             else:
                 async for chunk in response.aiter_raw():
                     await send_chunk(exchange.send, chunk)
@@ -168,23 +167,6 @@ class HttpUpstream:
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
-
-
-async def _stream_until_disconnect(exchange: Exchange, response: httpx2.Response) -> None:
-    """Copy an event stream chunk by chunk; a client that goes away closes the upstream stream."""
-    async with anyio.create_task_group() as tg:
-
-        async def watch_client() -> None:
-            while (await exchange.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch_client)
-        async for chunk in response.aiter_raw():
-            await send_chunk(exchange.send, chunk)
-        with contextlib.suppress(OSError):
-            await send_chunk(exchange.send, b"", more=False)
-        tg.cancel_scope.cancel()
 
 
 async def answer_unreachable(exchange: Exchange, server_id: str, detail: str, request_id: Any = None) -> None:

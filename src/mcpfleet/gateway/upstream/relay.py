@@ -19,14 +19,14 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
 
 from mcpfleet.errors import GatewayError, ServerStartError
-from mcpfleet.gateway.asgi import Headers, respond, send_chunk, start_event_stream
+from mcpfleet.gateway.asgi import Headers, respond, start_event_stream, stream_body
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import (
     SESSION_HEADER,
@@ -486,24 +486,14 @@ async def _answer(exchange: Exchange, already: list[bytes], box: Outbox, headers
 async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: list[bytes] | None = None) -> bool:
     """Relay `box` as Server-Sent Events until it closes or the client goes away. True if it closed."""
     await start_event_stream(exchange.send, headers)
-    completed = False
-    async with anyio.create_task_group() as tg:
 
-        async def watch_client() -> None:
-            while (await exchange.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
+    async def events() -> AsyncIterator[bytes]:
+        for item in already or []:
+            yield sse_event(item)
+        async for item in box.receive:
+            yield sse_event(item)
 
-        tg.start_soon(watch_client)
-        with contextlib.suppress(OSError):
-            for item in already or []:
-                await send_chunk(exchange.send, sse_event(item))
-            async for item in box.receive:
-                await send_chunk(exchange.send, sse_event(item))
-            completed = True
-            await send_chunk(exchange.send, b"", more=False)
-        tg.cancel_scope.cancel()
-    return completed
+    return await stream_body(exchange.receive, exchange.send, events())
 
 
 __all__ = ["Outbox", "RelayUpstream", "SharedProcess", "StdioSession", "dumps"]
