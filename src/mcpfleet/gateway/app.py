@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -230,7 +231,7 @@ class Gateway:
             entry: dict[str, Any] = {"id": server_id, "type": server.type, "description": server.description}
             runtime = self._runtimes.get(server_id)
             if isinstance(server, HttpServer):
-                entry["replicas"] = [{"url": mask_url(e.url), "weight": e.weight} for e in server.endpoints]
+                entry["replicas"] = self._replicas(server, runtime)
                 entry["target"] = ", ".join(mask_url(server.mcp_url(e)) for e in server.endpoints)
             if isinstance(server, StdioServer | HttpServer) and server.command:
                 entry["command"] = list(server.command)
@@ -251,6 +252,27 @@ class Gateway:
             "reloads": self.reloads,
             "servers": servers,
         }
+
+    @staticmethod
+    def _replicas(server: HttpServer, runtime: ServerRuntime | None) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        shown = []
+        for endpoint in server.endpoints:
+            replica = runtime.balancer.replica(endpoint.url) if runtime and runtime.balancer else None
+            state: dict[str, Any] = {"url": mask_url(endpoint.url), "weight": endpoint.weight}
+            if replica is not None:
+                ejected = replica.ejected_until > now
+                state |= {
+                    "health": "ejected" if ejected else "ok",
+                    "in_flight": replica.in_flight,
+                    "requests": replica.requests,
+                    "latency_ms": round(replica.latency * 1000, 2),
+                    "ejected_for_s": round(replica.ejected_until - now, 1) if ejected else 0,
+                }
+            else:
+                state["health"] = "unknown"
+            shown.append(state)
+        return shown
 
     async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
         client = scope.get("client")

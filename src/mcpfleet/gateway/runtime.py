@@ -13,7 +13,6 @@ retires it (no new sessions; in-flight requests finish; then its sessions end an
 
 from __future__ import annotations
 
-import itertools
 import logging
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +21,7 @@ import anyio.abc
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Receive, Send, respond, send_chunk, start_event_stream, stream_body
+from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import is_initialize, parse_body, sse_event
 from mcpfleet.gateway.session import HttpSession, SessionTable
@@ -46,13 +46,23 @@ class ServerRuntime:
         self.http: HttpUpstream | None = None
         self.bridge: RelayUpstream | None = None
         self.stdio: RelayUpstream | None = None
+        self.balancer: Balancer | None = None
         if isinstance(server, HttpServer):
+            health = server.health
+            balancer = Balancer.create(
+                server.balancer.strategy,
+                [(e.url, e.weight) for e in server.endpoints],
+                failures_to_eject=health.failures_to_eject,
+                backoff=health.ejection_backoff,
+                max_backoff=health.max_ejection_backoff,
+            )
+            self.balancer = balancer
             if server.transport != "sse":
-                self.http = HttpUpstream(server)
-            rotation = itertools.cycle(server.endpoints)
+                self.http = HttpUpstream(server, balancer)
+            endpoints = {e.url: e for e in server.endpoints}
             self.bridge = RelayUpstream(
                 server,
-                lambda: TransportBackend(server, next(rotation)),
+                lambda: TransportBackend(server, endpoints[balancer.pick().url]),
                 task_group,
                 sessions,
                 limit=BRIDGE_LIMIT,

@@ -8,18 +8,19 @@ not passed on) and `Mcp-Session-Id` (the gateway's id outside, the upstream's in
 
 from __future__ import annotations
 
-import itertools
 import json
+import time
 from typing import Any
 
 import httpx2
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Headers, respond_error, send_chunk, stream_body
+from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
 from mcpfleet.gateway.session import HttpSession, SessionTable
-from mcpfleet.registry.model import Endpoint, HttpServer
+from mcpfleet.registry.model import HttpServer
 
 _STANDING_STREAM = frozenset({"GET"})
 
@@ -35,12 +36,10 @@ class Unreachable(Exception):
 class HttpUpstream:
     """The replicas of one `http` server, each with its own keep-alive connection pool."""
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: HttpServer, balancer: Balancer) -> None:
         self.server = server
+        self.balancer = balancer
         self._clients: dict[str, httpx2.AsyncClient] = {}
-        weighted = [e for e in server.endpoints for _ in range(e.weight)]
-        self._rotation = itertools.cycle(weighted)
-        self._count = len(weighted)
         self.retired = False
 
     async def aclose(self) -> None:
@@ -60,16 +59,6 @@ class HttpUpstream:
             self._clients[replica] = client
         return client
 
-    def _candidates(self) -> list[Endpoint]:
-        """Replicas to try for new work, in round-robin order, each once."""
-        seen: dict[str, Endpoint] = {}
-        for _ in range(self._count):
-            endpoint = next(self._rotation)
-            seen.setdefault(endpoint.url, endpoint)
-            if len(seen) == len(self.server.endpoints):
-                break
-        return list(seen.values())
-
     async def forward(
         self,
         exchange: Exchange,
@@ -80,20 +69,40 @@ class HttpUpstream:
         *,
         initialize: bool = False,
     ) -> None:
-        """Send the request upstream and stream the answer back. Raises Unreachable when nothing was sent."""
-        replicas = [session.replica] if session is not None else [e.url for e in self._candidates()]
+        """Send the request upstream and stream the answer back. Raises Unreachable when nothing was sent.
+
+        New work goes to the balancer's pick; when nothing could be sent there (connection refused or not
+        established in time) the next replica is tried, since the server cannot have seen the request.
+        Session traffic stays on its replica; if that replica is gone, the session is too (404).
+        """
+        if session is not None:
+            pinned = self.balancer.replica(session.replica)
+            candidates = [pinned] if pinned is not None else []
+        else:
+            candidates = self.balancer.candidates()
         failures: list[str] = []
-        for replica in replicas:
+        for replica in candidates:
+            started = time.monotonic()
+            self.balancer.started(replica)
             try:
-                response = await self._send(exchange, replica, path, session)
-            except httpx2.ConnectError as exc:
-                failures.append(f"{replica}: {exc or type(exc).__name__}")
+                response = await self._send(exchange, replica.url, path, session)
+            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+                self.balancer.finished(replica, time.monotonic() - started)
+                self.balancer.failed(replica)
+                failures.append(f"{replica.url}: {_connect_failure(exc, self.server.timeouts.connect)}")
                 continue
-            except httpx2.ConnectTimeout:
-                failures.append(f"{replica}: no connection within {self.server.timeouts.connect:g} s")
-                continue
-            await self._relay(exchange, response, replica, sessions, session_token, session, initialize)
+            except BaseException:
+                self.balancer.finished(replica, time.monotonic() - started)
+                raise
+            try:
+                await self._relay(exchange, response, replica.url, sessions, session_token, session, initialize)
+            finally:
+                self.balancer.finished(replica, time.monotonic() - started)
+            self.balancer.succeeded(replica)
             return
+        if session is not None and session_token is not None:
+            sessions.drop(session_token)  # its replica is gone: the client initializes again elsewhere
+            raise GatewayError.session_not_found()
         raise Unreachable("; ".join(failures))
 
     async def _send(self, exchange: Exchange, replica: str, path: str, session: HttpSession | None) -> httpx2.Response:
@@ -167,6 +176,12 @@ class HttpUpstream:
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
+
+
+def _connect_failure(exc: Exception, connect_timeout: float) -> str:
+    if isinstance(exc, httpx2.ConnectTimeout):
+        return f"no connection within {connect_timeout:g} s"
+    return str(exc) or type(exc).__name__
 
 
 async def answer_unreachable(exchange: Exchange, server_id: str, detail: str, request_id: Any = None) -> None:
