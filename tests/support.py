@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,23 +40,29 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, tim
 
 @contextlib.contextmanager
 def running(argv: list[str], port: int, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
-    """Run a server process until the block ends; yields its base URL on 127.0.0.1."""
-    process = subprocess.Popen(
-        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+    """Run a server process until the block ends; yields its base URL on 127.0.0.1.
+
+    Its output goes to a temporary file, never to an unread pipe (a full pipe would stall the server), and
+    the file's tail is printed when the server fails to start or the block fails.
+    """
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        if process.stderr is not None:
-            process.stderr.close()
+            wait_for_port(port, process)
+            yield f"http://127.0.0.1:{port}"
+        except BaseException:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").splitlines()[-40:]
+            print(f"--- output of {' '.join(argv)} (last lines) ---", *tail, sep="\n")
+            raise
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
 
 
 def demo_argv(port: int, replica: str) -> list[str]:

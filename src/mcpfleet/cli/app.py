@@ -391,6 +391,8 @@ def serve(
     listen = port if port is not None else loaded.gateway.port
     scheme = "https" if tls_certfile else "http"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx2", "httpcore2", "mcp", "watchfiles"):  # per-request INFO lines cost CPU on the hot path
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     shown = f"[{bind}]" if ":" in bind else bind
     output.plain(f"mcpfleet gateway on {scheme}://{shown}:{listen} ({path}, {len(loaded.servers)} servers)")
     for server_id in loaded.servers:

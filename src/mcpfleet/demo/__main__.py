@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from mcpfleet.demo.server import build_server
+
+
+class _Counter:
+    """Counts the MCP POSTs this replica served, and the initialize requests among them (`GET /stats`),
+    so load balancing can be checked from the replicas' side."""
+
+    def __init__(self, app: Any, counts: dict[str, int]) -> None:
+        self.app = app
+        self.counts = counts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/mcp":
+            await self.app(scope, receive, send)
+            return
+        self.counts["requests"] += 1
+
+        async def peek() -> Any:
+            message = await receive()
+            if b'"initialize"' in message.get("body", b""):
+                self.counts["initialize"] += 1
+            return message
+
+        await self.app(scope, peek, send)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,11 +47,21 @@ def main(argv: list[str] | None = None) -> None:
         build_server(replica=args.replica, transport="stdio").run("stdio")
         return
     import uvicorn
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
     replica = args.replica or str(args.port)
     server = build_server(replica=replica, transport="http")
     app = server.streamable_http_app(host=args.host)
     app.router.routes.extend(server.sse_app(host=args.host).routes)
+    counts = {"initialize": 0, "requests": 0}
+
+    async def stats(_: Request) -> JSONResponse:
+        return JSONResponse({"replica": replica, **counts})
+
+    app.router.routes.append(Route("/stats", stats))
+    app.add_middleware(_Counter, counts=counts)
     print(f"mcpfleet-demo replica {replica}: http://{args.host}:{args.port}/mcp (and /sse)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

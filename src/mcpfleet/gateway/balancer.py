@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 EWMA_WEIGHT = 0.2  # share of the newest latency sample in the moving average
+LATENCY_FLOOR = 0.010  # seconds: the cost of a request to an idle replica, in p2c's comparison
 
 
 @dataclass(eq=False)
@@ -90,8 +91,10 @@ class Balancer:
 
     @staticmethod
     def _cost(replica: Replica) -> float:
-        # Power of two choices: in-flight work, scaled by how slow the replica has been answering.
-        return (replica.in_flight + 1) * (replica.latency or 0.001) / replica.weight
+        # Power of two choices: in-flight work scaled by how slow the replica has been answering (Linkerd's
+        # peak-EWMA idea). The floor keeps millisecond noise between fast replicas from outweighing a
+        # difference in in-flight requests.
+        return (replica.in_flight + 1) * (replica.latency + LATENCY_FLOOR) / replica.weight
 
     # --- reports ------------------------------------------------------------------------------------
 
