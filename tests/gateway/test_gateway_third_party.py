@@ -94,7 +94,8 @@ def settled_processes(gw: RunningGateway, server_id: str, at_most: int, seconds:
 
 
 class ServerRequests:
-    """Client-side answers to the server's own requests (sampling, elicitation), and what was asked."""
+    """A client's answers to the server's own requests (sampling, elicitation), what was asked, and the
+    notifications (log messages included) that arrived."""
 
     def __init__(self) -> None:
         self.sampling: list[types.CreateMessageRequestParams] = []
@@ -147,8 +148,8 @@ class ServerRequests:
 
 
 def sampling_prompt(params: types.CreateMessageRequestParams) -> str:
-    dumped = json.dumps(params.model_dump(mode="json", by_alias=True))
-    return dumped
+    """A sampling request as the client received it, as JSON: what the server asked for."""
+    return json.dumps(params.model_dump(mode="json", by_alias=True), ensure_ascii=False)
 
 
 # --- server-everything: the same checks over either transport -------------------------------------------
@@ -221,7 +222,7 @@ async def exercise_everything(url: str, mode: str) -> str:
         assert SAMPLED_TEXT in texts(sampled) and SAMPLED_MODEL in texts(sampled)
         assert len(asked.sampling) == 1
         assert asked.sampling[0].max_tokens == 7
-        assert "say hi" in sampling_prompt(asked.sampling[0])
+        assert "Resource trigger-sampling-request context: say hi" in sampling_prompt(asked.sampling[0])
 
         # Elicitation: the server asks this client to fill in a form; the answer shapes the tool's result.
         elicited = await client.call_tool("trigger-elicitation-request", {})
@@ -315,7 +316,8 @@ def test_everything_over_stdio(gateway: Callable[[str], RunningGateway], mode: s
     assert anyio.run(exercise_everything, gw.mcp("ev"), mode) == version
     # The session's process ended with the session (the client's DELETE). With `auto`, the 2026-07-28 probe
     # went to the process the gateway shares between stateless requests, which may stay for later ones.
-    assert settled_processes(gw, "ev", at_most=0 if mode == "legacy" else 1) <= (0 if mode == "legacy" else 1)
+    at_most = 0 if mode == "legacy" else 1
+    assert settled_processes(gw, "ev", at_most) <= at_most
 
     async def environment() -> dict[str, str]:
         async with Client(gw.mcp("ev"), mode=mode) as client:
