@@ -121,7 +121,7 @@ def test_crashed_process_fails_its_pending_call_at_once(stdio_gateway: RunningGa
             -32600,
             "Mcp-Session-Id header is required",
         ),
-        ("/local/other", {}, 404, -32601, "serves /local/mcp, /sse and /ws only"),
+        ("/local/other", {}, 404, -32601, "serves only /local/mcp, /local/sse and /local/ws"),
     ],
 )
 def test_errors_are_json_rpc_bodies_with_the_right_status(
@@ -190,3 +190,72 @@ def test_status_endpoints(stdio_gateway: RunningGateway) -> None:
         status = client.get(f"{stdio_gateway.url}/servers").json()
         assert [s["id"] for s in status["servers"]] == ["local", "web", "down"]
         assert status["last_reload_error"] is None
+
+
+def test_cors_for_allowed_origins_only(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(
+        f"servers:\n  local: {{command: {DEMO_STDIO}}}\ngateway: {{allowed_origins: ['https://app.example']}}\n"
+    )
+    with httpx2.Client() as client:
+        preflight = client.options(
+            gw.mcp("local"),
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type, mcp-session-id, mcp-param-region, x-evil",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert preflight.headers["access-control-allow-headers"] == "content-type, mcp-session-id, mcp-param-region"
+        answer = client.post(gw.mcp("local"), json=INIT, headers={**ACCEPT, "origin": "https://app.example"})
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://app.example"
+        assert "mcp-session-id" in answer.headers["access-control-expose-headers"]
+        refused = client.post(gw.mcp("local"), json=INIT, headers={**ACCEPT, "origin": "https://other.example"})
+        assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+        # Origins come from the registry in force: a reload changes them.
+        gw.registry.write_text(gw.registry.read_text().replace("https://app.example", "https://other.example"))
+        assert client.post(f"{gw.url}/admin/reload").status_code == 200
+        assert (
+            client.post(gw.mcp("local"), json=INIT, headers={**ACCEPT, "origin": "https://other.example"}).status_code
+            == 200
+        )
+        assert (
+            client.post(gw.mcp("local"), json=INIT, headers={**ACCEPT, "origin": "https://app.example"}).status_code
+            == 403
+        )
+
+
+def test_missing_command_is_a_502_naming_it(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway("servers:\n  ghost: {command: [no-such-mcp-server-here]}\n")
+    response = httpx2.post(gw.mcp("ghost"), json=INIT, headers=ACCEPT)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == -32013 and "no-such-mcp-server-here" in error["message"]
+    again = httpx2.post(gw.mcp("ghost"), json=INIT, headers=ACCEPT)  # the slot was given back exactly once
+    assert again.status_code == 502
+
+
+def test_the_shared_2026_process_yields_its_slot_to_sessions(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(f"servers:\n  one: {{command: {DEMO_STDIO}, pool: {{max: 1, acquire_timeout: 1}}}}\n")
+    modern = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "echo",
+            "arguments": {"text": "x"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo"}
+    with httpx2.Client() as client:
+        answer = events(client.post(gw.mcp("one"), json=modern, headers=headers))[-1]
+        assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == "x"
+        session = open_session(client, gw.mcp("one"))  # the idle shared process is reclaimed for it
+        assert events(call(client, gw.mcp("one"), session, "echo", {"text": "y"}))[-1]["result"]["isError"] is False

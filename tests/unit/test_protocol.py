@@ -137,6 +137,10 @@ def test_host_and_origin_policy() -> None:
     assert origin_error.value.status == 403
     public = Policy.create("0.0.0.0", ("mcp.example.com",), ("https://app.example.com",))
     public.check_host("mcp.example.com:443")
+    public.check_host("127.0.0.1:8000")  # a local probe is no rebinding attack
+    with pytest.raises(GatewayError):
+        public.check_host("evil.example")
+    Policy.create("0.0.0.0", (), ()).check_host("pod-10-1-2-3.anything:8000")  # no allowed_hosts: not checked
     public.check_origin("https://app.example.com/")
     with pytest.raises(GatewayError):
         public.check_origin("http://localhost:3000")  # loopback origins are trusted only on loopback binds

@@ -394,7 +394,8 @@ def serve(
     for chatty in ("httpx2", "httpcore2", "mcp", "watchfiles"):  # per-request INFO lines cost CPU on the hot path
         logging.getLogger(chatty).setLevel(logging.WARNING)
     shown = f"[{bind}]" if ":" in bind else bind
-    output.plain(f"mcpfleet gateway on {scheme}://{shown}:{listen} ({path}, {len(loaded.servers)} servers)")
+    count = len(loaded.servers)
+    output.plain(f"mcpfleet gateway on {scheme}://{shown}:{listen} ({path}, {count} server{'s' * (count != 1)})")
     for server_id in loaded.servers:
         output.plain(f"  {scheme}://{shown}:{listen}/{server_id}/mcp")
     output.plain(f"  status: {scheme}://{shown}:{listen}/servers")

@@ -8,6 +8,7 @@ segment, then the server's runtime. Status and admin endpoints are answered here
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,9 +42,14 @@ class Gateway:
         self._snapshot = registry
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.sessions = SessionTable()
-        self.policy = Policy.create(
-            host or registry.gateway.host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins
-        )
+        self._bind_host = host or registry.gateway.host
+        self.policy = Policy.create(self._bind_host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins)
+        if "*" in self.policy.allowed_hosts:
+            log.warning(
+                "bound to %s with no gateway.allowed_hosts: the Host header is not checked (DNS rebinding"
+                " protection is off); list this gateway's public host names there",
+                self._bind_host,
+            )
         self.reload_error: list[str] = []
         self.reloads = {"ok": 0, "rejected": 0}
         self.generation = 1
@@ -100,6 +106,7 @@ class Gateway:
     async def reload(self) -> bool:
         """Load the registry file again. An invalid file leaves the one in force; returns whether it loaded."""
         if self.registry_path is None:
+            log.info("nothing to reload: the gateway serves the built-in demo registry")
             return False
         async with self._reload_lock:
             try:
@@ -116,6 +123,7 @@ class Gateway:
         """Swap in a new snapshot; runtimes of changed or removed entries drain in the background."""
         old = self._snapshot
         self._snapshot = fresh
+        self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
         self.generation += 1
         self.reload_error = []
         self.reloads["ok"] += 1
@@ -158,11 +166,23 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
+        origin = header(scope, b"origin")
+        cors: list[tuple[bytes, bytes]] = []
+        if origin is not None:
+            with contextlib.suppress(GatewayError):  # a refused origin gets its 403 below, without CORS headers
+                self.policy.check_origin(origin)
+                cors = _cors_headers(origin)
 
         async def tracked(message: Any) -> None:
             nonlocal started
             started = True
+            if cors and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
             await send(message)
+
+        if scope["method"] == "OPTIONS" and origin is not None:
+            await self._preflight(scope, send, cors)
+            return
 
         try:
             await self._route(scope, receive, tracked)
@@ -171,6 +191,27 @@ class Gateway:
                 await respond_error(send, exc)
             else:
                 log.warning("error after the response started: %s", exc.message)
+
+    async def _preflight(self, scope: Scope, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
+        """CORS preflight: allowed origins may call the MCP endpoints from a browser page."""
+        try:
+            self.policy.check_host(header(scope, b"host"))
+            self.policy.check_origin(header(scope, b"origin"))
+        except GatewayError as exc:
+            await respond_error(send, exc)
+            return
+        requested = header(scope, b"access-control-request-headers") or ""
+        allowed = [
+            name.strip()
+            for name in requested.lower().split(",")
+            if name.strip() in CORS_REQUEST_HEADERS or name.strip().startswith("mcp-param-")
+        ]
+        preflight = [
+            (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+            (b"access-control-allow-headers", ", ".join(allowed).encode()),
+            (b"access-control-max-age", b"600"),
+        ]
+        await respond(send, 204, b"", [*cors, *preflight])
 
     def _target(self, scope: Scope) -> tuple[bytes, list[str]]:
         """Security checks shared by HTTP and WebSocket: Host, Origin, then the raw path's segments."""
@@ -284,6 +325,29 @@ class Gateway:
         loaded = await self.reload()
         body = {"reloaded": loaded, "generation": self.generation, "errors": self.reload_error or None}
         await respond(send, 200 if loaded else 422, json.dumps(body).encode())
+
+
+CORS_REQUEST_HEADERS = frozenset(
+    {
+        "content-type",
+        "accept",
+        "authorization",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+        "mcp-method",
+        "mcp-name",
+    }
+)
+
+
+def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
+    """Added only after the origin passed the policy (a refused one gets 403 before any of these is sent)."""
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", b"mcp-session-id, mcp-protocol-version"),
+        (b"vary", b"origin"),
+    ]
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

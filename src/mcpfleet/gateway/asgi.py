@@ -46,7 +46,10 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 async def respond(
     send: Send, status: int, body: bytes, headers: Headers | None = None, content_type: bytes = b"application/json"
 ) -> None:
-    all_headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    all_headers = [(b"content-length", str(len(body)).encode())] if status != 204 else []
+    if body:
+        all_headers.append((b"content-type", content_type))
+    all_headers.extend(headers or [])
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body})
 

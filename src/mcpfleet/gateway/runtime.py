@@ -95,7 +95,8 @@ class ServerRuntime:
                 raise GatewayError(
                     404,
                     -32601,
-                    f"server {self.server.id!r} serves /{self.server.id}{MCP_PATH}, {SSE_PATH} and {WS_PATH} only",
+                    f"server {self.server.id!r} serves only /{self.server.id}{MCP_PATH}, /{self.server.id}{SSE_PATH}"
+                    f" and /{self.server.id}{WS_PATH}",
                 )
         finally:
             self._done()

@@ -28,9 +28,14 @@ class Policy:
 
     @classmethod
     def create(cls, bind_host: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]) -> Policy:
-        hosts = {h.lower() for h in allowed_hosts} | {bind_host.lower()}
-        if bind_host in LOOPBACK_HOSTS or bind_host.startswith("127."):
-            hosts |= LOOPBACK_HOSTS
+        """Loopback names are always allowed (a local probe is no rebinding attack). On a loopback bind the
+        Host is checked against them and `allowed_hosts`. On any other bind with no `allowed_hosts`, every
+        Host is accepted, as the SDK's own servers do: the operator who exposes the gateway names its
+        public hosts to turn the check on (the gateway logs a warning until then)."""
+        hosts = {h.lower() for h in allowed_hosts} | {bind_host.lower()} | LOOPBACK_HOSTS
+        loopback = bind_host in LOOPBACK_HOSTS or bind_host.startswith("127.")
+        if not loopback and not allowed_hosts:
+            hosts.add("*")
         return cls(bind_host, frozenset(hosts), frozenset(o.lower().rstrip("/") for o in allowed_origins))
 
     @property
@@ -41,7 +46,7 @@ class Policy:
         if host is None:
             raise GatewayError(421, -32600, "the request has no Host header")
         name = _host_name(host)
-        if name not in self.allowed_hosts and "*" not in self.allowed_hosts:
+        if "*" not in self.allowed_hosts and name not in self.allowed_hosts and not name.startswith("127."):
             raise GatewayError(421, -32600, f"Host {host!r} is not served here (setting: gateway.allowed_hosts)")
 
     def check_origin(self, origin: str | None) -> None:

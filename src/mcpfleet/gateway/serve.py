@@ -44,10 +44,9 @@ async def serve(
         )
         server = uvicorn.Server(config)
         async with anyio.create_task_group() as tg:
-            if registry_path is not None:
-                tg.start_soon(_reload_on_sighup, gateway)
-                if watch:
-                    tg.start_soon(_reload_on_change, gateway, registry_path)
+            tg.start_soon(_reload_on_sighup, gateway)
+            if registry_path is not None and watch:
+                tg.start_soon(_reload_on_change, gateway, registry_path)
             await server.serve()
             tg.cancel_scope.cancel()
 

@@ -21,6 +21,7 @@ from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
 from mcpfleet.gateway.session import HttpSession, SessionTable
 from mcpfleet.registry.model import HttpServer
+from mcpfleet.registry.render import mask_url
 
 _STANDING_STREAM = frozenset({"GET"})
 
@@ -89,7 +90,7 @@ class HttpUpstream:
             except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
                 self.balancer.finished(replica, time.monotonic() - started)
                 self.balancer.failed(replica)
-                failures.append(f"{replica.url}: {_connect_failure(exc, self.server.timeouts.connect)}")
+                failures.append(f"{mask_url(replica.url)}: {_connect_failure(exc, self.server.timeouts.connect)}")
                 continue
             except BaseException:
                 self.balancer.finished(replica, time.monotonic() - started)

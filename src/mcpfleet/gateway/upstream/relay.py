@@ -112,6 +112,13 @@ class _Link:
             self.finish()
             self.closed.set()
 
+    last_used: float
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight and no stream open: stopping it now loses nothing."""
+        raise NotImplementedError
+
     def dispatch(self, message: Message) -> None:
         raise NotImplementedError
 
@@ -244,6 +251,11 @@ class SharedProcess(_Link):
     def __init__(self, server: StdioServer | HttpServer, backend: Backend) -> None:
         super().__init__(server, backend)
         self.ids = IdMap()
+        self.last_used = time.monotonic()
+
+    @property
+    def idle(self) -> bool:
+        return len(self.ids) == 0
 
     def dispatch(self, message: Message) -> None:
         routed = self.ids.incoming(message)
@@ -311,9 +323,8 @@ class RelayUpstream:
                 headers={"Retry-After": "1"},
             )
         try:
-            await self._tg.start(self._supervise, process)
+            await self._tg.start(self._supervise, process)  # _supervise gives the slot back, whatever happens
         except ServerStartError as exc:
-            self._limiter.release_on_behalf_of(process)
             raise GatewayError.start_failed(exc) from None
 
     async def _reclaim_idle_session(self) -> None:
@@ -322,7 +333,7 @@ class RelayUpstream:
         Many clients never send DELETE; without this, their abandoned sessions would hold every process
         until they expire and new clients would wait. The evicted client gets 404 and initializes again.
         """
-        idle = [p for p in self.live if isinstance(p, StdioSession) and p.idle]
+        idle = [p for p in self.live if p.idle]
         if not idle:
             return
         victim = min(idle, key=lambda session: session.last_used)
@@ -332,7 +343,8 @@ class RelayUpstream:
             self._limit,
             self._what,
         )
-        self._sessions.drop_session(victim)
+        if isinstance(victim, StdioSession):
+            self._sessions.drop_session(victim)
         await victim.aclose()
 
     async def _supervise(self, process: _Link, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -436,6 +448,7 @@ class RelayUpstream:
             await respond(exchange.send, 202, b"")
             return
         box = Outbox({"*"})
+        shared.last_used = time.monotonic()
         upstream_id, data = shared.ids.outgoing(message, box)
         try:
             await shared.send(data)
