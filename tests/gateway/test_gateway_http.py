@@ -144,7 +144,6 @@ def test_errors_are_json_rpc_bodies_with_the_right_status(
         ("/local%2Fmcp", "encoded separators"),
         ("/web/a%5c..%5cb", "encoded separators"),
         ("/web//etc/passwd", "empty segments"),
-        ("http://evil.example/web/mcp", "the path is not allowed"),
     ],
 )
 def test_paths_cannot_escape_their_server(stdio_gateway: RunningGateway, raw_path: str, text: str) -> None:
@@ -158,6 +157,19 @@ def test_paths_cannot_escape_their_server(stdio_gateway: RunningGateway, raw_pat
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert text in json.loads(body)["error"]["message"]
+
+
+def test_absolute_form_targets_never_choose_the_backend(stdio_gateway: RunningGateway) -> None:
+    # `GET http://evil.example/web/mcp` names another host; the gateway routes by path only, so the request
+    # reaches the `web` server's MCP endpoint (which refuses it: no Accept header), never evil.example.
+    port = int(stdio_gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET http://evil.example/web/mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, _ = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] in (b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 406 Not Acceptable"), head
 
 
 def test_dns_rebinding_checks(stdio_gateway: RunningGateway) -> None:

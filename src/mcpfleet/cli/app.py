@@ -408,7 +408,8 @@ def serve(
             tls_certfile=str(tls_certfile) if tls_certfile else None,
             tls_keyfile=str(tls_keyfile) if tls_keyfile else None,
             watch=watch,
-        )
+        ),
+        backend_options={"use_uvloop": True},
     )
 
 

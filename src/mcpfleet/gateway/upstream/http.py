@@ -12,14 +12,13 @@ import json
 import time
 from typing import Any
 
-import httpx2
-
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Headers, respond_error, send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
 from mcpfleet.gateway.session import HttpSession, SessionTable
+from mcpfleet.gateway.upstream.wire import ConnectFailed, Pool, Response, UpstreamClosed
 from mcpfleet.registry.model import HttpServer
 from mcpfleet.registry.render import mask_url
 
@@ -40,25 +39,20 @@ class HttpUpstream:
     def __init__(self, server: HttpServer, balancer: Balancer) -> None:
         self.server = server
         self.balancer = balancer
-        self._clients: dict[str, httpx2.AsyncClient] = {}
+        self._pools: dict[str, Pool] = {}
+        self._configured = [(k.lower().encode(), v.encode()) for k, v in server.headers.items()]
         self.retired = False
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
 
-    def _client(self, replica: str) -> httpx2.AsyncClient:
-        client = self._clients.get(replica)
-        if client is None:
-            timeouts = self.server.timeouts
-            client = httpx2.AsyncClient(
-                timeout=httpx2.Timeout(timeouts.first_byte, connect=timeouts.connect),
-                limits=httpx2.Limits(max_connections=512, max_keepalive_connections=64),
-                headers=dict(self.server.headers),
-            )
-            self._clients[replica] = client
-        return client
+    def _pool(self, replica: str) -> Pool:
+        pool = self._pools.get(replica)
+        if pool is None:
+            pool = self._pools[replica] = Pool(replica, self.server.timeouts.connect)
+        return pool
 
     async def forward(
         self,
@@ -87,10 +81,10 @@ class HttpUpstream:
             self.balancer.started(replica)
             try:
                 response = await self._send(exchange, replica.url, path, session)
-            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+            except ConnectFailed as exc:
                 self.balancer.finished(replica, time.monotonic() - started)
                 self.balancer.failed(replica)
-                failures.append(f"{mask_url(replica.url)}: {_connect_failure(exc, self.server.timeouts.connect)}")
+                failures.append(f"{mask_url(replica.url)}: {exc}")
                 continue
             except BaseException:
                 self.balancer.finished(replica, time.monotonic() - started)
@@ -106,39 +100,31 @@ class HttpUpstream:
             raise GatewayError.session_not_found()
         raise Unreachable("; ".join(failures))
 
-    async def _send(self, exchange: Exchange, replica: str, path: str, session: HttpSession | None) -> httpx2.Response:
+    async def _send(self, exchange: Exchange, replica: str, path: str, session: HttpSession | None) -> Response:
         headers = [(k, v) for k, v in exchange.scope["headers"] if k not in NOT_FORWARDED_UP]
+        headers.extend(self._configured)
         if session is not None:
             headers.append((SESSION_HEADER, session.upstream_id.encode()))
-        client_host = exchange.scope.get("client")
-        if client_host:
-            headers.append((b"x-forwarded-for", str(client_host[0]).encode()))
+        if client := exchange.scope.get("client"):
+            headers.append((b"x-forwarded-for", str(client[0]).encode()))
         if host := exchange.header(b"host"):
             headers.append((b"x-forwarded-host", host.encode()))
         headers.append((b"x-forwarded-proto", str(exchange.scope.get("scheme", "http")).encode()))
-        url = replica.rstrip("/") + path
-        if exchange.query:
-            url += "?" + exchange.query.decode("latin-1")
-        client = self._client(replica)
-        timeout = None if exchange.method in _STANDING_STREAM else httpx2.USE_CLIENT_DEFAULT
-        request = client.build_request(
-            exchange.method, url, headers=headers, content=exchange.body or None, timeout=timeout
-        )
+        target = path + ("?" + exchange.query.decode("latin-1") if exchange.query else "")
+        first_byte = None if exchange.method in _STANDING_STREAM else self.server.timeouts.first_byte
         try:
-            return await client.send(request, stream=True)
-        except httpx2.ReadTimeout:
+            return await self._pool(replica).request(exchange.method, target, headers, exchange.body, first_byte)
+        except TimeoutError:
             raise GatewayError.timeout(
                 self.server.id, "response", self.server.timeouts.first_byte, "timeouts.first_byte"
             ) from None
-        except (httpx2.ConnectError, httpx2.ConnectTimeout):
-            raise
-        except httpx2.TransportError as exc:
-            raise GatewayError.unreachable(self.server.id, f"{replica}: {type(exc).__name__} {exc}") from None
+        except UpstreamClosed as exc:
+            raise GatewayError.unreachable(self.server.id, f"{mask_url(replica)}: {exc}") from None
 
     async def _relay(
         self,
         exchange: Exchange,
-        response: httpx2.Response,
+        response: Response,
         replica: str,
         sessions: SessionTable,
         session_token: str | None,
@@ -146,43 +132,36 @@ class HttpUpstream:
         initialize: bool,
     ) -> None:
         try:
-            headers: Headers = [(k, v) for k, v in response.headers.raw if k.lower() not in NOT_FORWARDED_DOWN]
-            upstream_session = response.headers.get("mcp-session-id")
-            ok = 200 <= response.status_code < 300
+            headers: Headers = [(k, v) for k, v in response.headers if k not in NOT_FORWARDED_DOWN]
+            upstream_session = response.header(SESSION_HEADER)
+            ok = 200 <= response.status < 300
             if session is None and initialize and ok and upstream_session:
-                token = sessions.issue(HttpSession(self.server.id, replica, upstream_session, self))
+                token = sessions.issue(HttpSession(self.server.id, replica, upstream_session.decode(), self))
                 headers.append((SESSION_HEADER, token.encode()))
             elif session is not None and session_token is not None:
                 if upstream_session:
                     headers.append((SESSION_HEADER, session_token.encode()))
-                if response.status_code == 404 or (exchange.method == "DELETE" and ok):
+                if response.status == 404 or (exchange.method == "DELETE" and ok):
                     sessions.drop(session_token)
-            streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-            if streaming and "x-accel-buffering" not in response.headers:
+            streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+            if streaming and response.header(b"x-accel-buffering") is None:
                 headers.append((b"x-accel-buffering", b"no"))
-            elif (length := response.headers.get("content-length")) is not None:
-                headers.append((b"content-length", length.encode()))
-            await exchange.send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            elif (length := response.header(b"content-length")) is not None:
+                headers.append((b"content-length", length))
+            await exchange.send({"type": "http.response.start", "status": response.status, "headers": headers})
+            idle = None if exchange.method in _STANDING_STREAM else self.server.timeouts.idle_stream
             if streaming:
                 # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
-                await stream_body(exchange.receive, exchange.send, response.aiter_raw())
+                await stream_body(exchange.receive, exchange.send, response.body(idle))
             else:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.body(idle):
                     await send_chunk(exchange.send, chunk)
                 await send_chunk(exchange.send, b"", more=False)
-        except httpx2.ReadTimeout:
-            # The status line is already out: all that is left is to end the stream.
-            await send_chunk(exchange.send, b"", more=False)
-        except httpx2.TransportError:
+        except (TimeoutError, UpstreamClosed):
+            # The status line is already out: all that is left is to end the response.
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
-
-
-def _connect_failure(exc: Exception, connect_timeout: float) -> str:
-    if isinstance(exc, httpx2.ConnectTimeout):
-        return f"no connection within {connect_timeout:g} s"
-    return str(exc) or type(exc).__name__
 
 
 async def answer_unreachable(exchange: Exchange, server_id: str, detail: str, request_id: Any = None) -> None:

@@ -44,7 +44,7 @@ from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.backend import Backend
 from mcpfleet.registry.model import HttpServer, StdioServer
 
-log = logging.getLogger("mcpfleet.gateway.stdio")
+log = logging.getLogger("mcpfleet.gateway.relay")
 
 BACKLOG = 256
 EXITED = -32014
