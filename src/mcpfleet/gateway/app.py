@@ -25,6 +25,7 @@ from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway.asgi import Receive, Scope, Send, header, read_body, respond, respond_error
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.runtime import ServerRuntime
+from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.security import Policy, check_path
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.registry import Registry, load_registry
@@ -41,7 +42,8 @@ class Gateway:
     def __init__(self, registry: Registry, *, registry_path: str | Path | None = None, host: str | None = None) -> None:
         self._snapshot = registry
         self.registry_path = Path(registry_path) if registry_path is not None else None
-        self.sessions = SessionTable()
+        settings = registry.gateway
+        self.sessions = SessionTable(Sealer.from_settings(settings.session_keys, settings.session_max_age))
         self._bind_host = host or registry.gateway.host
         self.policy = Policy.create(self._bind_host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins)
         if "*" in self.policy.allowed_hosts:
@@ -90,10 +92,10 @@ class Gateway:
         idle_after = self._snapshot.gateway.session_idle_timeout
         while True:
             await anyio.sleep(min(REAP_INTERVAL, idle_after / 2))
-            for token, session in self.sessions.idle(self._snapshot.gateway.session_idle_timeout):
+            for session in self.sessions.idle(self._snapshot.gateway.session_idle_timeout):
                 if not getattr(session, "idle", True):
                     continue  # a stream is open or a request is in flight
-                self.sessions.drop(token)
+                self.sessions.drop_session(session)
                 log.info("session of server %r expired after %g s idle", session.server_id, idle_after)
                 await session.aclose()
 
@@ -287,6 +289,7 @@ class Gateway:
         return {
             "version": __version__,
             "pid": os.getpid(),
+            "instance": self.sessions.instance,
             "generation": self.generation,
             "registry": self._snapshot.source,
             "last_reload_error": self.reload_error or None,

@@ -261,9 +261,9 @@ class ServerRuntime:
         with anyio.move_on_after(drain_limit):
             while self.inflight:
                 await self._idle.wait()
-        for token, session in self.sessions.of_server(self.server.id):
+        for session in self.sessions.of_server(self.server.id):
             if session.owner in self.upstreams:
-                self.sessions.drop(token)
+                self.sessions.drop_session(session)
                 await session.aclose()
         await self.aclose()
 

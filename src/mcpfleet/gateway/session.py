@@ -1,10 +1,16 @@
 """Gateway-issued session ids and what each one stands for.
 
-The gateway never shows a client an upstream session id: it issues its own, unguessable (256 random bits),
-and maps it to the upstream session on a pinned replica (`http`) or to a supervised process (`stdio`).
-An id is recorded only after a successful `initialize`. Unknown, ended or expired ids get 404, so a
-spec-compliant client initializes again. (Issue 4 replaces the table for `http` sessions with sealed,
-self-describing ids that any gateway replica can read.)
+The gateway never shows a client an upstream session id: it issues its own, sealed (sealing.py), and
+records only successful initializations.
+
+- An `http` session id seals (server, replica, upstream session id): it needs no table, so every gateway
+  process that shares the session key can route it, and it lives as long as the upstream keeps the session
+  (and at most `gateway.session_max_age`).
+- A session the gateway holds itself (a stdio process, a bridged connection) lives in this process's
+  table; its id seals (server, this gateway's instance id, the table key). Another gateway process that
+  receives it answers 404 naming the instance that holds it, never a hang.
+
+Unknown, ended, expired, forged or tampered ids get 404, so a spec-compliant client initializes again.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.sealing import Sealer
 
 
 class Owner(Protocol):
@@ -26,7 +35,7 @@ class Session(Protocol):
     def server_id(self) -> str: ...
 
     @property
-    def owner(self) -> Owner: ...
+    def owner(self) -> Any: ...
 
     async def aclose(self) -> None: ...
 
@@ -38,46 +47,68 @@ class HttpSession:
     server_id: str
     replica: str
     upstream_id: str
-    owner: Owner
+    owner: Any = None
     last_used: float = field(default_factory=time.monotonic)
+    idle: bool = True
 
     async def aclose(self) -> None:
         """Nothing to stop locally: the upstream owns the session and expires it itself."""
 
 
 class SessionTable:
-    def __init__(self) -> None:
-        self._sessions: dict[str, Session] = {}
+    def __init__(self, sealer: Sealer, instance: str | None = None) -> None:
+        self.sealer = sealer
+        self.instance = instance or secrets.token_hex(4)
+        self._local: dict[str, Session] = {}
 
     def issue(self, session: Session) -> str:
-        token = secrets.token_urlsafe(32)
-        self._sessions[token] = session
-        return token
+        if isinstance(session, HttpSession):
+            return self.sealer.seal({"s": session.server_id, "r": session.replica, "u": session.upstream_id})
+        key = secrets.token_urlsafe(12)
+        self._local[key] = session
+        return self.sealer.seal({"s": session.server_id, "g": self.instance, "k": key})
 
     def get(self, token: str, server_id: str) -> Session | None:
-        session = self._sessions.get(token)
-        if session is None or session.server_id != server_id:
+        """The session `token` names for `server_id`; None when there is none (404). A session held by
+        another gateway instance raises a 404 that says so."""
+        record = self.sealer.open(token)
+        if record is None or record.get("s") != server_id:
             return None
-        if session.owner.retired:  # its server was changed or removed by a reload
-            del self._sessions[token]
+        if "u" in record:
+            return HttpSession(server_id, str(record.get("r")), str(record["u"]))
+        if record.get("g") != self.instance:
+            raise GatewayError(
+                404,
+                -32600,
+                f"Session not found here: it is held by gateway instance {record.get('g')} and this "
+                f"is {self.instance}; route requests by their Mcp-Session-Id header (or initialize again)",
+            )
+        session = self._local.get(str(record.get("k")))
+        if session is None:
+            return None
+        if getattr(session.owner, "retired", False):  # its server was changed or removed by a reload
+            self.drop_session(session)
             return None
         session.last_used = time.monotonic()
         return session
 
     def drop(self, token: str) -> Session | None:
-        return self._sessions.pop(token, None)
+        record = self.sealer.open(token)
+        if record is None or "k" not in record or record.get("g") != self.instance:
+            return None
+        return self._local.pop(str(record["k"]), None)
 
     def drop_session(self, session: Session) -> None:
-        for token, held in list(self._sessions.items()):
+        for key, held in list(self._local.items()):
             if held is session:
-                del self._sessions[token]
+                del self._local[key]
 
-    def idle(self, older_than: float) -> list[tuple[str, Session]]:
+    def idle(self, older_than: float) -> list[Session]:
         cutoff = time.monotonic() - older_than
-        return [(t, s) for t, s in self._sessions.items() if s.last_used < cutoff]
+        return [s for s in self._local.values() if s.last_used < cutoff]
 
-    def of_server(self, server_id: str) -> list[tuple[str, Session]]:
-        return [(t, s) for t, s in self._sessions.items() if s.server_id == server_id]
+    def of_server(self, server_id: str) -> list[Session]:
+        return [s for s in self._local.values() if s.server_id == server_id]
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._local)

@@ -21,8 +21,11 @@ def is_secret_name(name: str) -> bool:
 
 
 def normalized(registry: Registry, *, mask: bool = True) -> dict[str, Any]:
+    gateway = registry.gateway.model_dump(mode="json")
+    if mask and gateway["session_keys"]:
+        gateway["session_keys"] = [MASK] * len(gateway["session_keys"])
     return {
-        "gateway": registry.gateway.model_dump(mode="json"),
+        "gateway": gateway,
         "servers": {sid: server_dict(server, mask=mask) for sid, server in registry.servers.items()},
     }
 
