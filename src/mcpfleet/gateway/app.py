@@ -24,6 +24,8 @@ from mcpfleet import __version__
 from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway.asgi import Receive, Scope, Send, header, read_body, respond, respond_error
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mcpfleet.gateway.metrics import Metrics
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.security import Policy, check_path
@@ -34,7 +36,7 @@ from mcpfleet.registry.render import mask_url
 
 log = logging.getLogger("mcpfleet.gateway")
 
-STATUS_PATHS = frozenset({"healthz", "readyz", "servers"})
+STATUS_PATHS = frozenset({"healthz", "readyz", "servers", "metrics"})
 REAP_INTERVAL = 5.0
 
 
@@ -59,10 +61,15 @@ class Gateway:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._reload_lock = anyio.Lock()
         self.ready = False
+        self.metrics = Metrics(self)
 
     @property
     def snapshot(self) -> Registry:
         return self._snapshot
+
+    @property
+    def runtimes(self) -> dict[str, ServerRuntime]:
+        return self._runtimes
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -189,6 +196,7 @@ class Gateway:
         try:
             await self._route(scope, receive, tracked)
         except GatewayError as exc:
+            self.metrics.error(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
             if not started:
                 await respond_error(send, exc)
             else:
@@ -252,17 +260,24 @@ class Gateway:
         runtime = self._runtime(snapshot, first)
         if runtime is None:
             raise GatewayError.unknown_server(first, sorted(self._snapshot.servers))
+        scope["mcpfleet.server"] = first
         rest = raw_path[len(first.encode()) + 1 :].decode("latin-1") or "/"
-        body = b""
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await read_body(receive, snapshot.gateway.max_body_bytes)
-        await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))
+        started = time.monotonic()
+        try:
+            body = b""
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await read_body(receive, snapshot.gateway.max_body_bytes)
+            await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))
+        finally:
+            self.metrics.observe(first, scope["method"], started)
 
     # --- status and admin ------------------------------------------------------------------------------
 
     async def _status(self, what: str, send: Send) -> None:
         if what == "healthz":
             await respond(send, 200, b'{"status":"ok"}')
+        elif what == "metrics":
+            await respond(send, 200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
         elif what == "readyz":
             await respond(send, 200 if self.ready else 503, json.dumps({"ready": self.ready}).encode())
         else:

@@ -28,6 +28,8 @@ class Replica:
     ejections: int = 0  # consecutive ejections, for the backoff
     ejected_until: float = 0.0
     requests: int = 0
+    ejected_total: int = 0
+    failures_total: int = 0
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now
@@ -115,10 +117,12 @@ class Balancer:
     def failed(self, replica: Replica) -> bool:
         """A failure that says the replica is down (connect refused, 5xx from it); True if it is now ejected."""
         replica.failures += 1
+        replica.failures_total += 1
         if replica.failures < self.failures_to_eject:
             return False
         replica.failures = 0
         replica.ejections += 1
+        replica.ejected_total += 1
         replica.ejected_until = self.clock() + min(self.max_backoff, self.backoff * 2 ** (replica.ejections - 1))
         return True
 

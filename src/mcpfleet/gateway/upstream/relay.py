@@ -303,6 +303,7 @@ class RelayUpstream:
         self._shared: SharedProcess | None = None
         self._shared_lock = anyio.Lock()
         self.live: set[_Link] = set()
+        self.started_total = 0
         self.retired = False
 
     async def aclose(self) -> None:
@@ -349,6 +350,7 @@ class RelayUpstream:
 
     async def _supervise(self, process: _Link, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self.live.add(process)
+        self.started_total += 1
         try:
             await process.run(task_status=task_status)
         except Exception:

@@ -1,0 +1,142 @@
+"""Prometheus metrics at `/metrics`.
+
+Two kinds, to keep the hot path cheap: what happens per request (requests and their duration, errors by
+kind) is counted as it happens; everything that is state (in-flight requests, replica health and
+ejections, processes, sessions, reloads) is read from the gateway's own structures only when scraped.
+Each gateway has its own registry, so several can live in one process (tests do that).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from mcpfleet.gateway.app import Gateway
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# JSON-RPC codes of the gateway's own errors, as metric labels.
+ERROR_KINDS = {
+    -32700: "parse_error",
+    -32600: "invalid_request",
+    -32601: "not_found",
+    -32010: "unknown_server",
+    -32012: "unreachable",
+    -32013: "start_failed",
+    -32014: "exited",
+    -32015: "timeout",
+    -32016: "pool_exhausted",
+}
+
+
+class Metrics:
+    def __init__(self, gateway: Gateway) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "mcpfleet_requests",
+            "Requests handled, per server and HTTP method.",
+            ["server", "method"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "mcpfleet_request_duration_seconds",
+            "Time from the request's arrival to the end of its response, per server.",
+            ["server"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "mcpfleet_errors",
+            "Errors the gateway answered itself, per server and kind.",
+            ["server", "kind", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(gateway))
+
+    def observe(self, server: str, method: str, started: float) -> None:
+        self.requests.labels(server, method).inc()
+        self.duration.labels(server).observe(time.monotonic() - started)
+
+    def error(self, server: str, code: int, status: int) -> None:
+        self.errors.labels(server, ERROR_KINDS.get(code, str(code)), str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        now = time.monotonic()
+        in_flight = GaugeMetricFamily(
+            "mcpfleet_replica_in_flight", "Requests in flight per replica.", labels=["server", "replica"]
+        )
+        healthy = GaugeMetricFamily(
+            "mcpfleet_replica_up", "1 unless the replica is ejected.", labels=["server", "replica"]
+        )
+        forwarded = CounterMetricFamily(
+            "mcpfleet_replica_requests", "Requests sent to each replica.", labels=["server", "replica"]
+        )
+        failures = CounterMetricFamily(
+            "mcpfleet_replica_connect_failures", "Connections to the replica that failed.", labels=["server", "replica"]
+        )
+        ejections = CounterMetricFamily(
+            "mcpfleet_replica_ejections", "Times the replica was ejected.", labels=["server", "replica"]
+        )
+        processes = GaugeMetricFamily(
+            "mcpfleet_processes",
+            "Running relayed connections (stdio processes, bridges) per server, and how many have nothing in flight.",
+            labels=["server", "kind", "state"],
+        )
+        starts = CounterMetricFamily(
+            "mcpfleet_process_starts", "Processes (and bridges) started per server.", labels=["server", "kind"]
+        )
+        for server_id, runtime in gateway.runtimes.items():
+            if runtime.balancer is not None:
+                for replica in runtime.balancer.replicas:
+                    labels = [server_id, replica.url]
+                    in_flight.add_metric(labels, replica.in_flight)
+                    healthy.add_metric(labels, 0 if replica.ejected_until > now else 1)
+                    forwarded.add_metric(labels, replica.requests)
+                    failures.add_metric(labels, replica.failures_total)
+                    ejections.add_metric(labels, replica.ejected_total)
+            for kind, relay in (("stdio", runtime.stdio), ("bridge", runtime.bridge)):
+                if relay is None:
+                    continue
+                idle = sum(1 for link in relay.live if link.idle)
+                processes.add_metric([server_id, kind, "busy"], len(relay.live) - idle)
+                processes.add_metric([server_id, kind, "idle"], idle)
+                starts.add_metric([server_id, kind], relay.started_total)
+        sessions = GaugeMetricFamily(
+            "mcpfleet_sessions",
+            "Sessions held by this gateway process (stdio and "
+            "bridged; http sessions are sealed and held by their servers).",
+        )
+        sessions.add_metric([], len(gateway.sessions))
+        reloads = CounterMetricFamily("mcpfleet_reloads", "Registry reloads by outcome.", labels=["outcome"])
+        for outcome, count in gateway.reloads.items():
+            reloads.add_metric([outcome], count)
+        generation = GaugeMetricFamily("mcpfleet_registry_generation", "Registry snapshots loaded so far.")
+        generation.add_metric([], gateway.generation)
+        yield from (
+            in_flight,
+            healthy,
+            forwarded,
+            failures,
+            ejections,
+            processes,
+            starts,
+            sessions,
+            reloads,
+            generation,
+        )
