@@ -108,6 +108,17 @@ async def _all_pages(fetch: Callable[..., Awaitable[Any]], field: str) -> list[A
     return items
 
 
+def _on_server(
+    server: str, registry: Path | None, demo: bool, gateway: str | None, body: Callable[[Connection], Awaitable[T]]
+) -> T:
+    """Resolve the target, open a session to `server`, run `body` on it; errors become exit codes."""
+
+    async def work() -> T:
+        return await _session(resolve(registry, demo, gateway), server, body)
+
+    return _run(work)
+
+
 def version_callback(value: bool) -> None:
     if value:
         output.plain(f"mcpfleet {__version__}")
@@ -179,11 +190,7 @@ def tools(
 ) -> None:
     """List a server's tools."""
 
-    async def work() -> Any:
-        target = resolve(registry, demo, gateway)
-        return await _session(target, server, lambda c: _all_pages(c.client.list_tools, "tools"))
-
-    listed = _run(work)
+    listed = _on_server(server, registry, demo, gateway, lambda c: _all_pages(c.client.list_tools, "tools"))
     if json_:
         output.print_json(listed)
         return
@@ -219,11 +226,11 @@ def call(
             arguments |= _parse_pairs(arg, schema)
         return await connection.client.call_tool(tool, arguments, progress_callback=progress)
 
-    async def work() -> Any:
+    try:
         _parse_args_json(args_json)  # fail on a typo before any server starts
-        return await _session(resolve(registry, demo, gateway), server, body)
-
-    result = _run(work)
+    except UsageError as exc:
+        _fail(exc)
+    result = _on_server(server, registry, demo, gateway, body)
     if json_:
         output.print_json(result)
     elif result.content:
@@ -293,10 +300,7 @@ def resources(
         templates = await _all_pages(client.list_resource_templates, "resource_templates")
         return listed, templates
 
-    async def work() -> tuple[Any, Any]:
-        return await _session(resolve(registry, demo, gateway), server, body)
-
-    listed, templates = _run(work)
+    listed, templates = _on_server(server, registry, demo, gateway, body)
     if json_:
         output.print_json({"resources": listed, "templates": templates})
         return
@@ -316,16 +320,14 @@ def read(
 ) -> None:
     """Read a resource."""
 
-    async def work() -> Any:
-        return await _session(resolve(registry, demo, gateway), server, lambda c: c.client.read_resource(uri))
-
-    result = _run(work)
+    result = _on_server(server, registry, demo, gateway, lambda c: c.client.read_resource(uri))
     if json_:
         output.print_json(result)
         return
     for content in result.contents:
         text = getattr(content, "text", None)
-        shown = text if text is not None else f"[binary {content.mime_type or ''}, {len(content.blob) * 3 // 4} bytes]"
+        blob = getattr(content, "blob", "")
+        shown = text if text is not None else f"[binary {content.mime_type or ''}, {len(blob) * 3 // 4} bytes]"
         output.plain(shown)
 
 
@@ -339,12 +341,7 @@ def prompts(
 ) -> None:
     """List a server's prompts."""
 
-    async def work() -> Any:
-        return await _session(
-            resolve(registry, demo, gateway), server, lambda c: _all_pages(c.client.list_prompts, "prompts")
-        )
-
-    listed = _run(work)
+    listed = _on_server(server, registry, demo, gateway, lambda c: _all_pages(c.client.list_prompts, "prompts"))
     if json_:
         output.print_json(listed)
         return
