@@ -44,4 +44,6 @@ if [ "${DEMO_CHECK:-0}" = 1 ]; then
   run "$BIN/mcpfleet" call demo-http whoami --gateway "$GW"
   exit 0
 fi
-exec "$BIN/mcpfleet" serve --demo --port "$PORT"
+"$BIN/mcpfleet" serve --demo --port "$PORT" &
+pids+=($!)
+wait "${pids[-1]}"   # not exec: the trap must stay, so the replicas stop with the gateway

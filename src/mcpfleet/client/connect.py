@@ -75,7 +75,7 @@ async def connect(server: Server, **client_options: Any) -> AsyncIterator[Connec
     else:
         raise UsageError(
             f"server {server.id!r} is of type {server.type!r}: it runs through its deployment backend, which this"
-            " version does not provide yet; reach it through a gateway or an http entry"
+            " version does not provide yet; meanwhile, run it yourself and name its URL in an http entry"
         )
 
 

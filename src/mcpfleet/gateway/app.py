@@ -96,10 +96,10 @@ class Gateway:
             await self._task_group.__aexit__(None, None, None)
 
     async def _reap_idle_sessions(self) -> None:
-        idle_after = self._snapshot.gateway.session_idle_timeout
         while True:
+            idle_after = self._snapshot.gateway.session_idle_timeout  # the registry in force, reloads included
             await anyio.sleep(min(REAP_INTERVAL, idle_after / 2))
-            for session in self.sessions.idle(self._snapshot.gateway.session_idle_timeout):
+            for session in self.sessions.idle(idle_after):
                 if not getattr(session, "idle", True):
                     continue  # a stream is open or a request is in flight
                 self.sessions.drop_session(session)

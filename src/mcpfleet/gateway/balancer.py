@@ -115,7 +115,7 @@ class Balancer:
         replica.ejections = 0
 
     def failed(self, replica: Replica) -> bool:
-        """A failure that says the replica is down (connect refused, 5xx from it); True if it is now ejected."""
+        """A connection to the replica failed (refused, or not made in time); True if it is now ejected."""
         replica.failures += 1
         replica.failures_total += 1
         if replica.failures < self.failures_to_eject:

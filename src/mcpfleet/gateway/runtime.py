@@ -81,6 +81,13 @@ class ServerRuntime:
         return [u for u in (self.http, self.bridge, self.stdio) if u is not None]
 
     async def handle(self, exchange: Exchange) -> None:
+        if not self.upstreams:
+            raise GatewayError(
+                501,
+                -32601,
+                f"server {self.server.id!r} is of type {self.server.type!r}: it is served"
+                " through its deployment backend, which this version of mcpfleet does not have yet",
+            )
         self.inflight += 1
         try:
             if exchange.rest == MCP_PATH:
@@ -160,6 +167,10 @@ class ServerRuntime:
     # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------
 
     async def _bridge_relay(self) -> RelayUpstream:
+        if not self.upstreams:
+            raise GatewayError(
+                501, -32601, f"server {self.server.id!r} is of type {self.server.type!r}: not served yet"
+            )
         """Where a message-stream client's session goes: the HTTP bridge while an endpoint answers, else stdio."""
         if self.bridge is not None and (self.stdio is None or await self._any_endpoint_answers()):
             return self.bridge

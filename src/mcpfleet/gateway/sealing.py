@@ -52,13 +52,8 @@ class Sealer:
 
     @classmethod
     def from_settings(cls, configured: Sequence[str], max_age: float) -> Sealer:
-        secrets = list(configured) or [k for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
+        secrets = list(configured) or [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
         return cls(secrets, max_age=max_age)
-
-    @property
-    def shared(self) -> bool:
-        """False when the key was made up at start: ids then mean something to this process only."""
-        return bool(self._newest) and len(self._keys) > 0
 
     def seal(self, record: dict[str, Any]) -> str:
         nonce = os.urandom(NONCE_SIZE)

@@ -320,7 +320,8 @@ class RelayUpstream:
             raise GatewayError(
                 503,
                 -32016,
-                f"server {self.server.id!r}: all {self._limit} {self._what} are busy (setting: pool.max)",
+                f"server {self.server.id!r}: all {self._limit} {self._what} are busy"
+                + (" (setting: pool.max)" if self._what == "processes" else ""),
                 headers={"Retry-After": "1"},
             )
         try:

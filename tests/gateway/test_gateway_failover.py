@@ -1,0 +1,65 @@
+"""A replica dies mid-run and comes back: new sessions keep working, its sessions get 404, it rejoins."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+import httpx2
+
+from conftest import RunningGateway
+from support import demo_argv, free_port, running
+from test_gateway_balancing import ACCEPT, INIT, initialize, tool
+
+
+def test_killed_replica_is_ejected_and_rejoins_after_restart(gateway: Callable[[str], RunningGateway]) -> None:
+    steady, flaky = free_port(), free_port()
+    with running(demo_argv(steady, "steady"), steady) as steady_url:
+        flaky_url = f"http://127.0.0.1:{flaky}"
+        registry = (
+            f"servers:\n  web: {{endpoints: ['{steady_url}', '{flaky_url}'],"
+            " health: {failures_to_eject: 1, ejection_backoff: 1, max_ejection_backoff: 1}}\n"
+        )
+        with running(demo_argv(flaky, "flaky"), flaky):
+            gw = gateway(registry)
+            pinned = anyio.run(sessions_on, gw, "flaky")
+        # The flaky replica is gone now; its session is lost with it.
+        gone = httpx2.post(
+            gw.mcp("web"),
+            json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
+            headers={**ACCEPT, "mcp-session-id": pinned},
+        )
+        assert gone.status_code == 404
+        # No new session fails, even before the ejection: nothing was sent, so the next replica is tried.
+        replicas = anyio.run(new_sessions, gw, 20)
+        assert replicas == {"steady"}
+        status = httpx2.get(f"{gw.url}/servers").json()["servers"][0]["replicas"]
+        assert {r["url"]: r["health"] for r in status}[flaky_url] == "ejected"
+        # Restarted, it gets traffic again once the backoff is over.
+        with running(demo_argv(flaky, "flaky"), flaky):
+            time.sleep(1.2)
+            assert "flaky" in anyio.run(new_sessions, gw, 20)
+
+
+async def sessions_on(gw: RunningGateway, wanted: str) -> str:
+    """A session whose replica is `wanted` (round robin reaches it within a few tries)."""
+    async with httpx2.AsyncClient(timeout=30) as client:
+        for _ in range(10):
+            session = await initialize(client, gw.mcp("web"))
+            who = await tool(client, gw.mcp("web"), session, "whoami", {})
+            if who["result"]["structuredContent"]["replica"] == wanted:
+                return session
+    raise AssertionError(f"no session landed on {wanted}")
+
+
+async def new_sessions(gw: RunningGateway, count: int) -> set[str]:
+    seen: set[str] = set()
+    async with httpx2.AsyncClient(timeout=30) as client:
+        for _ in range(count):
+            response = await client.post(gw.mcp("web"), json=INIT, headers=ACCEPT)
+            assert response.status_code == 200, response.text
+            session = response.headers["mcp-session-id"]
+            who = await tool(client, gw.mcp("web"), session, "whoami", {})
+            seen.add(who["result"]["structuredContent"]["replica"])
+    return seen
