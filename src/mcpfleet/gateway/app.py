@@ -38,6 +38,7 @@ log = logging.getLogger("mcpfleet.gateway")
 
 STATUS_PATHS = frozenset({"healthz", "readyz", "servers", "metrics"})
 REAP_INTERVAL = 5.0
+POOL_INTERVAL = 1.0
 
 
 class Gateway:
@@ -77,6 +78,8 @@ class Gateway:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._reap_idle_sessions)
+        self._task_group.start_soon(self._maintain_pools)
+        self._prewarm()
         self.ready = True
         return self
 
@@ -105,6 +108,21 @@ class Gateway:
                 self.sessions.drop_session(session)
                 log.info("session of server %r expired after %g s idle", session.server_id, idle_after)
                 await session.aclose()
+
+    def _prewarm(self) -> None:
+        """Start the runtimes of servers that keep warm processes (`pool.min`), so they are warm before use."""
+        for server_id, server in self._snapshot.servers.items():
+            if isinstance(server, StdioServer | HttpServer) and server.command and server.pool.min:
+                self._runtime(self._snapshot, server_id)
+
+    async def _maintain_pools(self) -> None:
+        """Once a second: replace warm processes that died, stop warm ones idle past `pool.idle_timeout`."""
+        while True:
+            await anyio.sleep(POOL_INTERVAL)
+            now = time.monotonic()
+            for runtime in list(self._runtimes.values()):
+                if runtime.stdio is not None:
+                    await runtime.stdio.expire_idle(now)
 
     def start_soon(self, fn: Any, *args: Any) -> None:
         assert self._task_group is not None
@@ -140,6 +158,7 @@ class Gateway:
             if fresh.servers.get(server_id) != old.servers.get(server_id):
                 del self._runtimes[server_id]
                 self.start_soon(runtime.retire)
+        self._prewarm()
         added = sorted(set(fresh.servers) - set(old.servers))
         removed = sorted(set(old.servers) - set(fresh.servers))
         log.info(
@@ -297,7 +316,8 @@ class Gateway:
                     entry["target"] = " ".join(server.command)
                 live = len(runtime.stdio.live) if runtime is not None and runtime.stdio is not None else 0
                 # (bridged HTTP connections are counted apart, under "bridged")
-                entry["processes"] = {"live": live, "max": server.pool.max}
+                warm = runtime.stdio.warm_count if runtime is not None and runtime.stdio is not None else 0
+                entry["processes"] = {"live": live, "warm": warm, "min": server.pool.min, "max": server.pool.max}
             entry["sessions"] = len(self.sessions.of_server(server_id))
             entry["health"] = "unknown"
             servers.append(entry)

@@ -73,6 +73,8 @@ class ServerRuntime:
             self.stdio = RelayUpstream(
                 spawnable, lambda: ProcessBackend(spawnable, argv), task_group, sessions, limit=server.pool.max
             )
+            if server.pool.min:
+                self.stdio.keep_warm(server.pool.min)
         self.inflight = 0
         self._idle = anyio.Event()
 

@@ -152,6 +152,7 @@ class StdioSession(_Link):
         self._posts: list[Outbox] = []
         self._standing: Outbox | None = None
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=BACKLOG)
+        self.initializing = False
 
     def dispatch(self, message: Message) -> None:
         if message.is_response:
@@ -222,7 +223,7 @@ class StdioSession(_Link):
     @property
     def idle(self) -> bool:
         """Nothing in flight and no stream open: ending it loses no message."""
-        return not self._pending and not self._posts and self._standing is None
+        return not self.initializing and not self._pending and not self._posts and self._standing is None
 
     def open_standing(self) -> Outbox | None:
         if self._standing is not None:
@@ -305,11 +306,69 @@ class RelayUpstream:
         self.live: set[_Link] = set()
         self.started_total = 0
         self.retired = False
+        # Warm processes: started, not yet leased (no initialize seen). Only for stdio servers (`warm` > 0).
+        self._warm: list[StdioSession] = []
+        self._warm_target = 0
+        self._refilling = False
 
     async def aclose(self) -> None:
+        self._warm_target = 0
+        self._warm.clear()
         async with anyio.create_task_group() as tg:
             for process in list(self.live):
                 tg.start_soon(process.aclose)
+
+    # --- warm processes ---------------------------------------------------------------------------------
+
+    @property
+    def warm_count(self) -> int:
+        return sum(1 for session in self._warm if not session.closed.is_set())
+
+    def keep_warm(self, count: int) -> None:
+        """Keep `count` processes started ahead of need (`pool.min`), so a new session has no cold start."""
+        self._warm_target = count
+        self._refill_soon()
+
+    def _take_warm(self) -> StdioSession | None:
+        while self._warm:
+            session = self._warm.pop(0)
+            if not session.closed.is_set():
+                return session
+        return None
+
+    def _refill_soon(self) -> None:
+        if not self._refilling and not self.retired and len(self._warm) < self._warm_target:
+            self._refilling = True
+            self._tg.start_soon(self._refill)
+
+    async def _refill(self) -> None:
+        try:
+            while not self.retired and len(self._warm) < self._warm_target:
+                if self._limiter.available_tokens < 1:
+                    return  # never take a slot a session could use; the next lease tries again
+                session = StdioSession(self.server, self._new_backend(), self)
+                try:
+                    await self._start(session)
+                except GatewayError as exc:
+                    log.warning("server %r: could not start a warm process: %s", self.server.id, exc.message)
+                    return
+                self._warm.append(session)
+        finally:
+            self._refilling = False
+
+    async def expire_idle(self, now: float) -> None:
+        """Stop warm processes beyond `pool.min` that waited longer than `pool.idle_timeout`, and replace
+        warm processes that died (kill -9, a crash) so `pool.min` holds."""
+        self._warm = [s for s in self._warm if not s.closed.is_set()]
+        surplus = len(self._warm) - self._warm_target
+        for session in list(self._warm):
+            if surplus <= 0:
+                break
+            if now - session.last_used > self.server.pool.idle_timeout:
+                self._warm.remove(session)
+                surplus -= 1
+                await session.aclose()
+        self._refill_soon()
 
     async def _start(self, process: _Link) -> None:
         if self._limiter.available_tokens < 1:
@@ -338,7 +397,8 @@ class RelayUpstream:
         idle = [p for p in self.live if p.idle]
         if not idle:
             return
-        victim = min(idle, key=lambda session: session.last_used)
+        # A warm process is the cheapest to give up; then the least recently used idle session.
+        victim = self._warm.pop() if self._warm else min(idle, key=lambda session: session.last_used)
         log.info(
             "server %r: at %d %s, ending the least recently used idle session",
             self.server.id,
@@ -367,8 +427,11 @@ class RelayUpstream:
     # --- session mode -------------------------------------------------------------------------------------
 
     async def initialize(self, exchange: Exchange, message: Message) -> None:
-        session = StdioSession(self.server, self._new_backend(), self)
-        await self._start(session)
+        session = self._take_warm() or StdioSession(self.server, self._new_backend(), self)
+        session.initializing = True  # not idle, so a concurrent reclaim cannot take it half-way
+        if not session.started:
+            await self._start(session)
+        self._refill_soon()
         keep = False
         try:
             box = await session.post([message])
@@ -395,6 +458,7 @@ class RelayUpstream:
             await _answer(exchange, [*before, first], box, headers, batch=False)
             session.release(box)
         finally:
+            session.initializing = False
             if not keep:
                 await session.aclose()
 

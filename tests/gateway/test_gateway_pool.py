@@ -1,0 +1,133 @@
+"""stdio process pools: warm processes, the cap under load, a killed process, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+
+from conftest import RunningGateway
+from test_gateway_balancing import ACCEPT, INIT, initialize, tool
+
+DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
+
+
+def status(gw: RunningGateway) -> dict[str, Any]:
+    return httpx2.get(f"{gw.url}/servers").json()  # type: ignore[no-any-return]
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_warm_processes_serve_new_sessions_and_are_replaced(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(f"servers:\n  pooled: {{command: {DEMO}, pool: {{min: 2, max: 6}}}}\n")
+    pid = status(gw)["pid"]
+    wait_for(lambda: len(children(pid)) == 2)  # started before any request
+    warm = children(pid)
+
+    async def lease() -> int:
+        async with httpx2.AsyncClient(timeout=30) as client:
+            session = await initialize(client, gw.mcp("pooled"))
+            answer = await tool(client, gw.mcp("pooled"), session, "whoami", {})
+            return int(answer["result"]["structuredContent"]["pid"])
+
+    served_by = anyio.run(lease)
+    assert served_by in warm  # no cold start: the session got a process started ahead of it
+    wait_for(lambda: status(gw)["servers"][0]["processes"]["warm"] == 2)  # and the pool refilled
+    assert status(gw)["servers"][0]["processes"]["live"] == 3
+
+
+def test_killed_process_fails_its_call_at_once_and_the_pool_refills(
+    gateway: Callable[[str], RunningGateway],
+) -> None:
+    gw = gateway(f"servers:\n  pooled: {{command: {DEMO}, pool: {{min: 1, max: 4}}}}\n")
+
+    async def main() -> tuple[dict[str, Any], float]:
+        async with httpx2.AsyncClient(timeout=60) as client:
+            session = await initialize(client, gw.mcp("pooled"))
+            who = await tool(client, gw.mcp("pooled"), session, "whoami", {})
+            victim = int(who["result"]["structuredContent"]["pid"])
+            async with anyio.create_task_group() as tg:
+                result: dict[str, Any] = {}
+
+                async def slow_call() -> None:
+                    result["answer"] = await tool(client, gw.mcp("pooled"), session, "sleep", {"seconds": 30}, rid=7)
+
+                tg.start_soon(slow_call)
+                await anyio.sleep(0.5)
+                killed_at = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+            return result["answer"], time.monotonic() - killed_at
+
+    answer, took = anyio.run(main)
+    assert answer["id"] == 7 and answer["error"]["code"] == -32014
+    assert took < 5  # at once, not after the 30 s the call would have taken
+    wait_for(lambda: status(gw)["servers"][0]["processes"]["warm"] == 1)
+
+
+def test_fifty_concurrent_sessions_never_exceed_the_cap(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(f"servers:\n  capped: {{command: {DEMO}, pool: {{max: 8, acquire_timeout: 2}}}}\n")
+    pid = status(gw)["pid"]
+    most = 0
+    outcomes: dict[int, int] = {}
+    done = False
+
+    async def watch() -> None:
+        nonlocal most
+        while not done:
+            most = max(most, len(children(pid)))
+            await anyio.sleep(0.02)
+
+    async def main() -> None:
+        nonlocal done
+        async with httpx2.AsyncClient(timeout=60) as client, anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+
+            async def one() -> None:
+                response = await client.post(gw.mcp("capped"), json=INIT, headers=ACCEPT)
+                outcomes[response.status_code] = outcomes.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    session = response.headers["mcp-session-id"]
+                    body = {
+                        "jsonrpc": "2.0",
+                        "id": 2,
+                        "method": "tools/call",
+                        "params": {"name": "sleep", "arguments": {"seconds": 0.5}},
+                    }
+                    call = await client.post(gw.mcp("capped"), json=body, headers={**ACCEPT, "mcp-session-id": session})
+                    outcomes[call.status_code] = outcomes.get(call.status_code, 0) + 1
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as clients:
+                    for _ in range(50):
+                        clients.start_soon(one)
+            done = True
+
+    anyio.run(main)
+    assert 1 <= most <= 8, most
+    assert set(outcomes) <= {200, 404, 503}, outcomes  # served, reclaimed (re-initialize), or told to retry
+    assert outcomes.get(200, 0) >= 8
