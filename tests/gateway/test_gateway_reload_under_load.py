@@ -1,0 +1,84 @@
+"""Reloads while clients call: no request is lost; sessions on a removed replica end with 404 and the
+client's next initialize lands on a replica that remains."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import anyio
+import httpx2
+
+from conftest import RunningGateway
+from test_gateway_balancing import ACCEPT, INIT, messages
+
+
+def registry(replicas: list[str], strategy: str) -> str:
+    endpoints = ", ".join(f"'{url}'" for url in replicas)
+    return f"servers:\n  web: {{endpoints: [{endpoints}], balancer: {{strategy: {strategy}}}}}\n"
+
+
+def test_reloads_under_load_lose_no_request(
+    gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
+) -> None:
+    a, b, c = (demo_http(name) for name in ("a", "b", "c"))
+    layouts = [([a, b, c], "round_robin"), ([a, b], "least_connections"), ([b, c], "p2c"), ([a, c], "random")]
+    gw = gateway(registry(*layouts[0]))
+    outcomes: Counter[str] = Counter()
+    bad: list[str] = []
+    stop = anyio.Event()
+
+    async def client_loop(client: httpx2.AsyncClient, worker: int) -> None:
+        session = None
+        rid = 0
+        while not stop.is_set():
+            if session is None:
+                response = await client.post(gw.mcp("web"), json=INIT, headers=ACCEPT)
+                if response.status_code != 200:
+                    bad.append(f"initialize: {response.status_code} {response.text[:200]}")
+                    return
+                session = response.headers["mcp-session-id"]
+                outcomes["initialize"] += 1
+                continue
+            rid += 1
+            body = {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": f"{worker}-{rid}"}},
+            }
+            response = await client.post(gw.mcp("web"), json=body, headers={**ACCEPT, "mcp-session-id": session})
+            if response.status_code == 404:
+                outcomes["404"] += 1  # its replica left the registry: initialize again
+                session = None
+                continue
+            if response.status_code != 200:
+                bad.append(f"call: {response.status_code} {response.text[:200]}")
+                return
+            answer = messages(response)[-1]
+            if answer.get("result", {}).get("content", [{}])[0].get("text") != f"{worker}-{rid}":
+                bad.append(f"wrong answer: {answer}")
+                return
+            outcomes["ok"] += 1
+
+    async def reloader() -> None:
+        async with httpx2.AsyncClient(timeout=30) as admin:
+            for round_ in range(1, 9):
+                await anyio.sleep(0.4)
+                gw.registry.write_text(registry(*layouts[round_ % len(layouts)]))
+                answer = await admin.post(f"{gw.url}/admin/reload")
+                assert answer.status_code == 200, answer.text
+        stop.set()
+
+    async def main() -> None:
+        with anyio.fail_after(120):
+            async with httpx2.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
+                for worker in range(8):
+                    tg.start_soon(client_loop, client, worker)
+                tg.start_soon(reloader)
+
+    anyio.run(main)
+    print(dict(outcomes))
+    assert bad == []
+    assert outcomes["ok"] > 100, outcomes
+    assert outcomes["404"] >= 1, outcomes  # some sessions did sit on a replica that was removed
