@@ -128,3 +128,22 @@ def test_backend_that_never_answers_gets_504(gateway: Callable[[str], RunningGat
     assert response.status_code == 504
     error = response.json()["error"]
     assert error["code"] == -32015 and "timeouts.first_byte" in error["message"]
+
+
+def test_quiet_relayed_streams_carry_keepalive_comments(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(f"servers:\n  local: {{command: {DEMO}}}\ngateway: {{keepalive_interval: 0.3}}\n")
+    accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    with httpx2.Client(timeout=30) as client:
+        session = client.post(gw.mcp("local"), json=INIT, headers=accept).headers["mcp-session-id"]
+        for url, headers in (
+            (gw.mcp("local"), {"accept": "text/event-stream", "mcp-session-id": session}),  # the GET stream
+            (f"{gw.url}/local/sse", {"accept": "text/event-stream"}),  # a legacy SSE client's stream
+        ):
+            seen = ""
+            with client.stream("GET", url, headers=headers) as stream:
+                assert stream.status_code == 200
+                for text in stream.iter_text():
+                    seen += text
+                    if seen.count(": keepalive\n\n") >= 2:
+                        break
+            assert seen.count(": keepalive\n\n") >= 2

@@ -203,7 +203,8 @@ class ServerRuntime:
         try:
             await start_event_stream(exchange.send)
             await send_chunk(exchange.send, sse_event(endpoint.encode(), event="endpoint"))
-            await stream_body(exchange.receive, exchange.send, (sse_event(item) async for item in box.receive))
+            keepalive = exchange.snapshot.gateway.keepalive_interval
+            await stream_body(exchange.receive, exchange.send, box.events(keepalive))
         finally:
             self.sessions.drop(token)
             with anyio.CancelScope(shield=True):

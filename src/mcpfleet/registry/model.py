@@ -334,6 +334,8 @@ class Gateway(_Model):
     allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     session_idle_timeout: Seconds = 1800.0
+    # A `: keepalive` comment on relayed event streams after this much silence (the SDK pings every 15 s).
+    keepalive_interval: Seconds = 15.0
     # Secrets that seal session ids, newest first (rotation: the first seals, all open). Gateways sharing
     # one serve each other's http sessions. Empty: $MCPFLEET_SESSION_KEYS, else a random key per process.
     session_keys: tuple[str, ...] = ()

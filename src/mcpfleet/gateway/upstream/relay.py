@@ -47,6 +47,7 @@ from mcpfleet.registry.model import HttpServer, StdioServer
 log = logging.getLogger("mcpfleet.gateway.relay")
 
 BACKLOG = 256
+KEEPALIVE = b": keepalive\n\n"
 EXITED = -32014
 
 
@@ -56,6 +57,18 @@ class Outbox:
     def __init__(self, waiting: set[str] | None = None) -> None:
         self.waiting = waiting  # ids whose responses end this stream; None for the standing GET stream
         self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
+
+    async def events(self, keepalive: float) -> AsyncIterator[bytes]:
+        """The messages as Server-Sent Events, with a `: keepalive` comment after `keepalive` seconds of
+        silence, so proxies and clients do not take a quiet stream for a dead one."""
+        while True:
+            item: bytes | None = None
+            with anyio.move_on_after(keepalive):
+                try:
+                    item = await self.receive.receive()
+                except anyio.EndOfStream:
+                    return
+            yield KEEPALIVE if item is None else sse_event(item)
 
     def deliver(self, message: bytes, answered: str | None = None) -> None:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -570,8 +583,8 @@ async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: li
     async def events() -> AsyncIterator[bytes]:
         for item in already or []:
             yield sse_event(item)
-        async for item in box.receive:
-            yield sse_event(item)
+        async for event in box.events(exchange.snapshot.gateway.keepalive_interval):
+            yield event
 
     return await stream_body(exchange.receive, exchange.send, events())
 
