@@ -63,3 +63,33 @@ async def new_sessions(gw: RunningGateway, count: int) -> set[str]:
             who = await tool(client, gw.mcp("web"), session, "whoami", {})
             seen.add(who["result"]["structuredContent"]["replica"])
     return seen
+
+
+def test_active_health_checks_find_a_dead_replica_without_traffic(gateway: Callable[[str], RunningGateway]) -> None:
+    steady, flaky = free_port(), free_port()
+    flaky_url = f"http://127.0.0.1:{flaky}"
+
+    def health() -> str:
+        replicas = httpx2.get(f"{gw.url}/servers").json()["servers"][0]["replicas"]
+        return str({r["url"]: r["health"] for r in replicas}[flaky_url])
+
+    with running(demo_argv(steady, "steady"), steady) as steady_url:
+        registry = (
+            f"servers:\n  web: {{endpoints: ['{steady_url}', '{flaky_url}'],"
+            " health: {active: true, interval: 0.3, timeout: 1}}\n"
+        )
+        with running(demo_argv(flaky, "flaky"), flaky):
+            gw = gateway(registry)
+            wait_until(lambda: health() == "ok")
+        wait_until(lambda: health() == "ejected")  # no request was sent: the probe found it
+        assert anyio.run(new_sessions, gw, 6) == {"steady"}
+        with running(demo_argv(flaky, "flaky"), flaky):
+            wait_until(lambda: health() == "ok")
+            assert "flaky" in anyio.run(new_sessions, gw, 6)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)

@@ -110,9 +110,12 @@ class Gateway:
                 await session.aclose()
 
     def _prewarm(self) -> None:
-        """Start the runtimes of servers that keep warm processes (`pool.min`), so they are warm before use."""
+        """Start the runtimes that have work before the first request: warm processes (`pool.min`) and
+        active health checks (`health.active`)."""
         for server_id, server in self._snapshot.servers.items():
-            if isinstance(server, StdioServer | HttpServer) and server.command and server.pool.min:
+            warm = isinstance(server, StdioServer | HttpServer) and server.command and server.pool.min
+            probed = isinstance(server, HttpServer) and server.health.active
+            if warm or probed:
                 self._runtime(self._snapshot, server_id)
 
     async def _maintain_pools(self) -> None:

@@ -126,6 +126,19 @@ class Balancer:
         replica.ejected_until = self.clock() + min(self.max_backoff, self.backoff * 2 ** (replica.ejections - 1))
         return True
 
+    def probed(self, replica: Replica, healthy: bool, hold: float) -> None:
+        """An active health check's verdict: down keeps the replica out for `hold` seconds (until the next
+        probe); up brings an ejected replica back at once."""
+        if healthy:
+            if replica.ejected_until > self.clock():
+                replica.ejected_until = 0.0
+            replica.failures = 0
+            replica.ejections = 0
+        else:
+            if replica.ejected_until <= self.clock():
+                replica.ejected_total += 1
+            replica.ejected_until = max(replica.ejected_until, self.clock() + hold)
+
     def replica(self, url: str) -> Replica | None:
         return next((r for r in self.replicas if r.url == url), None)
 

@@ -29,6 +29,7 @@ from mcpfleet.gateway.upstream.backend import ProcessBackend, TransportBackend
 from mcpfleet.gateway.upstream.http import HttpUpstream, Unreachable
 from mcpfleet.gateway.upstream.relay import RelayUpstream, StdioSession
 from mcpfleet.registry.model import HttpServer, Server, StdioServer
+from mcpfleet.registry.render import mask_url
 
 log = logging.getLogger("mcpfleet.gateway")
 
@@ -59,6 +60,8 @@ class ServerRuntime:
             self.balancer = balancer
             if server.transport != "sse":
                 self.http = HttpUpstream(server, balancer)
+                if server.health.active:
+                    task_group.start_soon(self._probe_replicas)
             endpoints = {e.url: e for e in server.endpoints}
             self.bridge = RelayUpstream(
                 server,
@@ -265,6 +268,20 @@ class ServerRuntime:
             with anyio.CancelScope(shield=True):
                 await session.aclose()
             self._done()
+
+    async def _probe_replicas(self) -> None:
+        """Active health checks (`health.active`): every `health.interval`, probe each replica."""
+        assert self.http is not None
+        assert self.balancer is not None
+        assert isinstance(self.server, HttpServer)
+        interval = self.server.health.interval
+        while not self.http.retired:
+            for replica in list(self.balancer.replicas):
+                healthy = await self.http.probe(replica.url)
+                self.balancer.probed(replica, healthy, hold=interval)
+                if not healthy:
+                    log.warning("server %r: replica %s failed its health check", self.server.id, mask_url(replica.url))
+            await anyio.sleep(interval)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ import json
 import time
 from typing import Any
 
+import anyio
+
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Headers, respond_error, send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
@@ -53,6 +55,23 @@ class HttpUpstream:
         if pool is None:
             pool = self._pools[replica] = Pool(replica, self.server.timeouts.connect)
         return pool
+
+    async def probe(self, replica: str) -> bool:
+        """One active health check: an HTTP answer below 500 on the MCP path within `health.timeout`."""
+        health = self.server.health
+        try:
+            with anyio.fail_after(health.timeout):
+                response = await self._pool(replica).request(
+                    "GET",
+                    self.server.path,
+                    [(b"accept", b"application/json, text/event-stream")],
+                    b"",
+                    health.timeout,
+                )
+                await response.aclose()  # not read: the connection is closed, not reused
+                return response.status < 500
+        except (ConnectFailed, UpstreamClosed, TimeoutError):
+            return False
 
     async def forward(
         self,
