@@ -271,3 +271,20 @@ def test_the_shared_2026_process_yields_its_slot_to_sessions(gateway: Callable[[
         assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == "x"
         session = open_session(client, gw.mcp("one"))  # the idle shared process is reclaimed for it
         assert events(call(client, gw.mcp("one"), session, "echo", {"text": "y"}))[-1]["result"]["isError"] is False
+
+
+def test_a_crash_loop_makes_new_sessions_fail_fast(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway("servers:\n  broken: {command: [sh, -c, 'echo cannot read config >&2; exit 3']}\n")
+    with httpx2.Client(timeout=30) as client:
+        first = [client.post(gw.mcp("broken"), json=INIT, headers=ACCEPT) for _ in range(3)]
+        assert [r.status_code for r in first] == [502, 502, 502]
+        assert "exit code 3" in first[0].json()["error"]["message"]
+        started = time.monotonic()
+        fast = client.post(gw.mcp("broken"), json=INIT, headers=ACCEPT)
+        assert time.monotonic() - started < 1.0  # no process is started for it
+        assert fast.status_code == 503 and int(fast.headers["retry-after"]) >= 1
+        error = fast.json()["error"]
+        assert error["code"] == -32017 and "3 times in a row" in error["message"]
+        assert "cannot read config" in error["message"]
+        shown = next(s for s in client.get(f"{gw.url}/servers").json()["servers"] if s["id"] == "broken")
+        assert shown["health"] == "crash_loop" and shown["crash_loop"]["quick_exits"] == 3

@@ -319,10 +319,14 @@ class Gateway:
                     entry["target"] = " ".join(server.command)
                 live = len(runtime.stdio.live) if runtime is not None and runtime.stdio is not None else 0
                 # (bridged HTTP connections are counted apart, under "bridged")
-                warm = runtime.stdio.warm_count if runtime is not None and runtime.stdio is not None else 0
+                stdio = runtime.stdio if runtime is not None else None
+                warm = stdio.warm_count if stdio is not None else 0
                 entry["processes"] = {"live": live, "warm": warm, "min": server.pool.min, "max": server.pool.max}
+                if stdio is not None and stdio.crash_loop_until > time.monotonic():
+                    entry["health"] = "crash_loop"
+                    entry["crash_loop"] = {"quick_exits": stdio.quick_exits, "last_exit": stdio.last_exit}
             entry["sessions"] = len(self.sessions.of_server(server_id))
-            entry["health"] = "unknown"
+            entry.setdefault("health", "unknown")
             servers.append(entry)
         return {
             "version": __version__,

@@ -33,6 +33,7 @@ ERROR_KINDS = {
     -32014: "exited",
     -32015: "timeout",
     -32016: "pool_exhausted",
+    -32017: "crash_loop",
 }
 
 

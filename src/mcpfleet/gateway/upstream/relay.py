@@ -47,6 +47,10 @@ from mcpfleet.registry.model import HttpServer, StdioServer
 log = logging.getLogger("mcpfleet.gateway.relay")
 
 BACKLOG = 256
+CRASH_WINDOW = 5.0  # seconds: an exit this soon after the start counts towards a crash loop
+CRASH_LIMIT = 3
+CRASH_BACKOFF = 2.0
+CRASH_BACKOFF_MAX = 60.0
 KEEPALIVE = b": keepalive\n\n"
 EXITED = -32014
 
@@ -92,6 +96,7 @@ class _Link:
         self.exit_detail = ""
         self._running = False
         self.started = False
+        self.stopping = False
         self._stop = anyio.CancelScope()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -112,7 +117,8 @@ class _Link:
                             continue
                         self.dispatch(message)
                 self.exit_detail = await self.backend.settle()
-        except ServerStartError:
+        except ServerStartError as exc:
+            self.exit_detail = exc.reason
             raise
         except Exception as exc:  # the gateway's task group must not die with one backend
             if not self._running:
@@ -147,6 +153,8 @@ class _Link:
             raise GatewayError.exited(self.server.id, self.exit_detail or "its input is closed") from None
 
     async def aclose(self) -> None:
+        if not self.closed.is_set():
+            self.stopping = True  # asked to stop: not a crash
         self._stop.cancel()
         with anyio.move_on_after(self.server.timeouts.shutdown * 3 + 1):
             await self.closed.wait()
@@ -323,6 +331,10 @@ class RelayUpstream:
         self._warm: list[StdioSession] = []
         self._warm_target = 0
         self._refilling = False
+        # Crash loops: processes that die on their own soon after starting, several times in a row.
+        self.quick_exits = 0
+        self.crash_loop_until = 0.0
+        self.last_exit = ""
 
     async def aclose(self) -> None:
         self._warm_target = 0
@@ -330,6 +342,27 @@ class RelayUpstream:
         async with anyio.create_task_group() as tg:
             for process in list(self.live):
                 tg.start_soon(process.aclose)
+
+    def _note_exit(self, process: _Link, lifetime: float) -> None:
+        """Count exits the gateway did not ask for within CRASH_WINDOW of the start; CRASH_LIMIT of them in
+        a row start a crash loop: new sessions get 503 at once for a backoff that doubles (CRASH_BACKOFF up
+        to CRASH_BACKOFF_MAX) instead of each waiting for a process that will die."""
+        if process.stopping or lifetime >= CRASH_WINDOW:
+            if lifetime >= CRASH_WINDOW:
+                self.quick_exits = 0
+            return
+        self.quick_exits += 1
+        self.last_exit = process.exit_detail or "failed to start"
+        if self.quick_exits >= CRASH_LIMIT:
+            backoff = min(CRASH_BACKOFF_MAX, CRASH_BACKOFF * 2 ** (self.quick_exits - CRASH_LIMIT))
+            self.crash_loop_until = time.monotonic() + backoff
+            log.warning(
+                "server %r is in a crash loop (%d quick exits, last: %s); new sessions fail for %g s",
+                self.server.id,
+                self.quick_exits,
+                self.last_exit,
+                backoff,
+            )
 
     # --- warm processes ---------------------------------------------------------------------------------
 
@@ -384,6 +417,14 @@ class RelayUpstream:
         self._refill_soon()
 
     async def _start(self, process: _Link) -> None:
+        if (wait := self.crash_loop_until - time.monotonic()) > 0:
+            raise GatewayError(
+                503,
+                -32017,
+                f"server {self.server.id!r} keeps exiting right after it starts ({self.quick_exits} times in a row;"
+                f" last: {self.last_exit}); new sessions fail fast for {wait:.0f} more s",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         if self._limiter.available_tokens < 1:
             await self._reclaim_idle_session()
         with anyio.move_on_after(self.server.pool.acquire_timeout) as waited:
@@ -425,6 +466,7 @@ class RelayUpstream:
     async def _supervise(self, process: _Link, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self.live.add(process)
         self.started_total += 1
+        born = time.monotonic()
         try:
             await process.run(task_status=task_status)
         except Exception:
@@ -432,6 +474,7 @@ class RelayUpstream:
                 raise  # the caller of start() reports it
             log.exception("server %r: a relayed connection failed after it started", self.server.id)
         finally:
+            self._note_exit(process, time.monotonic() - born)
             self.live.discard(process)
             self._limiter.release_on_behalf_of(process)
             if isinstance(process, StdioSession):
@@ -464,6 +507,11 @@ class RelayUpstream:
                     self.server.id, "answer to initialize", self.server.timeouts.startup, "timeouts.startup"
                 )
             answer = parse_message(first)
+            if answer is not None and "error" in answer.data and session.closed.is_set():
+                # The process died before answering: that is the gateway's 502, not the server's answer.
+                raise GatewayError(
+                    502, EXITED, f"server {self.server.id!r} exited before answering initialize ({session.exit_detail})"
+                )
             headers: Headers = []
             if answer is not None and "result" in answer.data:
                 headers.append((SESSION_HEADER, self._sessions.issue(session).encode()))
