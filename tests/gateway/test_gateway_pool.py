@@ -131,3 +131,58 @@ def test_fifty_concurrent_sessions_never_exceed_the_cap(gateway: Callable[[str],
     assert 1 <= most <= 8, most
     assert set(outcomes) <= {200, 404, 503}, outcomes  # served, reclaimed (re-initialize), or told to retry
     assert outcomes.get(200, 0) >= 8
+
+
+def test_shared_mode_multiplexes_64_clients_over_4_processes_with_exact_ids(
+    gateway: Callable[[str], RunningGateway],
+) -> None:
+    gw = gateway(f"servers:\n  shared: {{command: {DEMO}, stateless: true, pool: {{mode: shared, max: 4}}}}\n")
+    pids: set[int] = set()
+    wrong: list[str] = []
+
+    async def client_job(client: httpx2.AsyncClient, worker: int) -> None:
+        session = await initialize(client, gw.mcp("shared"))
+        for rid in (f"req-{worker}", worker, "same-id-for-everyone", 0):
+            answer = await tool(client, gw.mcp("shared"), session, "echo", {"text": f"w{worker}"}, rid=rid)  # type: ignore[arg-type]
+            if answer.get("id") != rid or type(answer.get("id")) is not type(rid):
+                wrong.append(f"worker {worker}: sent id {rid!r}, got {answer.get('id')!r}")
+            elif answer["result"]["content"][0]["text"] != f"w{worker}":
+                wrong.append(f"worker {worker}: got {answer['result']['content'][0]['text']!r}")
+        body = {
+            "jsonrpc": "2.0",
+            "id": 99,
+            "method": "tools/call",
+            "params": {
+                "name": "countdown",
+                "arguments": {"start": 3, "interval": 0},
+                "_meta": {"progressToken": "tok"},
+            },
+        }
+        response = await client.post(gw.mcp("shared"), json=body, headers={**ACCEPT, "mcp-session-id": session})
+        from test_gateway_balancing import messages
+
+        events = messages(response)
+        progress = [e["params"]["progress"] for e in events if e.get("method") == "notifications/progress"]
+        if progress != [1, 2, 3] or any(e.get("params", {}).get("progressToken", "tok") != "tok" for e in events):
+            wrong.append(f"worker {worker}: progress {progress}")
+        who = await tool(client, gw.mcp("shared"), session, "whoami", {}, rid=100)
+        pids.add(int(who["result"]["structuredContent"]["pid"]))
+
+    async def main() -> None:
+        with anyio.fail_after(120):
+            async with httpx2.AsyncClient(timeout=60) as client, anyio.create_task_group() as tg:
+                for worker in range(64):
+                    tg.start_soon(client_job, client, worker)
+
+    anyio.run(main)
+    assert wrong == []
+    assert len(pids) == 4, pids  # 64 sessions, 4 processes
+
+
+def test_shared_mode_needs_a_stateless_server(tmp_path: Path) -> None:
+    from support import run_cli
+
+    registry = tmp_path / "r.yaml"
+    registry.write_text(f"servers:\n  s: {{command: {DEMO}, pool: {{mode: shared}}}}\n")
+    result = run_cli("registry", "validate", str(registry))
+    assert result.returncode == 2 and "needs 'stateless: true'" in result.stderr

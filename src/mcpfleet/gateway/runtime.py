@@ -27,7 +27,7 @@ from mcpfleet.gateway.protocol import is_initialize, parse_body, sse_event
 from mcpfleet.gateway.session import HttpSession, SessionTable
 from mcpfleet.gateway.upstream.backend import ProcessBackend, TransportBackend
 from mcpfleet.gateway.upstream.http import HttpUpstream, Unreachable
-from mcpfleet.gateway.upstream.relay import RelayUpstream, StdioSession
+from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
 from mcpfleet.registry.model import HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
 
@@ -138,6 +138,9 @@ class ServerRuntime:
                 except Unreachable as exc:
                     raise GatewayError.unreachable(self.server.id, exc.detail) from None
                 return
+            if isinstance(session, SharedSession) and session.owner is self.stdio and self.stdio is not None:
+                await self.stdio.in_shared_session(exchange, token, session)
+                return
             if isinstance(session, StdioSession) and session.owner in (self.stdio, self.bridge):
                 await session.owner.in_session(exchange, token, session)
                 return
@@ -167,6 +170,10 @@ class ServerRuntime:
         messages, _ = parse_body(exchange.body)
         if not is_initialize(messages):
             raise GatewayError.invalid_request("Mcp-Session-Id header is required (initialize first)")
+        spawnable = self.server
+        if relay is self.stdio and isinstance(spawnable, StdioServer | HttpServer) and spawnable.pool.mode == "shared":
+            await relay.initialize_shared(exchange, messages[0])
+            return
         await relay.initialize(exchange, messages[0])
 
     # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------

@@ -185,6 +185,11 @@ class _Spawnable(_CommandForms):
     @model_validator(mode="after")
     def _argv(self) -> _Spawnable:
         _check_argv(self.command)
+        if self.pool.mode == "shared" and not self.stateless:
+            raise ValueError(
+                "pool.mode 'shared' needs 'stateless: true': sessions share a process only when the server keeps"
+                " no per-session state"
+            )
         return self
 
 

@@ -115,7 +115,8 @@ class _Link:
                         if message is None:
                             log.warning("server %r sent something that is not JSON-RPC; skipped", self.server.id)
                             continue
-                        self.dispatch(message)
+                        if (reply := self.dispatch(message)) is not None:
+                            await self.backend.send(reply)
                 self.exit_detail = await self.backend.settle()
         except ServerStartError as exc:
             self.exit_detail = exc.reason
@@ -138,7 +139,8 @@ class _Link:
         """Nothing in flight and no stream open: stopping it now loses nothing."""
         raise NotImplementedError
 
-    def dispatch(self, message: Message) -> None:
+    def dispatch(self, message: Message) -> bytes | None:
+        """Route one message from the backend; return a message to send back to it, if any."""
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -268,28 +270,119 @@ class StdioSession(_Link):
 
 
 class SharedProcess(_Link):
-    """2026-07-28 traffic from many clients over one process, ids and progress tokens remapped."""
+    """Many clients over one process, request ids and progress tokens remapped: 2026-07-28 traffic, and
+    (pool mode `shared`) 2025-era sessions of servers declared stateless.
+
+    In shared mode the gateway initializes the process once itself and answers each client's `initialize`
+    with that result; notifications the process sends on its own (list_changed, log messages) go to every
+    session on it. A server-to-client request cannot name its client here, so it is refused.
+    """
 
     def __init__(self, server: StdioServer | HttpServer, backend: Backend) -> None:
         super().__init__(server, backend)
         self.ids = IdMap()
         self.last_used = time.monotonic()
+        self.sessions: set[SharedSession] = set()
+        self.assigned = 0  # sessions given this process, including those still initializing
+        self.init_result: Any = None
+        self.init_lock = anyio.Lock()
 
     @property
     def idle(self) -> bool:
-        return len(self.ids) == 0
+        return len(self.ids) == 0 and not self.sessions
 
-    def dispatch(self, message: Message) -> None:
+    def dispatch(self, message: Message) -> bytes | None:
         routed = self.ids.incoming(message)
-        if routed is None:
-            return  # e.g. a list_changed notification: stateless clients have no stream to receive it on
-        box, data = routed
-        box.deliver(data, answered="*" if message.is_response else None)
+        if routed is not None:
+            box, data = routed
+            box.deliver(data, answered=message.id_key if message.is_response else None)
+            return None
+        if message.is_request:
+            return error_response(
+                message.data.get("id"),
+                -32601,
+                "a shared process cannot send requests to its clients (pool mode 'shared' is for stateless servers)",
+            )
+        if message.is_notification:
+            for session in list(self.sessions):
+                session.notify(message.raw)
+        return None
 
     def finish(self) -> None:
         detail = f"server {self.server.id!r} exited ({self.exit_detail})"
         for box, original_id in self.ids.drain():
-            box.deliver(error_response(original_id, EXITED, detail), answered="*")
+            box.deliver(error_response(original_id, EXITED, detail), answered=None)
+            box.close()
+        for session in list(self.sessions):
+            session.end()
+
+    async def ensure_initialized(self, message: Message, startup: float) -> Any:
+        """Initialize the process once, with the first client's `initialize`; the result, for every client."""
+        async with self.init_lock:
+            if self.init_result is not None:
+                return self.init_result
+            box = Outbox(set())
+            upstream_id, data = self.ids.outgoing(message, box)
+            assert box.waiting is not None
+            box.waiting.add(id_key(upstream_id))
+            await self.send(data)
+            answer = None
+            with anyio.move_on_after(startup):
+                answer = await _next(box)
+            self.ids.forget(box)
+            parsed = parse_message(answer) if answer is not None else None
+            if parsed is None or "result" not in parsed.data:
+                reason = parsed.data.get("error", {}).get("message") if parsed is not None else "no answer"
+                raise GatewayError(502, EXITED, f"server {self.server.id!r} did not initialize: {reason}")
+            await self.send(dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            self.init_result = parsed.data["result"]
+            return self.init_result
+
+
+class SharedSession:
+    """A 2025-era client session on a `SharedProcess` (pool mode `shared`)."""
+
+    def __init__(self, process: SharedProcess, owner: RelayUpstream) -> None:
+        self.process = process
+        self.owner = owner
+        self.server_id = process.server.id
+        self.last_used = time.monotonic()
+        self.in_flight = 0
+        self.upstream_ids: dict[str, int] = {}  # the client's request id -> the process's, for cancellation
+        self.standing: Outbox | None = None
+        self._backlog: collections.deque[bytes] = collections.deque(maxlen=BACKLOG)
+        self.closed = False
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.standing is None
+
+    def notify(self, raw: bytes) -> None:
+        if self.standing is not None:
+            self.standing.deliver(raw)
+        else:
+            self._backlog.append(raw)
+
+    def open_standing(self) -> Outbox | None:
+        if self.standing is not None:
+            return None
+        box = Outbox()
+        while self._backlog:
+            box.deliver(self._backlog.popleft())
+        self.standing = box
+        return box
+
+    def end(self) -> None:
+        if not self.closed:
+            self.process.assigned -= 1
+        self.closed = True
+        if self.standing is not None:
+            self.standing.close()
+        self.process.sessions.discard(self)
+
+    async def aclose(self) -> None:
+        self.end()
+        self.owner.session_ended(self)
 
 
 def _parse_id(key: str) -> Any:
@@ -324,6 +417,7 @@ class RelayUpstream:
         self._limiter = anyio.CapacityLimiter(limit)
         self._shared: SharedProcess | None = None
         self._shared_lock = anyio.Lock()
+        self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[_Link] = set()
         self.started_total = 0
         self.retired = False
@@ -575,9 +669,11 @@ class RelayUpstream:
             await shared.send(message.raw)
             await respond(exchange.send, 202, b"")
             return
-        box = Outbox({"*"})
+        box = Outbox(set())
         shared.last_used = time.monotonic()
         upstream_id, data = shared.ids.outgoing(message, box)
+        assert box.waiting is not None
+        box.waiting.add(id_key(upstream_id))
         try:
             await shared.send(data)
             completed = await _answer(exchange, [], box, [], batch=False)
@@ -588,6 +684,97 @@ class RelayUpstream:
             # At 2026-07-28 a client that goes away cancels its request.
             with contextlib.suppress(GatewayError):
                 await shared.send(shared.ids.cancel(upstream_id, "the client disconnected"))
+
+    # --- pool mode `shared` (servers declared stateless) ----------------------------------------------------
+
+    async def initialize_shared(self, exchange: Exchange, message: Message) -> None:
+        process = await self._pick_shared()
+        try:
+            result = await process.ensure_initialized(message, self.server.timeouts.startup)
+        except BaseException:
+            process.assigned -= 1
+            raise
+        session = SharedSession(process, self)
+        process.sessions.add(session)
+        token = self._sessions.issue(session)
+        answer = dumps({"jsonrpc": "2.0", "id": message.data.get("id"), "result": result})
+        box = Outbox()
+        box.deliver(answer)
+        box.close()
+        await _answer(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=False)
+
+    async def _pick_shared(self) -> SharedProcess:
+        """A new process while there are fewer than `pool.max`, then the one with the fewest sessions
+        (counted from the pick, so concurrent initializations spread too)."""
+        async with self._shared_lock:
+            self._pool = [p for p in self._pool if not p.closed.is_set()]
+            if len(self._pool) < self.server.pool.max:
+                process = SharedProcess(self.server, self._new_backend())
+                await self._start(process)
+                self._pool.append(process)
+            else:
+                process = min(self._pool, key=lambda p: p.assigned)
+            process.assigned += 1
+            return process
+
+    async def in_shared_session(self, exchange: Exchange, token: str, session: SharedSession) -> None:
+        if exchange.method == "DELETE":
+            self._sessions.drop(token)
+            await session.aclose()
+            await respond(exchange.send, 200, b"")
+            return
+        if exchange.method == "GET":
+            if not accepts(exchange.header(b"accept") or "", "text/event-stream"):
+                raise GatewayError(406, -32600, "the GET stream needs 'Accept: text/event-stream'")
+            standing = session.open_standing()
+            if standing is None:
+                raise GatewayError(409, -32600, "this session already has a GET stream open")
+            try:
+                await _stream(exchange, standing, [(SESSION_HEADER, token.encode())])
+            finally:
+                session.standing = None
+                standing.close()
+            return
+        process = session.process
+        if session.closed or process.closed.is_set():
+            self._sessions.drop(token)
+            raise GatewayError.session_not_found()
+        messages, batch = parse_body(exchange.body)
+        box = Outbox(set())
+        assert box.waiting is not None
+        mine: list[str] = []
+        for message in messages:
+            if message.is_request:
+                upstream_id, data = process.ids.outgoing(message, box)
+                box.waiting.add(id_key(upstream_id))
+                session.upstream_ids[message.id_key] = upstream_id
+                mine.append(message.id_key)
+            elif message.method == "notifications/initialized" or message.is_response:
+                continue  # the process was initialized once; it sends its clients no requests
+            elif message.method == "notifications/cancelled":
+                params = dict(message.data.get("params") or {})
+                upstream = session.upstream_ids.get(id_key(params.get("requestId")))
+                if upstream is None:
+                    continue
+                data = dumps({**message.data, "params": {**params, "requestId": upstream}})
+            else:
+                data = message.raw
+            await process.send(data)
+        if not box.waiting:
+            await respond(exchange.send, 202, b"")
+            return
+        session.in_flight += 1
+        try:
+            await _answer(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+        finally:
+            session.in_flight -= 1
+            process.ids.forget(box)
+            box.close()
+            for key in mine:
+                session.upstream_ids.pop(key, None)
+
+    def session_ended(self, session: SharedSession) -> None:
+        self._sessions.drop_session(session)
 
     async def _shared_process(self) -> SharedProcess:
         async with self._shared_lock:
