@@ -372,6 +372,11 @@ class SharedSession:
         self.standing = box
         return box
 
+    def close_standing(self, box: Outbox) -> None:
+        if self.standing is box:
+            self.standing = None
+        box.close()
+
     def end(self) -> None:
         if not self.closed:
             self.process.assigned -= 1
@@ -617,14 +622,20 @@ class RelayUpstream:
             if not keep:
                 await session.aclose()
 
-    async def in_session(self, exchange: Exchange, token: str, session: StdioSession) -> None:
+    async def _delete_or_stream(self, exchange: Exchange, token: str, session: StdioSession | SharedSession) -> bool:
+        """DELETE ends the session; GET opens its standing stream. True when the request was one of them."""
         if exchange.method == "DELETE":
             self._sessions.drop(token)
             await session.aclose()
             await respond(exchange.send, 200, b"")
-            return
+            return True
         if exchange.method == "GET":
             await self._standing_stream(exchange, session)
+            return True
+        return False
+
+    async def in_session(self, exchange: Exchange, token: str, session: StdioSession) -> None:
+        if await self._delete_or_stream(exchange, token, session):
             return
         messages, batch = parse_body(exchange.body)
         box = await session.post(messages)
@@ -636,7 +647,7 @@ class RelayUpstream:
         finally:
             session.release(box)
 
-    async def _standing_stream(self, exchange: Exchange, session: StdioSession) -> None:
+    async def _standing_stream(self, exchange: Exchange, session: StdioSession | SharedSession) -> None:
         if not accepts(exchange.header(b"accept") or "", "text/event-stream"):
             raise GatewayError(406, -32600, "the GET stream needs 'Accept: text/event-stream'")
         box = session.open_standing()
@@ -718,22 +729,7 @@ class RelayUpstream:
             return process
 
     async def in_shared_session(self, exchange: Exchange, token: str, session: SharedSession) -> None:
-        if exchange.method == "DELETE":
-            self._sessions.drop(token)
-            await session.aclose()
-            await respond(exchange.send, 200, b"")
-            return
-        if exchange.method == "GET":
-            if not accepts(exchange.header(b"accept") or "", "text/event-stream"):
-                raise GatewayError(406, -32600, "the GET stream needs 'Accept: text/event-stream'")
-            standing = session.open_standing()
-            if standing is None:
-                raise GatewayError(409, -32600, "this session already has a GET stream open")
-            try:
-                await _stream(exchange, standing, [(SESSION_HEADER, token.encode())])
-            finally:
-                session.standing = None
-                standing.close()
+        if await self._delete_or_stream(exchange, token, session):
             return
         process = session.process
         if session.closed or process.closed.is_set():
