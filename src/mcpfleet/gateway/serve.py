@@ -6,8 +6,10 @@ symlink swaps (`..data`) are seen; a change reloads only when the file's content
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import resource
 import signal
 from pathlib import Path
 
@@ -20,6 +22,17 @@ from mcpfleet.registry import Registry
 log = logging.getLogger("mcpfleet.gateway")
 
 
+def raise_descriptor_limit() -> int:
+    """Every proxied stream holds two descriptors: lift the soft limit to the hard one (no privilege
+    needed). Returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 async def serve(
     registry: Registry,
     *,
@@ -30,6 +43,7 @@ async def serve(
     tls_keyfile: str | None = None,
     watch: bool = True,
 ) -> None:
+    log.info("file descriptor limit: %d", raise_descriptor_limit())
     async with Gateway(registry, registry_path=registry_path, host=host) as gateway:
         config = uvicorn.Config(
             gateway,

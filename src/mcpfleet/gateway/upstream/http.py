@@ -9,6 +9,7 @@ not passed on) and `Mcp-Session-Id` (the gateway's id outside, the upstream's in
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -20,9 +21,11 @@ from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
 from mcpfleet.gateway.session import HttpSession, SessionTable
-from mcpfleet.gateway.upstream.wire import ConnectFailed, Pool, Response, UpstreamClosed
+from mcpfleet.gateway.upstream.wire import ConnectFailed, OutOfDescriptors, Pool, Response, UpstreamClosed
 from mcpfleet.registry.model import HttpServer
 from mcpfleet.registry.render import mask_url
+
+log = logging.getLogger("mcpfleet.gateway.http")
 
 _STANDING_STREAM = frozenset({"GET"})
 
@@ -100,6 +103,15 @@ class HttpUpstream:
             self.balancer.started(replica)
             try:
                 response = await self._send(exchange, replica.url, path, session)
+            except OutOfDescriptors as exc:
+                self.balancer.finished(replica, time.monotonic() - started)
+                log.error("server %r: no file descriptor left for a connection (%s)", self.server.id, exc)
+                raise GatewayError(
+                    503,
+                    -32016,
+                    f"the gateway is out of file descriptors ({exc}); retry later",
+                    headers={"Retry-After": "1"},
+                ) from None
             except ConnectFailed as exc:
                 self.balancer.finished(replica, time.monotonic() - started)
                 self.balancer.failed(replica)

@@ -586,7 +586,6 @@ class RelayUpstream:
         session.initializing = True  # not idle, so a concurrent reclaim cannot take it half-way
         if not session.started:
             await self._start(session)
-        self._refill_soon()
         keep = False
         try:
             box = await session.post([message])
@@ -619,6 +618,8 @@ class RelayUpstream:
             session.release(box)
         finally:
             session.initializing = False
+            # Refill after the answer: a starting process would compete for the CPU with this handshake.
+            self._refill_soon()
             if not keep:
                 await session.aclose()
 

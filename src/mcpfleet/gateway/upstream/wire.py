@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -26,6 +27,10 @@ IDLE_LIMIT = 64  # idle keep-alive connections kept per replica
 
 class ConnectFailed(Exception):
     """No connection could be made: nothing reached the replica."""
+
+
+class OutOfDescriptors(Exception):
+    """The gateway process has no file descriptor left for a new connection."""
 
 
 class UpstreamClosed(Exception):
@@ -221,6 +226,9 @@ class Pool:
         except TimeoutError:
             raise ConnectFailed(f"no connection within {self.connect_timeout:g} s") from None
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # The gateway's own limit, not the replica's fault: no ejection, no lost session.
+                raise OutOfDescriptors(exc.strerror or str(exc)) from None
             raise ConnectFailed(exc.strerror or str(exc)) from None
         self._all.add(connection)
         return connection
