@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -12,10 +13,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# A Streamable HTTP client's request headers and a 2025-11-25 initialize, for tests that speak raw HTTP.
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
+}
 NODE_DIR = ROOT / "tests" / "node"
 
 
@@ -91,3 +101,11 @@ def node_package(name: str) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: run `npm ci --prefix tests/node` (make test does)")
     return path
+
+
+def rpc_messages(response: Any) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a Streamable HTTP answer, whether JSON or Server-Sent Events."""
+    if response.headers["content-type"].startswith("application/json"):
+        body = response.json()
+        return body if isinstance(body, list) else [body]
+    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]

@@ -9,7 +9,8 @@ import anyio
 import httpx2
 
 from conftest import RunningGateway
-from test_gateway_balancing import ACCEPT, INIT, initialize, run_bounded, tool
+from support import ACCEPT, INIT
+from test_gateway_balancing import initialize, run_bounded, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 

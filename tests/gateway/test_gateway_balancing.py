@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -11,20 +10,7 @@ import anyio
 import httpx2
 
 from conftest import RunningGateway
-
-ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "lb", "version": "0"}},
-}
-
-
-def messages(response: httpx2.Response) -> list[dict[str, Any]]:
-    if response.headers["content-type"].startswith("application/json"):
-        return [response.json()]
-    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+from support import ACCEPT, INIT, rpc_messages
 
 
 async def initialize(client: httpx2.AsyncClient, url: str) -> str:
@@ -42,7 +28,7 @@ async def tool(
     body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
     response = await client.post(url, json=body, headers={**ACCEPT, "mcp-session-id": session}, timeout=60)
     assert response.status_code == 200, response.text
-    return messages(response)[-1]
+    return rpc_messages(response)[-1]
 
 
 def initialize_counts(replicas: dict[str, str]) -> dict[str, int]:

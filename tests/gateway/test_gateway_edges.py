@@ -23,15 +23,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import RunningGateway
-from support import free_port, running
+from support import INIT, free_port, running
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

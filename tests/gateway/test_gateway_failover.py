@@ -9,8 +9,8 @@ import anyio
 import httpx2
 
 from conftest import RunningGateway
-from support import demo_argv, free_port, running
-from test_gateway_balancing import ACCEPT, INIT, initialize, tool
+from support import ACCEPT, INIT, demo_argv, free_port, running
+from test_gateway_balancing import initialize, tool
 
 
 def test_killed_replica_is_ejected_and_rejoins_after_restart(gateway: Callable[[str], RunningGateway]) -> None:

@@ -13,24 +13,9 @@ import httpx2
 import pytest
 
 from conftest import RunningGateway
-from support import free_port
+from support import ACCEPT, INIT, free_port, rpc_messages
 
 DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
-ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
-
-
-def events(response: httpx2.Response) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an SSE (or JSON) response body."""
-    if response.headers["content-type"].startswith("application/json"):
-        body = response.json()
-        return body if isinstance(body, list) else [body]
-    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
 
 
 def open_session(client: httpx2.Client, url: str) -> str:
@@ -66,7 +51,7 @@ def test_session_ids_are_the_gateways_and_ids_keep_their_json_type(stdio_gateway
             session = open_session(client, url)
             assert len(session) >= 40  # 256 random bits, url-safe
             for rid in ("req-7", 7):
-                answer = events(call(client, url, session, "echo", {"text": "x"}, rid=rid))[-1]
+                answer = rpc_messages(call(client, url, session, "echo", {"text": "x"}, rid=rid))[-1]
                 assert answer["id"] == rid and type(answer["id"]) is type(rid)
             assert client.delete(url, headers={"mcp-session-id": session}).status_code == 200
             gone = call(client, url, session, "echo", {"text": "x"})
@@ -99,7 +84,7 @@ def test_crashed_process_fails_its_pending_call_at_once(stdio_gateway: RunningGa
         url = stdio_gateway.mcp("local")
         session = open_session(client, url)
         started = time.monotonic()
-        answer = events(call(client, url, session, "crash", {"code": 9}, rid="c1"))[-1]
+        answer = rpc_messages(call(client, url, session, "crash", {"code": 9}, rid="c1"))[-1]
         assert time.monotonic() - started < 10
         assert answer["id"] == "c1" and answer["error"]["code"] == -32014
         assert "exit code 9" in answer["error"]["message"]
@@ -267,10 +252,12 @@ def test_the_shared_2026_process_yields_its_slot_to_sessions(gateway: Callable[[
     }
     headers = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo"}
     with httpx2.Client() as client:
-        answer = events(client.post(gw.mcp("one"), json=modern, headers=headers))[-1]
+        answer = rpc_messages(client.post(gw.mcp("one"), json=modern, headers=headers))[-1]
         assert answer["id"] == 1 and answer["result"]["content"][0]["text"] == "x"
         session = open_session(client, gw.mcp("one"))  # the idle shared process is reclaimed for it
-        assert events(call(client, gw.mcp("one"), session, "echo", {"text": "y"}))[-1]["result"]["isError"] is False
+        assert (
+            rpc_messages(call(client, gw.mcp("one"), session, "echo", {"text": "y"}))[-1]["result"]["isError"] is False
+        )
 
 
 def test_a_crash_loop_makes_new_sessions_fail_fast(gateway: Callable[[str], RunningGateway]) -> None:

@@ -10,8 +10,8 @@ import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import RunningGateway
-from support import free_port
-from test_gateway_balancing import ACCEPT, INIT, initialize, tool
+from support import ACCEPT, INIT, free_port
+from test_gateway_balancing import initialize, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 

@@ -14,7 +14,8 @@ import anyio
 import httpx2
 
 from conftest import RunningGateway
-from test_gateway_balancing import ACCEPT, INIT, initialize, tool
+from support import ACCEPT, INIT, rpc_messages
+from test_gateway_balancing import initialize, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 
@@ -159,9 +160,7 @@ def test_shared_mode_multiplexes_64_clients_over_4_processes_with_exact_ids(
             },
         }
         response = await client.post(gw.mcp("shared"), json=body, headers={**ACCEPT, "mcp-session-id": session})
-        from test_gateway_balancing import messages
-
-        events = messages(response)
+        events = rpc_messages(response)
         progress = [e["params"]["progress"] for e in events if e.get("method") == "notifications/progress"]
         if progress != [1, 2, 3] or any(e.get("params", {}).get("progressToken", "tok") != "tok" for e in events):
             wrong.append(f"worker {worker}: progress {progress}")

@@ -10,7 +10,7 @@ import anyio
 import httpx2
 
 from conftest import RunningGateway
-from test_gateway_balancing import ACCEPT, INIT, messages
+from support import ACCEPT, INIT, rpc_messages
 
 
 def registry(replicas: list[str], strategy: str) -> str:
@@ -55,7 +55,7 @@ def test_reloads_under_load_lose_no_request(
             if response.status_code != 200:
                 bad.append(f"call: {response.status_code} {response.text[:200]}")
                 return
-            answer = messages(response)[-1]
+            answer = rpc_messages(response)[-1]
             if answer.get("result", {}).get("content", [{}])[0].get("text") != f"{worker}-{rid}":
                 bad.append(f"wrong answer: {answer}")
                 return

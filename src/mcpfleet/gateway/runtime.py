@@ -23,7 +23,7 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Receive, Send, respond, send_chunk, start_event_stream, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
-from mcpfleet.gateway.protocol import is_initialize, parse_body, sse_event
+from mcpfleet.gateway.protocol import error_response, is_initialize, parse_body, sse_event
 from mcpfleet.gateway.session import HttpSession, SessionTable
 from mcpfleet.gateway.upstream.backend import ProcessBackend, TransportBackend
 from mcpfleet.gateway.upstream.http import HttpUpstream, Unreachable
@@ -265,8 +265,6 @@ class ServerRuntime:
                         messages, _ = parse_body(text.encode())
                         await session.bridge(messages, box)
                     except GatewayError as exc:
-                        from mcpfleet.gateway.protocol import error_response
-
                         await send(
                             {"type": "websocket.send", "text": error_response(None, exc.code, exc.message).decode()}
                         )

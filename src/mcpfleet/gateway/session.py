@@ -24,10 +24,6 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.sealing import Sealer
 
 
-class Owner(Protocol):
-    retired: bool
-
-
 class Session(Protocol):
     last_used: float
 

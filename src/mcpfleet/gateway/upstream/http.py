@@ -8,15 +8,13 @@ not passed on) and `Mcp-Session-Id` (the gateway's id outside, the upstream's in
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any
 
 import anyio
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import Headers, respond_error, send_chunk, stream_body
+from mcpfleet.gateway.asgi import Headers, send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
@@ -193,15 +191,3 @@ class HttpUpstream:
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
-
-
-async def answer_unreachable(exchange: Exchange, server_id: str, detail: str, request_id: Any = None) -> None:
-    await respond_error(exchange.send, GatewayError.unreachable(server_id, detail), request_id)
-
-
-def request_id_of(body: bytes) -> Any:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data.get("id") if isinstance(data, dict) else None

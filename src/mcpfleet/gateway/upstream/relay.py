@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import math
 import time
@@ -152,6 +153,9 @@ class _Link:
         try:
             await self.backend.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            # The process is going away: wait (bounded) for its exit code and last stderr line to be known.
+            with anyio.move_on_after(self.server.timeouts.shutdown + 1):
+                await self.closed.wait()
             raise GatewayError.exited(self.server.id, self.exit_detail or "its input is closed") from None
 
     async def aclose(self) -> None:
@@ -203,7 +207,7 @@ class StdioSession(_Link):
     def finish(self) -> None:
         detail = f"server {self.server_id!r} exited ({self.exit_detail})"
         for key, box in list(self._pending.items()):
-            box.deliver(error_response(_parse_id(key), EXITED, detail), answered=key)
+            box.deliver(error_response(json.loads(key), EXITED, detail), answered=key)
         self._pending.clear()
         if self._standing is not None:
             self._standing.close()
@@ -388,12 +392,6 @@ class SharedSession:
     async def aclose(self) -> None:
         self.end()
         self.owner.session_ended(self)
-
-
-def _parse_id(key: str) -> Any:
-    import json
-
-    return json.loads(key)
 
 
 class RelayUpstream:
@@ -821,4 +819,4 @@ async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: li
     return await stream_body(exchange.receive, exchange.send, events())
 
 
-__all__ = ["Outbox", "RelayUpstream", "SharedProcess", "StdioSession", "dumps"]
+__all__ = ["Outbox", "RelayUpstream", "SharedProcess", "SharedSession", "StdioSession"]
