@@ -11,10 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +110,12 @@ def rpc_messages(response: Any) -> list[dict[str, Any]]:
         body = response.json()
         return body if isinstance(body, list) else [body]
     return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+async def until(check: Callable[[], Awaitable[Any]], within: float = 20.0, interval: float = 0.1) -> Any:
+    """Await `check()` until it returns something true (and return that); fail after `within` seconds."""
+    with anyio.fail_after(within):
+        while True:
+            if result := await check():
+                return result
+            await anyio.sleep(interval)

@@ -7,9 +7,10 @@ error result, a slow call, a crash, and `whoami`, which names the replica that a
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import anyio
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 
@@ -18,6 +19,16 @@ class Stats(BaseModel):
     count: int
     total: float
     mean: float
+
+
+class Confirmation(BaseModel):
+    ok: bool
+
+
+def ask(question: str) -> Elicit[Confirmation]:
+    """The SDK asks the client mid-call (2025 revisions) or answers with an InputRequiredResult that the client
+    retries with its answer and the server's `requestState` (2026-07-28)."""
+    return Elicit(question, Confirmation)
 
 
 class Identity(BaseModel):
@@ -65,6 +76,12 @@ def build_server(*, replica: str = "stdio", transport: str = "stdio") -> MCPServ
     def crash(code: int = 1) -> str:
         """Exit the server process at once, mid-call (to see how crashes are handled)."""
         os._exit(code)
+
+    @server.tool()
+    def confirm(question: str, answer: Annotated[ElicitationResult[Confirmation], Resolve(ask)]) -> str:
+        """Ask the user a yes/no question (elicitation) and report the answer and the replica that got it."""
+        said = "yes" if isinstance(answer, AcceptedElicitation) and answer.data.ok else "no"
+        return f"{said} (answered on {replica}, pid {os.getpid()})"
 
     @server.tool()
     def whoami() -> Identity:

@@ -45,6 +45,9 @@ class Timeouts(_Model):
 
 class Balancer(_Model):
     strategy: Literal["round_robin", "least_connections", "p2c", "random"] = "round_robin"
+    # `pin`: a 2026-07-28 retry carrying `requestState` goes back to the replica that issued it (the SDK seals
+    # the state with a per-process key). `any`: spread it like other requests (replicas share the key).
+    request_state: Literal["pin", "any"] = "pin"
 
 
 class Pool(_Model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import anyio
 
@@ -17,6 +18,7 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Headers, send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.pinning import METHODS, rewrite_events, unwrap, wrap
 from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
 from mcpfleet.gateway.session import HttpSession, SessionTable
 from mcpfleet.gateway.upstream.wire import ConnectFailed, OutOfDescriptors, Pool, Response, UpstreamClosed
@@ -88,13 +90,20 @@ class HttpUpstream:
 
         New work goes to the balancer's pick; when nothing could be sent there (connection refused or not
         established in time) the next replica is tried, since the server cannot have seen the request.
-        Session traffic stays on its replica; if that replica is gone, the session is too (404).
+        Session traffic stays on its replica; if that replica is gone, the session is too (404). A
+        2026-07-28 retry carrying a `requestState` the gateway wrapped goes to the replica that issued it.
         """
+        stateless = session is None and exchange.modern and exchange.method == "POST"
         if session is not None:
             pinned = self.balancer.replica(session.replica)
             candidates = [pinned] if pinned is not None else []
         else:
             candidates = self.balancer.candidates()
+        if stateless:
+            record, exchange.body = unwrap(sessions.sealer, exchange.body)
+            if record is not None and record.get("s") == self.server.id:
+                issuer = self.balancer.replica(str(record.get("r")))
+                candidates = [issuer] if issuer is not None else candidates  # gone: the server may share keys
         failures: list[str] = []
         for replica in candidates:
             started = time.monotonic()
@@ -118,8 +127,11 @@ class HttpUpstream:
             except BaseException:
                 self.balancer.finished(replica, time.monotonic() - started)
                 raise
+            rewrite = self._pin_states(exchange, sessions, replica.url) if stateless else None
             try:
-                await self._relay(exchange, response, replica.url, sessions, session_token, session, initialize)
+                await self._relay(
+                    exchange, response, replica.url, sessions, session_token, session, initialize, rewrite
+                )
             finally:
                 self.balancer.finished(replica, time.monotonic() - started)
             self.balancer.succeeded(replica)
@@ -128,6 +140,18 @@ class HttpUpstream:
             sessions.drop(session_token)  # its replica is gone: the client initializes again elsewhere
             raise GatewayError.session_not_found()
         raise Unreachable("; ".join(failures))
+
+    def _pin_states(self, exchange: Exchange, sessions: SessionTable, replica: str) -> Callable[[bytes], bytes] | None:
+        """How to wrap the `requestState` of an answer from `replica`, when a retry could go astray."""
+        if self.server.balancer.request_state != "pin" or len(self.balancer.replicas) < 2:
+            return None
+        method = exchange.header(b"mcp-method")
+        if method is None and not any(f'"{name}"'.encode() in exchange.body for name in METHODS):
+            return None
+        if method is not None and method not in METHODS:
+            return None
+        record = {"s": self.server.id, "r": replica}
+        return lambda message: wrap(sessions.sealer, message, record)
 
     async def _send(self, exchange: Exchange, replica: str, path: str, session: HttpSession | None) -> Response:
         headers = [(k, v) for k, v in exchange.scope["headers"] if k not in NOT_FORWARDED_UP]
@@ -159,7 +183,23 @@ class HttpUpstream:
         session_token: str | None,
         session: HttpSession | None,
         initialize: bool,
+        rewrite: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        idle = None if exchange.method in _STANDING_STREAM else self.server.timeouts.idle_stream
+        streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+        whole: bytes | None = None
+        if rewrite is not None and not streaming:
+            # A JSON answer that may carry requestState is read whole, so its length can change.
+            try:
+                whole = rewrite(b"".join([chunk async for chunk in response.body(idle)]))
+            except TimeoutError:
+                await response.aclose()
+                raise GatewayError.timeout(
+                    self.server.id, "response body", self.server.timeouts.idle_stream, "timeouts.idle_stream"
+                ) from None
+            except UpstreamClosed as exc:
+                await response.aclose()
+                raise GatewayError.unreachable(self.server.id, f"{mask_url(replica)}: {exc}") from None
         try:
             headers: Headers = [(k, v) for k, v in response.headers if k not in NOT_FORWARDED_DOWN]
             upstream_session = response.header(SESSION_HEADER)
@@ -172,16 +212,21 @@ class HttpUpstream:
                     headers.append((SESSION_HEADER, session_token.encode()))
                 if response.status == 404 or (exchange.method == "DELETE" and ok):
                     sessions.drop(session_token)
-            streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
             if streaming and response.header(b"x-accel-buffering") is None:
                 headers.append((b"x-accel-buffering", b"no"))
+            elif whole is not None:
+                headers.append((b"content-length", str(len(whole)).encode()))
             elif (length := response.header(b"content-length")) is not None:
                 headers.append((b"content-length", length))
             await exchange.send({"type": "http.response.start", "status": response.status, "headers": headers})
-            idle = None if exchange.method in _STANDING_STREAM else self.server.timeouts.idle_stream
             if streaming:
                 # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
-                await stream_body(exchange.receive, exchange.send, response.body(idle))
+                events = response.body(idle)
+                await stream_body(
+                    exchange.receive, exchange.send, rewrite_events(events, rewrite) if rewrite else events
+                )
+            elif whole is not None:
+                await send_chunk(exchange.send, whole, more=False)
             else:
                 async for chunk in response.body(idle):
                     await send_chunk(exchange.send, chunk)

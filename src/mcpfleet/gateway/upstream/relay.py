@@ -6,8 +6,13 @@ writes is routed back by id: responses to the POST that carried the request, pro
 request whose token it names, and server requests and other notifications to the single open POST stream,
 else the GET stream, else a bounded backlog that the next GET stream receives.
 
-2026-07-28 traffic is stateless, so it shares one process per server, with request ids and progress
-tokens remapped (`protocol.IdMap`) and a client disconnect passed on as `notifications/cancelled`.
+2026-07-28 traffic is stateless, so it shares the server's processes (one, more while they are busy), with
+request ids and progress tokens remapped (`protocol.IdMap`), a client disconnect passed on as
+`notifications/cancelled`, and a retry carrying `requestState` sent back to the process that issued it
+(pinning.py).
+
+Processes are recycled: past `pool.max_lifetime`, or after `pool.max_sessions_per_process` sessions, a
+process takes no new work and stops once nothing is in flight (its replacement starts first).
 
 When a process exits, every request still waiting on it gets a JSON-RPC error at once, never a hang.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -29,6 +35,7 @@ import anyio.abc
 from mcpfleet.errors import GatewayError, ServerStartError
 from mcpfleet.gateway.asgi import Headers, respond, start_event_stream, stream_body
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.pinning import unwrap, wrap
 from mcpfleet.gateway.protocol import (
     SESSION_HEADER,
     IdMap,
@@ -54,13 +61,16 @@ CRASH_BACKOFF = 2.0
 CRASH_BACKOFF_MAX = 60.0
 KEEPALIVE = b": keepalive\n\n"
 EXITED = -32014
+SPREAD_AT = 8  # 2026-07-28 requests in flight on every process before another one starts
+STATE_GRACE = 120.0  # seconds a process due to stop still waits for retries of the input it asked for
 
 
 class Outbox:
     """Messages bound for one client stream: a POST's response stream or the session's GET stream."""
 
-    def __init__(self, waiting: set[str] | None = None) -> None:
+    def __init__(self, waiting: set[str] | None = None, transform: Callable[[bytes], bytes] | None = None) -> None:
         self.waiting = waiting  # ids whose responses end this stream; None for the standing GET stream
+        self.transform = transform  # applied to the responses that end it
         self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
 
     async def events(self, keepalive: float) -> AsyncIterator[bytes]:
@@ -76,6 +86,8 @@ class Outbox:
             yield KEEPALIVE if item is None else sse_event(item)
 
     def deliver(self, message: bytes, answered: str | None = None) -> None:
+        if answered is not None and self.transform is not None:
+            message = self.transform(message)
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._send.send_nowait(message)
         if answered is not None and self.waiting is not None:
@@ -95,6 +107,8 @@ class _Link:
         self.backend = backend
         self.closed = anyio.Event()
         self.exit_detail = ""
+        self.born = time.monotonic()
+        self.served = 0  # client sessions given this process over its life (pool mode `shared`)
         self._running = False
         self.started = False
         self.stopping = False
@@ -250,7 +264,12 @@ class StdioSession(_Link):
     @property
     def idle(self) -> bool:
         """Nothing in flight and no stream open: ending it loses no message."""
-        return not self.initializing and not self._pending and not self._posts and self._standing is None
+        return self.quiet and self._standing is None
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight (a GET stream may be open): ending it now fails no request."""
+        return not self.initializing and not self._pending and not self._posts
 
     def open_standing(self) -> Outbox | None:
         if self._standing is not None:
@@ -282,8 +301,10 @@ class SharedProcess(_Link):
     session on it. A server-to-client request cannot name its client here, so it is refused.
     """
 
-    def __init__(self, server: StdioServer | HttpServer, backend: Backend) -> None:
+    def __init__(self, server: StdioServer | HttpServer, backend: Backend, serial: int = 0) -> None:
         super().__init__(server, backend)
+        self.serial = serial  # names it in the requestState records of its answers
+        self.asked_at = -math.inf  # when it last answered `input_required` (a retry may follow)
         self.ids = IdMap()
         self.last_used = time.monotonic()
         self.sessions: set[SharedSession] = set()
@@ -418,8 +439,10 @@ class RelayUpstream:
         self._limit = limit
         self._what = what
         self._limiter = anyio.CapacityLimiter(limit)
-        self._shared: SharedProcess | None = None
         self._shared_lock = anyio.Lock()
+        self._modern: list[SharedProcess] = []  # 2026-07-28 traffic
+        self._growing = False
+        self._serials = itertools.count(1)
         self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[_Link] = set()
         self.started_total = 0
@@ -499,19 +522,41 @@ class RelayUpstream:
         finally:
             self._refilling = False
 
+    def worn(self, process: _Link, now: float) -> bool:
+        """Past `pool.max_lifetime`, or given `pool.max_sessions_per_process` sessions: due to be recycled."""
+        pool = self.server.pool
+        return (pool.max_lifetime is not None and now - process.born >= pool.max_lifetime) or (
+            pool.max_sessions_per_process is not None and process.served >= pool.max_sessions_per_process
+        )
+
     async def expire_idle(self, now: float) -> None:
-        """Stop warm processes beyond `pool.min` that waited longer than `pool.idle_timeout`, and replace
-        warm processes that died (kill -9, a crash) so `pool.min` holds."""
+        """Once a second: keep `pool.min` warm processes (replace dead and worn ones; stop surplus ones idle
+        past `pool.idle_timeout`); end leased sessions past `pool.max_lifetime` at their first moment with
+        nothing in flight; stop worn shared processes once idle, and extra 2026-07-28 processes idle past
+        `pool.idle_timeout` (either only STATE_GRACE after it last asked for input: a retry may follow)."""
+        idle_timeout = self.server.pool.idle_timeout
         self._warm = [s for s in self._warm if not s.closed.is_set()]
         surplus = len(self._warm) - self._warm_target
         for session in list(self._warm):
-            if surplus <= 0:
-                break
-            if now - session.last_used > self.server.pool.idle_timeout:
+            if self.worn(session, now) or (surplus > 0 and now - session.last_used > idle_timeout):
                 self._warm.remove(session)
                 surplus -= 1
                 await session.aclose()
         self._refill_soon()
+        self._modern = [p for p in self._modern if not p.closed.is_set()]
+        self._pool = [p for p in self._pool if not p.closed.is_set()]
+        extra = len(self._modern) - 1
+        for link in list(self.live):
+            if isinstance(link, StdioSession):
+                if link.started and link not in self._warm and link.quiet and self.worn(link, now):
+                    log.info("server %r: ending a session whose process reached pool.max_lifetime", self.server.id)
+                    self._sessions.drop_session(link)
+                    await link.aclose()
+            elif isinstance(link, SharedProcess) and link.idle and now - link.asked_at > STATE_GRACE:
+                expired = link in self._modern and extra > 0 and now - link.last_used > idle_timeout
+                if self.worn(link, now) or expired:
+                    extra -= link in self._modern
+                    await link.aclose()
 
     async def _start(self, process: _Link) -> None:
         if (wait := self.crash_loop_until - time.monotonic()) > 0:
@@ -670,16 +715,25 @@ class RelayUpstream:
     # --- shared mode (2026-07-28) -------------------------------------------------------------------------
 
     async def stateless(self, exchange: Exchange) -> None:
-        messages, batch = parse_body(exchange.body)
+        record, body = unwrap(self._sessions.sealer, exchange.body)
+        messages, batch = parse_body(body)
         if batch or len(messages) != 1:
             raise GatewayError.invalid_request("2026-07-28 requests are single JSON-RPC messages, not batches")
         message = messages[0]
-        shared = await self._shared_process()
+        shared = await self._modern_process(record)
         if not message.is_request:
             await shared.send(message.raw)
             await respond(exchange.send, 202, b"")
             return
-        box = Outbox(set())
+        where = {"s": self.server.id, "g": self._sessions.instance, "p": shared.serial}
+
+        def pin(answer: bytes) -> bytes:
+            wrapped = wrap(self._sessions.sealer, answer, where)
+            if wrapped is not answer:
+                shared.asked_at = time.monotonic()
+            return wrapped
+
+        box = Outbox(set(), transform=pin)
         shared.last_used = time.monotonic()
         upstream_id, data = shared.ids.outgoing(message, box)
         assert box.waiting is not None
@@ -694,6 +748,41 @@ class RelayUpstream:
             # At 2026-07-28 a client that goes away cancels its request.
             with contextlib.suppress(GatewayError):
                 await shared.send(shared.ids.cancel(upstream_id, "the client disconnected"))
+
+    async def _modern_process(self, record: dict[str, Any] | None) -> SharedProcess:
+        """The process for a 2026-07-28 request: the one that issued its `requestState` if it still runs;
+        else the least busy one not due for recycling. Another process starts in the background when every
+        one has SPREAD_AT requests in flight (up to `pool.max`) or is worn; the first starts on the request."""
+        now = time.monotonic()
+        live = self._modern = [p for p in self._modern if not p.closed.is_set()]
+        if record is not None and record.get("s") == self.server.id and record.get("g") == self._sessions.instance:
+            issuer = next((p for p in live if p.serial == record.get("p")), None)
+            if issuer is not None:
+                return issuer  # only it can open the state (unless the server shares its key)
+        fresh = [p for p in live if not self.worn(p, now)]
+        if not live:
+            async with self._shared_lock:
+                if not self._modern or self._modern[-1].closed.is_set():
+                    process = SharedProcess(self.server, self._new_backend(), next(self._serials))
+                    await self._start(process)
+                    self._modern.append(process)
+                return self._modern[-1]
+        best = min(fresh or live, key=lambda p: len(p.ids))
+        busy = len(best.ids) >= SPREAD_AT and len(live) < self.server.pool.max
+        if (busy or not fresh) and not self._growing and self._limiter.available_tokens >= 1 and not self.retired:
+            self._growing = True
+            self._tg.start_soon(self._grow_modern)
+        return best
+
+    async def _grow_modern(self) -> None:
+        try:
+            process = SharedProcess(self.server, self._new_backend(), next(self._serials))
+            await self._start(process)
+            self._modern.append(process)
+        except GatewayError as exc:
+            log.warning("server %r: could not start another process: %s", self.server.id, exc.message)
+        finally:
+            self._growing = False
 
     # --- pool mode `shared` (servers declared stateless) ----------------------------------------------------
 
@@ -714,17 +803,21 @@ class RelayUpstream:
         await _answer(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=False)
 
     async def _pick_shared(self) -> SharedProcess:
-        """A new process while there are fewer than `pool.max`, then the one with the fewest sessions
-        (counted from the pick, so concurrent initializations spread too)."""
+        """A new process while fewer than `pool.max` are in service and a slot is free, then the one with the
+        fewest sessions (counted from the pick, so concurrent initializations spread too). Processes due for
+        recycling get new sessions only when no other can take them."""
         async with self._shared_lock:
+            now = time.monotonic()
             self._pool = [p for p in self._pool if not p.closed.is_set()]
-            if len(self._pool) < self.server.pool.max:
-                process = SharedProcess(self.server, self._new_backend())
+            fresh = [p for p in self._pool if not self.worn(p, now)]
+            if not self._pool or (len(fresh) < self.server.pool.max and self._limiter.available_tokens >= 1):
+                process = SharedProcess(self.server, self._new_backend(), next(self._serials))
                 await self._start(process)
                 self._pool.append(process)
             else:
-                process = min(self._pool, key=lambda p: p.assigned)
+                process = min(fresh or self._pool, key=lambda p: p.assigned)
             process.assigned += 1
+            process.served += 1
             return process
 
     async def in_shared_session(self, exchange: Exchange, token: str, session: SharedSession) -> None:
@@ -770,14 +863,6 @@ class RelayUpstream:
 
     def session_ended(self, session: SharedSession) -> None:
         self._sessions.drop_session(session)
-
-    async def _shared_process(self) -> SharedProcess:
-        async with self._shared_lock:
-            if self._shared is None or self._shared.closed.is_set():
-                shared = SharedProcess(self.server, self._new_backend())
-                await self._start(shared)
-                self._shared = shared
-            return self._shared
 
 
 async def _next(box: Outbox) -> bytes | None:

@@ -1,0 +1,106 @@
+"""`requestState` pinning: a 2026-07-28 retry goes back to the replica (or process) that asked for input.
+
+At 2026-07-28 a server that needs input from the client (elicitation, sampling, roots) answers
+`tools/call`, `prompts/get` or `resources/read` with an `input_required` result carrying `requestState`;
+the client retries the request with that state. The SDK seals the state with a key of its own process
+unless the server is configured with a shared one, so the retry must reach the process that issued it,
+yet it is a new stateless POST with nothing in HTTP that says where.
+
+The gateway therefore prefixes the state it passes to the client with a sealed record of where it came
+from (`mcpfleet1.<sealed record>.<original state>`) and strips the prefix from the retry before it
+forwards it there. The sealed record is authenticated with the session keys (sealing.py), so gateway
+replicas that share them route each other's retries; the original state stays the server's to verify.
+Only `input_required` results are rewritten (parsed and re-encoded); every other byte passes untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from mcpfleet.gateway.protocol import dumps
+from mcpfleet.gateway.sealing import Sealer
+
+PREFIX = "mcpfleet1."
+KEY = b'"requestState"'
+METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})  # the results that may ask for input
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+Record = dict[str, Any]
+
+
+def wrap(sealer: Sealer, message: bytes, record: Record) -> bytes:
+    """`message` (one JSON-RPC response) with its `requestState` prefixed by a sealed `record`, or unchanged."""
+    if KEY not in message:
+        return message
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return message
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, dict) or result.get("resultType") != "input_required":
+        return message
+    state = result.get("requestState")
+    if not isinstance(state, str):
+        return message
+    result["requestState"] = f"{PREFIX}{sealer.seal(record)}.{state}"
+    return dumps(data)
+
+
+def unwrap(sealer: Sealer, body: bytes) -> tuple[Record | None, bytes]:
+    """For a retry: the sealed record its `requestState` carries (None if none or not authentic) and the body
+    to forward, with the server's own state restored."""
+    if KEY not in body:
+        return None, body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, body
+    params = data.get("params") if isinstance(data, dict) else None
+    state = params.get("requestState") if isinstance(params, dict) else None
+    if not isinstance(state, str) or not state.startswith(PREFIX):
+        return None, body
+    assert isinstance(params, dict)
+    token, _, original = state[len(PREFIX) :].partition(".")
+    params["requestState"] = original
+    return sealer.open(token), dumps(data)
+
+
+async def rewrite_events(chunks: AsyncIterator[bytes], rewrite: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
+    """An SSE byte stream with `rewrite` applied to the data of each event that may carry `requestState`.
+
+    Whole events go out as soon as they are complete; events without the key pass byte for byte."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        ends = [m.end() for m in _EVENT_END.finditer(pending)]
+        if not ends:
+            continue
+        complete, pending = pending[: ends[-1]], pending[ends[-1] :]
+        yield _rewrite_events(complete, rewrite) if KEY in complete else complete
+    if pending:
+        yield pending
+
+
+def _rewrite_events(text: bytes, rewrite: Callable[[bytes], bytes]) -> bytes:
+    out = []
+    start = 0
+    for match in _EVENT_END.finditer(text):
+        event = text[start : match.start()]
+        out.append((_rewrite_event(event, rewrite) if KEY in event else event) + match.group())
+        start = match.end()
+    return b"".join(out) + text[start:]
+
+
+def _rewrite_event(event: bytes, rewrite: Callable[[bytes], bytes]) -> bytes:
+    lines = _LINE_END.split(event)
+    data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+    new = rewrite(b"\n".join(data))
+    if new == b"\n".join(data):
+        return event
+    newline = b"\r\n" if b"\r\n" in event else b"\n"
+    kept = [line for line in lines if not line.startswith(b"data:")]
+    return newline.join([*kept, b"data: " + new])
