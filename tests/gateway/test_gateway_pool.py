@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,87 @@ def test_shared_mode_needs_a_stateless_server(tmp_path: Path) -> None:
     registry.write_text(f"servers:\n  s: {{command: {DEMO}, pool: {{mode: shared}}}}\n")
     result = run_cli("registry", "validate", str(registry))
     assert result.returncode == 2 and "needs 'stateless: true'" in result.stderr
+
+
+async def whoami_in_new_session(client: httpx2.AsyncClient, url: str) -> tuple[str, int]:
+    session = await initialize(client, url)
+    who = await tool(client, url, session, "whoami", {})
+    return session, int(who["result"]["structuredContent"]["pid"])
+
+
+def test_spare_shared_processes_stop_after_the_idle_timeout(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(
+        f"servers:\n  shared: {{command: {DEMO}, stateless: true,"
+        " pool: {mode: shared, min: 1, max: 4, idle_timeout: 1}}\n"
+    )
+    pid = status(gw)["pid"]
+    wait_for(lambda: len(children(pid)) == 1)  # pool.min, started before any request
+    warm = children(pid)
+
+    async def main() -> set[int]:
+        async with httpx2.AsyncClient(timeout=60) as client:
+            opened = [await whoami_in_new_session(client, gw.mcp("shared")) for _ in range(4)]
+            for session, _ in opened:
+                response = await client.delete(gw.mcp("shared"), headers={"mcp-session-id": session})
+                assert response.status_code == 200
+            return {pid for _, pid in opened}
+
+    served = anyio.run(main)
+    assert len(served) == 4 and warm <= served  # the first session took the warm process
+    wait_for(lambda: len(children(pid)) == 1)  # the three spares stopped after a second idle
+    assert status(gw)["servers"][0]["processes"]["warm"] == 1
+
+
+def test_shared_processes_are_recycled_after_max_sessions(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(
+        f"servers:\n  shared: {{command: {DEMO}, stateless: true,"
+        " pool: {mode: shared, max: 2, max_sessions_per_process: 2}}\n"
+    )
+    pid = status(gw)["pid"]
+
+    async def sessions(count: int) -> list[tuple[str, int]]:
+        async with httpx2.AsyncClient(timeout=60) as client:
+            return [await whoami_in_new_session(client, gw.mcp("shared")) for _ in range(count)]
+
+    async def end(opened: list[tuple[str, int]]) -> None:
+        async with httpx2.AsyncClient(timeout=60) as client:
+            for session, _ in opened:
+                await client.delete(gw.mcp("shared"), headers={"mcp-session-id": session})
+
+    first = anyio.run(sessions, 4)
+    per_process = Counter(pid for _, pid in first)
+    assert sorted(per_process.values()) == [2, 2]  # two processes, two sessions each, then they are worn out
+    anyio.run(end, first)
+    wait_for(lambda: not children(pid))  # worn processes stop once their last session ends
+    later = anyio.run(sessions, 1)
+    assert later[0][1] not in per_process  # a new process
+    anyio.run(end, later)
+
+
+def test_max_lifetime_replaces_warm_processes_and_ends_sessions_between_calls(
+    gateway: Callable[[str], RunningGateway],
+) -> None:
+    gw = gateway(f"servers:\n  pooled: {{command: {DEMO}, pool: {{min: 1, max: 4, max_lifetime: 2}}}}\n")
+    pid = status(gw)["pid"]
+    wait_for(lambda: len(children(pid)) == 1)
+    first_warm = children(pid)
+    wait_for(lambda: len(children(pid)) == 1 and children(pid) != first_warm)  # replaced once 2 s old
+
+    async def main() -> tuple[dict[str, Any], int]:
+        async with httpx2.AsyncClient(timeout=60) as client:
+            session = await initialize(client, gw.mcp("pooled"))
+            # A call that runs past the process's lifetime is not cut short...
+            slow = await tool(client, gw.mcp("pooled"), session, "sleep", {"seconds": 3})
+            # ...the session ends at the first moment nothing is in flight: the client initializes again.
+            body = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                response = await client.post(gw.mcp("pooled"), json=body, headers={**ACCEPT, "mcp-session-id": session})
+                if response.status_code == 404:
+                    return slow, 404
+                await anyio.sleep(0.2)
+            return slow, response.status_code
+
+    slow, status_after = anyio.run(main)
+    assert slow["result"]["content"][0]["text"] == "slept 3 s"
+    assert status_after == 404

@@ -405,6 +405,7 @@ class SharedSession:
     def end(self) -> None:
         if not self.closed:
             self.process.assigned -= 1
+            self.process.last_used = time.monotonic()
         self.closed = True
         if self.standing is not None:
             self.standing.close()
@@ -488,7 +489,14 @@ class RelayUpstream:
 
     @property
     def warm_count(self) -> int:
+        if self.server.pool.mode == "shared":
+            return sum(1 for p in self._pool if not p.closed.is_set() and p.assigned == 0)
         return sum(1 for session in self._warm if not session.closed.is_set())
+
+    def _short_of_warm(self) -> bool:
+        if self.server.pool.mode == "shared":
+            return sum(1 for p in self._pool if not p.closed.is_set()) < self._warm_target
+        return len(self._warm) < self._warm_target
 
     def keep_warm(self, count: int) -> None:
         """Keep `count` processes started ahead of need (`pool.min`), so a new session has no cold start."""
@@ -503,22 +511,31 @@ class RelayUpstream:
         return None
 
     def _refill_soon(self) -> None:
-        if not self._refilling and not self.retired and len(self._warm) < self._warm_target:
+        if not self._refilling and not self.retired and self._short_of_warm():
             self._refilling = True
             self._tg.start_soon(self._refill)
 
     async def _refill(self) -> None:
         try:
-            while not self.retired and len(self._warm) < self._warm_target:
+            while not self.retired and self._short_of_warm():
                 if self._limiter.available_tokens < 1:
                     return  # never take a slot a session could use; the next lease tries again
-                session = StdioSession(self.server, self._new_backend(), self)
+                shared = self.server.pool.mode == "shared"
+                process: _Link = (
+                    SharedProcess(self.server, self._new_backend(), next(self._serials))
+                    if shared
+                    else StdioSession(self.server, self._new_backend(), self)
+                )
                 try:
-                    await self._start(session)
+                    await self._start(process)
                 except GatewayError as exc:
                     log.warning("server %r: could not start a warm process: %s", self.server.id, exc.message)
                     return
-                self._warm.append(session)
+                if isinstance(process, SharedProcess):
+                    self._pool.append(process)  # initialized by its first session's initialize
+                else:
+                    assert isinstance(process, StdioSession)
+                    self._warm.append(process)
         finally:
             self._refilling = False
 
@@ -546,6 +563,7 @@ class RelayUpstream:
         self._modern = [p for p in self._modern if not p.closed.is_set()]
         self._pool = [p for p in self._pool if not p.closed.is_set()]
         extra = len(self._modern) - 1
+        spare = sum(1 for p in self._pool if p.assigned == 0) - self._warm_target
         for link in list(self.live):
             if isinstance(link, StdioSession):
                 if link.started and link not in self._warm and link.quiet and self.worn(link, now):
@@ -553,9 +571,10 @@ class RelayUpstream:
                     self._sessions.drop_session(link)
                     await link.aclose()
             elif isinstance(link, SharedProcess) and link.idle and now - link.asked_at > STATE_GRACE:
-                expired = link in self._modern and extra > 0 and now - link.last_used > idle_timeout
-                if self.worn(link, now) or expired:
+                surplus = (extra > 0) if link in self._modern else (spare > 0)
+                if self.worn(link, now) or (surplus and now - link.last_used > idle_timeout):
                     extra -= link in self._modern
+                    spare -= link in self._pool
                     await link.aclose()
 
     async def _start(self, process: _Link) -> None:
@@ -810,7 +829,10 @@ class RelayUpstream:
             now = time.monotonic()
             self._pool = [p for p in self._pool if not p.closed.is_set()]
             fresh = [p for p in self._pool if not self.worn(p, now)]
-            if not self._pool or (len(fresh) < self.server.pool.max and self._limiter.available_tokens >= 1):
+            spare = next((p for p in fresh if p.assigned == 0), None)  # a warm one, or one all sessions left
+            if spare is not None:
+                process = spare
+            elif not self._pool or (len(fresh) < self.server.pool.max and self._limiter.available_tokens >= 1):
                 process = SharedProcess(self.server, self._new_backend(), next(self._serials))
                 await self._start(process)
                 self._pool.append(process)
