@@ -87,6 +87,19 @@ def test_id_map_restores_ids_and_tokens_exactly_per_owner() -> None:
     assert cancel["method"] == "notifications/cancelled" and cancel["params"]["requestId"] == up_b
 
 
+def test_id_map_routes_listen_events_to_the_listening_client_with_its_id() -> None:
+    ids = IdMap()
+    listener = object()
+    up, _ = ids.outgoing(msg({"jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen"}), listener)
+    key = "io.modelcontextprotocol/subscriptionId"
+    event = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "u", "_meta": {key: up}}}
+    owner, data = ids.incoming(msg(event))  # type: ignore[misc]
+    assert owner is listener and json.loads(data)["params"] == {"uri": "u", "_meta": {key: "listen-1"}}
+    assert ids.incoming(msg(event)) is not None  # a stream carries many events until its answer
+    stray = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"_meta": {key: up + 1}}}
+    assert ids.incoming(msg(stray)) is None
+
+
 def test_id_map_drain_gives_every_owner_its_original_id() -> None:
     ids = IdMap()
     owner = object()

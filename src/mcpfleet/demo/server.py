@@ -84,6 +84,12 @@ def build_server(*, replica: str = "stdio", transport: str = "stdio") -> MCPServ
         return f"{said} (answered on {replica}, pid {os.getpid()})"
 
     @server.tool()
+    async def announce(ctx: Context, uri: str = "demo://readme") -> str:
+        """Tell listeners that a resource changed (`subscriptions/listen` streams, 2026-07-28)."""
+        await ctx.notify_resource_updated(uri)
+        return f"announced {uri} on {replica}"
+
+    @server.tool()
     def whoami() -> Identity:
         """Which replica and process answered."""
         return Identity(replica=replica, pid=os.getpid(), transport=transport)

@@ -16,6 +16,7 @@ from mcpfleet.errors import GatewayError
 
 HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"  # the listen request's id, on each event it carries
 
 SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
@@ -155,7 +156,8 @@ class IdMap:
 
     The original id is kept as the parsed JSON value, so a string id stays a string and an integer an
     integer. Progress tokens are remapped the same way, so two clients using the same token do not see
-    each other's progress.
+    each other's progress, and the events of a `subscriptions/listen` stream, which name the listen
+    request's id, go to the client that opened it.
     """
 
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -204,6 +206,15 @@ class IdMap:
                 return None
             owner, token = self._tokens[mapped]
             return owner, dumps({**message.data, "params": {**params, "progressToken": token}})
+        if message.is_notification:
+            # Events on a `subscriptions/listen` stream name the listen request: back to its client, with its id.
+            params = message.data.get("params") or {}
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            listen = meta.get(META_SUBSCRIPTION) if isinstance(meta, dict) else None
+            if isinstance(meta, dict) and isinstance(listen, int) and listen in self._ids:
+                owner, original = self._ids[listen]
+                meta = {**meta, META_SUBSCRIPTION: original}
+                return owner, dumps({**message.data, "params": {**params, "_meta": meta}})
         return None
 
     def forget(self, owner: Any) -> list[int]:

@@ -1,7 +1,10 @@
-"""2026-07-28 retries that carry `requestState` go back to the replica or process that asked for input.
+"""2026-07-28 traffic across replicas and processes: what must stay where it started.
 
-The demo's `confirm` tool elicits: at 2026-07-28 the SDK server answers `input_required` with a
-`requestState` sealed by a key of its own process, and the SDK client retries the call with the answer.
+- Retries carrying `requestState` go back to the replica or process that asked for input. The demo's
+  `confirm` tool elicits: at 2026-07-28 the SDK server answers `input_required` with a `requestState` sealed
+  by a key of its own process, and the SDK client retries the call with the answer.
+- A `subscriptions/listen` stream stays on the replica or process that accepted it, and its events reach
+  the client that opened it (the demo's `announce` tool publishes them).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import mcp.types as types
 from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ResourceUpdated
 
 from conftest import RunningGateway
 from support import until
@@ -161,3 +165,52 @@ def test_retry_reaches_its_process_even_when_it_is_due_for_recycling(
 
     anyio.run(main)
     assert seen["answer"] == seen["asker"] != seen["replacement"]
+
+
+async def listen_while_announcing(url: str, count: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Open a listen stream for `count` resources, announce a change of each: (the URIs the stream
+    delivered, (URI, replica that announced it) per call)."""
+    uris = [f"demo://item/{index}" for index in range(count)]
+    delivered: list[str] = []
+    calls: list[tuple[str, str]] = []
+    async with Client(url, mode="auto") as client, client.listen(resource_subscriptions=uris) as subscription:
+        assert subscription.honored.resource_subscriptions == uris
+
+        async def read() -> None:
+            async for event in subscription:
+                assert isinstance(event, ResourceUpdated)
+                delivered.append(event.uri)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            for uri in uris:
+                result = await client.call_tool("announce", {"uri": uri})
+                assert isinstance(result.content[0], types.TextContent)
+                calls.append((uri, result.content[0].text.rsplit(" on ", 1)[1]))
+            await anyio.sleep(1)  # the last events are on their way
+            tg.cancel_scope.cancel()
+    return delivered, calls
+
+
+def test_a_listen_stream_stays_on_its_replica(
+    gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
+) -> None:
+    """Each demo replica publishes to its own in-memory bus: the stream gets exactly the events of the
+    calls that landed on the replica holding it, in order, whichever replicas the calls went to."""
+    replicas = ", ".join(f"'{demo_http(name)}'" for name in ("a", "b"))
+    gw = gateway(f"servers:\n  web: {{endpoints: [{replicas}]}}\n")
+    delivered, calls = anyio.run(listen_while_announcing, gw.mcp("web"), 10)
+    assert {replica for _, replica in calls} == {"a", "b"}  # the calls were spread
+    assert delivered, "no event reached the listen stream"
+    home = dict(calls)[delivered[0]]
+    assert delivered == [uri for uri, replica in calls if replica == home]
+
+
+def test_listen_events_from_a_shared_stdio_process_reach_their_client(
+    gateway: Callable[[str], RunningGateway],
+) -> None:
+    """The listen request gets a new id on the shared process; its events name that id and come back to
+    the client with the id it sent (the SDK client matches them by it)."""
+    gw = gateway(f"servers:\n  local: {{command: {DEMO}}}\n")
+    delivered, calls = anyio.run(listen_while_announcing, gw.mcp("local"), 10)
+    assert delivered == [uri for uri, _ in calls]
