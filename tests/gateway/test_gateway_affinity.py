@@ -75,6 +75,6 @@ def test_foreign_forged_and_stdio_sessions_on_the_wrong_gateway_get_404(
             elsewhere = await client.post(second.mcp("local"), json=body, headers={**ACCEPT, "mcp-session-id": token})
             assert elsewhere.status_code == 404
             message = elsewhere.json()["error"]["message"]
-            assert "held by gateway instance" in message and "route requests by their Mcp-Session-Id" in message
+            assert "held by gateway instance" in message and "must reach the gateway process that started it" in message
 
     anyio.run(main)

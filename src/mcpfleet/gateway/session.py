@@ -77,7 +77,8 @@ class SessionTable:
                 404,
                 -32600,
                 f"Session not found here: it is held by gateway instance {record.get('g')} and this "
-                f"is {self.instance}; route requests by their Mcp-Session-Id header (or initialize again)",
+                f"is {self.instance}; a stdio session must reach the gateway process that started it (or the client"
+                " initializes again)",
             )
         session = self._local.get(str(record.get("k")))
         if session is None:
