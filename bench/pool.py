@@ -20,7 +20,7 @@ generated registry, in its own process group, and stops in `finally` with everyt
    gateway that existed before the `initialize` POST.
 2. `tools/call echo` throughput through the gateway to stdio at each concurrency level: 2025 sessions (one
    session, so one process, per worker, all opened before measuring) and 2026-07-28 stateless calls (all
-   through the one shared process), interleaved over rounds (`run_phase` of bench/gateway.py).
+   through the shared processes), interleaved over rounds (`run_phase` of bench/gateway.py).
 3. Many open sessions on one gateway process: N sessions to an `http` entry (the demo HTTP server), each
    then holding an open GET stream (`Accept: text/event-stream`, its session id) on a raw socket of its own.
    The gateway's and the demo server's RSS before and after give the memory per session; calls on a sample
@@ -1102,7 +1102,7 @@ def render(run: Run, info: dict[str, Any], summ: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"2. tools/call echo through the gateway to stdio, {o.rounds} round(s) of {o.calls} calls per phase "
-            "(cap {0:g} s); 2025: one session = one process per worker; 2026: stateless, one shared process".format(
+            "(cap {0:g} s); 2025: one session = one process per worker; 2026: stateless, shared processes (another starts when each has 32 in flight)".format(
                 o.settings.phase_seconds
             )
         )

@@ -22,7 +22,17 @@ def test_servers_lists_the_demo_registry() -> None:
 
 def test_tools_resources_prompts_over_stdio() -> None:
     tools = json.loads(run_cli("tools", "demo", "--demo", "--json").stdout)
-    assert {t["name"] for t in tools} == {"echo", "stats", "countdown", "fail", "sleep", "crash", "whoami"}
+    assert {t["name"] for t in tools} == {
+        "echo",
+        "stats",
+        "countdown",
+        "fail",
+        "sleep",
+        "crash",
+        "confirm",
+        "announce",
+        "whoami",
+    }
     assert tools[0]["inputSchema"]["required"] == ["text"]
 
     resources = json.loads(run_cli("resources", "demo", "--demo", "--json").stdout)

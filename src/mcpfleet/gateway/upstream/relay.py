@@ -61,7 +61,7 @@ CRASH_BACKOFF = 2.0
 CRASH_BACKOFF_MAX = 60.0
 KEEPALIVE = b": keepalive\n\n"
 EXITED = -32014
-SPREAD_AT = 8  # 2026-07-28 requests in flight on every process before another one starts
+SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
 STATE_GRACE = 120.0  # seconds a process due to stop still waits for retries of the input it asked for
 
 
@@ -552,7 +552,7 @@ class RelayUpstream:
         nothing in flight; stop worn shared processes once idle, and extra 2026-07-28 processes idle past
         `pool.idle_timeout` (either only STATE_GRACE after it last asked for input: a retry may follow)."""
         idle_timeout = self.server.pool.idle_timeout
-        self._warm = [s for s in self._warm if not s.closed.is_set()]
+        self._warm[:] = [s for s in self._warm if not s.closed.is_set()]
         surplus = len(self._warm) - self._warm_target
         for session in list(self._warm):
             if self.worn(session, now) or (surplus > 0 and now - session.last_used > idle_timeout):
@@ -560,8 +560,8 @@ class RelayUpstream:
                 surplus -= 1
                 await session.aclose()
         self._refill_soon()
-        self._modern = [p for p in self._modern if not p.closed.is_set()]
-        self._pool = [p for p in self._pool if not p.closed.is_set()]
+        self._modern[:] = [p for p in self._modern if not p.closed.is_set()]
+        self._pool[:] = [p for p in self._pool if not p.closed.is_set()]
         extra = len(self._modern) - 1
         spare = sum(1 for p in self._pool if p.assigned == 0) - self._warm_target
         for link in list(self.live):
@@ -773,31 +773,38 @@ class RelayUpstream:
         else the least busy one not due for recycling. Another process starts in the background when every
         one has SPREAD_AT requests in flight (up to `pool.max`) or is worn; the first starts on the request."""
         now = time.monotonic()
-        live = self._modern = [p for p in self._modern if not p.closed.is_set()]
+        self._modern[:] = [p for p in self._modern if not p.closed.is_set()]  # in place: the lists keep their identity
+        live = list(self._modern)
         if record is not None and record.get("s") == self.server.id and record.get("g") == self._sessions.instance:
             issuer = next((p for p in live if p.serial == record.get("p")), None)
             if issuer is not None:
                 return issuer  # only it can open the state (unless the server shares its key)
         fresh = [p for p in live if not self.worn(p, now)]
         if not live:
-            async with self._shared_lock:
-                if not self._modern or self._modern[-1].closed.is_set():
-                    process = SharedProcess(self.server, self._new_backend(), next(self._serials))
-                    await self._start(process)
-                    self._modern.append(process)
-                return self._modern[-1]
+            async with self._shared_lock:  # one first process, not one per concurrent request
+                current = [p for p in self._modern if not p.closed.is_set()]
+                if current:
+                    return current[-1]  # another request started it while this one waited
+                process = await self._spawn_shared()
+                self._modern.append(process)
+                return process
         best = min(fresh or live, key=lambda p: len(p.ids))
         busy = len(best.ids) >= SPREAD_AT and len(live) < self.server.pool.max
         if (busy or not fresh) and not self._growing and self._limiter.available_tokens >= 1 and not self.retired:
             self._growing = True
+            log.info(
+                "server %r: another process for 2026-07-28 traffic (%d running, %d in flight on the least busy)",
+                self.server.id,
+                len(live),
+                len(best.ids),
+            )
             self._tg.start_soon(self._grow_modern)
         return best
 
     async def _grow_modern(self) -> None:
         try:
-            process = SharedProcess(self.server, self._new_backend(), next(self._serials))
-            await self._start(process)
-            self._modern.append(process)
+            process = await self._spawn_shared()
+            self._modern.append(process)  # not `self._modern.append(await ...)`: that binds the list before the wait
         except GatewayError as exc:
             log.warning("server %r: could not start another process: %s", self.server.id, exc.message)
         finally:
@@ -824,23 +831,30 @@ class RelayUpstream:
     async def _pick_shared(self) -> SharedProcess:
         """A new process while fewer than `pool.max` are in service and a slot is free, then the one with the
         fewest sessions (counted from the pick, so concurrent initializations spread too). Processes due for
-        recycling get new sessions only when no other can take them."""
+        recycling get new sessions only when no other can take them. Starts are serialized (the lock), so a
+        burst of sessions starts no more processes than it needs."""
         async with self._shared_lock:
             now = time.monotonic()
-            self._pool = [p for p in self._pool if not p.closed.is_set()]
+            self._pool[:] = [p for p in self._pool if not p.closed.is_set()]
             fresh = [p for p in self._pool if not self.worn(p, now)]
             spare = next((p for p in fresh if p.assigned == 0), None)  # a warm one, or one all sessions left
             if spare is not None:
                 process = spare
             elif not self._pool or (len(fresh) < self.server.pool.max and self._limiter.available_tokens >= 1):
-                process = SharedProcess(self.server, self._new_backend(), next(self._serials))
-                await self._start(process)
+                process = await self._spawn_shared()
                 self._pool.append(process)
             else:
                 process = min(fresh or self._pool, key=lambda p: p.assigned)
             process.assigned += 1
             process.served += 1
             return process
+
+    async def _spawn_shared(self) -> SharedProcess:
+        """Start a process for shared use; the caller files it (after the await: the lists are replaced
+        while it waits)."""
+        process = SharedProcess(self.server, self._new_backend(), next(self._serials))
+        await self._start(process)
+        return process
 
     async def in_shared_session(self, exchange: Exchange, token: str, session: SharedSession) -> None:
         if await self._delete_or_stream(exchange, token, session):
