@@ -10,7 +10,7 @@ import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import RunningGateway
-from support import ACCEPT, INIT, free_port
+from support import ACCEPT, INIT, free_port, until
 from test_gateway_balancing import initialize, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
@@ -60,3 +60,44 @@ def test_metrics_count_what_happened(gateway: Callable[[str], RunningGateway], d
     assert samples[("mcpfleet_process_starts_total", (("kind", "stdio"), ("server", "local")))] == 1
     assert samples[("mcpfleet_sessions", ())] == 1
     assert samples[("mcpfleet_reloads_total", (("outcome", "rejected"),))] == 1
+
+
+def test_pool_metrics_show_warm_processes_waiting_sessions_and_crashes(
+    gateway: Callable[[str], RunningGateway],
+) -> None:
+    gw = gateway(f"servers:\n  one: {{command: {DEMO}, pool: {{min: 1, max: 1, acquire_timeout: 20}}}}\n")
+    warm = ("mcpfleet_pool_warm", (("server", "one"),))
+    waiting = ("mcpfleet_pool_waiting", (("kind", "stdio"), ("server", "one")))
+    crashes = ("mcpfleet_process_exits_unexpected_total", (("kind", "stdio"), ("server", "one")))
+
+    async def sample(key: tuple[str, tuple[tuple[str, str], ...]]) -> float:
+        return (await anyio.to_thread.run_sync(scrape, gw))[key]
+
+    async def main() -> None:
+        await until(lambda: sample(warm))  # pool.min started before any request
+        assert scrape(gw)[("mcpfleet_pool_max", (("server", "one"),))] == 1
+        async with httpx2.AsyncClient(timeout=60) as client, anyio.create_task_group() as tg:
+            first = await initialize(client, gw.mcp("one"))  # takes the only process
+            assert await sample(warm) == 0
+            second: list[str] = []
+
+            async def initialize_second() -> None:
+                second.append(await initialize(client, gw.mcp("one")))
+
+            busy = await anyio.to_thread.run_sync(scrape, gw)
+            assert busy[waiting] == 0
+            tg.start_soon(tool, client, gw.mcp("one"), first, "sleep", {"seconds": 1})
+            await anyio.sleep(0.3)  # the first session is busy, so it cannot be reclaimed
+            tg.start_soon(initialize_second)
+            await until(lambda: sample(waiting))  # the second session waits for the slot
+            await anyio.sleep(1)
+            await client.delete(gw.mcp("one"), headers={"mcp-session-id": first})  # gives the slot back
+            with anyio.fail_after(20):
+                while not second:  # noqa: ASYNC110 (set by the task above)
+                    await anyio.sleep(0.1)
+            assert await sample(waiting) == 0
+            assert await sample(crashes) == 0  # stopping a process on DELETE is not a crash
+            await tool(client, gw.mcp("one"), second[0], "crash", {})
+            await until(lambda: sample(crashes))
+
+    anyio.run(main)

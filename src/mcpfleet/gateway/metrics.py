@@ -102,6 +102,18 @@ class _StateCollector(Collector):
         starts = CounterMetricFamily(
             "mcpfleet_process_starts", "Processes (and bridges) started per server.", labels=["server", "kind"]
         )
+        crashes = CounterMetricFamily(
+            "mcpfleet_process_exits_unexpected",
+            "Processes (and bridges) that ended without the gateway asking (crashes, kills, lost connections).",
+            labels=["server", "kind"],
+        )
+        waiting = GaugeMetricFamily(
+            "mcpfleet_pool_waiting", "New sessions waiting for a slot (pool.max reached).", labels=["server", "kind"]
+        )
+        warm = GaugeMetricFamily(
+            "mcpfleet_pool_warm", "stdio processes started ahead of need and not yet in use.", labels=["server"]
+        )
+        limit = GaugeMetricFamily("mcpfleet_pool_max", "pool.max of each stdio server.", labels=["server"])
         for server_id, runtime in gateway.runtimes.items():
             if runtime.balancer is not None:
                 for replica in runtime.balancer.replicas:
@@ -118,6 +130,11 @@ class _StateCollector(Collector):
                 processes.add_metric([server_id, kind, "busy"], len(relay.live) - idle)
                 processes.add_metric([server_id, kind, "idle"], idle)
                 starts.add_metric([server_id, kind], relay.started_total)
+                crashes.add_metric([server_id, kind], relay.crashed_total)
+                waiting.add_metric([server_id, kind], relay.waiting)
+                if kind == "stdio":
+                    warm.add_metric([server_id], relay.warm_count)
+                    limit.add_metric([server_id], relay.server.pool.max)
         sessions = GaugeMetricFamily(
             "mcpfleet_sessions",
             "Sessions held by this gateway process (stdio and "
@@ -137,6 +154,10 @@ class _StateCollector(Collector):
             ejections,
             processes,
             starts,
+            crashes,
+            waiting,
+            warm,
+            limit,
             sessions,
             reloads,
             generation,

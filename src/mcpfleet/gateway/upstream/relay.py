@@ -447,6 +447,8 @@ class RelayUpstream:
         self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[_Link] = set()
         self.started_total = 0
+        self.crashed_total = 0  # exits the gateway did not ask for
+        self.waiting = 0  # acquirers waiting for a slot (`pool.max` reached)
         self.retired = False
         # Warm processes: started, not yet leased (no initialize seen). Only for stdio servers (`warm` > 0).
         self._warm: list[StdioSession] = []
@@ -468,6 +470,8 @@ class RelayUpstream:
         """Count exits the gateway did not ask for within CRASH_WINDOW of the start; CRASH_LIMIT of them in
         a row start a crash loop: new sessions get 503 at once for a backoff that doubles (CRASH_BACKOFF up
         to CRASH_BACKOFF_MAX) instead of each waiting for a process that will die."""
+        if not process.stopping:
+            self.crashed_total += 1
         if process.stopping or lifetime >= CRASH_WINDOW:
             if lifetime >= CRASH_WINDOW:
                 self.quick_exits = 0
@@ -588,8 +592,12 @@ class RelayUpstream:
             )
         if self._limiter.available_tokens < 1:
             await self._reclaim_idle_session()
-        with anyio.move_on_after(self.server.pool.acquire_timeout) as waited:
-            await self._limiter.acquire_on_behalf_of(process)
+        self.waiting += 1
+        try:
+            with anyio.move_on_after(self.server.pool.acquire_timeout) as waited:
+                await self._limiter.acquire_on_behalf_of(process)
+        finally:
+            self.waiting -= 1
         if waited.cancelled_caught:
             raise GatewayError(
                 503,
