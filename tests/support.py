@@ -109,7 +109,10 @@ def rpc_messages(response: Any) -> list[dict[str, Any]]:
     if response.headers["content-type"].startswith("application/json"):
         body = response.json()
         return body if isinstance(body, list) else [body]
-    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    # A priming event (an id and empty data, for resumption) carries no message.
+    return [
+        json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ") and line[6:].strip()
+    ]
 
 
 async def until(check: Callable[[], Awaitable[Any]], within: float = 20.0, interval: float = 0.1) -> Any:

@@ -37,6 +37,7 @@ from mcpfleet.gateway.asgi import Headers, respond, start_event_stream, stream_b
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import unwrap, wrap
 from mcpfleet.gateway.protocol import (
+    LAST_EVENT_ID,
     SESSION_HEADER,
     IdMap,
     Message,
@@ -61,21 +62,75 @@ CRASH_BACKOFF = 2.0
 CRASH_BACKOFF_MAX = 60.0
 KEEPALIVE = b": keepalive\n\n"
 EXITED = -32014
+JOURNAL_EVENTS = 1000  # per session, for Last-Event-ID resumption
+JOURNAL_BYTES = 1 << 20
+DETACHED_STREAMS = 64  # per session: POST streams kept for a resume after their client went away
 SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
 STATE_GRACE = 120.0  # seconds a process due to stop still waits for retries of the input it asked for
+
+
+class Journal:
+    """What the streams of one session sent lately, so a client that lost a stream can resume it with
+    `GET` + `Last-Event-ID` (Streamable HTTP resumability). Event ids are `<stream>-<n>`: the stream's
+    number in the session and the message's position in it. Bounded: the last JOURNAL_EVENTS events or
+    JOURNAL_BYTES bytes, whichever is less."""
+
+    def __init__(self, max_events: int = JOURNAL_EVENTS, max_bytes: int = JOURNAL_BYTES) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._events: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._bytes = 0
+        self._streams = itertools.count(1)
+        self.standing: set[int] = set()  # stream numbers of GET streams
+        self.detached: dict[int, Outbox] = {}  # POST streams whose client went away before their answers
+
+    def new_stream(self) -> int:
+        return next(self._streams)
+
+    def record(self, stream: int, seq: int, data: bytes) -> None:
+        self._events.append((stream, seq, data))
+        self._bytes += len(data)
+        while len(self._events) > self.max_events or self._bytes > self.max_bytes:
+            self._bytes -= len(self._events.popleft()[2])
+
+    def after(self, stream: int, seq: int) -> list[tuple[int, bytes]]:
+        return [(n, data) for s, n, data in self._events if s == stream and n > seq]
+
+    def keep(self, box: Outbox) -> None:
+        self.detached[box.stream] = box
+        while len(self.detached) > DETACHED_STREAMS:  # the oldest first
+            self.detached.pop(next(iter(self.detached)))
 
 
 class Outbox:
     """Messages bound for one client stream: a POST's response stream or the session's GET stream."""
 
-    def __init__(self, waiting: set[str] | None = None, transform: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        waiting: set[str] | None = None,
+        transform: Callable[[bytes], bytes] | None = None,
+        journal: Journal | None = None,
+    ) -> None:
         self.waiting = waiting  # ids whose responses end this stream; None for the standing GET stream
         self.transform = transform  # applied to the responses that end it
+        self.journal = journal  # when set, events carry ids and are kept for resumption
+        self.stream = journal.new_stream() if journal is not None else 0
+        self.delivered = 0  # messages delivered to this stream so far
+        self.taken = 0  # messages taken from the channel so far
+        self.detached = False
+        self.finished = False
+        self.prime = False  # open with a priming event (an id, no data): the client may resume from it
         self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
+
+    def event_id(self, seq: int) -> str | None:
+        return f"{self.stream}-{seq}" if self.journal is not None else None
 
     async def events(self, keepalive: float) -> AsyncIterator[bytes]:
         """The messages as Server-Sent Events, with a `: keepalive` comment after `keepalive` seconds of
         silence, so proxies and clients do not take a quiet stream for a dead one."""
+        if self.prime:
+            self.prime = False
+            yield f"id: {self.stream}-0\ndata: \n\n".encode()
         while True:
             item: bytes | None = None
             with anyio.move_on_after(keepalive):
@@ -83,20 +138,42 @@ class Outbox:
                     item = await self.receive.receive()
                 except anyio.EndOfStream:
                     return
-            yield KEEPALIVE if item is None else sse_event(item)
+            if item is None:
+                yield KEEPALIVE
+            else:
+                self.taken += 1
+                yield sse_event(item, self.event_id(self.taken))
 
     def deliver(self, message: bytes, answered: str | None = None) -> None:
         if answered is not None and self.transform is not None:
             message = self.transform(message)
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._send.send_nowait(message)
+        self.delivered += 1
+        if self.journal is not None:
+            self.journal.record(self.stream, self.delivered, message)
+        if not self.detached:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._send.send_nowait(message)
         if answered is not None and self.waiting is not None:
             self.waiting.discard(answered)
             if not self.waiting:
                 self.close()
 
     def close(self) -> None:
+        self.finished = True
         self._send.close()
+
+    def detach(self) -> None:
+        """Its client went away: keep recording what arrives (the journal), for a resume."""
+        self.detached = True
+        self._send.close()
+
+    def reattach(self) -> None:
+        """A client resumed it: a fresh channel for what arrives from now on (the journal has the rest)."""
+        self.detached = False
+        self.taken = self.delivered
+        self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
+        if self.finished:
+            self._send.close()
 
 
 class _Link:
@@ -194,6 +271,18 @@ class StdioSession(_Link):
         self._standing: Outbox | None = None
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=BACKLOG)
         self.initializing = False
+        self.journal: Journal | None = None  # Streamable HTTP sessions: event ids and resumption
+        self.primes = False  # negotiated 2025-11-25 or later: streams open with a priming event
+
+    def resumable(self, version: Any) -> None:
+        """The session was initialized over Streamable HTTP at `version`: give its streams event ids."""
+        self.journal = Journal()
+        self.primes = isinstance(version, str) and version >= "2025-11-25"
+
+    def _outbox(self, waiting: set[str] | None) -> Outbox:
+        box = Outbox(waiting, journal=self.journal)
+        box.prime = self.primes
+        return box
 
     def dispatch(self, message: Message) -> None:
         if message.is_response:
@@ -231,7 +320,7 @@ class StdioSession(_Link):
         requests = [m for m in messages if m.is_request]
         box = None
         if requests:
-            box = Outbox({m.id_key for m in requests})
+            box = self._outbox({m.id_key for m in requests})
             for m in requests:
                 self._pending[m.id_key] = box
                 if (token := m.progress_token()) is not None:
@@ -241,10 +330,16 @@ class StdioSession(_Link):
             await self.send(m.raw)
         return box
 
-    def release(self, box: Outbox) -> None:
-        """The client stream of `box` ended: later answers for it have nowhere to go."""
+    def release(self, box: Outbox, *, completed: bool = True) -> None:
+        """The client stream of `box` ended. If it ended early and can be resumed, later answers are kept
+        for a `Last-Event-ID` resume (a disconnect is not a cancellation before 2026-07-28); else they have
+        nowhere to go."""
         with contextlib.suppress(ValueError):
             self._posts.remove(box)
+        if not completed and box.journal is not None and box.waiting and not box.finished:
+            box.detach()
+            box.journal.keep(box)
+            return
         for key in [k for k, b in self._pending.items() if b is box]:
             del self._pending[key]
         for key in [k for k, b in self._progress.items() if b is box]:
@@ -274,7 +369,9 @@ class StdioSession(_Link):
     def open_standing(self) -> Outbox | None:
         if self._standing is not None:
             return None
-        box = Outbox()
+        box = self._outbox(None)
+        if self.journal is not None:
+            self.journal.standing.add(box.stream)
         while self._backlog:
             box.deliver(self._backlog.popleft())
         if self.closed.is_set():
@@ -285,6 +382,10 @@ class StdioSession(_Link):
     @property
     def standing(self) -> Outbox | None:
         return self._standing
+
+    def attach(self, box: Outbox) -> None:
+        """A resumed POST stream takes messages again (its answers, and unsolicited ones if it is the only one)."""
+        self._posts.append(box)
 
     def close_standing(self, box: Outbox) -> None:
         if self._standing is box:
@@ -683,6 +784,8 @@ class RelayUpstream:
             headers: Headers = []
             if answer is not None and "result" in answer.data:
                 headers.append((SESSION_HEADER, self._sessions.issue(session).encode()))
+                result = answer.data["result"]
+                session.resumable(result.get("protocolVersion") if isinstance(result, dict) else None)
                 keep = True
             await _answer(exchange, [*before, first], box, headers, batch=False)
             session.release(box)
@@ -713,14 +816,19 @@ class RelayUpstream:
         if box is None:
             await respond(exchange.send, 202, b"")
             return
+        completed = False
         try:
-            await _answer(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+            completed = await _answer(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
         finally:
-            session.release(box)
+            session.release(box, completed=completed)
 
     async def _standing_stream(self, exchange: Exchange, session: StdioSession | SharedSession) -> None:
         if not accepts(exchange.header(b"accept") or "", "text/event-stream"):
             raise GatewayError(406, -32600, "the GET stream needs 'Accept: text/event-stream'")
+        last_event_id = exchange.header(LAST_EVENT_ID)
+        if last_event_id is not None and isinstance(session, StdioSession) and session.journal is not None:
+            await self._resume(exchange, session, session.journal, last_event_id)
+            return
         box = session.open_standing()
         if box is None:
             raise GatewayError(409, -32600, "this session already has a GET stream open")
@@ -730,6 +838,54 @@ class RelayUpstream:
             )
         finally:
             session.close_standing(box)
+
+    async def _resume(self, exchange: Exchange, session: StdioSession, journal: Journal, last_event_id: str) -> None:
+        """`GET` + `Last-Event-ID`: replay what the stream sent after that event, then go on with it live (a
+        POST stream whose answers are still due, or the GET stream); a POST stream already answered ends."""
+        stream_text, _, seq_text = last_event_id.strip().partition("-")
+        if not (stream_text.isdigit() and seq_text.isdigit()):
+            raise GatewayError(400, -32600, f"Last-Event-ID {last_event_id!r} is not an event id of this session")
+        stream, seq = int(stream_text), int(seq_text)
+        replay = journal.after(stream, seq)
+        box = journal.detached.pop(stream, None)
+        last = box.delivered if box is not None else (replay[-1][0] if replay else seq)
+        if (replay and replay[0][0] != seq + 1) or (not replay and last > seq):
+            raise GatewayError(
+                400,
+                -32600,
+                f"the events after {last_event_id} are no longer kept (the replay buffer holds the last"
+                f" {journal.max_events} events or {journal.max_bytes // 1024} KiB of a session)",
+            )
+        standing: Outbox | None = None
+        if box is not None:
+            box.reattach()
+            if not box.finished:
+                session.attach(box)
+        elif stream in journal.standing:
+            standing = session.open_standing()
+            if standing is None:
+                raise GatewayError(409, -32600, "this session already has a GET stream open")
+        live = box or standing
+        keepalive = exchange.snapshot.gateway.keepalive_interval
+
+        async def events() -> AsyncIterator[bytes]:
+            for n, data in replay:
+                yield sse_event(data, f"{stream}-{n}")
+            if live is not None:
+                async for event in live.events(keepalive):
+                    yield event
+
+        await start_event_stream(
+            exchange.send, [(SESSION_HEADER, exchange.session_id.encode())] if exchange.session_id else []
+        )
+        completed = False
+        try:
+            completed = await stream_body(exchange.receive, exchange.send, events())
+        finally:
+            if box is not None:
+                session.release(box, completed=completed)
+            if standing is not None:
+                session.close_standing(standing)
 
     async def open_bridge(self) -> tuple[StdioSession, Outbox]:
         """A session for a message-stream client: one connection, every message on one outbox."""
