@@ -26,7 +26,10 @@ from mcpfleet.gateway.sealing import Sealer
 PREFIX = "mcpfleet1."
 KEY = b'"requestState"'
 METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})  # the results that may ask for input
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+PURPOSE = b"mcpfleet request state v1"  # sealed apart from session ids: one cannot pass for the other
+MAX_PENDING = 4 << 20  # an event longer than this (no boundary yet) passes through unrewritten
+# An event ends at a blank line: two line ends in a row, each CRLF, LF or CR (a CR then an LF is one).
+_EVENT_END = re.compile(rb"\r\n\r\n|\r\n\n|\r\n\r|\n\r\n|\n\n|\n\r|\r\r\n|\r\r")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 Record = dict[str, Any]
@@ -46,8 +49,11 @@ def wrap(sealer: Sealer, message: bytes, record: Record) -> bytes:
     state = result.get("requestState")
     if not isinstance(state, str):
         return message
-    result["requestState"] = f"{PREFIX}{sealer.seal(record)}.{state}"
-    return dumps(data)
+    result["requestState"] = f"{PREFIX}{sealer.seal(record, purpose=PURPOSE)}.{state}"
+    try:
+        return dumps(data)
+    except (ValueError, RecursionError):  # e.g. a lone surrogate: leave the message as the server wrote it
+        return message
 
 
 def unwrap(sealer: Sealer, body: bytes) -> tuple[Record | None, bytes]:
@@ -66,23 +72,35 @@ def unwrap(sealer: Sealer, body: bytes) -> tuple[Record | None, bytes]:
     assert isinstance(params, dict)
     token, _, original = state[len(PREFIX) :].partition(".")
     params["requestState"] = original
-    return sealer.open(token), dumps(data)
+    try:
+        return sealer.open(token, purpose=PURPOSE), dumps(data)
+    except (ValueError, RecursionError):
+        return None, body
 
 
 async def rewrite_events(chunks: AsyncIterator[bytes], rewrite: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
     """An SSE byte stream with `rewrite` applied to the data of each event that may carry `requestState`.
 
-    Whole events go out as soon as they are complete; events without the key pass byte for byte."""
-    pending = b""
+    Whole events go out as soon as they are complete; events without the key pass byte for byte, and so
+    does an event that grows past MAX_PENDING before it ends. Each byte is searched once."""
+    pending = bytearray()
     async for chunk in chunks:
+        searched = max(0, len(pending) - 3)  # a boundary may straddle the old end (at most 4 bytes long)
         pending += chunk
-        ends = [m.end() for m in _EVENT_END.finditer(pending)]
-        if not ends:
-            continue
-        complete, pending = pending[: ends[-1]], pending[ends[-1] :]
-        yield _rewrite_events(complete, rewrite) if KEY in complete else complete
+        end = 0
+        for match in _EVENT_END.finditer(pending, searched):
+            if match.end() == len(pending) and pending.endswith(b"\r"):
+                break  # an LF may follow in the next chunk and belong to this boundary
+            end = match.end()
+        if end:
+            complete = bytes(pending[:end])
+            del pending[:end]
+            yield _rewrite_events(complete, rewrite) if KEY in complete else complete
+        elif len(pending) > MAX_PENDING:
+            yield bytes(pending)
+            pending.clear()
     if pending:
-        yield pending
+        yield bytes(pending)
 
 
 def _rewrite_events(text: bytes, rewrite: Callable[[bytes], bytes]) -> bytes:

@@ -55,13 +55,14 @@ class Sealer:
         secrets = list(configured) or [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
         return cls(secrets, max_age=max_age)
 
-    def seal(self, record: dict[str, Any]) -> str:
+    def seal(self, record: dict[str, Any], *, purpose: bytes = ASSOCIATED) -> str:
+        """`purpose` is the associated data: a token sealed for one purpose does not open for another."""
         nonce = os.urandom(NONCE_SIZE)
         plaintext = json.dumps({**record, "t": int(self._clock())}, separators=(",", ":")).encode()
-        sealed = self._keys[self._newest].encrypt(nonce, plaintext, ASSOCIATED)
+        sealed = self._keys[self._newest].encrypt(nonce, plaintext, purpose)
         return base64.urlsafe_b64encode(VERSION + self._newest + nonce + sealed).rstrip(b"=").decode()
 
-    def open(self, token: str) -> dict[str, Any] | None:
+    def open(self, token: str, *, purpose: bytes = ASSOCIATED) -> dict[str, Any] | None:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
@@ -73,7 +74,7 @@ class Sealer:
             return None
         nonce = raw[1 + KEY_ID_SIZE : 1 + KEY_ID_SIZE + NONCE_SIZE]
         try:
-            record = json.loads(key.decrypt(nonce, raw[1 + KEY_ID_SIZE + NONCE_SIZE :], ASSOCIATED))
+            record = json.loads(key.decrypt(nonce, raw[1 + KEY_ID_SIZE + NONCE_SIZE :], purpose))
         except (InvalidTag, ValueError):
             return None
         if not isinstance(record, dict) or self._clock() - record.get("t", 0) > self.max_age:

@@ -99,8 +99,9 @@ class HttpUpstream:
             candidates = [pinned] if pinned is not None else []
         else:
             candidates = self.balancer.candidates()
+        body = exchange.body  # kept as the client sent it, for a fallback to the entry's command
         if stateless:
-            record, exchange.body = unwrap(sessions.sealer, exchange.body)
+            record, body = unwrap(sessions.sealer, exchange.body)
             if record is not None and record.get("s") == self.server.id:
                 issuer = self.balancer.replica(str(record.get("r")))
                 candidates = [issuer] if issuer is not None else candidates  # gone: the server may share keys
@@ -109,7 +110,7 @@ class HttpUpstream:
             started = time.monotonic()
             self.balancer.started(replica)
             try:
-                response = await self._send(exchange, replica.url, path, session)
+                response = await self._send(exchange, replica.url, path, session, body)
             except OutOfDescriptors as exc:
                 self.balancer.finished(replica, time.monotonic() - started)
                 log.error("server %r: no file descriptor left for a connection (%s)", self.server.id, exc)
@@ -153,7 +154,9 @@ class HttpUpstream:
         record = {"s": self.server.id, "r": replica}
         return lambda message: wrap(sessions.sealer, message, record)
 
-    async def _send(self, exchange: Exchange, replica: str, path: str, session: HttpSession | None) -> Response:
+    async def _send(
+        self, exchange: Exchange, replica: str, path: str, session: HttpSession | None, body: bytes
+    ) -> Response:
         headers = [(k, v) for k, v in exchange.scope["headers"] if k not in NOT_FORWARDED_UP]
         headers.extend(self._configured)
         if session is not None:
@@ -166,7 +169,7 @@ class HttpUpstream:
         target = path + ("?" + exchange.query.decode("latin-1") if exchange.query else "")
         first_byte = None if exchange.method in _STANDING_STREAM else self.server.timeouts.first_byte
         try:
-            return await self._pool(replica).request(exchange.method, target, headers, exchange.body, first_byte)
+            return await self._pool(replica).request(exchange.method, target, headers, body, first_byte)
         except TimeoutError:
             raise GatewayError.timeout(
                 self.server.id, "response", self.server.timeouts.first_byte, "timeouts.first_byte"
@@ -189,17 +192,20 @@ class HttpUpstream:
         streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
         whole: bytes | None = None
         if rewrite is not None and not streaming:
-            # A JSON answer that may carry requestState is read whole, so its length can change.
+            # A JSON answer that may carry requestState is read whole (one JSON-RPC response, bounded by the
+            # server), so its length can change; the connection is released whatever happens.
             try:
                 whole = rewrite(b"".join([chunk async for chunk in response.body(idle)]))
             except TimeoutError:
-                await response.aclose()
                 raise GatewayError.timeout(
                     self.server.id, "response body", self.server.timeouts.idle_stream, "timeouts.idle_stream"
                 ) from None
             except UpstreamClosed as exc:
-                await response.aclose()
                 raise GatewayError.unreachable(self.server.id, f"{mask_url(replica)}: {exc}") from None
+            finally:
+                if whole is None:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
         try:
             headers: Headers = [(k, v) for k, v in response.headers if k not in NOT_FORWARDED_DOWN]
             upstream_session = response.header(SESSION_HEADER)

@@ -415,7 +415,8 @@ class SharedProcess(_Link):
 
     @property
     def idle(self) -> bool:
-        return len(self.ids) == 0 and not self.sessions
+        # `assigned` counts sessions still initializing, which are not in `sessions` yet.
+        return len(self.ids) == 0 and not self.sessions and self.assigned == 0
 
     def dispatch(self, message: Message) -> bytes | None:
         routed = self.ids.incoming(message)
@@ -611,7 +612,7 @@ class RelayUpstream:
     def _take_warm(self) -> StdioSession | None:
         while self._warm:
             session = self._warm.pop(0)
-            if not session.closed.is_set():
+            if not session.closed.is_set() and not session.stopping:
                 return session
         return None
 
@@ -636,6 +637,9 @@ class RelayUpstream:
                 except GatewayError as exc:
                     log.warning("server %r: could not start a warm process: %s", self.server.id, exc.message)
                     return
+                if self.retired:  # retired while it started: nobody would stop it
+                    await process.aclose()
+                    return
                 if isinstance(process, SharedProcess):
                     self._pool.append(process)  # initialized by its first session's initialize
                 else:
@@ -657,30 +661,48 @@ class RelayUpstream:
         nothing in flight; stop worn shared processes once idle, and extra 2026-07-28 processes idle past
         `pool.idle_timeout` (either only STATE_GRACE after it last asked for input: a retry may follow)."""
         idle_timeout = self.server.pool.idle_timeout
+        # Choose every victim first, with no await in between (the lists change while a process stops),
+        # take it out of the lists and mark it stopping, so nothing picks it; then stop them together.
+        victims: list[_Link] = []
         self._warm[:] = [s for s in self._warm if not s.closed.is_set()]
         surplus = len(self._warm) - self._warm_target
         for session in list(self._warm):
             if self.worn(session, now) or (surplus > 0 and now - session.last_used > idle_timeout):
                 self._warm.remove(session)
                 surplus -= 1
-                await session.aclose()
-        self._refill_soon()
+                victims.append(session)
+        for link in self.live:
+            if not isinstance(link, StdioSession) or not link.started or link in self._warm or link in victims:
+                continue
+            if link.quiet and self.worn(link, now):  # leased: end the session between calls
+                log.info("server %r: ending a session whose process reached pool.max_lifetime", self.server.id)
+                self._sessions.drop_session(link)
+                victims.append(link)
+
+        def settled(process: SharedProcess) -> bool:  # nothing in flight, and no retry of its input due
+            return process.idle and now - process.asked_at > STATE_GRACE
+
         self._modern[:] = [p for p in self._modern if not p.closed.is_set()]
+        for index, process in enumerate(self._modern):  # the first (oldest) stays unless worn
+            expired = index > 0 and now - process.last_used > idle_timeout
+            if settled(process) and (self.worn(process, now) or expired):
+                victims.append(process)
         self._pool[:] = [p for p in self._pool if not p.closed.is_set()]
-        extra = len(self._modern) - 1
         spare = sum(1 for p in self._pool if p.assigned == 0) - self._warm_target
-        for link in list(self.live):
-            if isinstance(link, StdioSession):
-                if link.started and link not in self._warm and link.quiet and self.worn(link, now):
-                    log.info("server %r: ending a session whose process reached pool.max_lifetime", self.server.id)
-                    self._sessions.drop_session(link)
-                    await link.aclose()
-            elif isinstance(link, SharedProcess) and link.idle and now - link.asked_at > STATE_GRACE:
-                surplus = (extra > 0) if link in self._modern else (spare > 0)
-                if self.worn(link, now) or (surplus and now - link.last_used > idle_timeout):
-                    extra -= link in self._modern
-                    spare -= link in self._pool
-                    await link.aclose()
+        for process in self._pool:
+            expired = spare > 0 and now - process.last_used > idle_timeout
+            if settled(process) and (self.worn(process, now) or expired):
+                victims.append(process)
+                spare -= 1
+        self._modern[:] = [p for p in self._modern if p not in victims]
+        self._pool[:] = [p for p in self._pool if p not in victims]
+        for victim in victims:
+            victim.stopping = True
+        self._refill_soon()
+        if victims:
+            async with anyio.create_task_group() as tg:
+                for victim in victims:
+                    tg.start_soon(victim.aclose)
 
     async def _start(self, process: _Link) -> None:
         if (wait := self.crash_loop_until - time.monotonic()) > 0:
@@ -718,7 +740,7 @@ class RelayUpstream:
         Many clients never send DELETE; without this, their abandoned sessions would hold every process
         until they expire and new clients would wait. The evicted client gets 404 and initializes again.
         """
-        idle = [p for p in self.live if p.idle]
+        idle = [p for p in self.live if p.idle and not p.stopping]
         if not idle:
             return
         # A warm process is the cheapest to give up; then the least recently used idle session.
@@ -905,7 +927,10 @@ class RelayUpstream:
         message = messages[0]
         shared = await self._modern_process(record)
         if not message.is_request:
-            await shared.send(message.raw)
+            # A client's `notifications/cancelled` names its own request id, which on a shared process may be
+            # another client's; at 2026-07-28 the cancellation is the client closing its stream, passed on below.
+            if message.method != "notifications/cancelled":
+                await shared.send(message.raw)
             await respond(exchange.send, 202, b"")
             return
         where = {"s": self.server.id, "g": self._sessions.instance, "p": shared.serial}
@@ -938,7 +963,7 @@ class RelayUpstream:
         one has SPREAD_AT requests in flight (up to `pool.max`) or is worn; the first starts on the request."""
         now = time.monotonic()
         self._modern[:] = [p for p in self._modern if not p.closed.is_set()]  # in place: the lists keep their identity
-        live = list(self._modern)
+        live = [p for p in self._modern if not p.stopping]
         if record is not None and record.get("s") == self.server.id and record.get("g") == self._sessions.instance:
             issuer = next((p for p in live if p.serial == record.get("p")), None)
             if issuer is not None:
@@ -946,7 +971,7 @@ class RelayUpstream:
         fresh = [p for p in live if not self.worn(p, now)]
         if not live:
             async with self._shared_lock:  # one first process, not one per concurrent request
-                current = [p for p in self._modern if not p.closed.is_set()]
+                current = [p for p in self._modern if not p.closed.is_set() and not p.stopping]
                 if current:
                     return current[-1]  # another request started it while this one waited
                 process = await self._spawn_shared()
@@ -968,6 +993,9 @@ class RelayUpstream:
     async def _grow_modern(self) -> None:
         try:
             process = await self._spawn_shared()
+            if self.retired:  # retired while it started: nobody would stop it
+                await process.aclose()
+                return
             self._modern.append(process)  # not `self._modern.append(await ...)`: that binds the list before the wait
         except GatewayError as exc:
             log.warning("server %r: could not start another process: %s", self.server.id, exc.message)
@@ -999,7 +1027,7 @@ class RelayUpstream:
         burst of sessions starts no more processes than it needs."""
         async with self._shared_lock:
             now = time.monotonic()
-            self._pool[:] = [p for p in self._pool if not p.closed.is_set()]
+            self._pool[:] = [p for p in self._pool if not p.closed.is_set() and not p.stopping]
             fresh = [p for p in self._pool if not self.worn(p, now)]
             spare = next((p for p in fresh if p.assigned == 0), None)  # a warm one, or one all sessions left
             if spare is not None:
