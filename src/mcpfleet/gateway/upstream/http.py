@@ -8,9 +8,10 @@ not passed on) and `Mcp-Session-Id` (the gateway's id outside, the upstream's in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
 
@@ -168,12 +169,17 @@ class HttpUpstream:
         headers.append((b"x-forwarded-proto", str(exchange.scope.get("scheme", "http")).encode()))
         target = path + ("?" + exchange.query.decode("latin-1") if exchange.query else "")
         first_byte = None if exchange.method in _STANDING_STREAM else self.server.timeouts.first_byte
-        try:
+        with self._as_gateway_errors(replica, "response", self.server.timeouts.first_byte, "timeouts.first_byte"):
             return await self._pool(replica).request(exchange.method, target, headers, body, first_byte)
+
+    @contextlib.contextmanager
+    def _as_gateway_errors(self, replica: str, what: str, seconds: float, setting: str) -> Iterator[None]:
+        """Upstream I/O failures before anything was sent to the client: a timeout is 504, a closed
+        connection 502."""
+        try:
+            yield
         except TimeoutError:
-            raise GatewayError.timeout(
-                self.server.id, "response", self.server.timeouts.first_byte, "timeouts.first_byte"
-            ) from None
+            raise GatewayError.timeout(self.server.id, what, seconds, setting) from None
         except UpstreamClosed as exc:
             raise GatewayError.unreachable(self.server.id, f"{mask_url(replica)}: {exc}") from None
 
@@ -194,14 +200,10 @@ class HttpUpstream:
         if rewrite is not None and not streaming:
             # A JSON answer that may carry requestState is read whole (one JSON-RPC response, bounded by the
             # server), so its length can change; the connection is released whatever happens.
+            limit = self.server.timeouts.idle_stream
             try:
-                whole = rewrite(b"".join([chunk async for chunk in response.body(idle)]))
-            except TimeoutError:
-                raise GatewayError.timeout(
-                    self.server.id, "response body", self.server.timeouts.idle_stream, "timeouts.idle_stream"
-                ) from None
-            except UpstreamClosed as exc:
-                raise GatewayError.unreachable(self.server.id, f"{mask_url(replica)}: {exc}") from None
+                with self._as_gateway_errors(replica, "response body", limit, "timeouts.idle_stream"):
+                    whole = rewrite(b"".join([chunk async for chunk in response.body(idle)]))
             finally:
                 if whole is None:
                     with anyio.CancelScope(shield=True):
