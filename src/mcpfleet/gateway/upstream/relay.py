@@ -66,6 +66,7 @@ JOURNAL_EVENTS = 1000  # per session, for Last-Event-ID resumption
 JOURNAL_BYTES = 1 << 20
 DETACHED_STREAMS = 64  # per session: POST streams kept for a resume after their client went away
 SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
+WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
 STATE_GRACE = 120.0  # seconds a process due to stop still waits for retries of the input it asked for
 
 
@@ -610,9 +611,14 @@ class RelayUpstream:
         self._refill_soon()
 
     def _take_warm(self) -> StdioSession | None:
-        while self._warm:
-            session = self._warm.pop(0)
-            if not session.closed.is_set() and not session.stopping:
+        """The oldest warm process, unless it is about to be worn out (then the session would end at once)."""
+        lifetime = self.server.pool.max_lifetime
+        now = time.monotonic()
+        for session in list(self._warm):
+            if session.closed.is_set() or session.stopping:
+                self._warm.remove(session)
+            elif lifetime is None or now - session.born < lifetime * WORN_SOON:
+                self._warm.remove(session)
                 return session
         return None
 
