@@ -91,3 +91,16 @@ def test_candidates_put_the_pick_first_then_every_other_replica() -> None:
     balancer = make("round_robin")
     order = balancer.candidates()
     assert len(order) == 3 and len({r.url for r in order}) == 3
+
+
+def test_a_long_stream_does_not_make_its_replica_look_slow() -> None:
+    balancer = make("p2c")
+    replica = balancer.replicas[0]
+    balancer.started(replica)
+    balancer.finished(replica, 0.004)
+    balancer.started(replica)  # a GET stream held for ten minutes
+    balancer.finished(replica, None)
+    assert replica.latency == 0.004 and replica.in_flight == 0
+    balancer.started(replica)
+    balancer.finished(replica, 0.014)
+    assert replica.latency == pytest.approx(0.8 * 0.004 + 0.2 * 0.014)

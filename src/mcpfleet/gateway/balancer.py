@@ -104,8 +104,12 @@ class Balancer:
         replica.in_flight += 1
         replica.requests += 1
 
-    def finished(self, replica: Replica, seconds: float) -> None:
+    def finished(self, replica: Replica, seconds: float | None) -> None:
+        """A request ended after `seconds`; None for a stream whose length says nothing about the replica's
+        speed (a GET stream, a listen stream), which leaves the latency average alone."""
         replica.in_flight -= 1
+        if seconds is None:
+            return
         replica.latency = (
             seconds if replica.latency == 0 else (1 - EWMA_WEIGHT) * replica.latency + EWMA_WEIGHT * seconds
         )

@@ -107,6 +107,7 @@ class HttpUpstream:
                 issuer = self.balancer.replica(str(record.get("r")))
                 candidates = [issuer] if issuer is not None else candidates  # gone: the server may share keys
         failures: list[str] = []
+        timed = exchange.method not in _STANDING_STREAM and exchange.header(b"mcp-method") != "subscriptions/listen"
         for replica in candidates:
             started = time.monotonic()
             self.balancer.started(replica)
@@ -135,7 +136,7 @@ class HttpUpstream:
                     exchange, response, replica.url, sessions, session_token, session, initialize, rewrite
                 )
             finally:
-                self.balancer.finished(replica, time.monotonic() - started)
+                self.balancer.finished(replica, time.monotonic() - started if timed else None)
             self.balancer.succeeded(replica)
             return
         if session is not None and session_token is not None:

@@ -66,6 +66,7 @@ JOURNAL_EVENTS = 1000  # per session, for Last-Event-ID resumption
 JOURNAL_BYTES = 1 << 20
 DETACHED_STREAMS = 64  # per session: POST streams kept for a resume after their client went away
 SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
+SERIALS = itertools.count(1)  # shared processes, numbered across the gateway process (reloads included)
 WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
 STATE_GRACE = 120.0  # seconds a process due to stop still waits for retries of the input it asked for
 
@@ -546,7 +547,6 @@ class RelayUpstream:
         self._shared_lock = anyio.Lock()
         self._modern: list[SharedProcess] = []  # 2026-07-28 traffic
         self._growing = False
-        self._serials = itertools.count(1)
         self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[_Link] = set()
         self.started_total = 0
@@ -634,7 +634,7 @@ class RelayUpstream:
                     return  # never take a slot a session could use; the next lease tries again
                 shared = self.server.pool.mode == "shared"
                 process: _Link = (
-                    SharedProcess(self.server, self._new_backend(), next(self._serials))
+                    SharedProcess(self.server, self._new_backend(), next(SERIALS))
                     if shared
                     else StdioSession(self.server, self._new_backend(), self)
                 )
@@ -1050,7 +1050,7 @@ class RelayUpstream:
     async def _spawn_shared(self) -> SharedProcess:
         """Start a process for shared use; the caller files it (after the await: the lists are replaced
         while it waits)."""
-        process = SharedProcess(self.server, self._new_backend(), next(self._serials))
+        process = SharedProcess(self.server, self._new_backend(), next(SERIALS))
         await self._start(process)
         return process
 
