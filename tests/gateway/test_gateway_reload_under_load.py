@@ -1,8 +1,9 @@
-"""Reloads while clients call: no request is lost; sessions on a removed replica end with 404 and the
-client's next initialize lands on a replica that remains."""
+"""Reloads while clients call: no request is lost; sessions on a removed replica (or a changed stdio pool)
+end with 404 and the client's next initialize lands on what the new registry has."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable
 
@@ -12,28 +13,30 @@ import httpx2
 from conftest import RunningGateway
 from support import ACCEPT, INIT, rpc_messages
 
+DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
+
 
 def registry(replicas: list[str], strategy: str) -> str:
     endpoints = ", ".join(f"'{url}'" for url in replicas)
     return f"servers:\n  web: {{endpoints: [{endpoints}], balancer: {{strategy: {strategy}}}}}\n"
 
 
-def test_reloads_under_load_lose_no_request(
-    gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
-) -> None:
-    a, b, c = (demo_http(name) for name in ("a", "b", "c"))
-    layouts = [([a, b, c], "round_robin"), ([a, b], "least_connections"), ([b, c], "p2c"), ([a, c], "random")]
-    gw = gateway(registry(*layouts[0]))
+def call_through_reloads(
+    gw: RunningGateway, server_id: str, registries: list[str], workers: int, pause: float
+) -> tuple[Counter[str], list[str]]:
+    """`workers` clients call echo in sessions of their own while the registry cycles through
+    `registries` (one reload per `pause` seconds, 8 reloads): what happened, and what went wrong."""
     outcomes: Counter[str] = Counter()
     bad: list[str] = []
     stop = anyio.Event()
+    url = gw.mcp(server_id)
 
     async def client_loop(client: httpx2.AsyncClient, worker: int) -> None:
         session = None
         rid = 0
         while not stop.is_set():
             if session is None:
-                response = await client.post(gw.mcp("web"), json=INIT, headers=ACCEPT)
+                response = await client.post(url, json=INIT, headers=ACCEPT)
                 if response.status_code != 200:
                     bad.append(f"initialize: {response.status_code} {response.text[:200]}")
                     return
@@ -47,9 +50,9 @@ def test_reloads_under_load_lose_no_request(
                 "method": "tools/call",
                 "params": {"name": "echo", "arguments": {"text": f"{worker}-{rid}"}},
             }
-            response = await client.post(gw.mcp("web"), json=body, headers={**ACCEPT, "mcp-session-id": session})
+            response = await client.post(url, json=body, headers={**ACCEPT, "mcp-session-id": session})
             if response.status_code == 404:
-                outcomes["404"] += 1  # its replica left the registry: initialize again
+                outcomes["404"] += 1  # its replica or pool left the registry: initialize again
                 session = None
                 continue
             if response.status_code != 200:
@@ -64,8 +67,8 @@ def test_reloads_under_load_lose_no_request(
     async def reloader() -> None:
         async with httpx2.AsyncClient(timeout=30) as admin:
             for round_ in range(1, 9):
-                await anyio.sleep(0.4)
-                gw.registry.write_text(registry(*layouts[round_ % len(layouts)]))
+                await anyio.sleep(pause)
+                gw.registry.write_text(registries[round_ % len(registries)])
                 answer = await admin.post(f"{gw.url}/admin/reload")
                 assert answer.status_code == 200, answer.text
         stop.set()
@@ -73,12 +76,35 @@ def test_reloads_under_load_lose_no_request(
     async def main() -> None:
         with anyio.fail_after(120):
             async with httpx2.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
-                for worker in range(8):
+                for worker in range(workers):
                     tg.start_soon(client_loop, client, worker)
                 tg.start_soon(reloader)
 
     anyio.run(main)
     print(dict(outcomes))
+    return outcomes, bad
+
+
+def test_reloads_under_load_lose_no_request(
+    gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
+) -> None:
+    a, b, c = (demo_http(name) for name in ("a", "b", "c"))
+    layouts = [([a, b, c], "round_robin"), ([a, b], "least_connections"), ([b, c], "p2c"), ([a, c], "random")]
+    registries = [registry(*layout) for layout in layouts]
+    gw = gateway(registries[0])
+    outcomes, bad = call_through_reloads(gw, "web", registries, workers=8, pause=0.4)
     assert bad == []
     assert outcomes["ok"] > 100, outcomes
     assert outcomes["404"] >= 1, outcomes  # some sessions did sit on a replica that was removed
+
+
+def test_pool_changes_under_load_lose_no_request(gateway: Callable[[str], RunningGateway]) -> None:
+    """Changing a stdio server's pool settings retires its processes: calls in flight finish, then the
+    sessions get 404 and initialize again on the new pool."""
+    pools = ["{max: 8}", "{min: 2, max: 6}", "{min: 1, max: 8, idle_timeout: 30}", "{max: 5, acquire_timeout: 20}"]
+    registries = [f"servers:\n  local: {{command: {DEMO}, pool: {pool}}}\n" for pool in pools]
+    gw = gateway(registries[0])
+    outcomes, bad = call_through_reloads(gw, "local", registries, workers=4, pause=1.5)
+    assert bad == []
+    assert outcomes["ok"] > 20, outcomes
+    assert outcomes["404"] >= 4, outcomes  # each worker's session ended with a pool at least once

@@ -544,7 +544,10 @@ class RelayUpstream:
         self._limit = limit
         self._what = what
         self._limiter = anyio.CapacityLimiter(limit)
-        self._shared_lock = anyio.Lock()
+        # Starts into each list of shared processes are serialized (a burst starts one process, not one per
+        # request); the two lists have a lock each, so neither waits behind the other's start.
+        self._modern_lock = anyio.Lock()
+        self._pool_lock = anyio.Lock()
         self._modern: list[SharedProcess] = []  # 2026-07-28 traffic
         self._growing = False
         self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
@@ -976,7 +979,7 @@ class RelayUpstream:
                 return issuer  # only it can open the state (unless the server shares its key)
         fresh = [p for p in live if not self.worn(p, now)]
         if not live:
-            async with self._shared_lock:  # one first process, not one per concurrent request
+            async with self._modern_lock:  # one first process, not one per concurrent request
                 current = [p for p in self._modern if not p.closed.is_set() and not p.stopping]
                 if current:
                     return current[-1]  # another request started it while this one waited
@@ -1031,7 +1034,7 @@ class RelayUpstream:
         fewest sessions (counted from the pick, so concurrent initializations spread too). Processes due for
         recycling get new sessions only when no other can take them. Starts are serialized (the lock), so a
         burst of sessions starts no more processes than it needs."""
-        async with self._shared_lock:
+        async with self._pool_lock:
             now = time.monotonic()
             self._pool[:] = [p for p in self._pool if not p.closed.is_set() and not p.stopping]
             fresh = [p for p in self._pool if not self.worn(p, now)]
