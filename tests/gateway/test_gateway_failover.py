@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
 import anyio
 import httpx2
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from conftest import RunningGateway
 from support import ACCEPT, INIT, demo_argv, free_port, running
@@ -93,3 +97,37 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.1)
+
+
+def test_an_sdk_client_whose_replica_dies_starts_again_on_another(gateway: Callable[[str], RunningGateway]) -> None:
+    """The official client sees the lost session as an error (404 with a JSON-RPC body, 'Session not
+    found'); connecting again initializes a session on a replica that is alive."""
+    steady, flaky = free_port(), free_port()
+    with running(demo_argv(steady, "steady"), steady) as steady_url:
+        flaky_url = f"http://127.0.0.1:{flaky}"
+        gw = gateway(f"servers:\n  web: {{endpoints: ['{steady_url}', '{flaky_url}']}}\n")
+
+        async def main() -> tuple[str, str]:
+            async with contextlib.AsyncExitStack() as stack:
+                with running(demo_argv(flaky, "flaky"), flaky):
+                    for _ in range(10):  # round robin: a client on the flaky replica within a few tries
+                        client = await stack.enter_async_context(Client(gw.mcp("web"), mode="legacy"))
+                        if (await replica_of(client)) == "flaky":
+                            break
+                    else:
+                        raise AssertionError("no session landed on the flaky replica")
+                # The flaky replica has exited with the session it held.
+                with pytest.raises(MCPError) as lost:
+                    await client.call_tool("echo", {"text": "still there?"})
+                async with Client(gw.mcp("web"), mode="legacy") as again:
+                    return str(lost.value), await replica_of(again)
+
+        lost, replica = anyio.run(main)
+        assert "Session not found" in lost
+        assert replica == "steady"
+
+
+async def replica_of(client: Client) -> str:
+    identity = await client.call_tool("whoami", {})
+    assert identity.structured_content is not None
+    return str(identity.structured_content["replica"])
