@@ -1419,7 +1419,9 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     options, as_json, keep_logs = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the gateway and the demo server runs.
+    # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the gateway and the demo server runs. SIGINT gets
+    # its default handler back first: a shell starts background jobs with SIGINT ignored, which would lose it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         return anyio.run(main_async, options, as_json, keep_logs)

@@ -1102,9 +1102,8 @@ def render(run: Run, info: dict[str, Any], summ: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"2. tools/call echo through the gateway to stdio, {o.rounds} round(s) of {o.calls} calls per phase "
-            "(cap {0:g} s); 2025: one session = one process per worker; 2026: stateless, shared processes (another starts when each has 32 in flight)".format(
-                o.settings.phase_seconds
-            )
+            f"(cap {o.settings.phase_seconds:g} s); 2025: one session = one process per worker; "
+            "2026: stateless, shared processes (another starts when each has 32 in flight)"
         )
         header = (
             f"   {'era':<6}{'c':>3}{'ok':>7}{'wrong':>6}{'err':>5}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}"
