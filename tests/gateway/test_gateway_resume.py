@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -80,16 +80,24 @@ def test_a_lost_post_stream_resumes_where_it_broke(gateway: Callable[[str], Runn
 
 
 def test_unknown_event_ids_get_a_clear_error(gateway: Callable[[str], RunningGateway]) -> None:
+    """Malformed ids, ids of streams that never were, and ids past a stream's end are refused with 400 (not
+    404, which would make the client drop a live session; not an empty 200, which the client would retry
+    for ever)."""
     gw = gateway(f"servers:\n  local: {{command: {DEMO}}}\n")
 
-    async def main() -> dict[str, Any]:
+    async def main() -> list[tuple[int, str]]:
         async with httpx2.AsyncClient(timeout=30) as client:
             headers = await open_session(client, gw.mcp("local"))
-            response = await client.get(gw.mcp("local"), headers={**headers, "last-event-id": "not-an-id"})
-            assert response.status_code == 400
-            return response.json()  # type: ignore[no-any-return]
+            answered = await client.post(gw.mcp("local"), json=COUNTDOWN, headers=headers)  # stream 1, 8 events
+            assert sse_events(answered.text)[-1]["id"] == "1-7"
+            refused = []
+            for event_id in (b"not-an-id", "1-\u00b2".encode("latin-1"), b"99-0", b"1-8"):
+                response = await client.get(gw.mcp("local"), headers={**headers, "last-event-id": event_id})
+                refused.append((response.status_code, response.json()["error"]["message"]))
+            return refused
 
-    assert "is not an event id of this session" in anyio.run(main)["error"]["message"]
+    for status, message in anyio.run(main):
+        assert status == 400 and "is not an event id of this session that is still kept" in message
 
 
 class CuttingProxy:
@@ -158,3 +166,47 @@ def test_the_sdk_client_resumes_a_call_across_a_network_failure(gateway: Callabl
     assert result.content == [types.TextContent(type="text", text="counted down from 6")]
     assert progress == [1, 2, 3, 4, 5, 6]  # those sent while the client was away were replayed
     assert resumes[0] >= 1  # the call was answered through a resumed stream
+
+
+async def leave_a_call(client: httpx2.AsyncClient, url: str, headers: dict[str, str], seconds: float) -> str:
+    """Start a slow call and go away after its priming event; its id, for a resume."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "sleep", "arguments": {"seconds": seconds}},
+    }
+    async with client.stream("POST", url, json=body, headers=headers) as response:
+        async for chunk in response.aiter_text():
+            if "\n\n" in chunk or "\r\n\r\n" in chunk:
+                return sse_events(chunk)[0]["id"]
+    raise AssertionError("no priming event")
+
+
+def test_a_detached_call_keeps_its_session_only_for_a_while(gateway: Callable[[str], RunningGateway]) -> None:
+    """A call whose client went away keeps its session (and process) for at most the session idle time:
+    answered meanwhile, it can still be collected; abandoned, it does not hold the pool's only process."""
+    gw = gateway(
+        f"servers:\n  one: {{command: {DEMO}, pool: {{max: 1, acquire_timeout: 10}}}}\n"
+        "gateway: {session_idle_timeout: 2}\n"
+    )
+    url = gw.mcp("one")
+
+    async def main() -> tuple[str, float, int]:
+        async with httpx2.AsyncClient(timeout=30) as client:
+            first = await open_session(client, url)
+            primed = await leave_a_call(client, url, first, 0.3)  # answered while nobody listens
+            await anyio.sleep(0.5)
+            collected = await client.get(url, headers={**first, "last-event-id": primed})
+            text = json.loads(sse_events(collected.text)[-1]["data"])["result"]["content"][0]["text"]
+            await leave_a_call(client, url, first, 100_000)  # then a call nobody will come back for
+            started = time.monotonic()
+            await open_session(client, url)  # needs the only process: waits for the grace, not for ever
+            waited = time.monotonic() - started
+            gone = await client.get(url, headers={**first, "last-event-id": primed})
+            return text, waited, gone.status_code
+
+    text, waited, gone = anyio.run(main)
+    assert text == "slept 0.3 s"
+    assert 1 <= waited < 9  # the abandoned call held the process for about the 2 s grace, then was reclaimed
+    assert gone == 404  # its session ended with it

@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -65,6 +66,9 @@ EXITED = -32014
 JOURNAL_EVENTS = 1000  # per session, for Last-Event-ID resumption
 JOURNAL_BYTES = 1 << 20
 DETACHED_STREAMS = 64  # per session: POST streams kept for a resume after their client went away
+DETACHED_GRACE = 120.0  # seconds (at most gateway.session_idle_timeout) a detached stream keeps its session busy
+STANDING_KEPT = 16  # per session: GET streams whose ids can still be resumed
+EVENT_ID = re.compile(r"(\d+)-(\d+)", re.ASCII)
 SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
 SERIALS = itertools.count(1)  # shared processes, numbered across the gateway process (reloads included)
 WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
@@ -83,11 +87,18 @@ class Journal:
         self._events: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._bytes = 0
         self._streams = itertools.count(1)
-        self.standing: set[int] = set()  # stream numbers of GET streams
+        self.standing: collections.deque[int] = collections.deque(maxlen=STANDING_KEPT)  # recent GET streams
         self.detached: dict[int, Outbox] = {}  # POST streams whose client went away before their answers
+        self.grace = DETACHED_GRACE
 
     def new_stream(self) -> int:
         return next(self._streams)
+
+    def last(self, stream: int) -> int | None:
+        """The number of the last event of `stream` still known, or None if nothing of it is."""
+        if (box := self.detached.get(stream)) is not None:
+            return box.delivered
+        return max((n for s, n, _ in self._events if s == stream), default=0 if stream in self.standing else None)
 
     def record(self, stream: int, seq: int, data: bytes) -> None:
         self._events.append((stream, seq, data))
@@ -98,10 +109,18 @@ class Journal:
     def after(self, stream: int, seq: int) -> list[tuple[int, bytes]]:
         return [(n, data) for s, n, data in self._events if s == stream and n > seq]
 
-    def keep(self, box: Outbox) -> None:
+    def keep(self, box: Outbox) -> list[Outbox]:
+        """Keep a detached stream for a resume; the oldest ones beyond DETACHED_STREAMS go (returned)."""
+        box.detached_at = time.monotonic()
         self.detached[box.stream] = box
-        while len(self.detached) > DETACHED_STREAMS:  # the oldest first
-            self.detached.pop(next(iter(self.detached)))
+        evicted = []
+        while len(self.detached) > DETACHED_STREAMS:
+            evicted.append(self.detached.pop(next(iter(self.detached))))
+        return evicted
+
+    def recently_detached(self, now: float) -> bool:
+        """A stream detached less than `grace` seconds ago: its client may be about to resume it."""
+        return any(now - box.detached_at < self.grace for box in self.detached.values())
 
 
 class Outbox:
@@ -120,6 +139,7 @@ class Outbox:
         self.delivered = 0  # messages delivered to this stream so far
         self.taken = 0  # messages taken from the channel so far
         self.detached = False
+        self.detached_at = 0.0
         self.finished = False
         self.prime = False  # open with a priming event (an id, no data): the client may resume from it
         self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
@@ -167,7 +187,9 @@ class Outbox:
     def detach(self) -> None:
         """Its client went away: keep recording what arrives (the journal), for a resume."""
         self.detached = True
+        self.prime = False
         self._send.close()
+        self.receive.close()  # what it held unread is in the journal
 
     def reattach(self) -> None:
         """A client resumed it: a fresh channel for what arrives from now on (the journal has the rest)."""
@@ -276,9 +298,11 @@ class StdioSession(_Link):
         self.journal: Journal | None = None  # Streamable HTTP sessions: event ids and resumption
         self.primes = False  # negotiated 2025-11-25 or later: streams open with a priming event
 
-    def resumable(self, version: Any) -> None:
-        """The session was initialized over Streamable HTTP at `version`: give its streams event ids."""
+    def resumable(self, version: Any, grace: float = DETACHED_GRACE) -> None:
+        """The session was initialized over Streamable HTTP at `version`: give its streams event ids. A
+        stream whose client went away keeps the session busy for `grace` seconds, for a resume."""
         self.journal = Journal()
+        self.journal.grace = grace
         self.primes = isinstance(version, str) and version >= "2025-11-25"
 
     def _outbox(self, waiting: set[str] | None) -> Outbox:
@@ -291,6 +315,8 @@ class StdioSession(_Link):
             box = self._pending.pop(message.id_key, None)
             if box is not None:
                 box.deliver(message.raw, answered=message.id_key)
+                if box.finished and box.detached:
+                    self._forget(box)  # answered while its client was away: the journal has it
             return
         if message.method == "notifications/progress":
             token = (message.data.get("params") or {}).get("progressToken")
@@ -317,12 +343,13 @@ class StdioSession(_Link):
         if self._standing is not None:
             self._standing.close()
 
-    async def post(self, messages: list[Message]) -> Outbox | None:
-        """Write messages to the process; the outbox that will carry the answers, or None if none are due."""
+    async def post(self, messages: list[Message], *, streamed: bool = True) -> Outbox | None:
+        """Write messages to the process; the outbox that will carry the answers, or None if none are due.
+        `streamed`: the answers go out as an event stream (only those get event ids and the journal)."""
         requests = [m for m in messages if m.is_request]
         box = None
         if requests:
-            box = self._outbox({m.id_key for m in requests})
+            box = self._outbox({m.id_key for m in requests}) if streamed else Outbox({m.id_key for m in requests})
             for m in requests:
                 self._pending[m.id_key] = box
                 if (token := m.progress_token()) is not None:
@@ -340,8 +367,13 @@ class StdioSession(_Link):
             self._posts.remove(box)
         if not completed and box.journal is not None and box.waiting and not box.finished:
             box.detach()
-            box.journal.keep(box)
+            for evicted in box.journal.keep(box):
+                self._forget(evicted)
             return
+        self._forget(box)
+
+    def _forget(self, box: Outbox) -> None:
+        """Later messages for `box` have nowhere to go."""
         for key in [k for k, b in self._pending.items() if b is box]:
             del self._pending[key]
         for key in [k for k, b in self._progress.items() if b is box]:
@@ -365,15 +397,22 @@ class StdioSession(_Link):
 
     @property
     def quiet(self) -> bool:
-        """Nothing in flight (a GET stream may be open): ending it now fails no request."""
-        return not self.initializing and not self._pending and not self._posts
+        """Nothing in flight (a GET stream may be open) and no stream lately detached whose client may come
+        back for its answers: ending it now fails no request. Calls whose client left more than
+        DETACHED_GRACE ago do not count (else an abandoned call would hold its process for good)."""
+        if self.initializing or self._posts:
+            return False
+        if self.journal is None:
+            return not self._pending
+        now = time.monotonic()
+        return not self.journal.recently_detached(now) and all(box.detached for box in self._pending.values())
 
     def open_standing(self) -> Outbox | None:
         if self._standing is not None:
             return None
         box = self._outbox(None)
         if self.journal is not None:
-            self.journal.standing.add(box.stream)
+            self.journal.standing.append(box.stream)
         while self._backlog:
             box.deliver(self._backlog.popleft())
         if self.closed.is_set():
@@ -386,8 +425,12 @@ class StdioSession(_Link):
         return self._standing
 
     def attach(self, box: Outbox) -> None:
-        """A resumed POST stream takes messages again (its answers, and unsolicited ones if it is the only one)."""
+        """A resumed POST stream takes messages again: its answers, and, with no GET stream open, what the
+        server sent on its own meanwhile (a request for the user, say), which the call may be waiting on."""
         self._posts.append(box)
+        if self._standing is None:
+            while self._backlog:
+                box.deliver(self._backlog.popleft())
 
     def close_standing(self, box: Outbox) -> None:
         if self._standing is box:
@@ -816,7 +859,8 @@ class RelayUpstream:
             if answer is not None and "result" in answer.data:
                 headers.append((SESSION_HEADER, self._sessions.issue(session).encode()))
                 result = answer.data["result"]
-                session.resumable(result.get("protocolVersion") if isinstance(result, dict) else None)
+                grace = min(DETACHED_GRACE, exchange.snapshot.gateway.session_idle_timeout)
+                session.resumable(result.get("protocolVersion") if isinstance(result, dict) else None, grace)
                 keep = True
             await _answer(exchange, [*before, first], box, headers, batch=False)
             session.release(box)
@@ -843,7 +887,7 @@ class RelayUpstream:
         if await self._delete_or_stream(exchange, token, session):
             return
         messages, batch = parse_body(exchange.body)
-        box = await session.post(messages)
+        box = await session.post(messages, streamed=accepts(exchange.header(b"accept") or "", "text/event-stream"))
         if box is None:
             await respond(exchange.send, 202, b"")
             return
@@ -873,20 +917,25 @@ class RelayUpstream:
     async def _resume(self, exchange: Exchange, session: StdioSession, journal: Journal, last_event_id: str) -> None:
         """`GET` + `Last-Event-ID`: replay what the stream sent after that event, then go on with it live (a
         POST stream whose answers are still due, or the GET stream); a POST stream already answered ends."""
-        stream_text, _, seq_text = last_event_id.strip().partition("-")
-        if not (stream_text.isdigit() and seq_text.isdigit()):
-            raise GatewayError(400, -32600, f"Last-Event-ID {last_event_id!r} is not an event id of this session")
-        stream, seq = int(stream_text), int(seq_text)
+        parsed = EVENT_ID.fullmatch(last_event_id.strip())
+        last = journal.last(int(parsed[1])) if parsed else None
+        if parsed is None or last is None or int(parsed[2]) > last:
+            raise GatewayError(
+                400,
+                -32600,
+                f"Last-Event-ID {last_event_id!r} is not an event id of this session that is still kept (the"
+                f" replay buffer holds the last {journal.max_events} events or {journal.max_bytes // 1024} KiB)",
+            )
+        stream, seq = int(parsed[1]), int(parsed[2])
         replay = journal.after(stream, seq)
-        box = journal.detached.pop(stream, None)
-        last = box.delivered if box is not None else (replay[-1][0] if replay else seq)
-        if (replay and replay[0][0] != seq + 1) or (not replay and last > seq):
+        if last > seq and (not replay or replay[0][0] != seq + 1):
             raise GatewayError(
                 400,
                 -32600,
                 f"the events after {last_event_id} are no longer kept (the replay buffer holds the last"
                 f" {journal.max_events} events or {journal.max_bytes // 1024} KiB of a session)",
             )
+        box = journal.detached.pop(stream, None)  # checked first: a refused resume leaves it resumable
         standing: Outbox | None = None
         if box is not None:
             box.reattach()
