@@ -104,6 +104,7 @@ GOAL_STDIO_FACTOR = 1.2
 GOAL_STDIO_CALLS_PER_S = GOAL_STDIO_FACTOR * BEST_STDIO_BRIDGE_CALLS_PER_S
 
 WARM_ID, FIXED_ID, COLD_ID, HTTP_ID = "echo-warm", "echo-fixed", "echo-cold", "echo-http"
+SHARED_ID, SHARED_POOL = "echo-shared", 2  # 2025 sessions multiplexed over a shared pool (stateless server)
 FIXED_POOL = 4  # pool.min = pool.max: no refill can start while a leased session is open
 KINDS = ("warm", "fixed", "cold", "direct")
 CALL_ERRORS = (
@@ -405,6 +406,11 @@ class Run:
             "    type: stdio\n"
             f"    command: {command}\n"
             f"    pool: {{min: 0, max: {top + 8}}}\n"
+            f"  {SHARED_ID}:\n"
+            "    type: stdio\n"
+            f"    command: {command}\n"
+            "    stateless: true\n"
+            f"    pool: {{mode: shared, max: {SHARED_POOL}}}\n"
         )
         gateway, port = await self.start_gateway("gateway-stdio", registry)
         self.gateway_a_rss_ready_mib = rss_mib(gateway.pid)
@@ -574,6 +580,7 @@ class Run:
         path = f"/{COLD_ID}/mcp"
         sessions = [Session(RawConnection(port), path, "2025") for _ in range(top)]
         stateless = [Session(RawConnection(port), path, "2026") for _ in range(top)]
+        shared = [Session(RawConnection(port), f"/{SHARED_ID}/mcp", "2025") for _ in range(top)]
         try:
             failures: list[str] = []
             limiter = anyio.CapacityLimiter(8)  # each opens a process: not all at once on few cores
@@ -596,6 +603,9 @@ class Run:
                 f"{top} sessions (one process each) opened in {opened:.1f} s before measuring; {live} live processes"
             )
             log(f"part 2: opened {top} stdio sessions in {opened:.1f} s ({live} live processes)")
+            async with anyio.create_task_group() as tg:
+                for session in shared:
+                    tg.start_soon(open_one, session)
             if failures:
                 raise RuntimeError(f"{len(failures)}/{top} stdio sessions failed to open: {failures[:3]}")
             deadline = time.monotonic() + o.part_seconds
@@ -605,7 +615,7 @@ class Run:
 
             for round_number in range(1, o.rounds + 1):
                 for concurrency in o.concurrency:
-                    for era, pool in (("2025", sessions), ("2026", stateless)):
+                    for era, pool in (("2025", sessions), ("2025s", shared), ("2026", stateless)):
                         if time.monotonic() > deadline or self.out_of_time():
                             self.throughput_notes.append(
                                 f"skipped {era} c={concurrency} round {round_number}: time cap"
@@ -629,6 +639,7 @@ class Run:
         finally:
             await close_all(sessions)
             await close_all(stateless)
+            await close_all(shared)
 
     # --- part 3: many sessions with GET streams through one gateway -----------------------------------------
 
@@ -1103,6 +1114,7 @@ def render(run: Run, info: dict[str, Any], summ: dict[str, Any]) -> str:
         lines.append(
             f"2. tools/call echo through the gateway to stdio, {o.rounds} round(s) of {o.calls} calls per phase "
             f"(cap {o.settings.phase_seconds:g} s); 2025: one session = one process per worker; "
+            f"2025s: sessions over a shared pool of {SHARED_POOL} processes (pool.mode shared, stateless server); "
             "2026: stateless, shared processes (another starts when each has 32 in flight)"
         )
         header = (
