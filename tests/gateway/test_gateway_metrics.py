@@ -59,7 +59,12 @@ def test_metrics_count_what_happened(gateway: Callable[[str], RunningGateway], d
     assert samples[("mcpfleet_processes", (("kind", "stdio"), ("server", "local"), ("state", "idle")))] == 1
     assert samples[("mcpfleet_process_starts_total", (("kind", "stdio"), ("server", "local")))] == 1
     assert samples[("mcpfleet_sessions", ())] == 1
-    assert samples[("mcpfleet_reloads_total", (("outcome", "rejected"),))] == 1
+    # The file watch may reload the broken file too, if it acts before the admin request (it skips content
+    # already loaded, so after it there is nothing to do): one or two rejections, never an accepted one.
+    assert samples[("mcpfleet_reloads_total", (("outcome", "rejected"),))] in (1, 2)
+    assert ("mcpfleet_reloads_total", (("outcome", "ok"),)) not in samples or samples[
+        ("mcpfleet_reloads_total", (("outcome", "ok"),))
+    ] == 0
 
 
 def test_pool_metrics_show_warm_processes_waiting_sessions_and_crashes(

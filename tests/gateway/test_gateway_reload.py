@@ -78,7 +78,8 @@ def test_invalid_registry_leaves_the_one_in_force(gateway: Callable[[str], Runni
     shown = status(gw)
     assert [s["id"] for s in shown["servers"]] == ["a"]
     assert any("servers.broken.colour" in e for e in shown["last_reload_error"])
-    assert shown["reloads"]["rejected"] == 1
+    # The file watch may have rejected the same content first (one or two rejections); nothing was accepted.
+    assert shown["reloads"]["rejected"] in (1, 2) and shown["reloads"]["ok"] == 0
     assert anyio.run(echo, gw.mcp("a")) == "ok"
 
     gw.registry.write_text(registry("a", "b"))

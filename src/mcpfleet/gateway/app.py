@@ -9,6 +9,7 @@ segment, then the server's runtime. Status and admin endpoints are answered here
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -41,10 +42,20 @@ REAP_INTERVAL = 5.0
 POOL_INTERVAL = 1.0
 
 
+def file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes; None if it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 class Gateway:
     def __init__(self, registry: Registry, *, registry_path: str | Path | None = None, host: str | None = None) -> None:
         self._snapshot = registry
         self.registry_path = Path(registry_path) if registry_path is not None else None
+        # What the registry file held at the last load or reload attempt: a watcher reloads only on a change.
+        self.loaded_digest = file_digest(self.registry_path) if self.registry_path is not None else None
         settings = registry.gateway
         self.sessions = SessionTable(Sealer.from_settings(settings.session_keys, settings.session_max_age))
         self._bind_host = host or registry.gateway.host
@@ -139,6 +150,7 @@ class Gateway:
             log.info("nothing to reload: the gateway serves the built-in demo registry")
             return False
         async with self._reload_lock:
+            self.loaded_digest = await anyio.to_thread.run_sync(file_digest, self.registry_path)
             try:
                 fresh = await anyio.to_thread.run_sync(load_registry, self.registry_path)
             except RegistryError as exc:

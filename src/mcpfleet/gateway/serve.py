@@ -7,7 +7,6 @@ symlink swaps (`..data`) are seen; a change reloads only when the file's content
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import resource
 import signal
@@ -16,10 +15,11 @@ from pathlib import Path
 import anyio
 import uvicorn
 
-from mcpfleet.gateway.app import Gateway
+from mcpfleet.gateway.app import Gateway, file_digest
 from mcpfleet.registry import Registry
 
 log = logging.getLogger("mcpfleet.gateway")
+RESCAN_MS = 2000  # the registry file is checked at least this often, events or not
 
 
 def raise_descriptor_limit() -> int:
@@ -72,17 +72,9 @@ async def _reload_on_sighup(gateway: Gateway) -> None:
             await gateway.reload()
 
 
-def _digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 async def _reload_on_change(gateway: Gateway, path: Path) -> None:
     from watchfiles import awatch
 
-    seen = await anyio.to_thread.run_sync(_digest, path)
     directory = await anyio.to_thread.run_sync(lambda: path.absolute().parent)
     # The file itself, or the `..data` link a Kubernetes ConfigMap volume swaps atomically.
     names = {path.name, "..data"}
@@ -91,9 +83,18 @@ async def _reload_on_change(gateway: Gateway, path: Path) -> None:
     def relevant(_change: object, changed: str) -> bool:
         return Path(changed).name in names
 
-    async for _ in awatch(directory, debounce=200, recursive=False, watch_filter=relevant):
-        current = await anyio.to_thread.run_sync(_digest, path)
-        if current is not None and current != seen:
-            seen = current
+    # Every RESCAN_MS without an event the file is checked anyway: a change made before the watch was in
+    # place (right after start-up) or missed by the file system's notifications is still picked up. A
+    # reload by any trigger records what it read, so the same content is never loaded twice.
+    async for _ in awatch(
+        directory,
+        debounce=200,
+        recursive=False,
+        watch_filter=relevant,
+        rust_timeout=RESCAN_MS,
+        yield_on_timeout=True,
+    ):
+        current = await anyio.to_thread.run_sync(file_digest, path)
+        if current is not None and current != gateway.loaded_digest:
             log.info("%s changed: reloading the registry", path)
             await gateway.reload()
