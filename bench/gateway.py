@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1417,17 +1417,21 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
         return 1 if failure else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    options, as_json, keep_logs = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the gateway and the demo server runs. SIGINT gets
-    # its default handler back first: a shell starts background jobs with SIGINT ignored, which would lose it.
+def run_interruptibly(main: Callable[..., Awaitable[int]], *args: Any) -> int:
+    """Run a bench's `main` so that Ctrl-C and SIGTERM both unwind it: its `finally` stops every process it
+    started. SIGINT gets its default handler back first: a shell starts background jobs with SIGINT ignored,
+    which would lose it."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        return anyio.run(main_async, options, as_json, keep_logs)
+        return anyio.run(main, *args)
     except KeyboardInterrupt:
-        log("interrupted; the gateway, the demo server and their children were stopped")
+        log("interrupted; the gateways, the demo server and their children were stopped")
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_interruptibly(main_async, *parse_args(argv))
 
 
 if __name__ == "__main__":

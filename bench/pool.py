@@ -90,6 +90,7 @@ from gateway import (
     median,
     percentile,
     phase_line,
+    run_interruptibly,
     run_phase,
     source_state,
     spawn,
@@ -1347,16 +1348,7 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options, as_json, keep_logs = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the `finally` that stops everything runs. SIGINT gets its default handler
-    # back first: a shell starts background jobs with SIGINT ignored, and then the SIGINT would be lost too.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
-        return anyio.run(main_async, options, as_json, keep_logs)
-    except KeyboardInterrupt:
-        log("interrupted; the gateways, the demo server and their children were stopped")
-        return 130
+    return run_interruptibly(main_async, *parse_args(argv))
 
 
 if __name__ == "__main__":

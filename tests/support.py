@@ -115,6 +115,14 @@ def rpc_messages(response: Any) -> list[dict[str, Any]]:
     ]
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
 async def until(check: Callable[[], Awaitable[Any]], within: float = 20.0, interval: float = 0.1) -> Any:
     """Await `check()` until it returns something true (and return that); fail after `within` seconds."""
     with anyio.fail_after(within):

@@ -13,7 +13,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from conftest import RunningGateway
-from support import ACCEPT, INIT, demo_argv, free_port, running
+from support import ACCEPT, INIT, demo_argv, free_port, running, wait_for
 from test_gateway_balancing import initialize, tool
 
 
@@ -84,19 +84,12 @@ def test_active_health_checks_find_a_dead_replica_without_traffic(gateway: Calla
         )
         with running(demo_argv(flaky, "flaky"), flaky):
             gw = gateway(registry)
-            wait_until(lambda: health() == "ok")
-        wait_until(lambda: health() == "ejected")  # no request was sent: the probe found it
+            wait_for(lambda: health() == "ok")
+        wait_for(lambda: health() == "ejected")  # no request was sent: the probe found it
         assert anyio.run(new_sessions, gw, 6) == {"steady"}
         with running(demo_argv(flaky, "flaky"), flaky):
-            wait_until(lambda: health() == "ok")
+            wait_for(lambda: health() == "ok")
             assert "flaky" in anyio.run(new_sessions, gw, 6)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_an_sdk_client_whose_replica_dies_starts_again_on_another(gateway: Callable[[str], RunningGateway]) -> None:

@@ -15,7 +15,7 @@ import anyio
 import httpx2
 
 from conftest import RunningGateway
-from support import ACCEPT, INIT, rpc_messages
+from support import ACCEPT, INIT, rpc_messages, wait_for
 from test_gateway_balancing import initialize, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
@@ -36,13 +36,6 @@ def children(pid: int) -> set[int]:
             if int(fields[1]) == pid and fields[0] != "Z":
                 found.add(int(entry))
     return found
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_warm_processes_serve_new_sessions_and_are_replaced(gateway: Callable[[str], RunningGateway]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import httpx2
 from mcp import Client
 
 from conftest import RunningGateway
+from support import wait_for
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 
@@ -25,13 +25,6 @@ def registry(*ids: str, extra: str = "") -> str:
 
 def status(gw: RunningGateway) -> dict[str, Any]:
     return httpx2.get(f"{gw.url}/servers").json()  # type: ignore[no-any-return]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 async def echo(url: str) -> str:

@@ -107,7 +107,8 @@ class HttpUpstream:
                 issuer = self.balancer.replica(str(record.get("r")))
                 candidates = [issuer] if issuer is not None else candidates  # gone: the server may share keys
         failures: list[str] = []
-        timed = exchange.method not in _STANDING_STREAM and exchange.header(b"mcp-method") != "subscriptions/listen"
+        method = exchange.header(b"mcp-method") if stateless else None  # 2026-07-28 requests name their method
+        timed = exchange.method not in _STANDING_STREAM and method != "subscriptions/listen"
         for replica in candidates:
             started = time.monotonic()
             self.balancer.started(replica)
@@ -130,7 +131,7 @@ class HttpUpstream:
             except BaseException:
                 self.balancer.finished(replica, time.monotonic() - started)
                 raise
-            rewrite = self._pin_states(exchange, sessions, replica.url) if stateless else None
+            rewrite = self._pin_states(exchange, sessions, replica.url, method) if stateless else None
             try:
                 await self._relay(
                     exchange, response, replica.url, sessions, session_token, session, initialize, rewrite
@@ -144,11 +145,12 @@ class HttpUpstream:
             raise GatewayError.session_not_found()
         raise Unreachable("; ".join(failures))
 
-    def _pin_states(self, exchange: Exchange, sessions: SessionTable, replica: str) -> Callable[[bytes], bytes] | None:
+    def _pin_states(
+        self, exchange: Exchange, sessions: SessionTable, replica: str, method: str | None
+    ) -> Callable[[bytes], bytes] | None:
         """How to wrap the `requestState` of an answer from `replica`, when a retry could go astray."""
         if self.server.balancer.request_state != "pin" or len(self.balancer.replicas) < 2:
             return None
-        method = exchange.header(b"mcp-method")
         if method is None and not any(f'"{name}"'.encode() in exchange.body for name in METHODS):
             return None
         if method is not None and method not in METHODS:
