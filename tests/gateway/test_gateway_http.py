@@ -40,7 +40,7 @@ def stdio_gateway(gateway: Callable[[str], RunningGateway], demo_http: Callable[
     return gateway(
         f"servers:\n  local: {{command: {DEMO_STDIO}}}\n  web: {{endpoint: '{web}'}}\n"
         f"  down: {{endpoint: 'http://127.0.0.1:{free_port()}'}}\n"
-        "gateway: {max_body_bytes: 4096, session_idle_timeout: 2}\n"
+        "gateway: {max_message_bytes: 4096, session_idle_timeout: 2}\n"
     )
 
 
@@ -97,7 +97,7 @@ def test_crashed_process_fails_its_pending_call_at_once(stdio_gateway: RunningGa
         ("/nope/mcp", {}, 404, -32010, "unknown server 'nope'; servers here: down, local, web"),
         ("/down/mcp", {"json": INIT}, 502, -32012, "server 'down' is unreachable"),
         ("/local/mcp", {"content": b"{not json"}, 400, -32700, "not valid JSON"),
-        ("/local/mcp", {"content": b"x" * 5000}, 413, -32600, "exceeds 4096 bytes (setting: gateway.max_body_bytes)"),
+        ("/local/mcp", {"content": b"x" * 5000}, 413, -32600, "exceeds 4096 bytes (setting: gateway.max_message_bytes)"),
         ("/local/mcp", {"json": INIT, "headers": {"accept": "text/plain"}}, 406, -32600, "must accept"),
         (
             "/local/mcp",

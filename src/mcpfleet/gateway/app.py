@@ -277,7 +277,7 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
             return
         await receive()
-        await runtime.websocket(receive, send, self._snapshot.gateway.max_body_bytes)
+        await runtime.websocket(receive, send, self._snapshot.gateway.max_message_bytes)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path, segments = self._target(scope)
@@ -300,7 +300,7 @@ class Gateway:
         try:
             body = b""
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await read_body(receive, snapshot.gateway.max_body_bytes)
+                body = await read_body(receive, snapshot.gateway.max_message_bytes)
             await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))
         finally:
             self.metrics.observe(first, scope["method"], started)

@@ -37,7 +37,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise GatewayError(413, -32600, f"the body exceeds {limit} bytes (setting: gateway.max_body_bytes)")
+            raise GatewayError(413, -32600, f"the body exceeds {limit} bytes (setting: gateway.max_message_bytes)")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

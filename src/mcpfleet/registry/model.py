@@ -340,7 +340,9 @@ class Gateway(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
-    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    # The largest JSON-RPC message, in bytes, on every route and in both directions: request bodies,
+    # WebSocket frames, SSE events, stdio lines, bridged HTTP answers. `max_body_bytes` is its older name.
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
     session_idle_timeout: Seconds = 1800.0
     # A `: keepalive` comment on relayed event streams after this much silence (the SDK pings every 15 s).
     keepalive_interval: Seconds = 15.0
@@ -348,6 +350,16 @@ class Gateway(_Model):
     # one serve each other's http sessions. Empty: $MCPFLEET_SESSION_KEYS, else a random key per process.
     session_keys: tuple[str, ...] = ()
     session_max_age: Seconds = 86400.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_body_bytes" in data:
+            if "max_message_bytes" in data:
+                raise ValueError("give 'max_message_bytes' only ('max_body_bytes' is its older name)")
+            data = {**data, "max_message_bytes": data["max_body_bytes"]}
+            del data["max_body_bytes"]
+        return data
 
 
 class Registry(_Model):
