@@ -579,8 +579,11 @@ class RelayUpstream:
         *,
         limit: int,
         what: str = "processes",
+        counts_exits: bool = True,
     ) -> None:
         self.server = server
+        # Bridged HTTP connections end through transport or protocol errors, not crashes: never counted.
+        self._counts_exits = counts_exits
         self._new_backend = new_backend
         self._tg = task_group
         self._sessions = sessions
@@ -619,6 +622,8 @@ class RelayUpstream:
         """Count exits the gateway did not ask for within CRASH_WINDOW of the start; CRASH_LIMIT of them in
         a row start a crash loop: new sessions get 503 at once for a backoff that doubles (CRASH_BACKOFF up
         to CRASH_BACKOFF_MAX) instead of each waiting for a process that will die."""
+        if not self._counts_exits:
+            return
         if not process.stopping:
             self.crashed_total += 1
         if process.stopping or lifetime >= CRASH_WINDOW:
