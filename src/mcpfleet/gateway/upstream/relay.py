@@ -51,6 +51,7 @@ from mcpfleet.gateway.protocol import (
     sse_event,
 )
 from mcpfleet.gateway.session import SessionTable
+from mcpfleet.gateway.upstream.admission import FULL, Admission, default_max_starting
 from mcpfleet.gateway.upstream.backend import Backend
 from mcpfleet.registry.model import HttpServer, StdioServer
 
@@ -73,6 +74,8 @@ SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another 
 SERIALS = itertools.count(1)  # shared processes, numbered across the gateway process (reloads included)
 WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
 STATE_GRACE = 120.0  # seconds a process due to stop still waits for retries of the input it asked for
+START_GUESS = 1.0  # seconds a start-up takes, until one is measured
+MODERN, SHARED = "modern", "shared"  # the two lists of shared processes: 2026-07-28 traffic, pool mode `shared`
 
 
 class Journal:
@@ -214,6 +217,8 @@ class _Link:
         self.started = False
         self.stopping = False
         self._stop = anyio.CancelScope()
+        # Called once, at the first message the backend writes: its start-up is over (admission.py).
+        self.on_first_message: Callable[[], None] | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -227,6 +232,9 @@ class _Link:
                 ):
                     while True:
                         line = await self.backend.receive()
+                        if self.on_first_message is not None:
+                            self.on_first_message()
+                            self.on_first_message = None
                         message = parse_message(line)
                         if message is None:
                             log.warning("server %r sent something that is not JSON-RPC; skipped", self.server.id)
@@ -563,6 +571,14 @@ class SharedSession:
         self.owner.session_ended(self)
 
 
+class _PendingStart:
+    """A process start under way into one list of shared processes, which several callers may wait for."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: GatewayError | None = None
+
+
 class RelayUpstream:
     """The relayed connections of one server: stdio processes, or bridged HTTP connections.
 
@@ -589,18 +605,16 @@ class RelayUpstream:
         self._sessions = sessions
         self._limit = limit
         self._what = what
-        self._limiter = anyio.CapacityLimiter(limit)
-        # Starts into each list of shared processes are serialized (a burst starts one process, not one per
-        # request); the two lists have a lock each, so neither waits behind the other's start.
-        self._modern_lock = anyio.Lock()
-        self._pool_lock = anyio.Lock()
+        self.admission = Admission(limit, default_max_starting() if what == "processes" else limit)
+        self.start_seconds = START_GUESS  # a start-up's length, measured (moving average): paces warm starts
+        # Starts into each list of shared processes: at most one under way per list, which every caller that
+        # needs a process of that list and finds none joins (a burst starts one process, not one each).
+        self._pending: dict[str, _PendingStart] = {}
         self._modern: list[SharedProcess] = []  # 2026-07-28 traffic
-        self._growing = False
         self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[_Link] = set()
         self.started_total = 0
         self.crashed_total = 0  # exits the gateway did not ask for
-        self.waiting = 0  # acquirers waiting for a slot (`pool.max` reached)
         self.retired = False
         # Warm processes: started, not yet leased (no initialize seen). Only for stdio servers (`warm` > 0).
         self._warm: list[StdioSession] = []
@@ -610,6 +624,11 @@ class RelayUpstream:
         self.quick_exits = 0
         self.crash_loop_until = 0.0
         self.last_exit = ""
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a process (a slot or a start-up turn), now."""
+        return self.admission.waiting
 
     async def aclose(self) -> None:
         self._warm_target = 0
@@ -679,18 +698,21 @@ class RelayUpstream:
             self._tg.start_soon(self._refill)
 
     async def _refill(self) -> None:
+        """Start warm processes one at a time, only while no session waits and a start is free: they never
+        take a slot or a start-up a session could use. A warm process writes nothing until it is leased, so
+        its start-up is taken to last the measured `start_seconds` (then the next may start)."""
         try:
             while not self.retired and self._short_of_warm():
-                if self._limiter.available_tokens < 1:
-                    return  # never take a slot a session could use; the next lease tries again
                 shared = self.server.pool.mode == "shared"
                 process: _Link = (
                     SharedProcess(self.server, self._new_backend(), next(SERIALS))
                     if shared
                     else StdioSession(self.server, self._new_backend(), self)
                 )
+                if self.admission.waiting or not self.admission.try_admit(process):
+                    return  # the next lease or maintenance pass tries again
                 try:
-                    await self._start(process)
+                    await self._launch(process, measured=False)
                 except GatewayError as exc:
                     log.warning("server %r: could not start a warm process: %s", self.server.id, exc.message)
                     return
@@ -702,6 +724,9 @@ class RelayUpstream:
                 else:
                     assert isinstance(process, StdioSession)
                     self._warm.append(process)
+                with anyio.move_on_after(min(self.start_seconds, self.server.timeouts.startup)):
+                    await process.closed.wait()
+                self.admission.started(process)
         finally:
             self._refilling = False
 
@@ -761,7 +786,12 @@ class RelayUpstream:
                 for victim in victims:
                     tg.start_soon(victim.aclose)
 
-    async def _start(self, process: _Link) -> None:
+    def deadline(self) -> float:
+        """Until when a caller arriving now may wait for a process (`pool.acquire_timeout`)."""
+        return time.monotonic() + self.server.pool.acquire_timeout
+
+    async def _start(self, process: _Link, deadline: float) -> None:
+        """Start `process` once it has a slot and a start-up turn (admission.py), or raise 503 by `deadline`."""
         if (wait := self.crash_loop_until - time.monotonic()) > 0:
             raise GatewayError(
                 503,
@@ -770,47 +800,100 @@ class RelayUpstream:
                 f" last: {self.last_exit}); new sessions fail fast for {wait:.0f} more s",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
-        if self._limiter.available_tokens < 1:
-            await self._reclaim_idle_session()
-        self.waiting += 1
-        try:
-            with anyio.move_on_after(self.server.pool.acquire_timeout) as waited:
-                await self._limiter.acquire_on_behalf_of(process)
-        finally:
-            self.waiting -= 1
-        if waited.cancelled_caught:
-            raise GatewayError(
-                503,
-                -32016,
-                f"server {self.server.id!r}: all {self._limit} {self._what} are busy"
-                + (" (setting: pool.max)" if self._what == "processes" else ""),
-                headers={"Retry-After": "1"},
-            )
+        if not self.admission.free:
+            await self._reclaim_idle()
+        await self.admission.admit(process, deadline, self._refusal)
+        await self._launch(process)
+
+    async def _launch(self, process: _Link, *, measured: bool = True) -> None:
+        """Run an admitted process under supervision; return once it is spawned (its start-up goes on until
+        its first message). `measured`: the first message answers a request sent at once, so the time to it
+        is a start-up's length (not so for a warm process, which waits to be leased)."""
+        launched = time.monotonic()
+
+        def started() -> None:
+            self.admission.started(process)
+            if measured and self._what == "processes":
+                self.start_seconds += (time.monotonic() - launched - self.start_seconds) * 0.3
+
+        process.on_first_message = started
         try:
             await self._tg.start(self._supervise, process)  # _supervise gives the slot back, whatever happens
         except ServerStartError as exc:
             raise GatewayError.start_failed(exc) from None
 
-    async def _reclaim_idle_session(self) -> None:
-        """At the process cap, end the least recently used session that has nothing in flight.
+    def _refusal(self, what: str) -> GatewayError:
+        """The 503 for a caller whose `pool.acquire_timeout` passed: what was really full, and the setting."""
+        waited = self.server.pool.acquire_timeout
+        if self._what != "processes":
+            detail = f"all {self._limit} {self._what} are in use"
+        elif what == "start":
+            detail = (
+                f"{self.admission.starting} process start-ups were under way and {self.admission.waiting - 1} other"
+                " requests waiting (setting: pool.acquire_timeout)"
+            )
+        else:
+            sessions = sum(1 for p in self.live if isinstance(p, StdioSession) and p not in self._warm)
+            in_flight = sum(len(p.ids) for p in self._modern)
+            detail = (
+                f"all {self._limit} processes are in use: {sessions} by sessions,"
+                f" {len(self._pool)} by shared sessions, {len(self._modern)} by 2026-07-28 requests"
+                f" ({in_flight} in flight), {len(self._warm)} warm, none of them idle"
+                " (settings: pool.max, pool.acquire_timeout)"
+            )
+        return GatewayError(
+            503,
+            FULL,
+            f"server {self.server.id!r}: no process within {waited:g} s; {detail}",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _reclaim_idle(self) -> None:
+        """At the process cap, free one process that has nothing in flight.
 
         Many clients never send DELETE; without this, their abandoned sessions would hold every process
-        until they expire and new clients would wait. The evicted client gets 404 and initializes again.
+        until they expire and new clients would wait. In order: a warm process; a shared process with no
+        session and nothing in flight; the least recently used idle session (its client gets 404 and
+        initializes again); a shared-mode process whose sessions have nothing in flight, its sessions moved
+        to another initialized process of the pool (the server is declared stateless), else ended.
         """
-        idle = [p for p in self.live if p.idle and not p.stopping]
-        if not idle:
-            return
-        # A warm process is the cheapest to give up; then the least recently used idle session.
-        victim = self._warm.pop() if self._warm else min(idle, key=lambda session: session.last_used)
-        log.info(
-            "server %r: at %d %s, ending the least recently used idle session",
-            self.server.id,
-            self._limit,
-            self._what,
-        )
+        victim: _Link | None = None
+        if self._warm:
+            victim = self._warm.pop()
+        else:
+            idle = [p for p in self.live if p.idle and not p.stopping and p.started]
+            if idle:
+                victim = min(idle, key=lambda process: process.last_used)
+        if victim is None:
+            quiet = [p for p in self._pool if not p.stopping and not p.ids and p.assigned == len(p.sessions)]
+            quiet = [p for p in quiet if all(s.in_flight == 0 for s in p.sessions)]
+            if not quiet:
+                return
+            victim = min(quiet, key=lambda process: (len(process.sessions), process.last_used))
+            self._pool.remove(victim)
+            self._move_sessions(victim)
+        log.info("server %r: at %d %s, freeing an idle one", self.server.id, self._limit, self._what)
+        victim.stopping = True
         if isinstance(victim, StdioSession):
             self._sessions.drop_session(victim)
         await victim.aclose()
+
+    def _move_sessions(self, process: SharedProcess) -> None:
+        """Give the sessions of `process` (nothing in flight) to the other initialized processes of the pool."""
+        others = [p for p in self._pool if p is not process and p.init_result is not None and not p.stopping]
+        for session in list(process.sessions):
+            process.sessions.discard(session)
+            process.assigned -= 1
+            if not others:
+                session.closed = True  # its client gets 404 and initializes again
+                self._sessions.drop_session(session)
+                if session.standing is not None:
+                    session.standing.close()
+                continue
+            target = min(others, key=lambda p: p.assigned)
+            target.assigned += 1
+            target.sessions.add(session)
+            session.process = target
 
     async def _supervise(self, process: _Link, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self.live.add(process)
@@ -825,17 +908,22 @@ class RelayUpstream:
         finally:
             self._note_exit(process, time.monotonic() - born)
             self.live.discard(process)
-            self._limiter.release_on_behalf_of(process)
+            self.admission.release(process)
             if isinstance(process, StdioSession):
                 self._sessions.drop_session(process)
 
     # --- session mode -------------------------------------------------------------------------------------
 
     async def initialize(self, exchange: Exchange, message: Message) -> None:
+        deadline = self.deadline()
         session = self._take_warm() or StdioSession(self.server, self._new_backend(), self)
         session.initializing = True  # not idle, so a concurrent reclaim cannot take it half-way
         if not session.started:
-            await self._start(session)
+            try:
+                await self._start(session, deadline)
+            except BaseException:
+                session.initializing = False
+                raise
         keep = False
         try:
             box = await session.post([message])
@@ -975,7 +1063,7 @@ class RelayUpstream:
     async def open_bridge(self) -> tuple[StdioSession, Outbox]:
         """A session for a message-stream client: one connection, every message on one outbox."""
         session = StdioSession(self.server, self._new_backend(), self)
-        await self._start(session)
+        await self._start(session, self.deadline())
         box = session.open_standing()
         assert box is not None
         return session, box
@@ -988,7 +1076,7 @@ class RelayUpstream:
         if batch or len(messages) != 1:
             raise GatewayError.invalid_request("2026-07-28 requests are single JSON-RPC messages, not batches")
         message = messages[0]
-        shared = await self._modern_process(record)
+        shared = await self._modern_process(record, self.deadline())
         if not message.is_request:
             # A client's `notifications/cancelled` names its own request id, which on a shared process may be
             # another client's; at 2026-07-28 the cancellation is the client closing its stream, passed on below.
@@ -1020,55 +1108,81 @@ class RelayUpstream:
             with contextlib.suppress(GatewayError):
                 await shared.send(shared.ids.cancel(upstream_id, "the client disconnected"))
 
-    async def _modern_process(self, record: dict[str, Any] | None) -> SharedProcess:
+    async def _modern_process(self, record: dict[str, Any] | None, deadline: float) -> SharedProcess:
         """The process for a 2026-07-28 request: the one that issued its `requestState` if it still runs;
         else the least busy one not due for recycling. Another process starts in the background when every
-        one has SPREAD_AT requests in flight (up to `pool.max`) or is worn; the first starts on the request."""
-        now = time.monotonic()
-        self._modern[:] = [p for p in self._modern if not p.closed.is_set()]  # in place: the lists keep their identity
-        live = [p for p in self._modern if not p.stopping]
-        if record is not None and record.get("s") == self.server.id and record.get("g") == self._sessions.instance:
-            issuer = next((p for p in live if p.serial == record.get("p")), None)
-            if issuer is not None:
-                return issuer  # only it can open the state (unless the server shares its key)
-        fresh = [p for p in live if not self.worn(p, now)]
-        if not live:
-            async with self._modern_lock:  # one first process, not one per concurrent request
-                current = [p for p in self._modern if not p.closed.is_set() and not p.stopping]
-                if current:
-                    return current[-1]  # another request started it while this one waited
-                process = await self._spawn_shared()
-                self._modern.append(process)
-                return process
-        best = min(fresh or live, key=lambda p: len(p.ids))
-        busy = len(best.ids) >= SPREAD_AT and len(live) < self.server.pool.max
-        if (busy or not fresh) and not self._growing and self._limiter.available_tokens >= 1 and not self.retired:
-            self._growing = True
-            log.info(
-                "server %r: another process for 2026-07-28 traffic (%d running, %d in flight on the least busy)",
-                self.server.id,
-                len(live),
-                len(best.ids),
-            )
-            self._tg.start_soon(self._grow_modern)
-        return best
+        one has SPREAD_AT requests in flight (up to `pool.max`) or is worn; the first starts on the request,
+        and every request that arrives meanwhile waits for that same start (each until its own deadline)."""
+        while True:
+            now = time.monotonic()
+            self._modern[:] = [p for p in self._modern if not p.closed.is_set()]  # in place: lists keep identity
+            live = [p for p in self._modern if not p.stopping]
+            if record is not None and record.get("s") == self.server.id and record.get("g") == self._sessions.instance:
+                issuer = next((p for p in live if p.serial == record.get("p")), None)
+                if issuer is not None:
+                    return issuer  # only it can open the state (unless the server shares its key)
+            if not live:
+                await self._join_start(MODERN, deadline)
+                continue
+            fresh = [p for p in live if not self.worn(p, now)]
+            best = min(fresh or live, key=lambda p: len(p.ids))
+            busy = len(best.ids) >= SPREAD_AT and len(live) < self.server.pool.max
+            if (busy or not fresh) and MODERN not in self._pending and self.admission.free and not self.retired:
+                log.info(
+                    "server %r: another process for 2026-07-28 traffic (%d running, %d in flight on the least busy)",
+                    self.server.id,
+                    len(live),
+                    len(best.ids),
+                )
+                self._begin_start(MODERN, self.deadline())
+            return best
 
-    async def _grow_modern(self) -> None:
+    def _begin_start(self, which: str, deadline: float) -> _PendingStart:
+        """Start a process into list `which` (MODERN or SHARED) in the background, unless one is under way."""
+        pending = self._pending.get(which)
+        if pending is None:
+            pending = self._pending[which] = _PendingStart()
+            self._tg.start_soon(self._start_into, which, pending, deadline)
+        return pending
+
+    async def _join_start(self, which: str, deadline: float) -> None:
+        """Wait for the start under way into list `which` (begun if none is), until `deadline`; a start that
+        failed because its own caller's deadline passed is begun again for a caller whose deadline has not.
+        Raises the start's error, or this caller's 503."""
+        while True:
+            pending = self._begin_start(which, deadline)
+            with anyio.move_on_after(deadline - time.monotonic()):
+                await pending.done.wait()
+            if not pending.done.is_set():
+                raise self._refusal("start")
+            error = pending.error
+            if error is None:
+                return
+            if error.code != FULL or time.monotonic() >= deadline:
+                raise error
+
+    async def _start_into(self, which: str, pending: _PendingStart, deadline: float) -> None:
         try:
-            process = await self._spawn_shared()
+            process = SharedProcess(self.server, self._new_backend(), next(SERIALS))
+            await self._start(process, deadline)
             if self.retired:  # retired while it started: nobody would stop it
                 await process.aclose()
-                return
-            self._modern.append(process)  # not `self._modern.append(await ...)`: that binds the list before the wait
+                raise GatewayError.unreachable(self.server.id, "the server was removed or changed by a reload")
+            # Filed after the wait, into the list as it is now (never bind the list before an await).
+            (self._modern if which == MODERN else self._pool).append(process)
         except GatewayError as exc:
-            log.warning("server %r: could not start another process: %s", self.server.id, exc.message)
+            pending.error = exc
+            if which == MODERN:
+                log.warning("server %r: could not start a process: %s", self.server.id, exc.message)
         finally:
-            self._growing = False
+            if self._pending.get(which) is pending:
+                del self._pending[which]
+            pending.done.set()
 
     # --- pool mode `shared` (servers declared stateless) ----------------------------------------------------
 
     async def initialize_shared(self, exchange: Exchange, message: Message) -> None:
-        process = await self._pick_shared()
+        process = await self._pick_shared(self.deadline())
         try:
             result = await process.ensure_initialized(message, self.server.timeouts.startup)
         except BaseException:
@@ -1083,33 +1197,26 @@ class RelayUpstream:
         box.close()
         await _answer(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=False)
 
-    async def _pick_shared(self) -> SharedProcess:
-        """A new process while fewer than `pool.max` are in service and a slot is free, then the one with the
-        fewest sessions (counted from the pick, so concurrent initializations spread too). Processes due for
-        recycling get new sessions only when no other can take them. Starts are serialized (the lock), so a
-        burst of sessions starts no more processes than it needs."""
-        async with self._pool_lock:
+    async def _pick_shared(self, deadline: float) -> SharedProcess:
+        """A process with no session if there is one; else a new process while fewer than `pool.max` are in
+        service and a slot is free (one start at a time, which concurrent callers wait for together); else the
+        process with the fewest sessions (counted from the pick, so concurrent initializations spread too).
+        Processes due for recycling get new sessions only when no other can take them."""
+        while True:
             now = time.monotonic()
             self._pool[:] = [p for p in self._pool if not p.closed.is_set() and not p.stopping]
             fresh = [p for p in self._pool if not self.worn(p, now)]
             spare = next((p for p in fresh if p.assigned == 0), None)  # a warm one, or one all sessions left
             if spare is not None:
                 process = spare
-            elif not self._pool or (len(fresh) < self.server.pool.max and self._limiter.available_tokens >= 1):
-                process = await self._spawn_shared()
-                self._pool.append(process)
+            elif not self._pool or (len(fresh) < self.server.pool.max and self.admission.free):
+                await self._join_start(SHARED, deadline)
+                continue
             else:
                 process = min(fresh or self._pool, key=lambda p: p.assigned)
             process.assigned += 1
             process.served += 1
             return process
-
-    async def _spawn_shared(self) -> SharedProcess:
-        """Start a process for shared use; the caller files it (after the await: the lists are replaced
-        while it waits)."""
-        process = SharedProcess(self.server, self._new_backend(), next(SERIALS))
-        await self._start(process)
-        return process
 
     async def in_shared_session(self, exchange: Exchange, token: str, session: SharedSession) -> None:
         if await self._delete_or_stream(exchange, token, session):
