@@ -124,7 +124,8 @@ gateway: {port: 99999}
     assert "reg.yaml: servers.nocmd.command: missing required field" in joined
     assert "reg.yaml: servers.badurl.endpoint: malformed URL 'ftp://x'" in joined
     assert "reg.yaml: servers.Bad_Id: server id 'Bad_Id' is not URL-safe" in joined
-    assert "reg.yaml: servers.noenv.command[1]: environment variable NOPE is not set" in joined
+    # An unset variable alone would only fail its entry; in an invalid registry it is listed with the rest.
+    assert "reg.yaml: servers.noenv.command[1]: ${NOPE} is not set (set it in the environment" in joined
     assert "reg.yaml: gateway.port:" in joined
 
 
@@ -144,7 +145,7 @@ gateway: {port: 99999}
         ("servers:\n  a: {endpoint: 'http://'}\n", "it has no host"),
         ("servers:\n  a: {endpoint: 'http://h:99999'}\n", "malformed URL"),
         ("servers:\n  a: {endpoints: ['http://a/x', 'http://b/y']}\n", "different paths"),
-        ("servers:\n  a: {endpoint: 'http://h', path: mcp}\n", "'path' must start with '/'"),
+        ("servers:\n  a: {endpoint: 'http://h', path: mcp}\n", "servers.a.path: 'mcp' must start with '/'"),
         ("servers:\n  a: {command: [x], pool: {min: 3, max: 2}}\n", "pool.min (3) is greater than pool.max (2)"),
         (
             "servers:\n  a: {command: [x], timeouts: {connect: 0}}\n",
@@ -257,7 +258,7 @@ def test_transport_type_is_only_read_in_mcpservers_files() -> None:
 
 def test_container_paths_and_ports_are_checked() -> None:
     assert any(
-        "'path' must start with '/'" in p
+        "servers.a.path: 'x' must start with '/'" in p
         for p in problems("servers:\n  a: {type: docker, image: i, port: 1, path: x}\n")
     )
     assert any(
@@ -271,3 +272,274 @@ def test_ipv6_url_passwords_keep_their_brackets() -> None:
 
     assert mask_url("http://u:pw@[::1]:8080/x") == "http://u:***@[::1]:8080/x"
     assert mask_url("http://[::1]:8080") == "http://[::1]:8080"
+
+
+# --- client files ---------------------------------------------------------------------------------------
+
+
+def test_windsurf_server_url_is_an_endpoint_and_errors_name_it() -> None:
+    reg = parse_registry(
+        '{"mcpServers": {"w": {"serverUrl": "https://h.example.com/api/mcp", "headers": {"X-Key": "${TOKEN}"}}}}',
+        "mcp_config.json",
+        environ=ENV,
+    )
+    w = reg.servers["w"]
+    assert isinstance(w, HttpServer) and w.mcp_url(w.endpoints[0]) == "https://h.example.com/api/mcp"
+    assert w.headers == {"X-Key": "tok-123"}
+    assert problems('{"mcpServers": {"w": {"serverUrl": "ftp://h"}}}', "c.json") == [
+        "c.json: mcpServers.w.serverUrl: malformed URL 'ftp://h': the scheme must be http or https"
+    ]
+    assert any(
+        "give one of 'endpoint', 'url' or 'endpoints', not 'url' and 'serverUrl'" in p
+        for p in problems('{"mcpServers": {"w": {"url": "http://a", "serverUrl": "http://b"}}}', "c.json")
+    )
+
+
+def test_claude_code_and_cline_types_and_env_prefix() -> None:
+    reg = parse_registry(
+        """{"mcpServers": {
+        "a": {"type": "stdio", "command": "x", "args": ["${env:TOKEN}"], "env": {}},
+        "b": {"type": "http", "url": "https://h/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}},
+        "c": {"type": "sse", "url": "http://h:1/events"},
+        "d": {"type": "streamableHttp", "url": "http://h:2/mcp", "disabled": false, "autoApprove": []}}}""",
+        ".mcp.json",
+        environ=ENV,
+    )
+    a, b, c, d = (reg.servers[k] for k in "abcd")
+    assert isinstance(a, StdioServer) and a.command == ("x", "tok-123")
+    assert isinstance(b, HttpServer) and b.transport == "auto" and b.headers == {"Authorization": "Bearer tok-123"}
+    assert isinstance(c, HttpServer) and c.transport == "sse"
+    assert isinstance(d, HttpServer) and d.transport == "streamable-http"
+
+
+def test_vscode_inputs_are_ignored_and_an_entry_that_uses_one_fails_alone() -> None:
+    reg = parse_registry(
+        """{"inputs": [{"type": "promptString", "id": "key", "password": true}],
+        "servers": {"a": {"type": "stdio", "command": "x", "env": {"K": "${input:key}"}},
+                    "b": {"type": "http", "url": "http://h/mcp"}}}""",
+        ".vscode/mcp.json",
+        environ={},
+    )
+    assert list(reg.servers) == ["b"]
+    assert reg.failed == {
+        "a": ".vscode/mcp.json: servers.a.env.K: ${input:key} is a VS Code input, which mcpfleet cannot prompt for"
+        " (write ${NAME} instead and set NAME in the environment)"
+    }
+    assert reg.warnings == (
+        ".vscode/mcp.json: inputs: ignored: VS Code prompts for these values, mcpfleet reads ${NAME} from its"
+        " environment instead",
+    )
+    # `inputs` belongs to VS Code's layout only.
+    assert any("inputs: unknown top-level field" in p for p in problems('{"mcpServers": {}, "inputs": []}'))
+
+
+@pytest.mark.parametrize("form", ['{"servers": {"a": %s}}', '{"mcpServers": {"a": %s}}', '{"a": %s}'])
+def test_env_file_is_refused_with_what_to_do_instead(form: str) -> None:
+    found = problems(form % '{"command": "x", "envFile": "${workspaceFolder}/.env"}', "mcp.json")
+    assert len(found) == 1 and "a.envFile: not read: mcpfleet loads no env files" in found[0]
+    assert "copy the variables into 'env'" in found[0]
+
+
+def test_disabled_entries_are_left_out_with_a_note_and_not_checked() -> None:
+    reg = parse_registry(
+        '{"mcpServers": {"a": {"command": "x"}, "off": {"command": "${UNSET}", "bogus": 1, "disabled": true}}}',
+        "cline.json",
+        environ={},
+    )
+    assert list(reg.servers) == ["a"] and reg.failed == {}
+    assert reg.warnings == ("cline.json: mcpServers.off: left out: disabled is true",)
+
+
+def test_cline_transport_type_errors_are_located_at_transport_type() -> None:
+    assert problems('{"mcpServers": {"a": {"transportType": "ssee", "url": "http://h"}}}', "c.json") == [
+        "c.json: mcpServers.a.transportType: unknown type 'ssee' (did you mean 'sse'?)"
+    ]
+
+
+# --- unknown keys: every level, with a suggestion --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("servers:\n  a: {comand: [x]}\n", "servers.a.comand: unknown field (did you mean 'command'?)"),
+        ("servers:\n  a: {cmnd: [x]}\n", "servers.a.cmnd: unknown field (did you mean 'cmd'?)"),
+        (
+            "servers:\n  a: {endpionts: ['http://h']}\n",
+            "servers.a.endpionts: unknown field (did you mean 'endpoints'?)",
+        ),
+        ("servers:\n  a: {ulr: 'http://h'}\n", "servers.a.ulr: unknown field (did you mean 'url'?)"),
+        (
+            '{"mcpServers": {"a": {"serverURL": "http://h"}}}',
+            "mcpServers.a.serverURL: unknown field (did you mean 'serverUrl'?)",
+        ),
+        ("servers:\n  a: {comand: [x], type: stdio}\n", "servers.a.comand: unknown field (did you mean 'command'?)"),
+        ("servers:\n  a: {command: [x], arg: [y]}\n", "servers.a.arg: unknown field (did you mean 'args'?)"),
+        (
+            "servers:\n  a: {command: [x], pool: {max_sessions: 2}}\n",
+            "servers.a.pool.max_sessions: unknown field (did you mean 'max_sessions_per_process'?)",
+        ),
+        (
+            "servers:\n  a: {command: [x], timeouts: {conect: 2}}\n",
+            "servers.a.timeouts.conect: unknown field (did you mean 'connect'?)",
+        ),
+        (
+            "servers:\n  a: {url: 'http://h', health: {activ: true}}\n",
+            "servers.a.health.activ: unknown field (did you mean 'active'?)",
+        ),
+        (
+            "servers:\n  a: {url: 'http://h', balancer: {stratgy: p2c}}\n",
+            "servers.a.balancer.stratgy: unknown field (did you mean 'strategy'?)",
+        ),
+        (
+            "servers:\n  a: {endpoints: [{ulr: 'http://h'}]}\n",
+            "servers.a.endpoints[0].ulr: unknown field (did you mean 'url'?)",
+        ),
+        (
+            "servers:\n  a: {type: docker, image: i, port: 1, resources: {memroy: 1Gi}}\n",
+            "servers.a.resources.memroy: unknown field (did you mean 'memory'?)",
+        ),
+        ("servers:\n  a: {type: k8s, imag: i}\n", "servers.a.imag: unknown field (did you mean 'image'?)"),
+        (
+            "servers: {}\ngateway: {alowed_hosts: [x]}\n",
+            "gateway.alowed_hosts: unknown field (did you mean 'allowed_hosts'?)",
+        ),
+        ("gateway: {hots: x}\nservers: {}\n", "gateway.hots: unknown field (did you mean 'host'?)"),
+        ("server:\n  a: {command: [x]}\n", "server: unknown top-level field (did you mean 'servers'?)"),
+        ("servers: {}\nserver: {}\n", "server: unknown top-level field (did you mean 'servers'?)"),
+        ("mcp_servers:\n  a: {command: [x]}\n", "mcp_servers: unknown top-level field (did you mean 'mcpServers'?)"),
+        ("gatway: {port: 1}\nservers: {}\n", "gatway: unknown top-level field (did you mean 'gateway'?)"),
+        ("gatway: {port: 1}\na: {command: [x]}\n", "gatway: unknown top-level field (did you mean 'gateway'?)"),
+        (
+            "servers:\n  a: {type: stido, command: [x]}\n",
+            "servers.a.type: unknown type 'stido' (did you mean 'stdio'?)",
+        ),
+    ],
+)
+def test_every_unknown_key_gets_the_closest_accepted_one(text: str, expected: str) -> None:
+    source = "r.json" if text.startswith("{") else "r.yaml"
+    assert problems(text, source) == [f"{source}: {expected}"]
+
+
+def test_an_unknown_key_is_reported_before_what_it_causes() -> None:
+    # A suggestion that would decide the type: the typo is the only problem.
+    assert problems("servers:\n  a: {comand: [x], description: d}\n") == [
+        "reg.yaml: servers.a.comand: unknown field (did you mean 'command'?)"
+    ]
+    # One that would not: the typo first, then the missing type.
+    assert problems("servers:\n  a: {descripton: d}\n") == [
+        "reg.yaml: servers.a.descripton: unknown field (did you mean 'description'?)",
+        "reg.yaml: servers.a: cannot tell how to reach this server: give 'endpoint' (http), 'command' (stdio),"
+        " or a 'type'",
+    ]
+    # Within a known type, the unknown key comes first and other missing fields are still reported.
+    assert problems("servers:\n  a: {type: docker, port: 0, imgae: i}\n") == [
+        "reg.yaml: servers.a.imgae: unknown field (did you mean 'image'?)",
+        "reg.yaml: servers.a.port: Input should be greater than or equal to 1",
+    ]
+
+
+def test_nothing_close_means_no_suggestion() -> None:
+    assert problems("servers:\n  a: {command: [x], colour: red}\n") == ["reg.yaml: servers.a.colour: unknown field"]
+    assert problems("servers:\n  a: {command: [x], pool: {zzz: 1}}\n") == [
+        "reg.yaml: servers.a.pool.zzz: unknown field"
+    ]
+    assert problems("servers: {}\nzzz: 1\n") == ["reg.yaml: zzz: unknown top-level field (allowed: servers, gateway)"]
+
+
+# --- unset variables fail their entry only ------------------------------------------------------------------
+
+README_EXAMPLE = """\
+servers:
+  time:
+    command: [mcp-server-time]              # stdio: spawned on demand
+  search:
+    endpoints: [http://10.0.0.11:8080, http://10.0.0.12:8080]   # http: /mcp on each replica
+    headers: {Authorization: "Bearer ${SEARCH_TOKEN}"}           # ${VAR} from the environment
+"""
+
+
+def test_readme_example_without_its_token_keeps_the_other_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "mcpfleet.yaml"
+    path.write_text(README_EXAMPLE)
+    monkeypatch.delenv("SEARCH_TOKEN", raising=False)
+    reg = load_registry(path)
+    assert set(reg.servers) == {"time"}
+    assert reg.failed == {
+        "search": f"{path}: servers.search.headers.Authorization: ${{SEARCH_TOKEN}} is not set"
+        " (set it in the environment, or write $${SEARCH_TOKEN} for a literal)"
+    }
+    shown = normalized(reg)
+    assert list(shown["servers"]) == ["time"] and shown["failed"] == dict(reg.failed)
+
+    monkeypatch.setenv("SEARCH_TOKEN", "abc")
+    reg = load_registry(path)
+    assert set(reg.servers) == {"time", "search"} and reg.failed == {}
+    assert "failed" not in normalized(reg)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "{endpoint: 'http://${HOST}:8080'}",
+        "{url: '${URL}'}",
+        "{endpoints: [{url: '${URL}', weight: 2}]}",
+        "{command: ['${BIN}', --flag]}",
+        "{cmd: ['${BIN}']}",
+        "{command: '${BIN}', args: [x]}",
+        "{url: 'http://h', path: '${MCP_PATH}'}",
+        "{type: docker, image: i, port: '${PORT}'}",
+        "{type: k8s, image: i, namespace: '${NS}', resources: {cpu: '${CPU}'}}",
+        "{command: [x], timeouts: {connect: '${CONNECT}'}}",
+    ],
+)
+def test_what_an_empty_value_causes_is_not_another_problem(entry: str) -> None:
+    reg = parse_registry(f"servers:\n  a: {entry}\n  ok: {{command: [x]}}\n", "r.yaml", environ={})
+    assert list(reg.servers) == ["ok"] and list(reg.failed) == ["a"]
+    assert "is not set (set it in the environment" in reg.failed["a"]
+
+
+def test_every_unset_variable_of_an_entry_is_on_its_one_line() -> None:
+    reg = parse_registry("servers:\n  a: {command: [x, '${A}'], env: {B: '${B}'}}\n", "r.yaml", environ={})
+    assert reg.failed["a"] == (
+        "r.yaml: servers.a.command[1]: ${A} is not set (set it in the environment, or write $${A} for a literal);"
+        " servers.a.env.B: ${B} is not set (set it in the environment, or write $${B} for a literal)"
+    )
+    assert "\n" not in reg.failed["a"]
+
+
+def test_defaults_and_disabled_entries_never_fail() -> None:
+    reg = parse_registry(
+        "servers:\n  a: {command: [x, '${A:-1}', '${E:-}']}\n  b: {command: ['${B}'], disabled: true}\n",
+        "r.yaml",
+        environ={"E": ""},
+    )
+    assert list(reg.servers) == ["a"] and reg.failed == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # another problem in the same entry
+        ("servers:\n  a: {command: [x], colour: red, env: {A: '${A}'}}\n", "servers.a.colour: unknown field"),
+        ("servers:\n  a: {cmd: [x], command: [y], env: {A: '${A}'}}\n", "give either 'cmd' or 'command'"),
+        ("servers:\n  a: {command: [x, '${A}', '${1X}']}\n", "malformed reference"),
+        # in the gateway settings: the gateway cannot leave itself out
+        ("gateway: {port: '${PORT}'}\nservers:\n  a: {command: [x]}\n", "gateway.port: ${PORT} is not set"),
+        # anywhere else in the registry
+        ("servers:\n  a: {command: [x], env: {A: '${A}'}}\n  b: {type: ftp}\n", "servers.b.type: unknown type"),
+    ],
+)
+def test_an_unset_variable_with_another_problem_is_a_registry_error(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(expected in p for p in found), found
+    assert any("is not set" in p for p in found), found
+
+
+def test_an_unset_variable_with_another_problem_drops_only_its_consequences() -> None:
+    assert problems("servers:\n  a: {endpoint: 'http://${H}', colour: red}\n") == [
+        "reg.yaml: servers.a.endpoint: ${H} is not set (set it in the environment, or write $${H} for a literal)",
+        "reg.yaml: servers.a.colour: unknown field",
+    ]

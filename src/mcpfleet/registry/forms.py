@@ -1,15 +1,18 @@
 """Recognise which registry form a parsed document is written in, and list its server entries. Pure.
 
-- native:     {"servers": {"<id>": {...}}, "gateway": {...}}   (also VS Code's mcp.json)
-- mcpServers: {"mcpServers": {"<id>": {...}}, "gateway": {...}} (Claude Desktop, Cursor, Windsurf)
+- native:     {"servers": {"<id>": {...}}, "gateway": {...}}   (also VS Code's .vscode/mcp.json, with `inputs`)
+- mcpServers: {"mcpServers": {"<id>": {...}}, "gateway": {...}} (Claude Desktop, Claude Code's .mcp.json,
+              Cursor, Windsurf, Cline)
 - flat:       {"<id>": {...}, "gateway": {...}}                 (the original requirements' form)
 
-`gateway` is reserved at the top level of every form.
+`gateway` is reserved at the top level of every form. docs/registry.md has the table of client files.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,11 +30,22 @@ TYPE_ALIASES: dict[str, tuple[str, str | None]] = {
     "k8s": ("kubernetes", None),
 }
 
+# Keys whose presence tells an entry's type when it has no `type`.
+HTTP_KEYS = ("endpoint", "endpoints", "url", "serverUrl")
+COMMAND_KEYS = ("command", "cmd")
+KIND_KEYS = frozenset({"type", *HTTP_KEYS, *COMMAND_KEYS})
 
 # Keys that Claude Desktop, Cursor, Cline or Windsurf write into `mcpServers` entries for their own use
 # (tool approval lists, client-side timeouts). They mean nothing to a gateway: accepted there, ignored,
 # and reported as warnings. Any other unknown key is an error, as in every form.
 CLIENT_ONLY_KEYS = frozenset({"autoApprove", "alwaysAllow", "disabledTools", "timeout"})
+
+# Top-level keys besides the servers mapping and `gateway`, by form: VS Code's prompts, ignored (a gateway
+# cannot prompt; an entry that uses `${input:...}` fails on its own).
+IGNORED_TOP_LEVEL: dict[str, str] = {
+    "inputs": "ignored: VS Code prompts for these values, mcpfleet reads ${NAME} from its environment instead",
+}
+_CONTAINERS = ("servers", "mcpServers", "gateway")
 
 
 @dataclass(frozen=True)
@@ -45,14 +59,17 @@ class RawEntry:
 
 @dataclass(frozen=True)
 class Document:
+    """The parts of a document. `problems` are errors and `notes` things ignored, both (path, message)."""
+
     form: Form
     gateway: Any
     entries: tuple[RawEntry, ...]
     problems: tuple[tuple[str, str], ...]
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 def read_document(doc: Any) -> Document:
-    """Split a parsed document into its gateway section and its entries; problems are (path, message)."""
+    """Split a parsed document into its gateway section and its entries."""
     if doc is None:
         return Document("native", None, (), (("", "the registry is empty: add a 'servers' mapping"),))
     if not isinstance(doc, dict):
@@ -63,15 +80,22 @@ def read_document(doc: Any) -> Document:
         return _nested(doc, "mcpServers")
     if "servers" in doc and (doc["servers"] is None or isinstance(doc["servers"], dict)):
         return _nested(doc, "servers")
-    entries = tuple(RawEntry(key, key, value) for key, value in doc.items() if key != "gateway")
-    return Document("flat", doc.get("gateway"), entries, ())
+    return _flat(doc)
 
 
 def _nested(doc: dict[str, Any], key: Literal["servers", "mcpServers"]) -> Document:
     problems: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
+    allowed = [key, "gateway"]
+    ignored = IGNORED_TOP_LEVEL if key == "servers" else {}
     for other in doc:
-        if other not in (key, "gateway"):
-            problems.append((other, f"unknown top-level field (allowed: {key}, gateway)"))
+        if other in allowed:
+            continue
+        if other in ignored:
+            notes.append((other, ignored[other]))
+            continue
+        hint = did_you_mean(other, [*allowed, *ignored])
+        problems.append((other, "unknown top-level field" + (hint or f" (allowed: {', '.join(allowed)})")))
     servers = doc[key]
     if servers is None:
         servers = {}
@@ -80,7 +104,39 @@ def _nested(doc: dict[str, Any], key: Literal["servers", "mcpServers"]) -> Docum
         servers = {}
     entries = tuple(RawEntry(sid, f"{key}.{sid}", body) for sid, body in servers.items())
     form: Form = "native" if key == "servers" else "mcpServers"
-    return Document(form, doc.get("gateway"), entries, tuple(problems))
+    return Document(form, doc.get("gateway"), entries, tuple(problems), tuple(notes))
+
+
+def _flat(doc: dict[str, Any]) -> Document:
+    """Every top-level key but `gateway` is an id, unless it is a misspelt `servers`, `mcpServers` or `gateway`.
+
+    A key close to one of those, whose value is a mapping with no key that makes an entry (`type`, `command`,
+    `endpoint`...), is that typo: `server: {time: {...}}` is reported as such, not as a server called `server`.
+    """
+    problems: list[tuple[str, str]] = []
+    entries: list[RawEntry] = []
+    for key, value in doc.items():
+        if key == "gateway":
+            continue
+        hint = did_you_mean(key, _CONTAINERS, cutoff=0.75) if isinstance(key, str) else ""
+        if hint and isinstance(value, dict) and not KIND_KEYS & value.keys():
+            problems.append((key, "unknown top-level field" + hint))
+            continue
+        entries.append(RawEntry(key, key, value))
+    return Document("flat", doc.get("gateway"), tuple(entries), tuple(problems))
+
+
+def closest(key: object, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The candidate closest to `key`, ignoring case (`comand` -> `command`); None when none is close."""
+    by_lower = {candidate.lower(): candidate for candidate in candidates}
+    close = difflib.get_close_matches(str(key).lower(), by_lower, n=1, cutoff=cutoff)
+    return by_lower[close[0]] if close else None
+
+
+def did_you_mean(key: object, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    """` (did you mean 'x'?)` for the closest candidate, "" when none is close."""
+    close = closest(key, candidates, cutoff)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def suggest_id(server_id: str) -> str:
@@ -94,12 +150,12 @@ def infer_type(body: dict[str, Any]) -> tuple[str | None, str | None]:
     declared = body.get("type")
     if declared is not None:
         if not isinstance(declared, str) or declared not in TYPE_ALIASES:
-            allowed = ", ".join(TYPE_ALIASES)
-            return None, f"unknown type {declared!r} (allowed: {allowed})"
+            hint = did_you_mean(declared, TYPE_ALIASES) if isinstance(declared, str) else ""
+            return None, f"unknown type {declared!r}" + (hint or f" (allowed: {', '.join(TYPE_ALIASES)})")
         return TYPE_ALIASES[declared][0], None
-    if any(key in body for key in ("endpoint", "endpoints", "url")):
+    if any(key in body for key in HTTP_KEYS):
         return "http", None
-    if any(key in body for key in ("command", "cmd")):
+    if any(key in body for key in COMMAND_KEYS):
         return "stdio", None
     return None, "cannot tell how to reach this server: give 'endpoint' (http), 'command' (stdio), or a 'type'"
 

@@ -2,11 +2,15 @@
 
 Parsing, form recognition, `${VAR}` expansion and validation are all pure functions of (text, environ);
 only `load_registry` touches the file system. Nothing here starts anything.
+
+An entry whose only trouble is a `${VAR}` with no value is left out into `Registry.failed` instead of
+failing the whole registry: one missing token must not stop the servers that do not use it. Validation
+errors that such a value causes (an empty URL, an empty command) are its consequences, not other problems.
+Anything else wrong, anywhere, is a `RegistryError` that lists every problem, unset variables included.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -14,19 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from mcpfleet.errors import Problem, RegistryError
-from mcpfleet.registry.expand import expand
 from mcpfleet.registry.forms import (
     CLIENT_ONLY_KEYS,
+    KIND_KEYS,
+    Form,
     RawEntry,
+    closest,
     implied_transport,
     infer_type,
     read_document,
     suggest_id,
 )
 from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, SERVER_TYPES, Gateway, Registry, Server
+from mcpfleet.registry.validation import ENTRY_KEYS, Checked, Located, check, spelling
+
+# Keys some clients write that mcpfleet refuses with a reason rather than as unknown.
+REFUSED_KEYS = {
+    "envFile": "not read: mcpfleet loads no env files (a server started without their variables would fail"
+    " later, far from here); copy the variables into 'env', or 'secret_env' for secrets",
+}
 
 
 def load_registry(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Registry:
@@ -41,84 +53,118 @@ def load_registry(path: str | os.PathLike[str], environ: Mapping[str, str] | Non
 
 
 def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Registry:
-    problems: list[Problem] = []
-
-    def report(location: str, message: str) -> None:
-        problems.append(Problem(source, location, message))
-
-    doc = _parse(text, source)
-    document = read_document(doc)
-    for location, message in document.problems:
-        report(location, message)
+    document = read_document(_parse(text, source))
+    located: list[Located] = list(document.problems)  # every problem, in file order
+    blocking = bool(located)
+    warnings = [f"{source}: {path}: {note}" for path, note in document.notes]
 
     gateway = Gateway()
     if document.gateway is not None:
-        raw_gateway = _expand_tree(document.gateway, "gateway", environ, report)
-        try:
-            gateway = Gateway.model_validate(raw_gateway)
-        except ValidationError as exc:
-            _report_validation(exc, "gateway", report)
+        checked = check(Gateway, document.gateway, "gateway", environ)
+        located += checked.unset + checked.problems
+        blocking = blocking or bool(checked.unset or checked.problems)
+        if isinstance(checked.value, Gateway):
+            gateway = checked.value
 
     servers: dict[str, Server] = {}
-    warnings: list[str] = []
+    failed: dict[str, str] = {}
     for raw in document.entries:
-        if not SERVER_ID.fullmatch(raw.server_id):
-            hint = suggest_id(raw.server_id)
-            report(
-                raw.path,
-                f"server id {raw.server_id!r} is not URL-safe: use at most 63 lowercase letters, digits,"
-                f" '.', '_' and '-', starting with a letter or digit (e.g. {hint!r})",
+        outcome = _entry(raw, document.form, environ)
+        warnings += [f"{source}: {path}: {note}" for path, note in outcome.notes]
+        located += outcome.unset + outcome.problems
+        if outcome.problems:
+            blocking = True
+        elif outcome.unset:
+            failed[raw.server_id] = f"{source}: " + "; ".join(f"{path}: {message}" for path, message in outcome.unset)
+        elif outcome.server is not None:
+            servers[raw.server_id] = outcome.server
+
+    if blocking:
+        raise RegistryError([Problem(source, path, message) for path, message in located])
+    return Registry(source=source, gateway=gateway, servers=servers, failed=failed, warnings=tuple(warnings))
+
+
+# --- one entry --------------------------------------------------------------------------------------------
+
+
+def _entry(raw: RawEntry, form: Form, environ: Mapping[str, str]) -> Checked:
+    if not SERVER_ID.fullmatch(raw.server_id):
+        hint = suggest_id(raw.server_id)
+        return Checked(
+            problems=[
+                (
+                    raw.path,
+                    f"server id {raw.server_id!r} is not URL-safe: use at most 63 lowercase letters, digits,"
+                    f" '.', '_' and '-', starting with a letter or digit (e.g. {hint!r})",
+                )
+            ]
+        )
+    if raw.server_id in RESERVED_IDS:
+        return Checked(
+            problems=[(raw.path, f"server id {raw.server_id!r} is reserved for the gateway's own endpoints")]
+        )
+    if not isinstance(raw.body, dict):
+        return Checked(problems=[(raw.path, "a server entry must be a mapping of fields")])
+    disabled = raw.body.get("disabled", False)
+    if not isinstance(disabled, bool):
+        return Checked(problems=[(raw.path + ".disabled", "must be true or false")])
+    if disabled:
+        return Checked(notes=[(raw.path, "left out: disabled is true")])
+
+    outcome = Checked()
+    body = {key: value for key, value in raw.body.items() if key != "disabled"}
+    type_key = "type"
+    if form == "mcpServers":
+        body, type_key = _client_file_entry(raw.path, body, outcome.notes)
+    if "id" in body:
+        outcome.problems.append((raw.path + ".id", "unknown field (the server id is the entry's key)"))
+        return outcome
+    for key in [key for key in body if key in REFUSED_KEYS]:
+        outcome.problems.append((f"{raw.path}.{key}", REFUSED_KEYS[key]))
+        del body[key]
+
+    kind, why = infer_type(body)
+    if kind is None:
+        # The type cannot be told; a misspelt key is the likely cause, so it is reported first.
+        fixes: set[str] = set()
+        for key in [key for key in body if key != "type" and key not in ENTRY_KEYS]:
+            close = closest(key, ENTRY_KEYS)
+            fixes.add(close or "")
+            outcome.problems.append(
+                (f"{raw.path}.{key}", "unknown field" + (f" (did you mean '{close}'?)" if close else ""))
             )
-            continue
-        if raw.server_id in RESERVED_IDS:
-            report(raw.path, f"server id {raw.server_id!r} is reserved for the gateway's own endpoints")
-            continue
-        if not isinstance(raw.body, dict):
-            report(raw.path, "a server entry must be a mapping of fields")
-            continue
-        if document.form == "mcpServers":
-            raw = _client_file_entry(raw, source, warnings)
-        disabled = raw.body.get("disabled", False)
-        if not isinstance(disabled, bool):
-            report(raw.path + ".disabled", "must be true or false")
-            continue
-        if disabled:
-            continue
-        kind, why = infer_type(raw.body)
-        if kind is None:
-            report(raw.path + (".type" if "type" in raw.body else ""), why or "unknown type")
-            continue
-        if "id" in raw.body:
-            report(raw.path + ".id", "unknown field (the server id is the entry's key)")
-            continue
-        kept = {k: v for k, v in raw.body.items() if k != "disabled"}
-        body = _expand_tree(kept, raw.path, environ, report)
-        body["type"] = kind
-        transport = implied_transport(raw.body)
-        if transport is not None and "transport" not in body:
-            body["transport"] = transport
-        try:
-            servers[raw.server_id] = SERVER_TYPES[kind].model_validate({**body, "id": raw.server_id})  # type: ignore[assignment]
-        except ValidationError as exc:
-            _report_validation(exc, raw.path, report, SERVER_TYPES[kind], _spelling(raw.body))
+        if "type" in body or not KIND_KEYS & fixes:
+            outcome.problems.append((f"{raw.path}.{type_key}" if "type" in body else raw.path, why or "unknown type"))
+        return outcome
 
-    if problems:
-        raise RegistryError(problems)
-    return Registry(source=source, gateway=gateway, servers=servers, warnings=tuple(warnings))
+    transport = implied_transport(body)
+    if transport is not None and "transport" not in body:
+        body["transport"] = transport
+    body["type"] = kind
+    checked = check(SERVER_TYPES[kind], {**body, "id": raw.server_id}, raw.path, environ, spelling(body))
+    checked.notes[:0] = outcome.notes
+    checked.problems[:0] = outcome.problems
+    return checked
 
 
-def _client_file_entry(raw: RawEntry, source: str, warnings: list[str]) -> RawEntry:
-    """An `mcpServers` entry without the keys only its client reads; Cline's `transportType` read as `type`."""
-    body = dict(raw.body)
+def _client_file_entry(path: str, body: dict[str, Any], notes: list[Located]) -> tuple[dict[str, Any], str]:
+    """An `mcpServers` entry without the keys only its client reads; Cline's `transportType` read as `type`.
+
+    Returns the body and the key the type was written under (for error locations).
+    """
     ignored = sorted(CLIENT_ONLY_KEYS & body.keys())
     if ignored:
-        warnings.append(f"{source}: {raw.path}: ignored client-only field(s): {', '.join(ignored)}")
-    if "transportType" in body:
-        declared = body.pop("transportType")
-        if "type" in body and body["type"] != declared:
-            warnings.append(f"{source}: {raw.path}: 'transportType' ignored: 'type' says {body['type']!r}")
-        body.setdefault("type", declared)
-    return RawEntry(raw.server_id, raw.path, {k: v for k, v in body.items() if k not in CLIENT_ONLY_KEYS})
+        notes.append((path, f"ignored client-only field(s): {', '.join(ignored)}"))
+    body = {key: value for key, value in body.items() if key not in CLIENT_ONLY_KEYS}
+    if "transportType" not in body:
+        return body, "type"
+    declared = body.pop("transportType")
+    if "type" in body:
+        if body["type"] != declared:
+            notes.append((path, f"'transportType' ignored: 'type' says {body['type']!r}"))
+        return body, "type"
+    body["type"] = declared
+    return body, "transportType"
 
 
 # --- parsing ---------------------------------------------------------------------------------------------
@@ -178,60 +224,3 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: builds plain data only
-
-
-# --- expansion and validation ----------------------------------------------------------------------------
-
-
-def _expand_tree(value: Any, path: str, environ: Mapping[str, str], report: Any) -> Any:
-    if isinstance(value, str):
-        result = expand(value, environ)
-        for message in result.problems:
-            report(path, message)
-        return result.text
-    if isinstance(value, dict):
-        return {key: _expand_tree(item, f"{path}.{key}", environ, report) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_expand_tree(item, f"{path}[{index}]", environ, report) for index, item in enumerate(value)]
-    return value
-
-
-_FRIENDLY = {
-    "extra_forbidden": "unknown field",
-    "missing": "missing required field",
-}
-
-
-def _spelling(body: dict[str, Any]) -> dict[str, str]:
-    """How the user spelled the fields the models rename, so errors name the field as written."""
-    renames = {}
-    if "cmd" in body:
-        renames["command"] = "cmd"
-    for single in ("endpoint", "url"):
-        if single in body:
-            renames["endpoints[0]"] = single
-    return renames
-
-
-def _report_validation(
-    exc: ValidationError,
-    prefix: str,
-    report: Any,
-    model: type[BaseModel] = Gateway,
-    renames: Mapping[str, str] | None = None,
-) -> None:
-    accepted = [*model.model_fields, "cmd", "args", "endpoint", "url"]
-    for error in exc.errors(include_url=False):
-        loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
-        location = ""
-        for part in loc:
-            location += f"[{part}]" if part.isdigit() else f".{part}"
-        location = location.lstrip(".")
-        for ours, theirs in (renames or {}).items():
-            if location == ours or location.startswith(ours + ".") or location.startswith(ours + "["):
-                location = theirs + location[len(ours) :]
-        message = _FRIENDLY.get(error["type"], error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden" and len(loc) == 1:
-            close = difflib.get_close_matches(loc[0], accepted, n=1)
-            message += f" (did you mean '{close[0]}'?)" if close else ""
-        report(f"{prefix}.{location}" if location else prefix, message)

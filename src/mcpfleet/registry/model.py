@@ -1,19 +1,20 @@
 """The registry's validated, immutable form.
 
 Every entry type is a frozen pydantic model with unknown fields forbidden. The models accept the field
-spellings of every registry form the loader recognises (`cmd` for `command`, `url` for `endpoint`,
-`command` + `args` as Claude Desktop writes them), so a located error always names the field the user
-actually wrote. Defaults are filled in here, so the normalized form is complete and explicit.
+spellings of every registry form the loader recognises (`cmd` for `command`, `url` and Windsurf's
+`serverUrl` for `endpoint`, `command` + `args` as the MCP clients write them), so a located error always
+names the field the user actually wrote. Checks of one field are field validators, so their errors are
+located at that field. Defaults are filled in here, so the normalized form is complete and explicit.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # Path segments the gateway serves itself: a server cannot take them as its id.
@@ -26,6 +27,41 @@ Argv = tuple[str, ...]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys a file may write besides the fields: other spellings folded by a before-validator, and keys the
+    # loader reads itself. Unknown keys get their suggestion from these and the fields.
+    other_keys: ClassVar[tuple[str, ...]] = ()
+
+
+def accepted_keys(model: type[BaseModel]) -> list[str]:
+    """Every key a file may write in a mapping of this model (`id` is the entry's key, never a field)."""
+    keys = [name for name in model.model_fields if name != "id"]
+    for cls in model.__mro__:
+        keys += [key for key in vars(cls).get("other_keys", ()) if key not in keys]
+    return keys
+
+
+def model_at(model: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model of the mapping at `loc` under `model` (`("pool",)` -> Pool, `("endpoints", "0")` -> Endpoint)."""
+    current: type[BaseModel] = model
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = current.model_fields.get(part)
+        found = _model_in(field.annotation) if field is not None else None
+        if found is None:
+            return None
+        current = found
+    return current
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 class Timeouts(_Model):
@@ -83,13 +119,12 @@ class Resources(_Model):
     cpu: str | None = None
     memory: str | None = None
 
-    @model_validator(mode="after")
-    def _quantities(self) -> Resources:
-        for name in ("cpu", "memory"):
-            value = getattr(self, name)
-            if value is not None and not _QUANTITY.match(value):
-                raise ValueError(f"{name}: {value!r} is not a quantity such as 500m, 1, 256Mi or 1Gi")
-        return self
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not _QUANTITY.match(value):
+            raise ValueError(f"{value!r} is not a quantity such as 500m, 1, 256Mi or 1Gi")
+        return value
 
 
 def check_url(url: str) -> str:
@@ -149,17 +184,21 @@ def _merge_command(data: Any) -> Any:
     return data
 
 
-def _check_argv(argv: Argv | None) -> None:
+def _check_argv(argv: Argv | None) -> Argv | None:
     if argv is not None and (not argv or not argv[0].strip()):
         raise ValueError("'command' is empty: give the program to run and its arguments, e.g. [mcp-server-time]")
+    return argv
 
 
-def _check_path(path: str, name: str = "path") -> None:
+def _check_path(path: str) -> str:
     if not path.startswith("/"):
-        raise ValueError(f"'{name}' must start with '/'")
+        raise ValueError(f"{path!r} must start with '/'")
+    return path
 
 
 class _Entry(_Model):
+    other_keys: ClassVar[tuple[str, ...]] = ("disabled",)
+
     id: str
     description: str = ""
     timeouts: Timeouts = Timeouts()
@@ -167,12 +206,19 @@ class _Entry(_Model):
 
 
 class _CommandForms(_Model):
-    """Entries with a `command`: accept `cmd`, and Claude Desktop's `command` + `args`."""
+    """Entries with a `command`: accept `cmd`, and the clients' `command` + `args`."""
+
+    other_keys: ClassVar[tuple[str, ...]] = ("cmd", "args")
 
     @model_validator(mode="before")
     @classmethod
     def _command_forms(cls, data: Any) -> Any:
         return _merge_command(data)
+
+    @field_validator("command", check_fields=False)
+    @classmethod
+    def _argv(cls, argv: Argv | None) -> Argv | None:
+        return _check_argv(argv)
 
 
 class _Spawnable(_CommandForms):
@@ -186,8 +232,7 @@ class _Spawnable(_CommandForms):
     pool: Pool = Pool()
 
     @model_validator(mode="after")
-    def _argv(self) -> _Spawnable:
-        _check_argv(self.command)
+    def _shared_needs_stateless(self) -> _Spawnable:
         if self.pool.mode == "shared" and not self.stateless:
             raise ValueError(
                 "pool.mode 'shared' needs 'stateless: true': sessions share a process only when the server keeps"
@@ -208,6 +253,8 @@ class StdioServer(_Spawnable, _Entry):
 class HttpServer(_Spawnable, _Entry):
     """An MCP server reached over HTTP; with a `command` too, it is spawned over stdio when no endpoint answers."""
 
+    other_keys: ClassVar[tuple[str, ...]] = ("endpoint", "url", "serverUrl")
+
     type: Literal["http"] = "http"
     endpoints: tuple[Endpoint, ...]
     path: str = "/mcp"
@@ -222,9 +269,10 @@ class HttpServer(_Spawnable, _Entry):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        singles = [key for key in ("endpoint", "url") if key in data]
+        singles = [key for key in ("endpoint", "url", "serverUrl") if key in data]
         if len(singles) + ("endpoints" in data) > 1:
-            raise ValueError("give one of 'endpoint', 'url' or 'endpoints'")
+            written = " and ".join(f"'{key}'" for key in [*singles, "endpoints"] if key in data)
+            raise ValueError(f"give one of 'endpoint', 'url' or 'endpoints', not {written}")
         if singles:
             data["endpoints"] = [data.pop(singles[0])]
         endpoints = data.get("endpoints")
@@ -234,11 +282,10 @@ class HttpServer(_Spawnable, _Entry):
             data.update(_split_paths(endpoints, data.get("transport")))
         return data
 
-    @model_validator(mode="after")
-    def _paths(self) -> HttpServer:
-        _check_path(self.path)
-        _check_path(self.sse_path, "sse_path")
-        return self
+    @field_validator("path", "sse_path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        return _check_path(path)
 
     def mcp_url(self, endpoint: Endpoint) -> str:
         return endpoint.url.rstrip("/") + self.path
@@ -288,10 +335,13 @@ class DockerServer(_CommandForms, _Entry):
     balancer: Balancer = Balancer()
     pool: Pool = Pool()
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        return _check_path(path)
+
     @model_validator(mode="after")
     def _port_for_http(self) -> DockerServer:
-        _check_argv(self.command)
-        _check_path(self.path)
         if self.transport == "http" and self.port is None:
             raise ValueError("a docker server with transport 'http' needs the container 'port' it listens on")
         if self.transport == "stdio" and self.port is not None:
@@ -314,14 +364,22 @@ class KubernetesServer(_CommandForms, _Entry):
     resources: Resources = Resources()
     balancer: Balancer = Balancer()
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        return _check_path(path)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, namespace: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace):
+            raise ValueError(f"{namespace!r} is not a valid Kubernetes namespace name")
+        return namespace
+
     @model_validator(mode="after")
     def _image_or_chart(self) -> KubernetesServer:
-        _check_argv(self.command)
-        _check_path(self.path)
         if (self.image is None) == (self.chart is None):
             raise ValueError("a kubernetes server needs exactly one of 'image' or 'chart'")
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.namespace):
-            raise ValueError(f"namespace {self.namespace!r} is not a valid Kubernetes namespace name")
         return self
 
 
@@ -365,12 +423,15 @@ class Gateway(_Model):
 class Registry(_Model):
     """One immutable snapshot of the registry: where it came from, the gateway settings, the servers by id.
 
-    `warnings` are things accepted but ignored (client-only keys of `mcpServers` files), for `validate`.
+    `failed`: entries left out because a `${VAR}` they use has no value (and nothing else is wrong with
+    them), by id, each with its one-line located error. An id is in `servers` or `failed`, never both.
+    `warnings`: things accepted but ignored (client-only keys, disabled entries, VS Code `inputs`).
     """
 
     source: str
     gateway: Gateway = Gateway()
     servers: Mapping[str, Server] = Field(default_factory=dict)
+    failed: Mapping[str, str] = Field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
     def server(self, server_id: str) -> Server:

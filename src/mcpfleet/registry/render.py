@@ -1,7 +1,9 @@
 """The normalized form of a registry, as `registry show` prints it and the golden tests snapshot it.
 
 Secrets are masked here, once, so nothing that prints a registry can forget to: `secret_env` and `headers`
-values, `env` values whose name looks like a credential, and passwords in URLs.
+values, `env` values whose name looks like a credential, and passwords in URLs. Entries that failed (an
+unset `${VAR}`) follow the servers under `failed`, with their error; the key is there only when some did,
+so a registry without failures renders as it always has.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ def normalized(registry: Registry, *, mask: bool = True) -> dict[str, Any]:
     gateway = registry.gateway.model_dump(mode="json")
     if mask and gateway["session_keys"]:
         gateway["session_keys"] = [MASK] * len(gateway["session_keys"])
-    return {
+    form: dict[str, Any] = {
         "gateway": gateway,
         "servers": {sid: server_dict(server, mask=mask) for sid, server in registry.servers.items()},
     }
+    if registry.failed:
+        form["failed"] = dict(registry.failed)  # messages name variables, never their values
+    return form
 
 
 def server_dict(server: Server, *, mask: bool = True) -> dict[str, Any]:

@@ -1,0 +1,148 @@
+"""Expand and validate one mapping of a registry (an entry, or the gateway section) into located problems.
+
+Problems are (path in the document, message), with the path in the user's spelling (`cmd`, `url`,
+`serverUrl` as written). An unknown key, at any level, gets the closest key its own mapping accepts. A
+`${VAR}` with no value is kept apart from other problems (`Checked.unset`), and validation errors it
+causes (an empty URL, an empty command, a port that is not a number) are dropped: they are its
+consequences, and the loader decides what an entry with only unset variables becomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from mcpfleet.registry.expand import expand
+from mcpfleet.registry.forms import closest
+from mcpfleet.registry.model import SERVER_TYPES, Server, accepted_keys, model_at
+
+Located = tuple[str, str]  # (path in the document, message)
+
+# Every key some entry type accepts: the suggestions for a key when the entry's type cannot be told.
+ENTRY_KEYS = sorted({key for model in SERVER_TYPES.values() for key in accepted_keys(model)})
+# The field a spelling fills (`url` fills `endpoints`): a missing field that an unknown key's suggestion
+# would fill is not reported a second time.
+_FILLS = {"cmd": "command", "args": "command", "endpoint": "endpoints", "url": "endpoints", "serverUrl": "endpoints"}
+_FRIENDLY = {
+    "extra_forbidden": "unknown field",
+    "missing": "missing required field",
+}
+
+
+@dataclass
+class Checked:
+    """A validated value (None when invalid), its unset `${VAR}`s, its other problems, and notes."""
+
+    value: BaseModel | None = None
+    unset: list[Located] = field(default_factory=list)
+    problems: list[Located] = field(default_factory=list)
+    notes: list[Located] = field(default_factory=list)
+
+    @property
+    def server(self) -> Server | None:
+        return self.value if isinstance(self.value, Server) else None
+
+
+def check(
+    model: type[BaseModel], data: Any, prefix: str, environ: Mapping[str, str], renames: Mapping[str, str] | None = None
+) -> Checked:
+    """Expand and validate one mapping; validation errors that an unset variable explains are dropped."""
+    checked = Checked()
+    expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems)
+    try:
+        checked.value = model.model_validate(expanded)
+    except ValidationError as exc:
+        unset_paths = [path for path, _ in checked.unset]
+        for path, message in _validation_problems(exc, prefix, model, renames or {}):
+            if not _explained_by(path, unset_paths, prefix):
+                checked.problems.append((path, message))
+    return checked
+
+
+def _expand_tree(
+    value: Any, path: str, environ: Mapping[str, str], unset: list[Located], problems: list[Located]
+) -> Any:
+    if isinstance(value, str):
+        result = expand(value, environ)
+        unset += [(path, message) for message in result.unset]
+        problems += [(path, message) for message in result.problems]
+        return result.text
+    if isinstance(value, dict):
+        return {key: _expand_tree(item, f"{path}.{key}", environ, unset, problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_tree(item, f"{path}[{index}]", environ, unset, problems) for index, item in enumerate(value)]
+    return value
+
+
+def _explained_by(path: str, unset_paths: Sequence[str], root: str) -> bool:
+    """Whether an error at `path` is a consequence of a value left empty: at it, inside it, or in a mapping
+    that holds it (below the entry itself, whose errors are about more than one field)."""
+    for unset in unset_paths:
+        if path == unset or path.startswith((unset + ".", unset + "[")):
+            return True
+        if path != root and unset.startswith((path + ".", path + "[")):
+            return True
+    return False
+
+
+def spelling(body: dict[str, Any]) -> dict[str, str]:
+    """How the user spelled the fields the models rename, so errors name the field as written."""
+    renames = {}
+    if "cmd" in body:
+        renames["command"] = "cmd"
+    for single in ("endpoint", "url", "serverUrl"):
+        if single in body:
+            renames["endpoints[0]"] = single
+    return renames
+
+
+def _validation_problems(
+    exc: ValidationError, prefix: str, model: type[BaseModel], renames: Mapping[str, str]
+) -> list[Located]:
+    """Pydantic's errors located in the user's spelling: unknown keys first, each with the closest accepted
+    key of its own mapping, and without a 'missing' error for the field such a suggestion names."""
+    unknown: list[Located] = []
+    others: list[Located] = []
+    suggested: set[tuple[str, ...]] = set()
+    errors = [
+        (tuple(str(part) for part in error["loc"] if not str(part).startswith("function-")), error)
+        for error in exc.errors(include_url=False)
+    ]
+    for loc, error in errors:
+        if error["type"] == "extra_forbidden":
+            hint = _suggestion(model, loc)
+            if hint is not None:
+                suggested.add((*loc[:-1], _FILLS.get(hint, hint) if len(loc) == 1 else hint))
+            unknown.append(
+                (_location(prefix, loc, renames), "unknown field" + (f" (did you mean '{hint}'?)" if hint else ""))
+            )
+    for loc, error in errors:
+        if error["type"] == "extra_forbidden" or (error["type"] == "missing" and loc in suggested):
+            continue
+        message = _FRIENDLY.get(error["type"], error["msg"]).removeprefix("Value error, ")
+        others.append((_location(prefix, loc, renames), message))
+    return unknown + others
+
+
+def _suggestion(model: type[BaseModel], loc: tuple[str, ...]) -> str | None:
+    parent = model_at(model, loc[:-1])
+    if parent is None:
+        return None
+    hint = closest(loc[-1], accepted_keys(parent))
+    if hint is None and len(loc) == 1 and model in SERVER_TYPES.values():
+        hint = closest(loc[-1], ENTRY_KEYS)  # `endpionts` in a stdio entry: the user meant an http entry
+    return hint
+
+
+def _location(prefix: str, loc: tuple[str, ...], renames: Mapping[str, str]) -> str:
+    location = ""
+    for part in loc:
+        location += f"[{part}]" if part.isdigit() else f".{part}"
+    location = location.lstrip(".")
+    for ours, theirs in renames.items():
+        if location == ours or location.startswith((ours + ".", ours + "[")):
+            location = theirs + location[len(ours) :]
+    return f"{prefix}.{location}" if location else prefix
