@@ -263,3 +263,28 @@ def test_max_lifetime_replaces_warm_processes_and_ends_sessions_between_calls(
     slow, status_after = anyio.run(main)
     assert slow["result"]["content"][0]["text"] == "slept 3 s"
     assert status_after == 404
+
+
+def test_idle_sessions_expire_together_and_their_processes_stop(gateway: Callable[[str], RunningGateway]) -> None:
+    """40 never-closed stdio sessions with a 2 s idle timeout all end, and every process stops (the table ends
+    them together: tests/unit/test_session_expiry.py shows the concurrency with a few hundred)."""
+    gw = gateway(f"servers:\n  one: {{command: {DEMO}, pool: {{max: 64}}}}\ngateway: {{session_idle_timeout: 2}}\n")
+    pid = status(gw)["pid"]
+
+    async def main() -> None:
+        async with httpx2.AsyncClient(timeout=120) as client:
+            limiter = anyio.CapacityLimiter(8)
+
+            async def one() -> None:
+                async with limiter:
+                    session = await initialize(client, gw.mcp("one"))
+                    await tool(client, gw.mcp("one"), session, "echo", {"text": "x"})
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(40):
+                    tg.start_soon(one)
+
+    anyio.run(main)
+    wait_for(lambda: status(gw)["servers"][0]["sessions"] == 0, timeout=60)
+    wait_for(lambda: not children(pid), timeout=60)
+    assert status(gw)["servers"][0]["processes"]["live"] == 0

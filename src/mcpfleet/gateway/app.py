@@ -30,7 +30,7 @@ from mcpfleet.gateway.metrics import Metrics
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.security import Policy, check_path
-from mcpfleet.gateway.session import SessionTable, close_all
+from mcpfleet.gateway.session import SessionTable
 from mcpfleet.registry import Registry, load_registry
 from mcpfleet.registry.model import HttpServer, StdioServer
 from mcpfleet.registry.render import mask_url
@@ -113,14 +113,9 @@ class Gateway:
         while True:
             idle_after = self._snapshot.gateway.session_idle_timeout  # the registry in force, reloads included
             await anyio.sleep(min(REAP_INTERVAL, idle_after / 2))
-            # Not one whose stream is open or that has a request in flight.
-            expired = [s for s in self.sessions.idle(idle_after) if getattr(s, "idle", True)]
-            for session in expired:
-                self.sessions.drop_session(session)
-            if expired:
+            if expired := await self.sessions.expire(idle_after):
                 servers = sorted({session.server_id for session in expired})
                 log.info("%d sessions expired after %g s idle (servers: %s)", len(expired), idle_after, servers)
-                await close_all(expired)
 
     def _prewarm(self) -> None:
         """Start the runtimes that have work before the first request: warm processes (`pool.min`) and

@@ -119,6 +119,15 @@ class SessionTable:
         cutoff = time.monotonic() - older_than
         return [s for s in self._local.values() if s.last_used < cutoff]
 
+    async def expire(self, idle_after: float) -> list[Session]:
+        """End every session unused for `idle_after` seconds that has no stream open and nothing in flight,
+        all together (`close_all`); returns them. They are out of the table before the first one ends."""
+        expired = [s for s in self.idle(idle_after) if getattr(s, "idle", True)]
+        for session in expired:
+            self.drop_session(session)
+        await close_all(expired)
+        return expired
+
     def of_server(self, server_id: str) -> list[Session]:
         return [s for s in self._local.values() if s.server_id == server_id]
 

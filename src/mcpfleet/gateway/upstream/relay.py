@@ -74,6 +74,8 @@ SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another 
 SERIALS = itertools.count(1)  # shared processes, numbered across the gateway process (reloads included)
 WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
 STATE_GRACE = 120.0  # seconds a process due to stop still waits for retries of the input it asked for
+RECLAIM_IDLE = 0.5  # seconds with nothing in flight before a session may be ended for a waiter (not between calls)
+RECLAIM_POLL = 0.25  # seconds between looks for an idle process to free, while a caller waits for a slot
 START_GUESS = 1.0  # seconds a start-up takes, until one is measured
 MODERN, SHARED = "modern", "shared"  # the two lists of shared processes: 2026-07-28 traffic, pool mode `shared`
 
@@ -800,10 +802,28 @@ class RelayUpstream:
                 f" last: {self.last_exit}); new sessions fail fast for {wait:.0f} more s",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
-        if not self.admission.free:
-            await self._reclaim_idle()
-        await self.admission.admit(process, deadline, self._refusal)
+        if self.admission.free:
+            await self.admission.admit(process, deadline, self._refusal)
+        else:
+            # Capacity is what is in flight: while this caller waits, a session that falls idle is freed for it.
+            refused: GatewayError | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._reclaim_while_waiting)
+                try:
+                    await self.admission.admit(process, deadline, self._refusal)
+                except GatewayError as exc:  # raised outside the group, not wrapped in an exception group
+                    refused = exc
+                finally:
+                    tg.cancel_scope.cancel()
+            if refused is not None:
+                raise refused
         await self._launch(process)
+
+    async def _reclaim_while_waiting(self) -> None:
+        while True:
+            if self.admission.slots.available_tokens < 1:
+                await self._reclaim_idle()
+            await anyio.sleep(RECLAIM_POLL)
 
     async def _launch(self, process: _Link, *, measured: bool = True) -> None:
         """Run an admitted process under supervision; return once it is spawned (its start-up goes on until
@@ -858,15 +878,16 @@ class RelayUpstream:
         to another initialized process of the pool (the server is declared stateless), else ended.
         """
         victim: _Link | None = None
+        settled = time.monotonic() - RECLAIM_IDLE
         if self._warm:
             victim = self._warm.pop()
         else:
-            idle = [p for p in self.live if p.idle and not p.stopping and p.started]
+            idle = [p for p in self.live if p.idle and not p.stopping and p.started and p.last_used < settled]
             if idle:
                 victim = min(idle, key=lambda process: process.last_used)
         if victim is None:
             quiet = [p for p in self._pool if not p.stopping and not p.ids and p.assigned == len(p.sessions)]
-            quiet = [p for p in quiet if all(s.in_flight == 0 for s in p.sessions)]
+            quiet = [p for p in quiet if all(s.in_flight == 0 and s.last_used < settled for s in p.sessions)]
             if not quiet:
                 return
             victim = min(quiet, key=lambda process: (len(process.sessions), process.last_used))
@@ -1153,8 +1174,8 @@ class RelayUpstream:
             pending = self._begin_start(which, deadline)
             with anyio.move_on_after(deadline - time.monotonic()):
                 await pending.done.wait()
-            if not pending.done.is_set():
-                raise self._refusal("start")
+            if not pending.done.is_set():  # the start it waits for is itself waiting for a slot or a start-up turn
+                raise self._refusal("slot" if self.admission.slots.available_tokens < 1 else "start")
             error = pending.error
             if error is None:
                 return
