@@ -240,6 +240,16 @@ async def timed_open(session: Session) -> float:
     return elapsed_ms
 
 
+def burst_line(result: BurstResult) -> str:
+    errors = sum(result.errors.values())
+    line = (
+        f"burst of {result.sessions}, max_starting {result.max_starting}: {result.opened} opened,"
+        f" all open after {result.seconds_to_open_all} s, initialize p50 {result.open_ms_p50} ms"
+        f" max {result.open_ms_max} ms, errors: {errors}"
+    )
+    return line + "".join(f"\n    {count} x {text}" for text, count in result.errors.items())
+
+
 def problem_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
@@ -268,6 +278,22 @@ class Options:
     part_seconds: float
     max_seconds: float
     python: str
+    bursts: list[int] = field(default_factory=lambda: [64, 200])
+    burst_starting: list[int] = field(default_factory=lambda: [0])  # pool.max_starting values; 0: the default
+    burst_acquire: float = 180.0
+
+
+@dataclass
+class BurstResult:
+    """Part 4: `sessions` new sessions sent at once to a stdio entry with room for all of them."""
+
+    sessions: int
+    max_starting: str
+    opened: int = 0
+    seconds_to_open_all: float = 0.0
+    open_ms_p50: float | None = None
+    open_ms_max: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -329,6 +355,7 @@ class Run:
     phases: list[PhaseResult] = field(default_factory=list)
     throughput_notes: list[str] = field(default_factory=list)
     part3: Part3 | None = None
+    bursts: list[BurstResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     gateway_a_rss_ready_mib: float | None = None
     leftovers: int = 0
@@ -385,6 +412,68 @@ class Run:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         return len(found)
+
+    # --- part 4: a burst of new sessions ---------------------------------------------------------------------
+
+    async def burst_part(self) -> None:
+        """For each burst size and `pool.max_starting` value: a fresh gateway whose stdio entry has room for
+        the whole burst (`pool: {min: 4, max: size + 8}`), its 4 warm processes started; then every session
+        sent at once, each on its own connection: initialize, notifications/initialized, one checked echo."""
+        o = self.options
+        command = json.dumps(self.stdio_argv())
+        for size in o.bursts:
+            for starting in o.burst_starting:
+                if self.out_of_time():
+                    self.notes.append(f"part 4: burst {size} (max_starting {starting or 'default'}) not run: time")
+                    continue
+                pool = f"min: 4, max: {size + 8}, acquire_timeout: {o.burst_acquire}"
+                if starting:
+                    pool += f", max_starting: {starting}"
+                registry = f"servers:\n  burst:\n    command: {command}\n    pool: {{{pool}}}\n"
+                gateway, port = await self.start_gateway(f"gateway-burst-{size}-{starting}", registry)
+                try:
+                    with anyio.fail_after(60):
+                        while (await server_status(port, "burst"))["processes"]["warm"] < 4:  # noqa: ASYNC110 - polled over HTTP
+                            await anyio.sleep(0.2)
+                    self.bursts.append(await self.one_burst(port, size, starting))
+                    self.check_alive(gateway, "the burst")
+                finally:
+                    await anyio.to_thread.run_sync(gateway.stop)
+                    self.children.remove(gateway)
+                log(burst_line(self.bursts[-1]))
+
+    async def one_burst(self, port: int, size: int, starting: int) -> BurstResult:
+        result = BurstResult(size, str(starting or "default (CPUs)"))
+        opened_ms: list[float] = []
+        began = time.monotonic()
+        last_open = began
+
+        async def one(index: int) -> None:
+            nonlocal last_open
+            session = Session(RawConnection(port), "/burst/mcp", "2025")
+            try:
+                opened_ms.append(await timed_open(session))
+                last_open = max(last_open, time.monotonic())
+                check_echo(await call_tool(session, "echo", {"text": f"b{index}"}), f"b{index}")
+                result.opened += 1
+            except (*CALL_ERRORS, WrongReply) as exc:
+                key = problem_text(exc)[:120]
+                result.errors[key] = result.errors.get(key, 0) + 1
+            finally:
+                await session.transport.aclose()
+
+        with anyio.move_on_after(self.options.part_seconds + self.options.burst_acquire):
+            async with anyio.create_task_group() as tg:
+                for index in range(size):
+                    tg.start_soon(one, index)
+        missing = size - result.opened - sum(result.errors.values())
+        if missing:
+            result.errors["not answered within the part's time"] = missing
+        result.seconds_to_open_all = round(last_open - began, 2)
+        if opened_ms:
+            result.open_ms_p50 = round(median(opened_ms), 1)
+            result.open_ms_max = round(max(opened_ms), 1)
+        return result
 
     # --- part 1 and 2: one gateway with a warm and a cold stdio entry ---------------------------------------
 
@@ -1218,7 +1307,12 @@ def render(run: Run, info: dict[str, Any], summ: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--parts", default="1,2,3", help="which parts to run (default 1,2,3)")
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run (default 1,2,3; 4: bursts)")
+    parser.add_argument("--bursts", default="64,200", help="part 4: burst sizes (new sessions sent at once)")
+    parser.add_argument(
+        "--burst-starting", default="0", help="part 4: pool.max_starting values to compare (0: the default)"
+    )
+    parser.add_argument("--burst-acquire", type=float, default=180.0, help="part 4: pool.acquire_timeout")
     parser.add_argument("--warm-sessions", type=int, default=30, help="part 1: sessions through the warm pool")
     parser.add_argument(
         "--fixed-sessions",
@@ -1253,8 +1347,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool, Path | None]:
     args = parser.parse_args(argv)
     parts = sorted({int(p) for p in args.parts.split(",") if p})
     concurrency = [int(c) for c in args.concurrency.split(",") if c]
-    if not parts or set(parts) - {1, 2, 3}:
-        parser.error("--parts takes 1, 2 and/or 3")
+    if not parts or set(parts) - {1, 2, 3, 4}:
+        parser.error("--parts takes 1, 2, 3 and/or 4")
+    bursts = [int(b) for b in args.bursts.split(",") if b]
+    burst_starting = [int(b) for b in args.burst_starting.split(",") if b]
+    if not bursts or min(bursts) < 1 or max(bursts) > 500 or min(burst_starting or [0]) < 0:
+        parser.error("--bursts takes sizes from 1 to 500; --burst-starting takes values >= 0")
     if not concurrency or min(concurrency) < 1 or max(concurrency) > 256:
         parser.error("concurrency levels must be between 1 and 256")
     if not 1 <= args.open_sessions <= 20_000:
@@ -1280,6 +1378,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool, Path | None]:
         args.part_seconds,
         args.max_seconds,
         args.python,
+        bursts,
+        burst_starting or [0],
+        args.burst_acquire,
     )
     return options, args.json, args.keep_logs
 
@@ -1298,6 +1399,8 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
         try:
             if 1 in options.parts or 2 in options.parts:
                 await run.stdio_parts()
+            if 4 in options.parts:
+                await run.burst_part()
             if 3 in options.parts:
                 if run.out_of_time():
                     run.notes.append("part 3 skipped: --max-seconds reached")
@@ -1323,6 +1426,7 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
             "setup": setup_summary(run.setup),
             "throughput": throughput_summary(run.phases),
             "part3": part3_summary(run.part3) if run.part3 is not None else {},
+            "bursts": [asdict(b) for b in run.bursts],
         }
         if as_json:
             document = {
@@ -1343,6 +1447,9 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
             print(json.dumps(document, indent=2, default=str))
         else:
             print(render(run, info, summ))
+            if run.bursts:
+                print("\nPart 4: a burst of new sessions on a stdio entry with room for all (pool.min 4)")
+                print("\n".join(burst_line(b) for b in run.bursts))
             print(f"total {info['total_seconds']} s" + (f"; FAILED: {failure}" if failure else ""))
         return 1 if failure else 0
 

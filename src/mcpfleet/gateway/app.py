@@ -38,6 +38,7 @@ from mcpfleet.registry.render import mask_url
 log = logging.getLogger("mcpfleet.gateway")
 
 STATUS_PATHS = frozenset({"healthz", "readyz", "servers", "metrics"})
+ENTRY_FAILED = -32018  # the entry is in the registry but could not be loaded (an unset ${VAR}): 503
 REAP_INTERVAL = 5.0
 POOL_INTERVAL = 1.0
 
@@ -282,10 +283,19 @@ class Gateway:
         if len(segments) == 1 and first in STATUS_PATHS:
             await self._status(first, send)
             return
+        if segments == [""] and scope["method"] in ("GET", "HEAD"):
+            await respond(send, 200, json.dumps(self.index(scope), indent=2).encode())
+            return
         if first == "admin":
             await self._admin(scope, segments, receive, send)
             return
         snapshot = self._snapshot
+        if first in snapshot.failed:
+            raise GatewayError(
+                503,
+                ENTRY_FAILED,
+                f"server {first!r} is not available: {snapshot.failed[first]}; fix the registry and reload",
+            )
         if first not in snapshot.servers:
             raise GatewayError.unknown_server(first, sorted(snapshot.servers))
         runtime = self._runtime(snapshot, first)
@@ -314,6 +324,27 @@ class Gateway:
         else:
             await respond(send, 200, json.dumps(self.describe(), indent=2).encode())
 
+    def index(self, scope: Scope) -> dict[str, Any]:
+        """`GET /`: every server and its URLs as this request reached the gateway (its scheme, its Host)."""
+        secure = scope.get("scheme") in ("https", "wss")
+        host = header(scope, b"host") or f"{self._bind_host}:{scope.get('server', ('', 0))[1]}"
+        base = f"{'https' if secure else 'http'}://{host}{str(scope.get('root_path', '')).rstrip('/')}"
+        ws_base = ("wss" if secure else "ws") + base[base.index(":") :]
+        servers = [
+            {
+                "id": server_id,
+                "description": server.description,
+                "type": server.type,
+                "mcp": f"{base}/{server_id}/mcp",
+                "sse": f"{base}/{server_id}/sse",
+                "ws": f"{ws_base}/{server_id}/ws",
+            }
+            for server_id, server in self._snapshot.servers.items()
+        ]
+        failed = [{"id": sid, "error": error} for sid, error in self._snapshot.failed.items()]
+        status = {name: f"{base}/{name}" for name in ("servers", "metrics", "healthz", "readyz")}
+        return {"mcpfleet": __version__, "servers": servers, "failed": failed, "status": status}
+
     def describe(self) -> dict[str, Any]:
         servers = []
         for server_id, server in self._snapshot.servers.items():
@@ -337,6 +368,8 @@ class Gateway:
             entry["sessions"] = len(self.sessions.of_server(server_id))
             entry.setdefault("health", "unknown")
             servers.append(entry)
+        for server_id, error in self._snapshot.failed.items():
+            servers.append({"id": server_id, "health": "failed", "error": error, "sessions": 0})
         return {
             "version": __version__,
             "pid": os.getpid(),

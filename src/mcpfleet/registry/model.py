@@ -95,7 +95,11 @@ class Pool(_Model):
     idle_timeout: Seconds = 300.0
     max_lifetime: Seconds | None = None
     max_sessions_per_process: Annotated[int, Field(ge=1)] | None = None
-    acquire_timeout: Seconds = 10.0
+    # A new session waits this long for its process: a free slot, then its turn to start (a burst of cold
+    # starts queues: `max_starting` at once). 30 s fits 64 cold starts of a Python SDK server on 2 cores.
+    acquire_timeout: Seconds = 30.0
+    # Processes in their start-up at once (spawn until the first message); None: one per CPU (measured best).
+    max_starting: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Pool:

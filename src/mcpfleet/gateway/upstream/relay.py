@@ -607,7 +607,8 @@ class RelayUpstream:
         self._sessions = sessions
         self._limit = limit
         self._what = what
-        self.admission = Admission(limit, default_max_starting() if what == "processes" else limit)
+        starting = (server.pool.max_starting or default_max_starting()) if what == "processes" else limit
+        self.admission = Admission(limit, starting)
         self.start_seconds = START_GUESS  # a start-up's length, measured (moving average): paces warm starts
         # Starts into each list of shared processes: at most one under way per list, which every caller that
         # needs a process of that list and finds none joins (a burst starts one process, not one each).
@@ -850,7 +851,7 @@ class RelayUpstream:
         elif what == "start":
             detail = (
                 f"{self.admission.starting} process start-ups were under way and {self.admission.waiting - 1} other"
-                " requests waiting (setting: pool.acquire_timeout)"
+                " requests waiting (settings: pool.acquire_timeout, pool.max_starting)"
             )
         else:
             sessions = sum(1 for p in self.live if isinstance(p, StdioSession) and p not in self._warm)
