@@ -32,7 +32,7 @@ import anyio.abc
 from anyio.streams.text import TextReceiveStream
 
 from mcpfleet.errors import ServerStartError
-from mcpfleet.framing import LineBuffer, encode_line
+from mcpfleet.framing import DEFAULT_MAX_LINE, LineBuffer, MessageTooLarge, encode_line
 from mcpfleet.registry.model import HttpServer, StdioServer
 
 Spawnable = StdioServer | HttpServer
@@ -67,8 +67,9 @@ class StdioProcess:
     """One running stdio server. Use as `async with StdioProcess(...) as proc:`; send and receive raw lines."""
 
     @classmethod
-    def for_entry(cls, server: Spawnable, argv: Sequence[str]) -> StdioProcess:
-        """The process a registry entry describes: its argv, environment, directory and stop timeout."""
+    def for_entry(cls, server: Spawnable, argv: Sequence[str], *, max_line: int = DEFAULT_MAX_LINE) -> StdioProcess:
+        """The process a registry entry describes: its argv, environment, directory and stop timeout;
+        `max_line`: the largest message it may write, in bytes (`gateway.max_message_bytes`)."""
         return cls(
             server.id,
             argv,
@@ -76,6 +77,7 @@ class StdioProcess:
             secret_env=server.secret_env,
             cwd=server.cwd,
             shutdown_grace=server.timeouts.shutdown,
+            max_line=max_line,
         )
 
     def __init__(
@@ -88,6 +90,7 @@ class StdioProcess:
         cwd: str | None = None,
         shutdown_grace: float = 2.0,
         stderr_lines: int = 40,
+        max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         self.server_id = server_id
         self.argv = tuple(argv)
@@ -97,8 +100,8 @@ class StdioProcess:
         self._stderr: collections.deque[str] = collections.deque(maxlen=stderr_lines)
         self._process: anyio.abc.Process | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._lines = LineBuffer()
-        self._ready: collections.deque[bytes] = collections.deque()
+        self._lines = LineBuffer(max_line)
+        self._ready: collections.deque[bytes | MessageTooLarge] = collections.deque()
         self._send_lock = anyio.Lock()
         self._eof = False
         self.timed_out = False
@@ -224,7 +227,8 @@ class StdioProcess:
             await process.stdin.send(encode_line(message))  # type: ignore[union-attr]
 
     async def receive(self) -> bytes:
-        """The next line the child wrote on stdout; raises anyio.EndOfStream when stdout closes."""
+        """The next line the child wrote on stdout; raises anyio.EndOfStream when stdout closes, and
+        `MessageTooLarge` for a line over `max_line` (skipped: the next call returns the line after it)."""
         process = self._require()
         while not self._ready:
             if self._eof:
@@ -237,7 +241,10 @@ class StdioProcess:
                     self._ready.append(rest)
                 continue
             self._ready.extend(self._lines.feed(chunk))
-        return self._ready.popleft()
+        line = self._ready.popleft()
+        if isinstance(line, MessageTooLarge):
+            raise line
+        return line
 
     def _require(self) -> anyio.abc.Process:
         if self._process is None:

@@ -34,6 +34,7 @@ import anyio
 import anyio.abc
 
 from mcpfleet.errors import GatewayError, ServerStartError
+from mcpfleet.framing import MessageTooLarge
 from mcpfleet.gateway.asgi import Headers, respond, start_event_stream, stream_body
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import unwrap, wrap
@@ -70,6 +71,11 @@ DETACHED_STREAMS = 64  # per session: POST streams kept for a resume after their
 DETACHED_GRACE = 120.0  # seconds (at most gateway.session_idle_timeout) a detached stream keeps its session busy
 STANDING_KEPT = 16  # per session: GET streams whose ids can still be resumed
 EVENT_ID = re.compile(r"(\d+)-(\d+)", re.ASCII)
+TOO_LARGE = -32019  # a message over gateway.max_message_bytes
+_ID_VALUE = rb'(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|"(?:[^"\\]|\\.)*")'
+# A serializer writes `id` first ({"jsonrpc":"2.0","id":1,"result":...}: Python, Go) or last (TypeScript).
+_FIRST_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _ID_VALUE)
+_LAST_ID = re.compile(rb'[,{]\s*"id"\s*:\s*' + _ID_VALUE + rb'\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
 SERIALS = itertools.count(1)  # shared processes, numbered across the gateway process (reloads included)
 WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
@@ -233,7 +239,13 @@ class _Link:
                     contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError),
                 ):
                     while True:
-                        line = await self.backend.receive()
+                        try:
+                            line = await self.backend.receive()
+                        except MessageTooLarge as exc:  # skipped; the request it answers fails, nothing else
+                            stand_in = self._in_place_of(exc)
+                            if stand_in is None:
+                                continue
+                            line = stand_in
                         if self.on_first_message is not None:
                             self.on_first_message()
                             self.on_first_message = None
@@ -257,6 +269,18 @@ class _Link:
             self.exit_detail = self.exit_detail or "stopped"
             self.finish()
             self.closed.set()
+
+    def _in_place_of(self, exc: MessageTooLarge) -> bytes | None:
+        """The error answer that stands for a message the server wrote over `gateway.max_message_bytes`, to
+        the request whose id the message names (its first or last bytes hold it); None when none is found."""
+        found = oversized_id(exc.head, exc.tail)
+        what = f"server {self.server.id!r} wrote a message of {exc.size} bytes"
+        if found is None:
+            log.warning("%s, over the limit of %d bytes, naming no request id: skipped", what, exc.limit)
+            return None
+        log.warning("%s, over the limit of %d bytes, answering request %s: the request fails", what, exc.limit, found)
+        text = f"{what}, over the limit of {exc.limit} bytes (setting: gateway.max_message_bytes)"
+        return error_response(json.loads(found), TOO_LARGE, text)
 
     last_used: float
 
@@ -1325,3 +1349,9 @@ async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: li
 
 
 __all__ = ["Outbox", "RelayUpstream", "SharedProcess", "SharedSession", "StdioSession"]
+
+
+def oversized_id(head: bytes, tail: bytes) -> bytes | None:
+    """The JSON token of a top-level `id` in a message known only by its first and last bytes, else None."""
+    found = _FIRST_ID.match(head) or _LAST_ID.search(tail)
+    return found.group(1) if found is not None else None
