@@ -1,8 +1,14 @@
 """DNS-rebinding and path-escape checks, applied before any routing. Pure functions of the request.
 
-- `Host` must name this gateway: the bind address, loopback names, or `gateway.allowed_hosts` (else 421).
-- `Origin`, when present, must be allowed: loopback origins when bound to loopback, or
-  `gateway.allowed_origins` (else 403).
+A DNS name can be made to point anywhere by whoever controls it, so a `Host` that is a *name* passes only
+when it is `localhost` or listed; an IP literal cannot be rebound. Literals are parsed with `ipaddress`,
+never compared by prefix: `127.0.0.1.example.net` is a name like any other.
+
+- `Host` (else 421): `localhost`, a loopback literal (127.0.0.0/8 as a dotted quad; `[::1]` in any IPv6
+  spelling; `[::ffff:127.x.y.z]`), an entry of `gateway.allowed_hosts`, the bind address when it is a name;
+  on a bind that is not loopback also any IP literal. Malformed values fail whatever the settings say.
+- `Origin`, when present (else 403): an entry of `gateway.allowed_origins`, matched on scheme, host and
+  port; on a loopback bind also `http`/`https` origins whose host passes the loopback rule above.
 - The raw path may not escape its server or backend path: no `.`/`..` segments, no encoded `/` or `\\`,
   no empty segments, no NUL (else 400).
 """
@@ -10,66 +16,225 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from urllib.parse import unquote_to_bytes
 
 from mcpfleet.errors import GatewayError
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+ANY = "*"
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+WEB_SCHEMES = frozenset({"http", "https"})
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_NUMBER = re.compile(r"[0-9]+|0x[0-9a-f]*")  # a last label a URL parser reads as part of an IPv4 address
+_NAME_CHARACTERS = re.compile(r"[a-z0-9._-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
 _DOT_SEGMENT = re.compile(rb"^(\.|%2e){1,2}$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class Policy:
-    bind_host: str
-    allowed_hosts: frozenset[str]
-    allowed_origins: frozenset[str]
+class Authority:
+    """A parsed `host[:port]`: `host` is a lowercase name, a dotted quad, or `[compressed IPv6]`."""
 
-    @classmethod
-    def create(cls, bind_host: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]) -> Policy:
-        """Loopback names are always allowed (a local probe is no rebinding attack). On a loopback bind the
-        Host is checked against them and `allowed_hosts`. On any other bind with no `allowed_hosts`, every
-        Host is accepted, as the SDK's own servers do: the operator who exposes the gateway names its
-        public hosts to turn the check on (the gateway logs a warning until then)."""
-        hosts = {h.lower() for h in allowed_hosts} | {bind_host.lower()} | LOOPBACK_HOSTS
-        loopback = bind_host in LOOPBACK_HOSTS or bind_host.startswith("127.")
-        if not loopback and not allowed_hosts:
-            hosts.add("*")
-        return cls(bind_host, frozenset(hosts), frozenset(o.lower().rstrip("/") for o in allowed_origins))
+    host: str
+    port: int | None
+    address: IPv4Address | IPv6Address | None  # None for a name
 
     @property
     def loopback(self) -> bool:
-        return self.bind_host in LOOPBACK_HOSTS or self.bind_host.startswith("127.")
+        if self.address is None:
+            return self.host == "localhost"
+        address = self.address
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1 written for an IPv6 socket
+        return address.is_loopback
+
+
+def parse_authority(text: str) -> Authority:
+    """`host[:port]` as a Host header carries it. Raises ValueError saying what is wrong."""
+    if not text:
+        raise ValueError("it is empty")
+    if not text.isascii():
+        raise ValueError("it is not ASCII")
+    if "@" in text:
+        raise ValueError("a user name before '@'")
+    lowered = text.lower()
+    address: IPv4Address | IPv6Address | None
+    if lowered.startswith("["):
+        literal, bracket, rest = lowered[1:].partition("]")
+        if not bracket:
+            raise ValueError("an IPv6 address without its closing ']'")
+        if "%" in literal:
+            raise ValueError("an IPv6 zone id")
+        try:
+            address = IPv6Address(literal)
+        except ValueError:
+            raise ValueError("not an IPv6 address in brackets") from None
+        host = f"[{address.compressed}]"
+    else:
+        host, colon, port_text = lowered.partition(":")
+        if ":" in port_text:
+            raise ValueError("an IPv6 address must be written in brackets")
+        rest = colon + port_text
+        address = _ipv4_or_name(host)
+    return Authority(host, _port(rest), address)
+
+
+def parse_origin(text: str) -> tuple[str, Authority]:
+    """An `Origin` value: its key `scheme://host[:port]` (the scheme's default port written out) and its
+    authority. A single trailing `/` is tolerated; any other path, a query or a fragment is not."""
+    lowered = text.lower()
+    if lowered == "null":
+        raise ValueError("an opaque origin (sandboxed pages, files and redirects send 'null')")
+    scheme, separator, rest = lowered.partition("://")
+    if not separator or not _SCHEME.fullmatch(scheme):
+        raise ValueError("not scheme://host[:port]")
+    rest = rest.removesuffix("/")
+    if any(c in rest for c in "/?#"):
+        raise ValueError("an origin has no path, query or fragment")
+    authority = parse_authority(rest)
+    port = authority.port or DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{authority.host}" + (f":{port}" if port else ""), authority
+
+
+def _ipv4_or_name(host: str) -> IPv4Address | None:
+    if not _NAME_CHARACTERS.fullmatch(host):
+        raise ValueError("not a host name or an IP address")
+    labels = host.split(".")
+    if _NUMBER.fullmatch(labels[-1]):
+        # Browsers and inet_aton read 127.1, 2130706433, 0x7f.0.0.1 and 0177.0.0.1 as addresses: the only
+        # numeric form taken here is the strict dotted quad, so no spelling means two different hosts.
+        try:
+            return IPv4Address(host)
+        except ValueError:
+            raise ValueError("a number that is not a dotted-quad IPv4 address") from None
+    if host.endswith("."):
+        raise ValueError("a name with a trailing dot")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError("not a host name or an IP address")
+    return None
+
+
+def _port(rest: str) -> int | None:
+    if not rest:
+        return None
+    if rest.startswith(":") and _PORT.fullmatch(rest[1:]) and 1 <= int(rest[1:]) <= 65535:
+        return int(rest[1:])
+    raise ValueError("the port is not a number from 1 to 65535")
+
+
+def _is_loopback_bind(bind_host: str) -> bool:
+    if bind_host.lower() == "localhost":
+        return True
+    try:
+        address = ip_address(bind_host.strip("[]"))
+    except ValueError:
+        return False
+    return Authority(bind_host, None, address).loopback
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What `Host` and `Origin` values this gateway accepts; built from the settings in force.
+
+    `allowed_hosts` holds `name` (any port) and `name:port` keys, `allowed_origins` holds
+    `scheme://host:port` keys; either may hold `*`. `ignored` lists setting entries that can never match.
+    """
+
+    bind_host: str
+    loopback: bool
+    allowed_hosts: frozenset[str]
+    allowed_origins: frozenset[str]
+    ignored: tuple[str, ...] = ()
+
+    @classmethod
+    def create(cls, bind_host: str, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]) -> Policy:
+        hosts: set[str] = set()
+        origins: set[str] = set()
+        ignored: list[str] = []
+        for entry in allowed_hosts:
+            try:
+                hosts.add(_host_key(entry))
+            except ValueError as exc:
+                ignored.append(f"gateway.allowed_hosts entry {entry!r} is ignored: {exc}")
+        for entry in allowed_origins:
+            try:
+                origins.add(ANY if entry.strip() == ANY else parse_origin(entry.strip())[0])
+            except ValueError as exc:
+                ignored.append(f"gateway.allowed_origins entry {entry!r} is ignored: {exc}")
+        try:
+            bound = parse_authority(bind_host.strip())
+        except ValueError:
+            bound = None
+        if bound is not None and bound.address is None:
+            hosts.add(bound.host)  # bound to a name the operator chose: that name serves this gateway
+        loopback = _is_loopback_bind(bind_host.strip())
+        return cls(bind_host, loopback, frozenset(hosts), frozenset(origins), tuple(ignored))
+
+    def notices(self) -> list[str]:
+        """What the operator should read at start and after a reload: checks turned off, entries ignored."""
+        notes = list(self.ignored)
+        if ANY in self.allowed_hosts:
+            notes.append("gateway.allowed_hosts holds '*': any Host name passes (no DNS rebinding protection)")
+        elif not self.loopback:
+            notes.append(
+                f"bound to {self.bind_host}: a Host header that is a name must be listed in gateway.allowed_hosts"
+                " (IP addresses and localhost always pass)"
+            )
+        if ANY in self.allowed_origins:
+            notes.append("gateway.allowed_origins holds '*': any web page may call this gateway from a browser")
+        return notes
 
     def check_host(self, host: str | None) -> None:
         if host is None:
             raise GatewayError(421, -32600, "the request has no Host header")
-        name = _host_name(host)
-        if "*" not in self.allowed_hosts and name not in self.allowed_hosts and not name.startswith("127."):
-            raise GatewayError(421, -32600, f"Host {host!r} is not served here (setting: gateway.allowed_hosts)")
+        try:
+            authority = parse_authority(host)
+        except ValueError as exc:
+            raise GatewayError(421, -32600, f"Host {host!r} is not served here: {exc}") from None
+        if ANY in self.allowed_hosts or self._listed(authority) or authority.loopback:
+            return
+        if not self.loopback and authority.address is not None:
+            return  # an IP literal: DNS rebinding needs a name
+        raise GatewayError(421, -32600, f"Host {host!r} is not served here (setting: gateway.allowed_hosts)")
 
     def check_origin(self, origin: str | None) -> None:
-        if origin is None:
+        if origin is None or ANY in self.allowed_origins:
             return
-        normalized = origin.lower().rstrip("/")
-        if normalized in self.allowed_origins or "*" in self.allowed_origins:
+        try:
+            key, authority = parse_origin(origin)
+        except ValueError as exc:
+            raise GatewayError(403, -32600, f"Origin {origin!r} is not allowed: {exc}") from None
+        if key in self.allowed_origins:
             return
-        if self.loopback:
-            try:
-                hostname = urlsplit(normalized).hostname
-            except ValueError:
-                hostname = None
-            if hostname is not None and (hostname in LOOPBACK_HOSTS or hostname.startswith("127.")):
-                return
+        if self.loopback and key.partition(":")[0] in WEB_SCHEMES and authority.loopback:
+            return
         raise GatewayError(403, -32600, f"Origin {origin!r} is not allowed (setting: gateway.allowed_origins)")
 
+    def _listed(self, authority: Authority) -> bool:
+        return authority.host in self.allowed_hosts or f"{authority.host}:{authority.port}" in self.allowed_hosts
 
-def _host_name(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+def single_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The value of `host` or `origin`, None when absent. Two of them are refused (421 like every Host
+    refusal, 403 for Origin): the gateway would check one while a proxy in front may act on the other."""
+    values = [value.decode("latin-1") for key, value in headers if key == name]
+    if len(values) > 1:
+        status = 421 if name == b"host" else 403
+        raise GatewayError(status, -32600, f"the request has {len(values)} {name.decode().title()} headers")
+    return values[0] if values else None
+
+
+def _host_key(entry: str) -> str:
+    """An `allowed_hosts` entry as a key: `*`, `name` (any port; also written `name:*`) or `name:port`."""
+    entry = entry.strip()
+    if entry == ANY:
+        return ANY
+    authority = parse_authority(entry.removesuffix(":*"))
+    return authority.host if authority.port is None else f"{authority.host}:{authority.port}"
 
 
 def check_path(raw_path: bytes) -> list[str]:
@@ -82,6 +247,4 @@ def check_path(raw_path: bytes) -> list[str]:
             raise GatewayError.invalid_request("the path is not allowed: '.' and '..' segments")
         if segment == b"" and index != len(segments) - 1:
             raise GatewayError.invalid_request("the path is not allowed: empty segments")
-    from urllib.parse import unquote_to_bytes
-
     return [unquote_to_bytes(s).decode("utf-8", "replace") for s in segments]
