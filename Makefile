@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := tests/node/node_modules/.package-lock.json
 
-.PHONY: demo test lint unit docs clean
+.PHONY: demo test test-loaded lint unit docs clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ docs: $(INSTALLED)
 
 test: $(INSTALLED) $(NODE_INSTALLED) lint docs
 	$(BIN)/pytest
+
+# The suite again with one core kept busy by another process (tests assert outcomes, never speed).
+test-loaded: $(INSTALLED) $(NODE_INSTALLED)
+	./scripts/test-loaded.sh
 
 unit: $(INSTALLED)
 	$(BIN)/pytest tests/unit

@@ -25,10 +25,13 @@ def call_through_reloads(
     gw: RunningGateway, server_id: str, registries: list[str], workers: int, pause: float
 ) -> tuple[Counter[str], list[str]]:
     """`workers` clients call echo in sessions of their own while the registry cycles through
-    `registries` (one reload per `pause` seconds, 8 reloads): what happened, and what went wrong."""
+    `registries` (8 reloads): what happened, and what went wrong. A reload comes at least `pause` seconds
+    after the one before, and only once every worker has had an answer since it, so each round carries
+    traffic however slowly the machine starts processes (the outcome, not the speed, is what is tested)."""
     outcomes: Counter[str] = Counter()
     bad: list[str] = []
     stop = anyio.Event()
+    answered: set[int] = set()  # workers with an answer since the last reload
     url = gw.mcp(server_id)
 
     async def client_loop(client: httpx2.AsyncClient, worker: int) -> None:
@@ -63,18 +66,22 @@ def call_through_reloads(
                 bad.append(f"wrong answer: {answer}")
                 return
             outcomes["ok"] += 1
+            answered.add(worker)
 
     async def reloader() -> None:
         async with httpx2.AsyncClient(timeout=30) as admin:
             for round_ in range(1, 9):
                 await anyio.sleep(pause)
+                while len(answered) < workers and not bad:  # noqa: ASYNC110 - workers add to a set
+                    await anyio.sleep(0.05)
+                answered.clear()
                 gw.registry.write_text(registries[round_ % len(registries)])
                 answer = await admin.post(f"{gw.url}/admin/reload")
                 assert answer.status_code == 200, answer.text
         stop.set()
 
     async def main() -> None:
-        with anyio.fail_after(120):
+        with anyio.fail_after(600):
             async with httpx2.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
                 for worker in range(workers):
                     tg.start_soon(client_loop, client, worker)
@@ -94,7 +101,7 @@ def test_reloads_under_load_lose_no_request(
     gw = gateway(registries[0])
     outcomes, bad = call_through_reloads(gw, "web", registries, workers=8, pause=0.4)
     assert bad == []
-    assert outcomes["ok"] > 100, outcomes
+    assert outcomes["ok"] >= 8 * 8, outcomes  # every worker had answers in every round
     assert outcomes["404"] >= 1, outcomes  # some sessions did sit on a replica that was removed
 
 
@@ -106,5 +113,5 @@ def test_pool_changes_under_load_lose_no_request(gateway: Callable[[str], Runnin
     gw = gateway(registries[0])
     outcomes, bad = call_through_reloads(gw, "local", registries, workers=4, pause=1.5)
     assert bad == []
-    assert outcomes["ok"] > 20, outcomes
+    assert outcomes["ok"] >= 4 * 8, outcomes  # every worker had answers in every round
     assert outcomes["404"] >= 4, outcomes  # each worker's session ended with a pool at least once
