@@ -8,15 +8,20 @@ import pytest
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.protocol import (
+    NOT_FORWARDED_DOWN,
+    NOT_FORWARDED_UP,
+    NOT_FORWARDED_UP_PREFIXES,
     IdMap,
     Message,
     accepts,
     error_response,
+    forwarded_for,
     is_initialize,
     is_modern,
     parse_body,
     parse_message,
     sse_event,
+    without,
 )
 from mcpfleet.gateway.security import Policy, check_path
 
@@ -119,6 +124,60 @@ def test_sse_and_accept_and_errors() -> None:
         "id": "r",
         "error": {"code": -32014, "message": "gone", "data": {"x": 1}},
     }
+
+
+def test_headers_towards_the_server_lose_hop_by_hop_ones_and_the_clients_claims() -> None:
+    sent = [
+        (b"host", b"gateway:8000"),
+        (b"connection", b"keep-alive, X-Hop"),
+        (b"x-hop", b"named by connection"),
+        (b"connection", b"x-other"),  # a second Connection header names more
+        (b"x-other", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"te", b"trailers"),
+        (b"expect", b"100-continue"),
+        (b"proxy-authorization", b"Basic x"),
+        (b"x-forwarded-for", b"203.0.113.7"),
+        (b"x-forwarded-anything", b"x"),
+        (b"forwarded", b"for=203.0.113.7"),
+        (b"x-real-ip", b"203.0.113.7"),
+        (b"origin", b"http://localhost"),
+        (b"content-length", b"12"),
+        (b"mcp-session-id", b"gateway-id"),
+        (b"mcp-param-a", b"1"),
+        (b"authorization", b"Bearer t"),
+        (b"mcp-param-a", b"2"),
+        (b"cookie", b"a=1"),
+    ]
+    kept = without(sent, NOT_FORWARDED_UP, NOT_FORWARDED_UP_PREFIXES)
+    assert kept == [
+        (b"mcp-param-a", b"1"),
+        (b"authorization", b"Bearer t"),
+        (b"mcp-param-a", b"2"),
+        (b"cookie", b"a=1"),
+    ]
+    # An entry's header replaces the client's: its name joins the names not forwarded.
+    assert without(sent, NOT_FORWARDED_UP | {b"authorization"}, NOT_FORWARDED_UP_PREFIXES)[1:2] == [
+        (b"mcp-param-a", b"2")
+    ]
+    answer = [
+        (b"connection", b"close, x-secret"),
+        (b"x-secret", b"s"),
+        (b"proxy-authenticate", b"Basic"),
+        (b"set-cookie", b"b=2"),
+    ]
+    assert without(answer, NOT_FORWARDED_DOWN, (b"proxy-",)) == [(b"set-cookie", b"b=2")]
+
+
+def test_forwarded_headers_name_the_connection() -> None:
+    assert forwarded_for(("10.0.0.5", 5000), "gw.example:8443", "https") == [
+        (b"x-forwarded-for", b"10.0.0.5"),
+        (b"x-forwarded-host", b"gw.example:8443"),
+        (b"x-forwarded-proto", b"https"),
+    ]
+    # A WebSocket counts as the HTTP request it began as; no peer address (a unix socket): no X-Forwarded-For.
+    assert forwarded_for(None, None, "ws") == [(b"x-forwarded-proto", b"http")]
+    assert forwarded_for(("::1", 1), "h", "wss")[-1] == (b"x-forwarded-proto", b"https")
 
 
 @pytest.mark.parametrize(

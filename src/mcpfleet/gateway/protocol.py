@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,22 +23,60 @@ SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
 LAST_EVENT_ID = b"last-event-id"
 
-# Hop-by-hop headers (RFC 9110 7.6.1) are never forwarded, and neither is what the proxy sets itself.
+Headers = list[tuple[bytes, bytes]]
+
+# Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection: never forwarded, nor any header that
+# `Connection` names, nor any `Proxy-*`. `Expect` too: the gateway has read the whole body already.
 HOP_BY_HOP = frozenset(
     {
         b"connection",
+        b"expect",
         b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
         b"te",
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
     }
 )
-NOT_FORWARDED_UP = HOP_BY_HOP | {b"host", b"content-length", b"origin", SESSION_HEADER}
+HOP_BY_HOP_PREFIXES = (b"proxy-",)
+# What a client says about its own address, host and scheme is not passed on: the gateway sets
+# X-Forwarded-For/-Host/-Proto from the connection itself (it trusts no proxy in front of it).
+CLIENT_CLAIMS = frozenset({b"forwarded", b"x-real-ip"})
+CLIENT_CLAIM_PREFIXES = (b"x-forwarded-",)
+# Towards the server: what the gateway sets itself (Host: the replica's; Content-Length: of the body it
+# sends; Mcp-Session-Id: the upstream's) and Origin (checked at the gateway; nobody to protect behind it).
+NOT_FORWARDED_UP = HOP_BY_HOP | CLIENT_CLAIMS | {b"host", b"content-length", b"origin", SESSION_HEADER}
+NOT_FORWARDED_UP_PREFIXES = HOP_BY_HOP_PREFIXES + CLIENT_CLAIM_PREFIXES
 NOT_FORWARDED_DOWN = HOP_BY_HOP | {SESSION_HEADER, b"content-length", b"server", b"date"}
+
+
+def without(headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes], prefixes: tuple[bytes, ...]) -> Headers:
+    """`headers` (lowercase names) less those in `names`, those starting with one of `prefixes`, and those
+    the `Connection` header names. `names` must hold `connection`. Repeated headers stay repeated."""
+    kept: Headers = []
+    connection: list[bytes] = []
+    for name, value in headers:
+        if name in names or name.startswith(prefixes):
+            if name == b"connection":
+                connection.append(value)
+            continue
+        kept.append((name, value))
+    if connection:
+        named = {token.strip().lower() for token in b",".join(connection).split(b",")}
+        kept = [(name, value) for name, value in kept if name not in named]
+    return kept
+
+
+def forwarded_for(client: Any, host: str | None, scheme: str) -> Headers:
+    """The X-Forwarded-* headers the gateway sets for a client connection: its address, the `Host` it asked
+    for, and `http` or `https` (a WebSocket's `ws`/`wss` counts as the HTTP request it began as)."""
+    headers: Headers = []
+    if client:
+        headers.append((b"x-forwarded-for", str(client[0]).encode()))
+    if host:
+        headers.append((b"x-forwarded-host", host.encode("latin-1")))
+    headers.append((b"x-forwarded-proto", b"https" if scheme in ("https", "wss") else b"http"))
+    return headers
 
 
 def is_modern(version: str | None) -> bool:

@@ -9,23 +9,38 @@
 An http entry with a `command` is served over HTTP while an endpoint answers, and through its command when
 none does. A runtime belongs to one entry of one snapshot: a reload that changes or removes the entry
 retires it (no new sessions; in-flight requests finish; then its sessions end and its processes stop).
+
+Bridged HTTP connections carry the entry's `headers` and the X-Forwarded-* of the client connection that
+opened them; a connection shared by several clients (2026-07-28 requests to a legacy SSE server) carries none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import Receive, Send, respond, send_chunk, start_event_stream, stream_body
+from mcpfleet.gateway.asgi import (
+    Receive,
+    Scope,
+    Send,
+    header,
+    respond,
+    send_chunk,
+    start_event_stream,
+    stream_body,
+)
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
-from mcpfleet.gateway.protocol import error_response, is_initialize, parse_body, sse_event
+from mcpfleet.gateway.protocol import error_response, forwarded_for, is_initialize, parse_body, sse_event
 from mcpfleet.gateway.session import HttpSession, SessionTable
-from mcpfleet.gateway.upstream.backend import ProcessBackend, TransportBackend
+from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend, TransportBackend
 from mcpfleet.gateway.upstream.http import HttpUpstream, Unreachable
 from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
 from mcpfleet.registry.model import HttpServer, Server, StdioServer
@@ -38,6 +53,23 @@ SSE_PATH = "/sse"
 MESSAGES_PATH = "/messages/"
 WS_PATH = "/ws"
 BRIDGE_LIMIT = 10_000  # bridged HTTP connections hold no process; this only bounds memory
+# The X-Forwarded-* of the client whose session is opening a bridged connection. The relay makes backends
+# through a factory that takes no arguments, so the client's headers reach it this way, set only around
+# the opening of a session of one client (never of a connection several clients share).
+_OPENING_FOR: ContextVar[tuple[tuple[bytes, bytes], ...]] = ContextVar("opening_for", default=())
+
+
+@contextlib.contextmanager
+def _opening_for(scope: Scope | None) -> Iterator[None]:
+    if scope is None:
+        yield
+        return
+    client, host, scheme = scope.get("client"), header(scope, b"host"), scope.get("scheme", "http")
+    token = _OPENING_FOR.set(tuple(forwarded_for(client, host, scheme)))
+    try:
+        yield
+    finally:
+        _OPENING_FOR.reset(token)
 
 
 class ServerRuntime:
@@ -62,10 +94,9 @@ class ServerRuntime:
                 self.http = HttpUpstream(server, balancer)
                 if server.health.active:
                     task_group.start_soon(self._probe_replicas)
-            endpoints = {e.url: e for e in server.endpoints}
             self.bridge = RelayUpstream(
                 server,
-                lambda: TransportBackend(server, endpoints[balancer.pick().url]),
+                self._bridged_connection,
                 task_group,
                 sessions,
                 limit=BRIDGE_LIMIT,
@@ -80,6 +111,15 @@ class ServerRuntime:
                 self.stdio.keep_warm(server.pool.min)
         self.inflight = 0
         self._idle = anyio.Event()
+
+    def _bridged_connection(self) -> Backend:
+        """A connection to a replica the balancer picks, for the bridge relay."""
+        server, balancer = self.server, self.balancer
+        assert isinstance(server, HttpServer)
+        assert balancer is not None
+        url = balancer.pick().url
+        endpoint = next(e for e in server.endpoints if e.url == url)
+        return TransportBackend(server, endpoint, forwarded=_OPENING_FOR.get())
 
     @property
     def upstreams(self) -> list[HttpUpstream | RelayUpstream]:
@@ -174,7 +214,8 @@ class ServerRuntime:
         if relay is self.stdio and isinstance(spawnable, StdioServer | HttpServer) and spawnable.pool.mode == "shared":
             await relay.initialize_shared(exchange, messages[0])
             return
-        await relay.initialize(exchange, messages[0])
+        with _opening_for(exchange.scope):
+            await relay.initialize(exchange, messages[0])
 
     # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------
 
@@ -206,7 +247,8 @@ class ServerRuntime:
 
     async def _legacy_stream(self, exchange: Exchange) -> None:
         relay = await self._bridge_relay()
-        session, box = await relay.open_bridge()
+        with _opening_for(exchange.scope):
+            session, box = await relay.open_bridge()
         token = self.sessions.issue(session)
         prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
         endpoint = f"{prefix}/{self.server.id}{MESSAGES_PATH}?session_id={token}"
@@ -229,12 +271,14 @@ class ServerRuntime:
         await session.bridge(messages, session.standing)
         await respond(exchange.send, 202, b"Accepted", content_type=b"text/plain")
 
-    async def websocket(self, receive: Receive, send: Send, max_frame: int) -> None:
-        """One WebSocket connection = one session: text frames in, text frames out, one message each."""
+    async def websocket(self, receive: Receive, send: Send, max_frame: int, *, scope: Scope | None = None) -> None:
+        """One WebSocket connection = one session: text frames in, text frames out, one message each.
+        `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection."""
         self.inflight += 1
         try:
             relay = await self._bridge_relay()
-            session, box = await relay.open_bridge()
+            with _opening_for(scope):
+                session, box = await relay.open_bridge()
         except GatewayError as exc:
             self._done()
             await send({"type": "websocket.close", "code": 1011, "reason": exc.message[:120]})

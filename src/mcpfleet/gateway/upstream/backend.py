@@ -6,13 +6,16 @@ The relay (relay.py) routes messages between clients and a backend without carin
 - `TransportBackend`: an HTTP server reached through the official SDK's client transport (Streamable HTTP
   or legacy HTTP+SSE), for clients whose transport the server does not speak (a WebSocket or legacy SSE
   client in front of a Streamable HTTP server, a Streamable HTTP client in front of a legacy SSE server).
-  Messages are parsed and serialized again by the SDK on this path.
+  Messages are parsed and serialized again by the SDK on this path. Its requests carry the entry's
+  `headers` and the `X-Forwarded-For`/`-Host`/`-Proto` of the client connection that opened it (none for a
+  connection that several clients share), and nothing else of the client's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -75,10 +78,21 @@ class ProcessBackend:
         return detail
 
 
+def _client_headers(server: HttpServer, forwarded: Sequence[tuple[bytes, bytes]]) -> httpx2.Headers:
+    """What every request of a bridged connection carries besides the transport's own headers: the
+    X-Forwarded-* of the client connection, replaced by the entry's `headers` where they name the same one."""
+    headers = httpx2.Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in forwarded])
+    headers.update(dict(server.headers))
+    return headers
+
+
 class TransportBackend:
-    def __init__(self, server: HttpServer, endpoint: Endpoint) -> None:
+    def __init__(
+        self, server: HttpServer, endpoint: Endpoint, *, forwarded: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         self.server = server
         self.endpoint = endpoint
+        self._headers = _client_headers(server, forwarded)
         self._stack = contextlib.AsyncExitStack()
         self._read: Any = None
         self._write: Any = None
@@ -89,14 +103,14 @@ class TransportBackend:
         if server.transport == "sse":
             transport: Any = sse_client(
                 server.sse_url(self.endpoint),
-                headers=dict(server.headers),
+                headers=dict(self._headers),
                 timeout=timeouts.connect,
                 sse_read_timeout=timeouts.idle_stream,
             )
         else:
             http = await self._stack.enter_async_context(
                 httpx2.AsyncClient(
-                    headers=dict(server.headers),
+                    headers=self._headers,
                     timeout=httpx2.Timeout(timeouts.first_byte, connect=timeouts.connect, read=timeouts.idle_stream),
                 )
             )

@@ -1,9 +1,13 @@
 """Streamable HTTP (and any other path) proxied to the replicas of an `http` server, byte for byte.
 
 Bodies stream in both directions without buffering; `text/event-stream` responses go out event by event
-as the upstream writes them, with `X-Accel-Buffering: no`, and race the client's disconnect. The only
-headers touched are `Host` (set for the replica), hop-by-hop headers, `Origin` (checked at the gateway,
-not passed on) and `Mcp-Session-Id` (the gateway's id outside, the upstream's inside).
+as the upstream writes them, with `X-Accel-Buffering: no`, and race the client's disconnect.
+
+Headers towards the server: the client's, less hop-by-hop ones (and those `Connection` names), `Host` (the
+replica's is set), `Content-Length` (of the body sent), `Origin` (checked at the gateway), what the client
+claims about its address (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) and any header the entry configures
+(the entry's value replaces the client's); plus the entry's `headers` and the gateway's `X-Forwarded-For`,
+`-Host` and `-Proto`. `Mcp-Session-Id` is the gateway's id outside, the upstream's inside.
 """
 
 from __future__ import annotations
@@ -16,11 +20,19 @@ from collections.abc import Callable, Iterator
 import anyio
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import Headers, send_chunk, stream_body
+from mcpfleet.gateway.asgi import send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import METHODS, rewrite_events, unwrap, wrap
-from mcpfleet.gateway.protocol import NOT_FORWARDED_DOWN, NOT_FORWARDED_UP, SESSION_HEADER
+from mcpfleet.gateway.protocol import (
+    HOP_BY_HOP_PREFIXES,
+    NOT_FORWARDED_DOWN,
+    NOT_FORWARDED_UP,
+    NOT_FORWARDED_UP_PREFIXES,
+    SESSION_HEADER,
+    forwarded_for,
+    without,
+)
 from mcpfleet.gateway.session import HttpSession, SessionTable
 from mcpfleet.gateway.upstream.wire import ConnectFailed, OutOfDescriptors, Pool, Response, UpstreamClosed
 from mcpfleet.registry.model import HttpServer
@@ -47,6 +59,9 @@ class HttpUpstream:
         self.balancer = balancer
         self._pools: dict[str, Pool] = {}
         self._configured = [(k.lower().encode(), v.encode()) for k, v in server.headers.items()]
+        # A header the entry configures replaces the client's, or the gateway's, of that name, whatever its case.
+        self._configured_names = frozenset(name for name, _ in self._configured)
+        self._not_forwarded = NOT_FORWARDED_UP | self._configured_names
         self.retired = False
 
     async def aclose(self) -> None:
@@ -161,15 +176,15 @@ class HttpUpstream:
     async def _send(
         self, exchange: Exchange, replica: str, path: str, session: HttpSession | None, body: bytes
     ) -> Response:
-        headers = [(k, v) for k, v in exchange.scope["headers"] if k not in NOT_FORWARDED_UP]
+        headers = without(exchange.scope["headers"], self._not_forwarded, NOT_FORWARDED_UP_PREFIXES)
         headers.extend(self._configured)
         if session is not None:
             headers.append((SESSION_HEADER, session.upstream_id.encode()))
-        if client := exchange.scope.get("client"):
-            headers.append((b"x-forwarded-for", str(client[0]).encode()))
-        if host := exchange.header(b"host"):
-            headers.append((b"x-forwarded-host", host.encode()))
-        headers.append((b"x-forwarded-proto", str(exchange.scope.get("scheme", "http")).encode()))
+        scope = exchange.scope
+        gateway_set = forwarded_for(scope.get("client"), exchange.header(b"host"), scope.get("scheme", "http"))
+        if self._configured_names:
+            gateway_set = [(name, value) for name, value in gateway_set if name not in self._configured_names]
+        headers.extend(gateway_set)
         target = path + ("?" + exchange.query.decode("latin-1") if exchange.query else "")
         first_byte = None if exchange.method in _STANDING_STREAM else self.server.timeouts.first_byte
         with self._as_gateway_errors(replica, "response", self.server.timeouts.first_byte, "timeouts.first_byte"):
@@ -212,7 +227,7 @@ class HttpUpstream:
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
         try:
-            headers: Headers = [(k, v) for k, v in response.headers if k not in NOT_FORWARDED_DOWN]
+            headers = without(response.headers, NOT_FORWARDED_DOWN, HOP_BY_HOP_PREFIXES)
             upstream_session = response.header(SESSION_HEADER)
             ok = 200 <= response.status < 300
             if session is None and initialize and ok and upstream_session:
