@@ -309,7 +309,6 @@ def test_websocket_upgrades_check_host_and_origin(loopback_gateway: RunningGatew
         assert anyio.run(echo_over_websocket, authority, origin) == authority
 
 
-@pytest.mark.xfail(strict=True, reason="app.py answers refused upgrades with 403 and no body (report, issue 8)")
 def test_refused_websocket_upgrades_get_the_http_status_and_error_body(loopback_gateway: RunningGateway) -> None:
     port = port_of(loopback_gateway)
     status, body = websocket_handshake(port, "127.0.0.1.example.net", None)
@@ -319,7 +318,6 @@ def test_refused_websocket_upgrades_get_the_http_status_and_error_body(loopback_
     assert status == 403 and json.loads(body)["error"]["code"] == -32600
 
 
-@pytest.mark.xfail(strict=True, reason="app.py checks the first Host and Origin only (report, issue 8)")
 def test_two_hosts_or_two_origins_are_refused(loopback_gateway: RunningGateway) -> None:
     port = port_of(loopback_gateway)
     two_hosts = [("Host", f"127.0.0.1:{port}"), ("Host", "evil.example")]

@@ -97,7 +97,13 @@ def test_crashed_process_fails_its_pending_call_at_once(stdio_gateway: RunningGa
         ("/nope/mcp", {}, 404, -32010, "unknown server 'nope'; servers here: down, local, web"),
         ("/down/mcp", {"json": INIT}, 502, -32012, "server 'down' is unreachable"),
         ("/local/mcp", {"content": b"{not json"}, 400, -32700, "not valid JSON"),
-        ("/local/mcp", {"content": b"x" * 5000}, 413, -32600, "exceeds 4096 bytes (setting: gateway.max_message_bytes)"),
+        (
+            "/local/mcp",
+            {"content": b"x" * 5000},
+            413,
+            -32600,
+            "exceeds 4096 bytes (setting: gateway.max_message_bytes)",
+        ),
         ("/local/mcp", {"json": INIT, "headers": {"accept": "text/plain"}}, 406, -32600, "must accept"),
         (
             "/local/mcp",

@@ -212,7 +212,10 @@ def test_host_and_origin_policy() -> None:
     public.check_host("127.0.0.1:8000")  # a local probe is no rebinding attack
     with pytest.raises(GatewayError):
         public.check_host("evil.example")
-    Policy.create("0.0.0.0", (), ()).check_host("pod-10-1-2-3.anything:8000")  # no allowed_hosts: not checked
+    bare = Policy.create("0.0.0.0", (), ())
+    bare.check_host("10.1.2.3:8000")  # an IP literal cannot be rebound
+    with pytest.raises(GatewayError):
+        bare.check_host("pod-10-1-2-3.anything:8000")  # a name must be listed in allowed_hosts
     public.check_origin("https://app.example.com/")
     with pytest.raises(GatewayError):
         public.check_origin("http://localhost:3000")  # loopback origins are trusted only on loopback binds

@@ -29,7 +29,7 @@ from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
-from mcpfleet.gateway.security import Policy, check_path
+from mcpfleet.gateway.security import Policy, check_path, single_header
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.registry import Registry, load_registry
 from mcpfleet.registry.model import HttpServer, StdioServer
@@ -61,12 +61,8 @@ class Gateway:
         self.sessions = SessionTable(Sealer.from_settings(settings.session_keys, settings.session_max_age))
         self._bind_host = host or registry.gateway.host
         self.policy = Policy.create(self._bind_host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins)
-        if "*" in self.policy.allowed_hosts:
-            log.warning(
-                "bound to %s with no gateway.allowed_hosts: the Host header is not checked (DNS rebinding"
-                " protection is off); list this gateway's public host names there",
-                self._bind_host,
-            )
+        for notice in self.policy.notices():
+            log.warning("%s", notice)
         self.reload_error: list[str] = []
         self.reloads = {"ok": 0, "rejected": 0}
         self.generation = 1
@@ -164,6 +160,8 @@ class Gateway:
         old = self._snapshot
         self._snapshot = fresh
         self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
+        for notice in self.policy.notices():
+            log.warning("%s", notice)
         self.generation += 1
         self.reload_error = []
         self.reloads["ok"] += 1
@@ -207,10 +205,12 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
-        origin = header(scope, b"origin")
+        origin: str | None = None
         cors: list[tuple[bytes, bytes]] = []
-        if origin is not None:
-            with contextlib.suppress(GatewayError):  # a refused origin gets its 403 below, without CORS headers
+        with contextlib.suppress(GatewayError):  # a refused Host or Origin gets its 421/403 below, without CORS
+            origin = single_header(scope["headers"], b"origin")
+            self.policy.check_host(single_header(scope["headers"], b"host"))
+            if origin is not None:
                 self.policy.check_origin(origin)
                 cors = _cors_headers(origin)
 
@@ -230,15 +230,15 @@ class Gateway:
         except GatewayError as exc:
             self.metrics.error(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
             if not started:
-                await respond_error(send, exc)
+                await respond_error(tracked, exc)  # an allowed origin may read the gateway's errors too
             else:
                 log.warning("error after the response started: %s", exc.message)
 
     async def _preflight(self, scope: Scope, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
         """CORS preflight: allowed origins may call the MCP endpoints from a browser page."""
         try:
-            self.policy.check_host(header(scope, b"host"))
-            self.policy.check_origin(header(scope, b"origin"))
+            self.policy.check_host(single_header(scope["headers"], b"host"))
+            self.policy.check_origin(single_header(scope["headers"], b"origin"))
         except GatewayError as exc:
             await respond_error(send, exc)
             return
@@ -257,8 +257,8 @@ class Gateway:
 
     def _target(self, scope: Scope) -> tuple[bytes, list[str]]:
         """Security checks shared by HTTP and WebSocket: Host, Origin, then the raw path's segments."""
-        self.policy.check_host(header(scope, b"host"))
-        self.policy.check_origin(header(scope, b"origin"))
+        self.policy.check_host(single_header(scope["headers"], b"host"))
+        self.policy.check_origin(single_header(scope["headers"], b"origin"))
         raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
         return raw_path, check_path(raw_path)
 
@@ -271,8 +271,15 @@ class Gateway:
             if "mcp" not in scope.get("subprotocols", []):
                 raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
         except GatewayError as exc:
-            await receive()  # websocket.connect; closing before accepting answers the handshake with 403
-            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            await receive()  # websocket.connect
+            if "websocket.http.response" in (scope.get("extensions") or {}):
+
+                async def deny(message: Any) -> None:  # the HTTP answer to the handshake, status and body
+                    await send({**message, "type": f"websocket.{message['type']}"})
+
+                await respond_error(deny, exc)
+            else:  # closing before accepting answers the handshake with 403
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
             return
         await receive()
         await runtime.websocket(receive, send, self._snapshot.gateway.max_message_bytes)
@@ -361,7 +368,16 @@ class Gateway:
                 # (bridged HTTP connections are counted apart, under "bridged")
                 stdio = runtime.stdio if runtime is not None else None
                 warm = stdio.warm_count if stdio is not None else 0
-                entry["processes"] = {"live": live, "warm": warm, "min": server.pool.min, "max": server.pool.max}
+                starting = stdio.admission.starting if stdio is not None else 0
+                waiting = stdio.waiting if stdio is not None else 0
+                entry["processes"] = {
+                    "live": live,
+                    "warm": warm,
+                    "starting": starting,
+                    "waiting": waiting,
+                    "min": server.pool.min,
+                    "max": server.pool.max,
+                }
                 if stdio is not None and stdio.crash_loop_until > time.monotonic():
                     entry["health"] = "crash_loop"
                     entry["crash_loop"] = {"quick_exits": stdio.quick_exits, "last_exit": stdio.last_exit}

@@ -15,6 +15,7 @@ never compared by prefix: `127.0.0.1.example.net` is a name like any other.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Authority:
         return address.is_loopback
 
 
+@functools.lru_cache(maxsize=1024)  # every request is checked, and a gateway sees few distinct values
 def parse_authority(text: str) -> Authority:
     """`host[:port]` as a Host header carries it. Raises ValueError saying what is wrong."""
     if not text:
@@ -83,6 +85,7 @@ def parse_authority(text: str) -> Authority:
     return Authority(host, _port(rest), address)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_origin(text: str) -> tuple[str, Authority]:
     """An `Origin` value: its key `scheme://host[:port]` (the scheme's default port written out) and its
     authority. A single trailing `/` is tolerated; any other path, a query or a fragment is not."""
