@@ -241,7 +241,7 @@ def test_missing_command_is_a_502_naming_it(gateway: Callable[[str], RunningGate
 
 
 def test_the_shared_2026_process_yields_its_slot_to_sessions(gateway: Callable[[str], RunningGateway]) -> None:
-    gw = gateway(f"servers:\n  one: {{command: {DEMO_STDIO}, pool: {{max: 1, acquire_timeout: 1}}}}\n")
+    gw = gateway(f"servers:\n  one: {{command: {DEMO_STDIO}, pool: {{max: 1, acquire_timeout: 5}}}}\n")
     modern = {
         "jsonrpc": "2.0",
         "id": 1,
