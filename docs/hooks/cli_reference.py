@@ -1,7 +1,8 @@
 """MkDocs hook: replace the marker line in the CLI page with a reference generated from the Typer app.
 
 The reference is built from the command tree `typer.main.get_command(app)` returns, with the ordinary
-click attributes (`params`, `opts`, `help`, `default`, `required`), so it cannot drift from the code.
+click attributes (`params`, `opts`, `metavar`, `is_flag`, `help`, `default`, `required`), so it cannot drift
+from the code: a flag is listed as taking nothing, a value option with the metavar `--help` shows.
 Typer 0.29 vendors its own copy of click, so contexts are `typer.Context` rather than `click.Context`.
 """
 
@@ -32,7 +33,7 @@ def _command(command: Command, ctx: typer.Context) -> list[str]:
     """The section of one command, followed by the sections of its subcommands (depth first)."""
     lines = [f"## {ctx.command_path}", ""]
     if command.help:
-        lines += [inspect.cleandoc(command.help), ""]
+        lines += [_text(inspect.cleandoc(command.help)), ""]
     usage = command.get_usage(ctx).removeprefix("Usage:").strip()
     lines += ["```text", usage, "```", ""]
     params = [param for param in command.params if not getattr(param, "hidden", False)]
@@ -66,7 +67,11 @@ def _row(param: Parameter) -> str:
         takes = "argument"
     else:
         name = ", ".join(f"`{opt}`" for opt in [*param.opts, *param.secondary_opts])
-        takes = "flag" if getattr(param, "is_flag", False) else "value"
+        # A flag takes nothing; a value option shows the metavar its help shows (`--port PORT`).
+        takes = "flag" if getattr(param, "is_flag", False) else f"`{param.metavar}`" if param.metavar else "value"
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    if low is not None and high is not None:
+        takes += f", {low} to {high}"
     if param.multiple:
         takes += ", repeatable"
     description = _cell(getattr(param, "help", None) or "")
@@ -90,7 +95,13 @@ def _summary(command: Command) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _text(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _text(text: str) -> str:
+    """Help text as Markdown: a `<server-id>` outside backticks is text, not an HTML tag to drop."""
+    parts = text.split("`")
+    return "`".join(part if index % 2 else part.replace("<", "&lt;") for index, part in enumerate(parts))
 
 
 def _anchor(title: str) -> str:

@@ -3,6 +3,17 @@
 Library exceptions (pydantic, yaml, httpx2, OSError, the SDK's MCPError) are translated into these where
 they enter, so callers handle one hierarchy. Each class knows the CLI exit code it maps to; the gateway
 will map the same classes to HTTP statuses.
+
+Exit codes (the CLI's; `docs/cli.md` documents them for users):
+
+- 0: success.
+- 1: `ToolFailedError` (cli): the tool returned an error result, or the server answered with a JSON-RPC error.
+- 2: `McpfleetError` by default, `UsageError`, `RegistryError`, `UnknownServerError`, `UnknownToolError`,
+  `EntryError`: something the user wrote (an option, the registry, a server or tool name) is wrong.
+- 3: `ServerUnavailableError` and its subclasses, `GatewayError`: an MCP server (or, for the CLI, the
+  gateway in between) is unreachable, failed to start, or broke the protocol.
+- 4: `ListenError`: `mcpfleet serve` cannot listen on its address (port taken, address not on this machine,
+  name unresolved, no privilege); unlike 2, often gone a moment later.
 """
 
 from __future__ import annotations
@@ -51,6 +62,54 @@ class UnknownServerError(McpfleetError):
         self.server_id = server_id
         hint = f"known servers: {', '.join(known)}" if known else "the registry names no servers"
         super().__init__(f"unknown server {server_id!r} ({hint})")
+
+
+class UnknownToolError(McpfleetError):
+    """A tool name the server's `tools/list` does not contain (exit 2); suggests the closest names."""
+
+    SHOWN = 20  # tool names listed in the message at most
+
+    def __init__(self, server_id: str, tool: str, known: Sequence[str]) -> None:
+        import difflib
+
+        self.server_id = server_id
+        self.tool = tool
+        self.known = tuple(known)
+        close = difflib.get_close_matches(tool, self.known, n=3, cutoff=0.6)
+        text = f"unknown tool {tool!r} on server {server_id!r}"
+        if close:
+            text += f" (did you mean {' or '.join(repr(name) for name in close)}?)"
+        if not self.known:
+            text += "; the server offers no tools"
+        else:
+            more = len(self.known) - self.SHOWN
+            listed = ", ".join(self.known[: self.SHOWN]) + (f" and {more} more" if more > 0 else "")
+            text += f"; tools: {listed}"
+        super().__init__(text)
+
+
+class EntryError(McpfleetError):
+    """A registry entry that could not be made usable, although the rest of the registry is (exit 2): for
+    instance a `${VAR}` it uses is unset. Carries the registry's one-line error for that entry."""
+
+    def __init__(self, server_id: str, message: str) -> None:
+        self.server_id = server_id
+        self.message = message
+        super().__init__(f"server {server_id!r} is not usable: {message}")
+
+
+class ListenError(McpfleetError):
+    """`mcpfleet serve` cannot listen on its address (exit 4): the port is taken, the address is not one of
+    this machine's, the name does not resolve, or binding needs a privilege. Often temporary (a previous
+    gateway still holding the port, an interface not up yet), so a supervisor may retry on exit 4, unlike 2."""
+
+    exit_code = 4
+
+    def __init__(self, address: str, reason: str, fix: str) -> None:
+        self.address = address
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"cannot listen on {address}: {reason} ({fix})")
 
 
 class ServerUnavailableError(McpfleetError):

@@ -68,8 +68,8 @@ def test_error_results_and_rejected_arguments_exit_1() -> None:
     assert fail.returncode == 1 and "disk on fire" in fail.stdout
     rejected = run_cli("call", "demo", "stats", "--args-json", '{"numbers": "many"}', "--demo")
     assert rejected.returncode == 1 and "numbers" in rejected.stdout
-    unknown = run_cli("call", "demo", "no-such-tool", "--demo")
-    assert unknown.returncode == 1 and "no-such-tool" in unknown.stdout + unknown.stderr
+    unknown = run_cli("call", "demo", "no-such-tool", "--demo")  # not an error result: a name to correct
+    assert unknown.returncode == 2 and "unknown tool 'no-such-tool' on server 'demo'" in unknown.stderr
 
 
 def test_http_replicas_and_stdio_fallback(demo_http: Callable[[str], str], tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_registry_show_masks_secrets(tmp_path: Path) -> None:
     assert json.loads(as_json.stdout)["servers"]["g"]["headers"] == {"Authorization": "***"}
     assert "ghp_secret_value" not in shown.stdout + as_json.stdout
     missing = run_cli("registry", "show", str(path))
-    assert missing.returncode == 2 and "GH_TOKEN is not set" in missing.stderr
+    assert missing.returncode == 2 and "GH_TOKEN" in missing.stderr and "is not set" in missing.stderr
 
 
 def test_server_dying_mid_call_exits_3(demo_http: Callable[[str], str], tmp_path: Path) -> None:

@@ -78,6 +78,27 @@ def test_unreachable_without_command_names_server_and_url() -> None:
         anyio.run(whoami, entry(f"{{endpoint: '{dead}'}}"))
 
 
+def test_failed_detection_names_every_url_and_its_answer(demo_http: Callable[[str], str]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    url = demo_http("r1")  # a real MCP server, asked at paths it does not serve
+    server = entry(f"{{endpoints: ['{dead}', '{url}'], path: /no-mcp, sse_path: /no-sse}}")
+    with pytest.raises(ProtocolError) as caught:
+        anyio.run(whoami, server)
+    message = str(caught.value)
+    assert message.startswith("server 's' answered, but not as an MCP server: "), message
+    assert f"{dead}/no-mcp: ConnectError" in message  # the endpoint that did not answer
+    assert f"{url}/no-mcp: HTTP 404, no Streamable HTTP here; {url}/no-sse: HTTP 404" in message
+
+
+def test_stdio_fallback_failure_says_what_the_endpoints_answered() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerStartError) as caught:
+        anyio.run(whoami, entry(f"{{endpoint: '{dead}', command: [no-such-mcp-server-xyz]}}"))
+    message = str(caught.value)
+    assert "'no-such-mcp-server-xyz' was not found" in message
+    assert f"after no endpoint answered ({dead}/mcp: ConnectError" in message
+
+
 def test_child_that_exits_at_once_reports_code_and_stderr() -> None:
     server = entry('{command: [sh, -c, "echo no-config-found >&2; exit 7"]}')
     with pytest.raises(ServerStartError) as caught:

@@ -1,7 +1,11 @@
 """The `mcpfleet` command line. Each command resolves its target, opens an SDK session, prints, exits.
 
 Exit codes: 0 ok; 1 the tool (or the server) returned an error for the request; 2 usage or configuration
-error; 3 server unreachable or failed to start.
+error (an unknown server or tool name included); 3 server unreachable or failed to start; 4 `serve` cannot
+listen on its address. The table with the classes behind them is in `mcpfleet.errors`.
+
+Help is click's plain layout (`rich_markup_mode=None`): Typer's Rich panels print a type, `<bool>`, after
+every flag, which promises a value the parser refuses. Every value option names its metavar.
 """
 
 from __future__ import annotations
@@ -20,10 +24,18 @@ from mcp_types import CONNECTION_CLOSED
 
 from mcpfleet import __version__
 from mcpfleet.cli import output
-from mcpfleet.cli.target import Target, gateway_servers, registry_path, resolve
+from mcpfleet.cli.target import Target, failed_entries, gateway_servers, registry_path, resolve
 from mcpfleet.client.connect import Connection, connect
-from mcpfleet.errors import McpfleetError, RegistryError, ServerUnavailableError, UsageError, leaf_error
-from mcpfleet.registry import HttpServer, load_registry, normalized
+from mcpfleet.errors import (
+    EntryError,
+    McpfleetError,
+    RegistryError,
+    ServerUnavailableError,
+    UnknownToolError,
+    UsageError,
+    leaf_error,
+)
+from mcpfleet.registry import HttpServer, Registry, load_registry, normalized
 from mcpfleet.registry.model import DockerServer, KubernetesServer, StdioServer
 from mcpfleet.registry.render import mask_url
 
@@ -33,22 +45,34 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-registry_app = typer.Typer(help="Check and print registry files.", no_args_is_help=True)
+registry_app = typer.Typer(help="Check and print registry files.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(registry_app, name="registry")
 
 T = TypeVar("T")
 
 RegistryOpt = Annotated[
     Path | None,
-    typer.Option("--registry", "-r", help="Registry file (default: ./mcpfleet.yaml, then $MCPFLEET_REGISTRY)."),
+    typer.Option(
+        "--registry",
+        "-r",
+        metavar="FILE",
+        help="Registry file (default: ./mcpfleet.yaml, then $MCPFLEET_REGISTRY).",
+    ),
 ]
 DemoOpt = Annotated[bool, typer.Option("--demo", help="Use the built-in demo registry.")]
 GatewayOpt = Annotated[
-    str | None, typer.Option("--gateway", "-g", help="Talk to servers through the mcpfleet gateway at this URL.")
+    str | None,
+    typer.Option(
+        "--gateway",
+        "-g",
+        metavar="URL",
+        help="Talk to servers through the mcpfleet gateway at this URL (its base URL, or any server's URL on it).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
-ServerArg = Annotated[str, typer.Argument(help="Server id, as named in the registry.")]
+ServerArg = Annotated[str, typer.Argument(metavar="SERVER", help="Server id, as named in the registry.")]
 
 
 class ToolFailedError(McpfleetError):
@@ -149,6 +173,7 @@ def servers(
             listed: list[dict[str, Any]] = await anyio.to_thread.run_sync(gateway_servers, target.gateway)
             return listed
         assert target.registry is not None
+        _warn_failed(target.registry)
         return [_describe(sid, server) for sid, server in target.registry.servers.items()]
 
     rows = _run(work)
@@ -160,6 +185,12 @@ def servers(
         ["id", "type", "reached at", "description"],
         [[r["id"], r["type"], r.get("target", ""), r.get("description", "")] for r in rows],
     )
+
+
+def _warn_failed(registry: Registry) -> None:
+    """Entries the registry could not make usable are not listed: say so on stderr, each with its error."""
+    for server_id, message in failed_entries(registry).items():
+        output.plain(f"warning: {EntryError(server_id, message)}", stream=sys.stderr)
 
 
 def _describe(server_id: str, server: Any) -> dict[str, Any]:
@@ -204,15 +235,20 @@ def tools(
 @app.command()
 def call(
     server: ServerArg,
-    tool: Annotated[str, typer.Argument(help="Tool name.")],
-    arg: Annotated[list[str] | None, typer.Option("--arg", "-a", help="Argument as key=value (repeatable).")] = None,
-    args_json: Annotated[str | None, typer.Option("--args-json", help="All arguments as a JSON object.")] = None,
+    tool: Annotated[str, typer.Argument(metavar="TOOL", help="Tool name.")],
+    arg: Annotated[
+        list[str] | None,
+        typer.Option("--arg", "-a", metavar="KEY=VALUE", help="One argument; repeat for more."),
+    ] = None,
+    args_json: Annotated[
+        str | None, typer.Option("--args-json", metavar="JSON", help="All arguments as a JSON object.")
+    ] = None,
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Call a tool. Exits 1 when the tool returns an error result."""
+    """Call a tool. Exits 1 when the tool returns an error result, 2 when the server has no such tool."""
 
     async def progress(progress: float, total: float | None, message: str | None) -> None:
         shown = f"{progress:g}/{total:g}" if total else f"{progress:g}"
@@ -220,11 +256,21 @@ def call(
 
     async def body(connection: Connection) -> Any:
         arguments = _parse_args_json(args_json)
+        listing: list[Any] | None = None
         if arg:
             listing = await _all_pages(connection.client.list_tools, "tools")
+            _check_tool(server, tool, listing)
             schema = next((t.input_schema for t in listing if t.name == tool), None)
             arguments |= _parse_pairs(arg, schema)
-        return await connection.client.call_tool(tool, arguments, progress_callback=progress)
+        try:
+            result = await connection.client.call_tool(tool, arguments, progress_callback=progress)
+        except MCPError as exc:
+            if exc.code != CONNECTION_CLOSED:
+                await _check_tool_listed(connection, server, tool, listing)
+            raise
+        if result.is_error:
+            await _check_tool_listed(connection, server, tool, listing)
+        return result
 
     try:
         _parse_args_json(args_json)  # fail on a typo before any server starts
@@ -241,6 +287,23 @@ def call(
         if not json_:
             output.error(f"tool {tool!r} of server {server!r} returned an error")
         raise typer.Exit(1)
+
+
+async def _check_tool_listed(connection: Connection, server: str, tool: str, listing: list[Any] | None) -> None:
+    """After a failed call: was the tool unknown? Servers say so in their own words ("Unknown tool: x", as a
+    result or as a JSON-RPC error), so ask `tools/list` instead; a server that cannot list keeps its answer."""
+    if listing is None:
+        try:
+            listing = await _all_pages(connection.client.list_tools, "tools")
+        except MCPError:
+            return
+    _check_tool(server, tool, listing)
+
+
+def _check_tool(server: str, tool: str, listing: list[Any]) -> None:
+    names = [t.name for t in listing]
+    if tool not in names:
+        raise UnknownToolError(server, tool, names)
 
 
 def _parse_args_json(text: str | None) -> dict[str, Any]:
@@ -312,7 +375,7 @@ def resources(
 @app.command()
 def read(
     server: ServerArg,
-    uri: Annotated[str, typer.Argument(help="Resource URI.")],
+    uri: Annotated[str, typer.Argument(metavar="URI", help="Resource URI.")],
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
@@ -366,48 +429,91 @@ def prompts(
 def serve(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default: gateway.host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (default: gateway.port, 8000).")] = None,
-    tls_certfile: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")] = None,
-    tls_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(metavar="ADDRESS", help="Address to listen on (default: gateway.host, 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            metavar="PORT",
+            help="Port to listen on; 0 for any free one (default: gateway.port, 8000).",
+        ),
+    ] = None,
+    tls_certfile: Annotated[Path | None, typer.Option(metavar="PEM", help="Serve HTTPS with this certificate.")] = None,
+    tls_keyfile: Annotated[Path | None, typer.Option(metavar="PEM", help="The certificate's private key.")] = None,
     watch: Annotated[bool, typer.Option(help="Reload when the registry file changes.")] = True,
 ) -> None:
-    """Run the gateway: every server in the registry at http://HOST:PORT/<server-id>/mcp."""
+    """Run the gateway: every server in the registry at http://HOST:PORT/<server-id>/mcp.
+
+    The banner with the URLs is printed once the address is bound, with the real port (the system's choice
+    for --port 0). Exits 4 when it cannot listen there.
+    """
     import logging
 
+    from mcpfleet.gateway.serve import bind
     from mcpfleet.gateway.serve import serve as run_gateway
 
-    if (tls_certfile is None) != (tls_keyfile is None):
-        _fail(UsageError("give both --tls-certfile and --tls-keyfile, or neither"))
     try:
+        _check_tls(tls_certfile, tls_keyfile)
+        if host is not None and not host.strip():
+            raise UsageError("--host is empty: give an address, e.g. 127.0.0.1, or 0.0.0.0 for every interface")
         path = registry_path(registry, demo)
         loaded = load_registry(path)
+        listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
     except McpfleetError as exc:
         _fail(exc)
-    bind = host or loaded.gateway.host
-    listen = port if port is not None else loaded.gateway.port
-    scheme = "https" if tls_certfile else "http"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx2", "httpcore2", "mcp", "watchfiles"):  # per-request INFO lines cost CPU on the hot path
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    shown = f"[{bind}]" if ":" in bind else bind
-    count = len(loaded.servers)
-    output.plain(f"mcpfleet gateway on {scheme}://{shown}:{listen} ({path}, {count} server{'s' * (count != 1)})")
-    for server_id in loaded.servers:
-        output.plain(f"  {scheme}://{shown}:{listen}/{server_id}/mcp")
-    output.plain(f"  status: {scheme}://{shown}:{listen}/servers")
-    anyio.run(
-        lambda: run_gateway(
-            loaded,
-            registry_path=None if demo else path,
-            host=bind,
-            port=listen,
-            tls_certfile=str(tls_certfile) if tls_certfile else None,
-            tls_keyfile=str(tls_keyfile) if tls_keyfile else None,
-            watch=watch,
-        ),
-        backend_options={"use_uvloop": True},
-    )
+    try:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for chatty in ("httpx2", "httpcore2", "mcp", "watchfiles"):  # per-request INFO lines cost CPU
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+        scheme = "https" if tls_certfile else "http"
+        base = f"{scheme}://{f'[{listener.host}]' if ':' in listener.host else listener.host}:{listener.port}"
+        count = len(loaded.servers)
+        output.plain(f"mcpfleet gateway on {base} ({path}, {count} server{'s' * (count != 1)})")
+        for server_id in loaded.servers:
+            output.plain(f"  {base}/{server_id}/mcp")
+        output.plain(f"  status: {base}/servers")
+        for server_id, message in failed_entries(loaded).items():
+            output.plain(f"warning: {EntryError(server_id, message)}; not served", stream=sys.stderr)
+        # Listening only now: whoever connects as soon as the port answers has the banner to read.
+        listener.listen()
+        anyio.run(
+            lambda: run_gateway(
+                loaded,
+                registry_path=None if demo else path,
+                listener=listener,
+                tls_certfile=str(tls_certfile) if tls_certfile else None,
+                tls_keyfile=str(tls_keyfile) if tls_keyfile else None,
+                watch=watch,
+            ),
+            backend_options={"use_uvloop": True},
+        )
+    except McpfleetError as exc:
+        _fail(exc)
+    finally:
+        listener.close()
+
+
+def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
+    """Load the certificate and key once here, so that a wrong file is one line (exit 2), not uvicorn's
+    traceback after the banner."""
+    if (certfile is None) != (keyfile is None):
+        raise UsageError("give both --tls-certfile and --tls-keyfile, or neither")
+    if certfile is None or keyfile is None:
+        return
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(
+            f"--tls-certfile {certfile} / --tls-keyfile {keyfile}: cannot load them: {reason}"
+            " (give a PEM certificate and its private key)"
+        ) from None
 
 
 def _fail(exc: McpfleetError) -> NoReturn:
@@ -418,14 +524,15 @@ def _fail(exc: McpfleetError) -> NoReturn:
 # --- registry -----------------------------------------------------------------------------------------
 
 
-FileArg = Annotated[Path, typer.Argument(help="Registry file (JSON or YAML).")]
+FileArg = Annotated[Path, typer.Argument(metavar="FILE", help="Registry file (JSON or YAML).")]
 ValidateJsonOpt = Annotated[bool, typer.Option("--json", help="Print the verdict and problems as JSON.")]
 ShowJsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")]
 
 
 @registry_app.command("validate")
 def registry_validate(file: FileArg, json_: ValidateJsonOpt = False) -> None:
-    """Check a registry file; report every problem with its place. Exits 2 when invalid."""
+    """Check a registry file; report every problem with its place. Exits 2 when invalid, or when an entry
+    cannot be used (a `${VAR}` it needs is unset)."""
     try:
         loaded = load_registry(file)
     except RegistryError as exc:
@@ -441,18 +548,26 @@ def registry_validate(file: FileArg, json_: ValidateJsonOpt = False) -> None:
         else:
             output.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    failed = failed_entries(loaded)
     if json_:
-        output.print_json({"valid": True, "servers": list(loaded.servers), "warnings": list(loaded.warnings)})
+        verdict = {"valid": not failed, "servers": list(loaded.servers), "warnings": list(loaded.warnings)}
+        output.print_json(verdict | ({"failed": dict(failed)} if failed else {}))
     else:
         for warning in loaded.warnings:
             output.plain(f"warning: {warning}", stream=sys.stderr)
-        count = len(loaded.servers)
-        output.plain(f"{file}: valid, {count} server{'s' if count != 1 else ''}")
+        for server_id, message in failed.items():
+            output.error(str(EntryError(server_id, message)))
+        if not failed:
+            count = len(loaded.servers)
+            output.plain(f"{file}: valid, {count} server{'s' if count != 1 else ''}")
+    if failed:
+        raise typer.Exit(EntryError.exit_code)
 
 
 @registry_app.command("show")
 def registry_show(file: FileArg, json_: ShowJsonOpt = False) -> None:
-    """Print the normalized form of a registry file, with secrets masked."""
+    """Print the normalized form of a registry file, with secrets masked. Exits 2 when an entry cannot be
+    used (it is shown under `failed`)."""
     try:
         loaded = load_registry(file)
     except RegistryError as exc:
@@ -465,3 +580,7 @@ def registry_show(file: FileArg, json_: ShowJsonOpt = False) -> None:
         import yaml
 
         output.plain(yaml.safe_dump(form, sort_keys=False), end="")
+    for server_id, message in failed_entries(loaded).items():
+        output.error(str(EntryError(server_id, message)))
+    if failed_entries(loaded):
+        raise typer.Exit(EntryError.exit_code)

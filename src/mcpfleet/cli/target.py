@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 
 from mcpfleet.client.connect import http_entry
 from mcpfleet.demo import DEMO_REGISTRY
-from mcpfleet.errors import ServerUnreachableError, UsageError
+from mcpfleet.errors import EntryError, ServerUnreachableError, UsageError
 from mcpfleet.registry import Registry, Server, load_registry
 
 DEFAULT_REGISTRY = Path("mcpfleet.yaml")
 REGISTRY_ENV = "MCPFLEET_REGISTRY"
+# The last segment of a server's URL on the gateway (`<base>/<id>/mcp`), and the gateway's own paths
+# (`<base>/servers`): a --gateway URL that ends in one of them is a URL people paste, not the base.
+SERVER_ROUTES = frozenset({"mcp", "sse", "ws", "messages"})
+GATEWAY_ROUTES = frozenset({"servers", "metrics", "healthz", "readyz"})
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,15 @@ class Target:
         if self.gateway is not None:
             return http_entry(server_id, f"{self.gateway}/{server_id}")
         assert self.registry is not None
+        if server_id in (failed := failed_entries(self.registry)):
+            raise EntryError(server_id, failed[server_id])
         return self.registry.server(server_id)
+
+
+def failed_entries(registry: Registry) -> Mapping[str, str]:
+    """Entries the registry could not make usable (an unset `${VAR}`, say), by id, with their one-line error."""
+    failed: Mapping[str, str] = getattr(registry, "failed", {})
+    return failed
 
 
 def resolve(registry: Path | None, demo: bool, gateway: str | None) -> Target:
@@ -35,10 +49,28 @@ def resolve(registry: Path | None, demo: bool, gateway: str | None) -> Target:
     if len(chosen) > 1:
         raise UsageError(f"give only one of {', '.join(chosen)}")
     if gateway:
-        if not gateway.startswith(("http://", "https://")):
-            raise UsageError(f"--gateway {gateway!r}: give the gateway's base URL, e.g. http://127.0.0.1:8000")
-        return Target(gateway=gateway.rstrip("/"))
+        return Target(gateway=gateway_base(gateway))
     return Target(registry=load_registry(registry_path(registry, demo)))
+
+
+def gateway_base(url: str) -> str:
+    """The gateway's base URL from what a user may give: the base (with any path prefix a proxy adds), a
+    server's URL on it (`<base>/<id>/mcp`, `/sse`, `/ws`, `/messages/`) or a status URL (`<base>/servers`)."""
+    example = "e.g. http://127.0.0.1:8000"
+    if "://" not in url:
+        raise UsageError(f"--gateway {url!r}: give the gateway's base URL with its scheme, {example}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--gateway {url!r}: give the gateway's base URL, {example}")
+    if parts.query or parts.fragment:
+        raise UsageError(f"--gateway {url!r}: give the gateway's base URL, without '?' or '#' parts, {example}")
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if len(segments) >= 2 and segments[-1] in SERVER_ROUTES:
+        segments = segments[:-2]
+    elif segments and segments[-1] in GATEWAY_ROUTES:
+        segments = segments[:-1]
+    path = "".join(f"/{segment}" for segment in segments)
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 def registry_path(registry: Path | None, demo: bool) -> Path:

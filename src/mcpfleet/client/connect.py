@@ -53,21 +53,22 @@ class _NotStreamable(Exception):
 async def connect(server: Server, **client_options: Any) -> AsyncIterator[Connection]:
     """Yield a `Connection` to `server`; raise ServerUnavailableError (exit 3) or UsageError (exit 2).
 
-    `client_options` go to `mcp.Client` (callbacks such as `logging_callback`, `client_info`, ...).
+    `client_options` go to `mcp.Client` (callbacks such as `logging_callback`, `client_info`, ...). When
+    detection fails, the error names every URL tried and what each answered.
     """
     client_options.setdefault("read_timeout_seconds", server.timeouts.first_byte)
     if isinstance(server, HttpServer):
-        failures: list[str] = []
+        tried = Tried()
         for endpoint in server.endpoints:
             try:
-                async with _connect_http(server, endpoint, client_options) as connection:
+                async with _connect_http(server, endpoint, client_options, tried) as connection:
                     yield connection
                     return
-            except _Unreachable as exc:
-                failures.append(str(exc))
+            except _Unreachable:
+                continue
         if server.command is None:
-            raise ServerUnreachableError(f"server {server.id!r} is unreachable: " + "; ".join(failures))
-        async with _connect_stdio(server, server.command, client_options) as connection:
+            raise ServerUnreachableError(f"server {server.id!r} is unreachable: {tried}")
+        async with _connect_stdio(server, server.command, client_options, tried) as connection:
             yield connection
     elif isinstance(server, StdioServer):
         async with _connect_stdio(server, server.command, client_options) as connection:
@@ -79,24 +80,47 @@ async def connect(server: Server, **client_options: Any) -> AsyncIterator[Connec
         )
 
 
+class Tried:
+    """Each URL a detection tried and what it answered (a status, or the connection error), in order."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+
+    def add(self, url: str, outcome: str) -> None:
+        self.outcomes.append(f"{mask_url(url)}: {outcome}")
+
+    def before(self) -> str:
+        return "; ".join(self.outcomes[:-1])
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def __str__(self) -> str:
+        return "; ".join(self.outcomes)
+
+
 class _Unreachable(Exception):
-    """Nothing answered at this endpoint (connection refused, DNS, connect timeout)."""
+    """Nothing answered at this endpoint (connection refused, DNS, connect timeout): try the next one."""
 
 
 @contextlib.asynccontextmanager
-async def _connect_http(server: HttpServer, endpoint: Endpoint, options: dict[str, Any]) -> AsyncIterator[Connection]:
+async def _connect_http(
+    server: HttpServer, endpoint: Endpoint, options: dict[str, Any], tried: Tried
+) -> AsyncIterator[Connection]:
     if server.transport in ("auto", "streamable-http"):
         url = server.mcp_url(endpoint)
         log = _StatusLog()
         try:
-            async with _entered(server, url, _streamable(server, url, log), options, log) as connection:
+            async with _entered(server, url, _streamable(server, url, log), options, log, tried) as connection:
                 yield connection
                 return
         except _NotStreamable:
             if server.transport != "auto":
-                raise ProtocolError(f"server {server.id!r}: {url} does not serve Streamable HTTP") from None
+                raise ProtocolError(
+                    f"server {server.id!r}: {mask_url(url)} does not serve Streamable HTTP (tried {tried})"
+                ) from None
     url = server.sse_url(endpoint)
-    async with _entered(server, url, _sse(server, url), options, None) as connection:
+    async with _entered(server, url, _sse(server, url), options, None, tried) as connection:
         yield connection
 
 
@@ -135,45 +159,60 @@ def _sse(server: HttpServer, url: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def _entered(
-    server: HttpServer, url: str, streams: Any, options: dict[str, Any], log: _StatusLog | None
+    server: HttpServer, url: str, streams: Any, options: dict[str, Any], log: _StatusLog | None, tried: Tried
 ) -> AsyncIterator[Connection]:
     """Enter an SDK client over an HTTP transport (`log` only for Streamable HTTP), translating failures."""
     async with contextlib.AsyncExitStack() as stack:
         try:
             client = await stack.enter_async_context(Client(streams, **options))
         except BaseException as exc:
-            raise _translate(server, url, leaf_error(exc), log) from exc
+            raise _translate(server, url, leaf_error(exc), log, tried) from exc
         yield Connection(server.id, client, "sse" if log is None else "streamable-http", url)
 
 
-def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog | None) -> BaseException:
-    if isinstance(exc, httpx2.TransportError):
-        return _Unreachable(f"{mask_url(url)}: {type(exc).__name__} {exc}".rstrip())
-    if isinstance(exc, OSError):
-        return _Unreachable(f"{mask_url(url)}: {exc}")
-    url = mask_url(url)
+def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog | None, tried: Tried) -> BaseException:
+    """Record what `url` answered in `tried`; return what ends (or continues) the detection."""
+    if isinstance(exc, httpx2.TransportError | OSError):
+        tried.add(url, f"{type(exc).__name__} {exc}".rstrip() if isinstance(exc, httpx2.TransportError) else str(exc))
+        return _Unreachable()
     if isinstance(exc, MCPError):
         failed = [status for status in (log.statuses if log else []) if status >= 400]
+        status = failed[-1] if failed else None
         # The SDK stands in a generic error for a bare 404/405; one with a JSON-RPC body is a real answer
         # (a gateway saying the server id is unknown, say), not a sign of a legacy server.
         bare = exc.error.message in ("Not Found", "Server returned an error response")
-        if failed and failed[-1] in (404, 405) and bare:
+        if status in (404, 405) and bare:
+            tried.add(url, f"HTTP {status}, no Streamable HTTP here")
             return _NotStreamable()
-        if failed and failed[-1] in (401, 403):
-            return ProtocolError(f"server {server.id!r} at {url} requires authorization (HTTP {failed[-1]})")
-        answered = f" (HTTP {failed[-1]})" if failed else ""
-        return ProtocolError(f"server {server.id!r} at {url} refused the MCP handshake: {exc.error.message}{answered}")
+        tried.add(url, f"HTTP {status}: {exc.error.message}" if status else exc.error.message)
+        if status in (401, 403):
+            needs = f"server {server.id!r} at {mask_url(url)} requires authorization (HTTP {status})"
+            return ProtocolError(_named(needs, tried))
+        answered = f" (HTTP {status})" if status else ""
+        refused = f"server {server.id!r} at {mask_url(url)} refused the MCP handshake: {exc.error.message}{answered}"
+        return ProtocolError(_named(refused, tried))
     if isinstance(exc, httpx2.HTTPStatusError):
-        return ProtocolError(f"server {server.id!r} at {url} answered HTTP {exc.response.status_code}")
+        tried.add(url, f"HTTP {exc.response.status_code}")
+        return ProtocolError(f"server {server.id!r} answered, but not as an MCP server: {tried}")
     return exc
+
+
+def _named(message: str, tried: Tried) -> str:
+    """`message` about the last URL tried, followed by what the URLs tried before it answered."""
+    return f"{message} (tried before: {tried.before()})" if len(tried) > 1 else message
 
 
 @contextlib.asynccontextmanager
 async def _connect_stdio(
-    server: StdioServer | HttpServer, argv: tuple[str, ...], options: dict[str, Any]
+    server: StdioServer | HttpServer, argv: tuple[str, ...], options: dict[str, Any], tried: Tried | None = None
 ) -> AsyncIterator[Connection]:
+    """Spawn `argv` and open a session over its stdio; `tried`: the endpoints that did not answer before."""
     process = StdioProcess.for_entry(server, argv)
-    async with process, contextlib.AsyncExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(process)
+        except ServerStartError as exc:
+            raise _after_endpoints(exc, tried) from None
         # A cancel scope cannot wrap Client.__aenter__ (it opens a task group that outlives the scope), so a
         # slow handshake is ended by stopping the child, which fails the handshake at once.
         watchdog = process.kill_after(server.timeouts.startup)
@@ -182,11 +221,21 @@ async def _connect_stdio(
         except BaseException as exc:
             if process.timed_out:
                 reason = f"did not finish the MCP handshake within {server.timeouts.startup:g} s"
-                raise ServerStartError(server.id, argv, reason, process.stderr_tail()) from None
-            raise await _start_failure(server.id, argv, process, leaf_error(exc)) from exc
+                failure: BaseException = ServerStartError(server.id, argv, reason, process.stderr_tail())
+                raise _after_endpoints(failure, tried) from None
+            failure = await _start_failure(server.id, argv, process, leaf_error(exc))
+            raise _after_endpoints(failure, tried) from exc
         finally:
             watchdog.cancel()
         yield Connection(server.id, client, "stdio", " ".join(argv))
+
+
+def _after_endpoints(exc: BaseException, tried: Tried | None) -> BaseException:
+    """A start failure of an http entry's `command` also says what its endpoints answered first."""
+    if not tried or not isinstance(exc, ServerStartError):
+        return exc
+    reason = f"{exc.reason}, after no endpoint answered ({tried})"
+    return ServerStartError(exc.server_id, exc.argv, reason, exc.stderr_tail)
 
 
 async def _start_failure(

@@ -1,7 +1,9 @@
 """The demo MCP server, written with the official SDK's `MCPServer`.
 
 Its tools cover what a gateway has to carry: plain text, structured output, progress notifications, an
-error result, a slow call, a crash, and `whoami`, which names the replica that answered so load balancing shows.
+error result, a slow call, a crash, elicitation, a resource notification, and `whoami`, which names the replica
+that answered so load balancing shows. Lists of these tools in the docs are checked against `tools/list` by
+tests/integration/test_cli_edges.py.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def build_server(*, replica: str = "stdio", transport: str = "stdio") -> MCPServ
         """What this server is."""
         return (
             "# mcpfleet demo\n"
-            "A demo MCP server: try the tools echo, stats, countdown, fail, sleep, whoami (and crash).\n"
+            "A demo MCP server: try the tools echo, stats, countdown, fail, sleep, confirm, announce, whoami"
+            " (and crash).\n"
         )
 
     @server.resource("demo://greeting/{name}")

@@ -1,5 +1,9 @@
 """Run the gateway: uvicorn in front of a `Gateway`, plus the reload triggers (file watch, SIGHUP).
 
+The listening sockets are bound here, before anything else starts (`bind`), and handed to uvicorn: a port
+that is taken or an address this machine does not have is one `ListenError` line, and the caller learns the
+real port (the system's choice for port 0) before it prints any URL.
+
 The registry file's directory is watched, not the file, so atomic renames and Kubernetes ConfigMap
 symlink swaps (`..data`) are seen; a change reloads only when the file's content changed.
 """
@@ -7,14 +11,18 @@ symlink swaps (`..data`) are seen; a change reloads only when the file's content
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import resource
 import signal
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import uvicorn
 
+from mcpfleet.errors import ListenError
 from mcpfleet.gateway.app import Gateway, file_digest
 from mcpfleet.registry import Registry
 
@@ -33,22 +41,108 @@ def raise_descriptor_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+@dataclass(frozen=True)
+class Listener:
+    """The gateway's sockets: one per address `host` resolves to, all on the same port. Bound, and
+    listening once `listen()` has run; uvicorn serves on them and closes them when it stops."""
+
+    host: str
+    sockets: tuple[socket.socket, ...]
+
+    @property
+    def port(self) -> int:
+        port: int = self.sockets[0].getsockname()[1]
+        return port
+
+    def listen(self, backlog: int = 2048) -> None:
+        """Start accepting connections. Two processes may both bind a port (SO_REUSEADDR) while neither
+        listens; the second to listen is refused here."""
+        for sock in self.sockets:
+            try:
+                sock.listen(backlog)
+            except OSError as exc:
+                self.close()
+                raise listen_error(self.host, self.port, exc) from None
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def bind(host: str, port: int) -> Listener:
+    """Bind `host:port` without listening yet (connections are refused, not queued, until `listen()`).
+
+    A name bound to several addresses (`localhost`: 127.0.0.1 and ::1) gets a socket for each, all on the
+    port the first one got; an address this machine lacks among several (::1 without IPv6) is skipped, as
+    asyncio does. Raises `ListenError` (exit 4) naming the address, the cause and the option to change.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise listen_error(host, port, exc) from None
+    addresses = list(dict.fromkeys((family, address[:2]) for family, _, _, _, address in infos))
+    sockets: list[socket.socket] = []
+    skipped: OSError | None = None
+    try:
+        for family, (ip, _) in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # one family per socket
+            chosen = sockets[0].getsockname()[1] if len(sockets) > 1 else port
+            try:
+                sock.bind((ip, chosen))
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL or len(addresses) == 1:
+                    raise listen_error(host, chosen, exc) from None
+                sockets.pop().close()
+                skipped = exc
+        if not sockets:
+            raise listen_error(host, port, skipped or OSError(errno.EADDRNOTAVAIL, "no address"))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return Listener(host, tuple(sockets))
+
+
+def listen_error(host: str, port: int, exc: BaseException) -> ListenError:
+    """One line for a failed bind or listen: which address, why, and which option to change."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror | UnicodeError):
+        detail = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
+        return ListenError(
+            address, f"cannot resolve {host!r}: {detail[:1].lower()}{detail[1:]}", "choose another --host"
+        )
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code == errno.EADDRINUSE:
+        return ListenError(address, "address already in use", "choose another --port")
+    if code == errno.EADDRNOTAVAIL:
+        return ListenError(address, "not an address of this machine", "choose another --host")
+    if code in (errno.EACCES, errno.EPERM):
+        fix = "ports below 1024 need privileges: choose another --port" if 0 < port < 1024 else "check --host"
+        return ListenError(address, "permission denied", fix)
+    reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ListenError(address, reason, "check --host and --port")
+
+
 async def serve(
     registry: Registry,
     *,
     registry_path: Path | None,
-    host: str,
-    port: int,
+    listener: Listener,
     tls_certfile: str | None = None,
     tls_keyfile: str | None = None,
     watch: bool = True,
 ) -> None:
+    """Serve on `listener` (bound by `bind`, listening or not) until SIGINT or SIGTERM."""
     log.info("file descriptor limit: %d", raise_descriptor_limit())
-    async with Gateway(registry, registry_path=registry_path, host=host) as gateway:
+    async with Gateway(registry, registry_path=registry_path, host=listener.host) as gateway:
         config = uvicorn.Config(
             gateway,
-            host=host,
-            port=port,
+            host=listener.host,
+            port=listener.port,
             lifespan="off",
             log_level="warning",
             ssl_certfile=tls_certfile,
@@ -61,7 +155,7 @@ async def serve(
             tg.start_soon(_reload_on_sighup, gateway)
             if registry_path is not None and watch:
                 tg.start_soon(_reload_on_change, gateway, registry_path)
-            await server.serve()
+            await server.serve(sockets=list(listener.sockets))
             tg.cancel_scope.cancel()
 
 
