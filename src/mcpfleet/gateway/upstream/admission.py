@@ -51,6 +51,10 @@ class Admission:
         return self.slots.available_tokens >= 1 and not self._slot_waiters
 
     @property
+    def slot_waiters(self) -> int:
+        return self._slot_waiters
+
+    @property
     def starting(self) -> int:
         return len(self._starting)
 

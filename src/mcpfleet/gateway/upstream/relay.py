@@ -637,6 +637,7 @@ class RelayUpstream:
         # Starts into each list of shared processes: at most one under way per list, which every caller that
         # needs a process of that list and finds none joins (a burst starts one process, not one each).
         self._pending: dict[str, _PendingStart] = {}
+        self._reclaiming = 0  # processes being stopped to free a slot for a waiter
         self._modern: list[SharedProcess] = []  # 2026-07-28 traffic
         self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[_Link] = set()
@@ -902,6 +903,8 @@ class RelayUpstream:
         initializes again); a shared-mode process whose sessions have nothing in flight, its sessions moved
         to another initialized process of the pool (the server is declared stateless), else ended.
         """
+        if self._reclaiming >= max(1, self.admission.slot_waiters):
+            return  # as many are being freed as callers wait: a stop takes a moment to give its slot back
         victim: _Link | None = None
         settled = time.monotonic() - RECLAIM_IDLE
         if self._warm:
@@ -922,7 +925,11 @@ class RelayUpstream:
         victim.stopping = True
         if isinstance(victim, StdioSession):
             self._sessions.drop_session(victim)
-        await victim.aclose()
+        self._reclaiming += 1
+        try:
+            await victim.aclose()
+        finally:
+            self._reclaiming -= 1
 
     def _move_sessions(self, process: SharedProcess) -> None:
         """Give the sessions of `process` (nothing in flight) to the other initialized processes of the pool."""
