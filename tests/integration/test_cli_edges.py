@@ -101,10 +101,11 @@ def test_serve_options_are_checked_before_anything_starts(args: list[str], messa
 
 @contextlib.contextmanager
 def serving(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """`mcpfleet serve ARGS` in its own process group, its stdout in a file; stopped when the block ends."""
+    """`mcpfleet serve ARGS` in its own process group, its stdout in a file (stderr beside it, `stderr`);
+    stopped when the block ends."""
     with tempfile.TemporaryDirectory() as directory:
         printed = Path(directory) / "stdout"
-        with printed.open("wb") as out, open(os.devnull, "wb") as err:
+        with printed.open("wb") as out, (Path(directory) / "stderr").open("wb") as err:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mcpfleet", "serve", *args],
                 stdout=out,
@@ -294,3 +295,59 @@ def test_demo_readme_names_every_tool() -> None:
     readme = run_cli("read", "demo", "demo://readme", "--demo").stdout
     named = set(re.findall(r"\b[a-z]+\b", readme.split("try the tools", 1)[1]))
     assert tools <= named, f"the readme does not name {sorted(tools - named)}"
+
+
+# --- entries whose ${VAR} is unset ---------------------------------------------------------------------
+
+
+def test_an_entry_with_an_unset_variable_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's example: `search` needs SEARCH_TOKEN, which is unset; `time` works all the same. Nothing is
+    ever sent to 10.0.0.11: the entry is refused before any connection."""
+    (tmp_path / "mcpfleet.yaml").write_text(
+        "servers:\n"
+        "  time: {command: [mcp-server-time]}\n"
+        '  search: {endpoints: [http://10.0.0.11:8080], headers: {Authorization: "Bearer ${SEARCH_TOKEN}"}}\n'
+    )
+    monkeypatch.delenv("SEARCH_TOKEN", raising=False)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, cwd=tmp_path)
+
+    time_now = cli("call", "time", "get_current_time", "--arg", "timezone=Europe/Paris", "--json")
+    assert time_now.returncode == 0, time_now.stderr
+    assert json.loads(time_now.stdout)["structuredContent"]["timezone"] == "Europe/Paris"
+
+    for args in (["tools", "search"], ["call", "search", "anything"], ["resources", "search"]):
+        refused = cli(*args)
+        assert refused.returncode == 2, refused.stderr
+        line = one_error_line(refused)
+        assert line.startswith("error: server 'search' is not usable: ") and "SEARCH_TOKEN" in line, line
+
+    listed = cli("servers", "--json")
+    assert listed.returncode == 0 and [s["id"] for s in json.loads(listed.stdout)] == ["time"]
+    assert "warning: server 'search' is not usable" in listed.stderr and "SEARCH_TOKEN" in listed.stderr
+
+    validated = cli("registry", "validate", "mcpfleet.yaml")
+    assert validated.returncode == 2 and one_error_line(validated).startswith("error: server 'search' is not usable")
+    verdict = json.loads(cli("registry", "validate", "mcpfleet.yaml", "--json").stdout)
+    assert (
+        verdict["valid"] is False and verdict["servers"] == ["time"] and "SEARCH_TOKEN" in verdict["failed"]["search"]
+    )
+
+    # Served, the same registry: `search` is left out with a warning, `time` is served.
+    with serving("--registry", str(tmp_path / "mcpfleet.yaml"), "--port", "0") as (process, printed):
+        lines = banner(process, printed)
+        head = re.match(r"mcpfleet gateway on http://127\.0\.0\.1:(\d+) \(.*, 1 server\)$", lines[0])
+        assert head is not None, lines
+        port = int(head.group(1))
+        assert lines[1:] == [f"  http://127.0.0.1:{port}/time/mcp", f"  status: http://127.0.0.1:{port}/servers"]
+        warned = (printed.parent / "stderr").read_text()
+        assert "warning: server 'search' is not usable: " in warned and "; not served" in warned
+        wait_for_port(port, timeout=60)
+        gateway = f"http://127.0.0.1:{port}"
+        through = cli("call", "time", "get_current_time", "--arg", "timezone=UTC", "--gateway", gateway)
+        assert through.returncode == 0 and '"timezone": "UTC"' in through.stdout, through.stderr
+        table = cli("servers", "--gateway", gateway)
+        assert table.returncode == 0 and "not usable" in table.stdout and "SEARCH_TOKEN" in table.stdout
+        refused = cli("tools", "search", "--gateway", gateway)  # the gateway refuses it: exit 3, its reason
+        assert refused.returncode == 3 and "SEARCH_TOKEN" in refused.stderr, refused.stderr

@@ -24,7 +24,7 @@ from mcp_types import CONNECTION_CLOSED
 
 from mcpfleet import __version__
 from mcpfleet.cli import output
-from mcpfleet.cli.target import Target, failed_entries, gateway_servers, registry_path, resolve
+from mcpfleet.cli.target import Target, gateway_servers, registry_path, resolve
 from mcpfleet.client.connect import Connection, connect
 from mcpfleet.errors import (
     EntryError,
@@ -183,13 +183,19 @@ def servers(
     output.table(
         "Servers",
         ["id", "type", "reached at", "description"],
-        [[r["id"], r["type"], r.get("target", ""), r.get("description", "")] for r in rows],
+        [[r["id"], r.get("type", ""), r.get("target", ""), _description(r)] for r in rows],
     )
+
+
+def _description(row: dict[str, Any]) -> str:
+    """A gateway lists an entry it cannot serve (an unset `${VAR}`) with its error and no type."""
+    error = row.get("error")
+    return f"not usable: {error}" if error else str(row.get("description") or "")
 
 
 def _warn_failed(registry: Registry) -> None:
     """Entries the registry could not make usable are not listed: say so on stderr, each with its error."""
-    for server_id, message in failed_entries(registry).items():
+    for server_id, message in registry.failed.items():
         output.plain(f"warning: {EntryError(server_id, message)}", stream=sys.stderr)
 
 
@@ -476,7 +482,7 @@ def serve(
         for server_id in loaded.servers:
             output.plain(f"  {base}/{server_id}/mcp")
         output.plain(f"  status: {base}/servers")
-        for server_id, message in failed_entries(loaded).items():
+        for server_id, message in loaded.failed.items():
             output.plain(f"warning: {EntryError(server_id, message)}; not served", stream=sys.stderr)
         # Listening only now: whoever connects as soon as the port answers has the banner to read.
         listener.listen()
@@ -548,7 +554,7 @@ def registry_validate(file: FileArg, json_: ValidateJsonOpt = False) -> None:
         else:
             output.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    failed = failed_entries(loaded)
+    failed = loaded.failed
     if json_:
         verdict = {"valid": not failed, "servers": list(loaded.servers), "warnings": list(loaded.warnings)}
         output.print_json(verdict | ({"failed": dict(failed)} if failed else {}))
@@ -580,7 +586,7 @@ def registry_show(file: FileArg, json_: ShowJsonOpt = False) -> None:
         import yaml
 
         output.plain(yaml.safe_dump(form, sort_keys=False), end="")
-    for server_id, message in failed_entries(loaded).items():
+    for server_id, message in loaded.failed.items():
         output.error(str(EntryError(server_id, message)))
-    if failed_entries(loaded):
+    if loaded.failed:
         raise typer.Exit(EntryError.exit_code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +32,9 @@ class Target:
         if self.gateway is not None:
             return http_entry(server_id, f"{self.gateway}/{server_id}")
         assert self.registry is not None
-        if server_id in (failed := failed_entries(self.registry)):
-            raise EntryError(server_id, failed[server_id])
+        if server_id in self.registry.failed:  # left out of the registry: an unset ${VAR}, say
+            raise EntryError(server_id, self.registry.failed[server_id])
         return self.registry.server(server_id)
-
-
-def failed_entries(registry: Registry) -> Mapping[str, str]:
-    """Entries the registry could not make usable (an unset `${VAR}`, say), by id, with their one-line error."""
-    failed: Mapping[str, str] = getattr(registry, "failed", {})
-    return failed
 
 
 def resolve(registry: Path | None, demo: bool, gateway: str | None) -> Target:
