@@ -27,7 +27,8 @@ import typer.main
 
 from mcpfleet.cli import app
 from mcpfleet.cli.target import gateway_base
-from mcpfleet.errors import UsageError
+from mcpfleet.errors import ListenError, UsageError
+from mcpfleet.gateway.serve import bind
 
 from support import ROOT, run_cli, wait_for_port
 
@@ -72,6 +73,20 @@ def test_serve_on_an_address_this_machine_lacks_is_one_line_and_exit_4() -> None
         f"error: cannot listen on {FOREIGN_ADDRESS}:8000: not an address of this machine (choose another --host)"
     )
     assert result.stdout == ""
+
+
+def test_two_gateways_bound_to_one_port_the_second_to_listen_is_refused() -> None:
+    """SO_REUSEADDR lets two sockets bind one port while neither listens (the banner is printed between
+    bind and listen); the second `listen()` is the one-line error, not a traceback."""
+    first = bind("127.0.0.1", 0)
+    second = bind("127.0.0.1", first.port)
+    try:
+        first.listen()
+        with pytest.raises(ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{first.port}: address already in use"):
+            second.listen()
+    finally:
+        first.close()
+        second.close()
 
 
 HELP = " (see 'mcpfleet serve --help')"  # what the parser's own errors end with

@@ -57,12 +57,13 @@ class Listener:
     def listen(self, backlog: int = 2048) -> None:
         """Start accepting connections. Two processes may both bind a port (SO_REUSEADDR) while neither
         listens; the second to listen is refused here."""
+        port = self.port
         for sock in self.sockets:
             try:
                 sock.listen(backlog)
             except OSError as exc:
                 self.close()
-                raise listen_error(self.host, self.port, exc) from None
+                raise listen_error(self.host, port, exc) from None
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -72,9 +73,10 @@ class Listener:
 def bind(host: str, port: int) -> Listener:
     """Bind `host:port` without listening yet (connections are refused, not queued, until `listen()`).
 
-    A name bound to several addresses (`localhost`: 127.0.0.1 and ::1) gets a socket for each, all on the
-    port the first one got; an address this machine lacks among several (::1 without IPv6) is skipped, as
-    asyncio does. Raises `ListenError` (exit 4) naming the address, the cause and the option to change.
+    A name with several addresses (`localhost`: 127.0.0.1 and ::1) gets a socket for each, all on the port
+    the first one got (with port 0, each would otherwise get its own); an address this machine lacks among
+    several (::1 without IPv6) is skipped. Raises `ListenError` (exit 4) naming the address, the cause and
+    the option to change.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
