@@ -27,6 +27,17 @@ from mcpfleet.gateway.app import Gateway, file_digest
 from mcpfleet.registry import Registry
 
 log = logging.getLogger("mcpfleet.gateway")
+
+
+class _DeniedUpgrades(logging.Filter):
+    """uvicorn's websockets-sansio protocol (0.54) logs an error after the app answered an upgrade with its
+    own HTTP response (the ASGI `websocket.http.response` extension the gateway uses for 421/403/400), as if
+    the app had sent nothing; the client got the right answer, so the line is noise anyone could provoke."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 RESCAN_MS = 2000  # the registry file is checked at least this often, events or not
 
 
@@ -153,6 +164,7 @@ async def serve(
             ws="websockets-sansio",
         )
         server = uvicorn.Server(config)
+        logging.getLogger("uvicorn.error").addFilter(_DeniedUpgrades())
         async with anyio.create_task_group() as tg:
             tg.start_soon(_reload_on_sighup, gateway)
             if registry_path is not None and watch:
