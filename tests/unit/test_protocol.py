@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -11,13 +12,19 @@ from mcpfleet.gateway.protocol import (
     NOT_FORWARDED_DOWN,
     NOT_FORWARDED_UP,
     NOT_FORWARDED_UP_PREFIXES,
+    EventMeter,
     IdMap,
     Message,
+    Oversized,
     accepts,
+    answered,
+    answered_request,
     error_response,
+    events,
     forwarded_for,
     is_initialize,
     is_modern,
+    message_kind,
     parse_body,
     parse_message,
     sse_event,
@@ -178,6 +185,90 @@ def test_forwarded_headers_name_the_connection() -> None:
     # A WebSocket counts as the HTTP request it began as; no peer address (a unix socket): no X-Forwarded-For.
     assert forwarded_for(None, None, "ws") == [(b"x-forwarded-proto", b"http")]
     assert forwarded_for(("::1", 1), "h", "wss")[-1] == (b"x-forwarded-proto", b"https")
+
+
+def test_event_meter_passes_whole_events_and_stops_those_over_the_limit() -> None:
+    meter = EventMeter(40)
+    small = b"event: message\r\ndata: {}\r\n\r\n"
+    assert meter.feed(small)[0] is small  # a chunk of whole events that fits passes as it is
+    assert meter.feed(b"data: 1") == []  # an unfinished event is held
+    assert meter.feed(b"\n\ndata: 2\n") == [b"data: 1\n\n"]
+    big = b"data: " + b"x" * 60
+    assert meter.feed(b"\n" + big[:30]) == [b"data: 2\n\n"]
+    assert meter.feed(big[30:]) == []  # over the limit: dropped, nothing held
+    (dropped, after) = meter.feed(b"\r\n\r\ndata: 3\n\n")
+    assert dropped == Oversized(len(big) + 4, big + b"\r\n\r\n", big + b"\r\n\r\n") and after == b"data: 3\n\n"
+    assert meter.feed(b"data: end") == [] and meter.flush() == b"data: end"  # the stream's unfinished rest
+
+
+def test_event_meter_on_any_cut_of_a_stream() -> None:
+    def joined(items: list[bytes | Oversized]) -> list[bytes | int]:  # runs of bytes merged; an Oversized as its size
+        merged: list[bytes | int] = []
+        for item in items:
+            if isinstance(item, Oversized):
+                assert item.head and item.tail
+                merged.append(item.size)
+            elif item and merged and isinstance(merged[-1], bytes):
+                merged[-1] += item
+            elif item:
+                merged.append(item)
+        return merged
+
+    for seed in range(300):
+        rnd = random.Random(seed)
+        limit = rnd.choice([20, 50, 200])
+        ends = [b"\n\n", b"\r\r", b"\r\n\n"]
+        sizes = [1, 5, 15, 30, 60]
+        stream = [
+            b"data: " + rnd.choice([b"a", b"b:c", b"{}"]) * rnd.choice(sizes) + rnd.choice(ends)
+            for _ in range(rnd.randint(1, 12))
+        ]
+        data = b"".join(stream)
+        cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.randint(0, 10))))
+        meter = EventMeter(limit)
+        out: list[bytes | Oversized] = []
+        for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            out.extend(meter.feed(data[start:end]))
+        out.append(meter.flush())
+        expected = [e if len(e) <= limit else Oversized(len(e), e, e) for e in stream]
+        assert joined(out) == joined(list(expected)), (seed, cuts)
+
+
+@pytest.mark.parametrize(
+    ("head", "tail", "found"),
+    [
+        (b'data: {"jsonrpc":"2.0","id":7,"result":{"content":[{"text":"xx', b'xx"}]}}\n\n', ("answer", 7)),
+        (b'event: message\r\ndata: {"jsonrpc":"2.0","id":"a\\"b","result":{"x', b'x"}}\r\n\r\n', ("answer", 'a"b')),
+        (
+            b'data: {"result":{"content":[{"text":"xx',
+            b'xx"}]},"jsonrpc":"2.0","id":9}\n\n',
+            ("answer", 9),
+        ),  # TypeScript
+        (b'data: {"jsonrpc":"2.0","id":3,"method":"sampling/createMessage","params":{"x', b'x"}}\n\n', ("other", None)),
+        (
+            b'data: {"method":"notifications/message","params":{"data":"xx',
+            b'xx"},"jsonrpc":"2.0"}\n\n',
+            ("other", None),
+        ),
+        (b'data: {"result":{"content":[{"text":"xx', b'xx","meta":{"id":4}}]}}\n\n', ("unknown", None)),  # nested id
+        (b"data: not json", b"at all\n\n", ("unknown", None)),
+    ],
+)
+def test_an_event_too_large_says_whom_it_answered(head: bytes, tail: bytes, found: tuple[str, object]) -> None:
+    assert answered(Oversized(1 << 20, head, tail)) == found
+    assert message_kind(head.rsplit(b"data: ", 1)[-1], tail.rstrip()) == found  # the same, on bare JSON
+
+
+def test_an_event_that_does_not_say_is_taken_for_the_answer_to_the_posts_request() -> None:
+    unknown = Oversized(1 << 20, b"data: nothing", b"to see\n\n")
+    assert answered_request(unknown, b'{"jsonrpc":"2.0","id":"r1","method":"tools/call"}') == (True, "r1")
+    assert answered_request(unknown, b'{"jsonrpc":"2.0","method":"notifications/initialized"}') == (False, None)
+    assert answered_request(unknown, b"") == (False, None)
+
+
+def test_events_of_a_run() -> None:
+    run = b"event: endpoint\r\ndata: /messages/?session_id=1\r\n\r\n: ping\r\n\r\nid: 4\ndata: {\ndata: }\n\n"
+    assert events(run) == [("endpoint", b"/messages/?session_id=1"), ("message", b"{\n}")]
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,18 @@
 """MCP-over-HTTP protocol rules the gateway needs, as pure functions: no sockets, no asyncio.
 
 JSON-RPC message classification, protocol-version eras, the headers a proxy must treat specially,
-Server-Sent Events framing, and the request-id remapping that lets several clients share one stdio
-process (ids and progress tokens restored exactly, JSON type included).
+Server-Sent Events framing and the message size limit on event streams, and the request-id remapping that
+lets several clients share one stdio process (ids and progress tokens restored exactly, JSON type included).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from mcpfleet.errors import GatewayError
 
@@ -184,6 +185,250 @@ def accepts(accept: str, media_type: str) -> bool:
         if kind in (media_type, "*/*", media_type.split("/")[0] + "/*"):
             return True
     return False
+
+
+# --- the message size limit on event streams -------------------------------------------------------------
+
+TOO_LARGE = -32019  # a message over gateway.max_message_bytes (the relay's stdio lines use it too)
+SSE_FRAMING = 1024  # bytes an event may add to the message it carries: field names, an id, line ends
+SCAN_BYTES = 4096  # of an event too large to pass, its first and last bytes are kept: they say what it answered
+# An event ends at a blank line: two line ends in a row, each CRLF, LF or CR (a CR then an LF is one).
+EVENT_END = re.compile(rb"\r\n\r\n|\r\n\n|\r\n\r|\n\r\n|\n\n|\n\r|\r\r\n|\r\r")
+_ENDS_EVENT = (b"\n\n", b"\r\r", b"\n\r", b"\n\r\n", b"\r\r\n")  # data that ends at a boundary ends so
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def too_large(server_id: str, size: int | None, limit: int) -> str:
+    """What a client is told of a message over the limit (`size` None: its end was not awaited)."""
+    written = f"a message of {size} bytes, over" if size is not None else "a message over"
+    return f"server {server_id!r} wrote {written} the limit of {limit} bytes (setting: gateway.max_message_bytes)"
+
+
+class Oversized(NamedTuple):
+    """An event that grew past the limit: dropped, except its first and last bytes."""
+
+    size: int
+    head: bytes
+    tail: bytes
+
+
+class EventMeter:
+    """Cuts a `text/event-stream` byte stream into runs of whole events, so that a proxy lets events out as
+    they complete and can stop one that grows past `limit` bytes before any byte of it went out.
+
+    `feed(chunk)` returns what may go out now, in order: byte runs of whole events, and an `Oversized` where
+    an event was too large (its bytes are dropped). The unfinished event at the end is held, never more than
+    `limit` bytes of it; a client's parser cannot act on part of an event, so holding one costs it nothing.
+    Each byte is searched once and copied at most once; a chunk that ends at a boundary and fits the limit
+    (the usual case) passes as it is."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: list[bytes] = []  # the start of an unfinished event
+        self._size = 0  # its bytes so far (or those of the event being dropped)
+        self._edge = b""  # its last bytes: a boundary may straddle chunks (4 bytes at most)
+        self._dropping = False
+        self._head = b""
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> list[bytes | Oversized]:
+        out: list[bytes | Oversized] = []
+        if self._held or self._dropping:
+            chunk = self._finish(chunk, out)
+        if not chunk:
+            return out
+        if len(chunk) <= self.limit:  # no event in it can be too large: only its last boundary matters
+            if chunk.endswith(_ENDS_EVENT):
+                out.append(chunk)
+                return out
+            start = 0
+            for match in EVENT_END.finditer(chunk):
+                start = match.end()
+            if start:
+                out.append(chunk[:start])
+        else:
+            start = sent = 0  # where the current event begins; where the events not yet out begin
+            for match in EVENT_END.finditer(chunk):
+                end = match.end()
+                if end - start > self.limit:
+                    if start > sent:
+                        out.append(chunk[sent:start])
+                    head, tail = chunk[start : min(end, start + SCAN_BYTES)], chunk[max(start, end - SCAN_BYTES) : end]
+                    out.append(Oversized(end - start, head, tail))
+                    sent = end
+                start = end
+            if start > sent:
+                out.append(chunk[sent:start])
+        rest = chunk[start:]
+        if rest:
+            self._size, self._edge = len(rest), rest[-3:]
+            if self._size > self.limit:
+                self._dropping, self._head, self._tail = True, rest[:SCAN_BYTES], rest[-SCAN_BYTES:]
+            else:
+                self._held = [rest]
+        return out
+
+    def flush(self) -> bytes:
+        """At the end of the stream: the unfinished event's bytes as they are (those of one too large: none)."""
+        held = b"".join(self._held)
+        self._held, self._size, self._edge, self._dropping, self._head, self._tail = [], 0, b"", False, b"", b""
+        return held
+
+    def _finish(self, chunk: bytes, out: list[bytes | Oversized]) -> bytes:
+        """Go on with the unfinished event: hold or drop `chunk` until the event ends; then put the event
+        out (or an `Oversized`) and return what follows it in `chunk`."""
+        edge = self._edge
+        match = EVENT_END.search(edge + chunk)
+        used = len(chunk) if match is None else max(0, match.end() - len(edge))
+        part = chunk[:used]
+        self._size += used
+        self._edge = (edge + part)[-3:]
+        if self._dropping:
+            self._head += part[: SCAN_BYTES - len(self._head)]
+            self._tail = (self._tail + part[-SCAN_BYTES:])[-SCAN_BYTES:]
+        elif self._size > self.limit:
+            held = b"".join([*self._held, part])
+            self._dropping, self._head, self._tail, self._held = True, held[:SCAN_BYTES], held[-SCAN_BYTES:], []
+        else:
+            self._held.append(part)
+        if match is None:
+            return b""
+        if self._dropping:
+            out.append(Oversized(self._size, self._head, self._tail))
+        else:
+            out.append(b"".join(self._held))
+        self.flush()
+        return chunk[used:]
+
+
+def events(run: bytes) -> list[tuple[str, bytes]]:
+    """The (type, data) of each whole event in `run`; events without data (comments, ids alone) left out."""
+    found = []
+    for text in EVENT_END.split(run):
+        kind, data = "message", []
+        for line in _LINE_END.split(text):
+            field, _, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                kind = value.decode("utf-8", "replace")
+        if data:
+            found.append((kind, b"\n".join(data)))
+    return found
+
+
+_SCALAR = rb'-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|"(?:[^"\\]|\\.)*"|true|false|null'
+_MEMBER = re.compile(rb'\s*"((?:[^"\\]|\\.)*)"\s*:\s*(?:(' + _SCALAR + rb")\s*([,}])|([\[{]))")
+_SEPARATOR = re.compile(rb"\s*([,}])")
+_NESTING = re.compile(rb'["\[\]{}]')
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_TRAILING_ID = re.compile(rb'"id"\s*:\s*(' + _SCALAR + rb')\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?}\s*$')
+
+Kind = Literal["answer", "other", "unknown"]
+
+
+def answered(event: Oversized) -> tuple[Kind, Any]:
+    """What an event too large to read carried, from its first and last bytes (see `message_kind`)."""
+    head = b"\n".join(_data_lines(event.head))
+    tail = b"\n".join(_data_lines(event.tail, cut=event.size > len(event.tail)))
+    return message_kind(head, tail)
+
+
+def message_kind(head: bytes, tail: bytes) -> tuple[Kind, Any]:
+    """What a JSON-RPC message too large to read is, from its first and last bytes: ("answer", id) for a
+    response, ("other", None) for a request or notification, ("unknown", None) when they do not say.
+
+    Serializers write `id` near one end: the Python SDK as the second member (before `method` in a request),
+    the TypeScript SDK as the last. A request to the client has an id too, so `method` is looked for first."""
+    members = _leading_members(head)
+    if "method" in members:
+        return "other", None
+    if "id" in members:
+        return "answer", members["id"]
+    if (match := _TRAILING_ID.search(tail)) is not None:
+        return "answer", json.loads(match[1])
+    return "unknown", None
+
+
+def answered_request(event: Oversized, request: bytes) -> tuple[bool, Any]:
+    """Whether an event too large to pass answered a request, and its id: what the event says, else, when it
+    does not say, the request of the POST whose answer stream carried it (`request`: that POST's body)."""
+    kind, request_id = answered(event)
+    if kind == "unknown":
+        return single_request(request)
+    return kind == "answer", request_id
+
+
+def single_request(body: bytes) -> tuple[bool, Any]:
+    """Whether a POST body is one JSON-RPC request, and its id."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        return False, None
+    if isinstance(data, dict) and "method" in data and "id" in data:
+        return True, data["id"]
+    return False, None
+
+
+def too_large_event(request_id: Any, server_id: str, size: int, limit: int) -> bytes:
+    """The event that takes the place of an answer too large to pass."""
+    return sse_event(error_response(request_id, TOO_LARGE, too_large(server_id, size, limit)))
+
+
+def _data_lines(raw: bytes, *, cut: bool = False) -> list[bytes]:
+    """The data of an event's lines; `cut`: the first line is the end of a longer one, taken as data."""
+    lines = _LINE_END.split(raw)
+    data = [lines.pop(0)] if cut and lines else []
+    for line in lines:
+        field, colon, value = line.partition(b":")
+        if field == b"data" and colon:
+            data.append(value[1:] if value.startswith(b" ") else value)
+    return data
+
+
+def _leading_members(text: bytes) -> dict[str, Any]:
+    """The top-level members of the JSON object `text` begins with, read in order until `text` runs out:
+    scalars with their values, objects and arrays as None."""
+    members: dict[str, Any] = {}
+    position = len(text) - len(text.lstrip())
+    if not text.startswith(b"{", position):
+        return members
+    position += 1
+    while (member := _MEMBER.match(text, position)) is not None:
+        name = json.loads(b'"' + member[1] + b'"')
+        if member[2] is not None:
+            members[name] = json.loads(member[2])
+            if member[3] == b"}":
+                return members
+            position = member.end()
+            continue
+        members[name] = None
+        position = _past_value(text, member.start(4))
+        if position < 0:
+            return members
+        after = _SEPARATOR.match(text, position)
+        if after is None or after[1] == b"}":
+            return members
+        position = after.end()
+    return members
+
+
+def _past_value(text: bytes, position: int) -> int:
+    """Where the object or array at `position` ends, or -1 if `text` ends first."""
+    depth = 0
+    while (mark := _NESTING.search(text, position)) is not None:
+        if mark[0] == b'"':
+            string = _STRING.match(text, mark.start())
+            if string is None:
+                return -1
+            position = string.end()
+            continue
+        depth += 1 if mark[0] in b"[{" else -1
+        position = mark.end()
+        if depth == 0:
+            return position
+    return -1
 
 
 # --- id remapping for shared processes --------------------------------------------------------------------

@@ -10,8 +10,11 @@ An http entry with a `command` is served over HTTP while an endpoint answers, an
 none does. A runtime belongs to one entry of one snapshot: a reload that changes or removes the entry
 retires it (no new sessions; in-flight requests finish; then its sessions end and its processes stop).
 
-Bridged HTTP connections carry the entry's `headers` and the X-Forwarded-* of the client connection that
-opened them; a connection shared by several clients (2026-07-28 requests to a legacy SSE server) carries none.
+Bridged HTTP connections (the relay over `TransportBackend` or `SseBackend`) carry the entry's `headers` and
+the X-Forwarded-* of the client connection that opened them; a connection shared by several clients
+(2026-07-28 requests to a legacy SSE server) carries none. The server's answers hold to
+`max_message_bytes` (`gateway.max_message_bytes`) on every route. A bridged connection that ends is a
+transport event, not a crash: it never counts towards crash loops.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import error_response, forwarded_for, is_initialize, parse_body, sse_event
 from mcpfleet.gateway.session import HttpSession, SessionTable
-from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend, TransportBackend
-from mcpfleet.gateway.upstream.http import HttpUpstream, Unreachable
+from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend, SseBackend, TransportBackend
+from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream, Unreachable
 from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
 from mcpfleet.registry.model import HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
@@ -73,9 +76,17 @@ def _opening_for(scope: Scope | None) -> Iterator[None]:
 
 
 class ServerRuntime:
-    def __init__(self, server: Server, sessions: SessionTable, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self,
+        server: Server,
+        sessions: SessionTable,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self.server = server
         self.sessions = sessions
+        self.max_message_bytes = max_message_bytes
         self.http: HttpUpstream | None = None
         self.bridge: RelayUpstream | None = None
         self.stdio: RelayUpstream | None = None
@@ -91,7 +102,7 @@ class ServerRuntime:
             )
             self.balancer = balancer
             if server.transport != "sse":
-                self.http = HttpUpstream(server, balancer)
+                self.http = HttpUpstream(server, balancer, max_message_bytes=max_message_bytes)
                 if server.health.active:
                     task_group.start_soon(self._probe_replicas)
             self.bridge = RelayUpstream(
@@ -101,11 +112,16 @@ class ServerRuntime:
                 sessions,
                 limit=BRIDGE_LIMIT,
                 what="bridged connections",
+                counts_exits=False,
             )
         if isinstance(server, StdioServer | HttpServer) and server.command:
             spawnable, argv = server, server.command
             self.stdio = RelayUpstream(
-                spawnable, lambda: ProcessBackend(spawnable, argv), task_group, sessions, limit=server.pool.max
+                spawnable,
+                lambda: ProcessBackend(spawnable, argv, max_message_bytes=max_message_bytes),
+                task_group,
+                sessions,
+                limit=server.pool.max,
             )
             if server.pool.min:
                 self.stdio.keep_warm(server.pool.min)
@@ -119,7 +135,8 @@ class ServerRuntime:
         assert balancer is not None
         url = balancer.pick().url
         endpoint = next(e for e in server.endpoints if e.url == url)
-        return TransportBackend(server, endpoint, forwarded=_OPENING_FOR.get())
+        kind = SseBackend if server.transport == "sse" else TransportBackend
+        return kind(server, endpoint, max_message_bytes=self.max_message_bytes, forwarded=_OPENING_FOR.get())
 
     @property
     def upstreams(self) -> list[HttpUpstream | RelayUpstream]:

@@ -8,6 +8,12 @@ replica's is set), `Content-Length` (of the body sent), `Origin` (checked at the
 claims about its address (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) and any header the entry configures
 (the entry's value replaces the client's); plus the entry's `headers` and the gateway's `X-Forwarded-For`,
 `-Host` and `-Proto`. `Mcp-Session-Id` is the gateway's id outside, the upstream's inside.
+
+On the server's MCP path an answer is one message and holds to `gateway.max_message_bytes`: a JSON answer
+whose length says it is larger gets 502 with a JSON-RPC error naming the setting, and in an event stream an
+event larger than the limit (plus SSE_FRAMING) is dropped before any byte of it goes out; if it answered a
+request, an error event for that request takes its place. Events are cut at their boundaries as they pass
+(`protocol.EventMeter`), so a chunk of whole events costs one `endswith`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 
@@ -30,17 +36,25 @@ from mcpfleet.gateway.protocol import (
     NOT_FORWARDED_UP,
     NOT_FORWARDED_UP_PREFIXES,
     SESSION_HEADER,
+    SSE_FRAMING,
+    TOO_LARGE,
+    EventMeter,
+    Oversized,
+    answered_request,
     forwarded_for,
+    too_large,
+    too_large_event,
     without,
 )
 from mcpfleet.gateway.session import HttpSession, SessionTable
 from mcpfleet.gateway.upstream.wire import ConnectFailed, OutOfDescriptors, Pool, Response, UpstreamClosed
-from mcpfleet.registry.model import HttpServer
+from mcpfleet.registry.model import Gateway, HttpServer
 from mcpfleet.registry.render import mask_url
 
 log = logging.getLogger("mcpfleet.gateway.http")
 
 _STANDING_STREAM = frozenset({"GET"})
+DEFAULT_MAX_MESSAGE_BYTES: int = Gateway().max_message_bytes
 
 
 class Unreachable(Exception):
@@ -54,9 +68,12 @@ class Unreachable(Exception):
 class HttpUpstream:
     """The replicas of one `http` server, each with its own keep-alive connection pool."""
 
-    def __init__(self, server: HttpServer, balancer: Balancer) -> None:
+    def __init__(
+        self, server: HttpServer, balancer: Balancer, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         self.server = server
         self.balancer = balancer
+        self.max_message_bytes = max_message_bytes
         self._pools: dict[str, Pool] = {}
         self._configured = [(k.lower().encode(), v.encode()) for k, v in server.headers.items()]
         # A header the entry configures replaces the client's, or the gateway's, of that name, whatever its case.
@@ -149,7 +166,15 @@ class HttpUpstream:
             rewrite = self._pin_states(exchange, sessions, replica.url, method) if stateless else None
             try:
                 await self._relay(
-                    exchange, response, replica.url, sessions, session_token, session, initialize, rewrite
+                    exchange,
+                    response,
+                    replica.url,
+                    sessions,
+                    session_token,
+                    session,
+                    initialize,
+                    rewrite,
+                    bounded=path == self.server.path,
                 )
             finally:
                 self.balancer.finished(replica, time.monotonic() - started if timed else None)
@@ -211,21 +236,16 @@ class HttpUpstream:
         session: HttpSession | None,
         initialize: bool,
         rewrite: Callable[[bytes], bytes] | None = None,
+        *,
+        bounded: bool = False,
     ) -> None:
+        """Stream the answer to the client. `bounded`: an answer on the MCP path, held to the size limit."""
         idle = None if exchange.method in _STANDING_STREAM else self.server.timeouts.idle_stream
         streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+        limit = self.max_message_bytes if bounded else None
         whole: bytes | None = None
-        if rewrite is not None and not streaming:
-            # A JSON answer that may carry requestState is read whole (one JSON-RPC response, bounded by the
-            # server), so its length can change; the connection is released whatever happens.
-            limit = self.server.timeouts.idle_stream
-            try:
-                with self._as_gateway_errors(replica, "response body", limit, "timeouts.idle_stream"):
-                    whole = rewrite(b"".join([chunk async for chunk in response.body(idle)]))
-            finally:
-                if whole is None:
-                    with anyio.CancelScope(shield=True):
-                        await response.aclose()
+        if not streaming and (rewrite is not None or limit is not None):
+            whole = await self._read_json(response, replica, idle, limit, rewrite)
         try:
             headers = without(response.headers, NOT_FORWARDED_DOWN, HOP_BY_HOP_PREFIXES)
             upstream_session = response.header(SESSION_HEADER)
@@ -248,6 +268,8 @@ class HttpUpstream:
             if streaming:
                 # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
                 events = response.body(idle)
+                if limit is not None:
+                    events = self._bounded_events(events, limit, exchange)
                 await stream_body(
                     exchange.receive, exchange.send, rewrite_events(events, rewrite) if rewrite else events
                 )
@@ -262,3 +284,71 @@ class HttpUpstream:
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
+
+    async def _read_json(
+        self,
+        response: Response,
+        replica: str,
+        idle: float | None,
+        limit: int | None,
+        rewrite: Callable[[bytes], bytes] | None,
+    ) -> bytes | None:
+        """A JSON answer read whole when it must be (None when it can stream as it is): to rewrite its
+        `requestState`, or to hold it to `limit` when it has no length. One JSON-RPC message (or batch) is
+        bounded by `limit`; over it, 502 with a JSON-RPC error. The connection is released on failure."""
+        length = response.header(b"content-length")
+        declared = int(length) if length is not None and length.isdigit() else None
+        if limit is not None and declared is not None and declared > limit:
+            await response.aclose()
+            log.warning(
+                "server %r: a JSON answer of %d bytes exceeds gateway.max_message_bytes", self.server.id, declared
+            )
+            raise GatewayError(502, TOO_LARGE, too_large(self.server.id, declared, limit))
+        if rewrite is None and (limit is None or declared is not None):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        whole = None
+        try:
+            with self._as_gateway_errors(
+                replica, "response body", self.server.timeouts.idle_stream, "timeouts.idle_stream"
+            ):
+                async for chunk in response.body(idle):
+                    size += len(chunk)
+                    if limit is not None and size > limit:
+                        log.warning("server %r: a JSON answer exceeds gateway.max_message_bytes", self.server.id)
+                        raise GatewayError(502, TOO_LARGE, too_large(self.server.id, None, limit))
+                    chunks.append(chunk)
+            whole = b"".join(chunks)
+            return rewrite(whole) if rewrite is not None else whole
+        finally:
+            if whole is None:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+
+    async def _bounded_events(
+        self, chunks: AsyncIterator[bytes], limit: int, exchange: Exchange
+    ) -> AsyncIterator[bytes]:
+        """The event stream, whole events as they complete; an event over the limit gives way to an error
+        for the request it answered, or, if it answered none (a notification, a request to the client), to
+        nothing."""
+        meter = EventMeter(limit + SSE_FRAMING)
+        async for chunk in chunks:
+            for piece in meter.feed(chunk):
+                if isinstance(piece, bytes):
+                    yield piece
+                elif (instead := self._in_place_of(piece, limit, exchange.body)) is not None:
+                    yield instead
+        if rest := meter.flush():
+            yield rest
+
+    def _in_place_of(self, event: Oversized, limit: int, body: bytes) -> bytes | None:
+        answers, request_id = answered_request(event, body)
+        log.warning(
+            "server %r: an event of %d bytes exceeds gateway.max_message_bytes (%d); %s",
+            self.server.id,
+            event.size,
+            limit,
+            "its request gets an error" if answers else "it answers no request and is dropped",
+        )
+        return too_large_event(request_id, self.server.id, event.size, limit) if answers else None
