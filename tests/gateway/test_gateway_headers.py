@@ -72,11 +72,6 @@ HOP_BY_HOP = {
     "te": "trailers",
 }
 NEVER = {"forwarded", "x-real-ip", "x-forwarded-port", "proxy-authorization", "x-hop", "keep-alive", "te", "origin"}
-WEBSOCKET_SCOPE = pytest.mark.xfail(
-    strict=True,
-    reason="the gateway sets X-Forwarded-* for WebSocket bridges once app.py passes the connection's scope to"
-    " ServerRuntime.websocket (scope=...)",
-)
 
 
 @pytest.fixture
@@ -150,7 +145,7 @@ def headers_seen(
 
 
 @pytest.mark.parametrize("server_id", ["web", "old"])
-@pytest.mark.parametrize("transport", ["streamable-http", "sse", pytest.param("websocket", marks=WEBSOCKET_SCOPE)])
+@pytest.mark.parametrize("transport", ["streamable-http", "sse", "websocket"])
 def test_headers_reaching_the_server_on_every_route(
     gw: RunningGateway, echo_server: str, transport: str, server_id: str
 ) -> None:
@@ -175,11 +170,6 @@ def test_headers_reaching_the_server_on_every_route(
         assert not {"x-request-id", "cookie", "x-dup"} & set(seen), seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn takes X-Forwarded-For/-Proto from loopback peers as true (proxy_headers on by default);"
-    " serve.py must turn that off until trusted proxies are a setting",
-)
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 def test_a_clients_claims_about_its_address_do_not_reach_the_server(gw: RunningGateway, transport: str) -> None:
     seen = headers_seen(gw, "web", transport, {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"})

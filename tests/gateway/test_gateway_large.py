@@ -57,10 +57,6 @@ else:
 KiB, MiB = 1024, 1024 * 1024
 BACKENDS = ("streamed", "json", "legacy", "stdio")
 CLIENTS = ("streamable-http", "sse", "websocket")
-WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="the runtime gets gateway.max_message_bytes once app.py passes it to ServerRuntime (lead)",
-)
 
 
 def pattern(size: int) -> str:
@@ -176,10 +172,10 @@ def test_large_answers_arrive_whole_on_every_route(fleet: Callable[[str], Runnin
 @pytest.mark.parametrize(
     ("transport", "mode"),
     [
-        pytest.param("streamable-http", "legacy", marks=WIRED),
-        pytest.param("streamable-http", "auto", marks=WIRED),  # 2026-07-28 where the route supports it
-        pytest.param("sse", "legacy", marks=WIRED),
-        pytest.param("websocket", "legacy", marks=WIRED),
+        pytest.param("streamable-http", "legacy"),
+        pytest.param("streamable-http", "auto"),  # 2026-07-28 where the route supports it
+        pytest.param("sse", "legacy"),
+        pytest.param("websocket", "legacy"),
     ],
 )
 def test_an_answer_over_the_limit_fails_that_request_only(

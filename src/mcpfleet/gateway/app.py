@@ -166,7 +166,8 @@ class Gateway:
         self.reload_error = []
         self.reloads["ok"] += 1
         for server_id, runtime in list(self._runtimes.items()):
-            if fresh.servers.get(server_id) != old.servers.get(server_id):
+            resized = fresh.gateway.max_message_bytes != old.gateway.max_message_bytes
+            if resized or fresh.servers.get(server_id) != old.servers.get(server_id):
                 del self._runtimes[server_id]
                 self.start_soon(runtime.retire)
         self._prewarm()
@@ -189,7 +190,9 @@ class Gateway:
         runtime = self._runtimes.get(server_id)
         if runtime is None or runtime.server != server:
             assert self._task_group is not None
-            runtime = ServerRuntime(server, self.sessions, self._task_group)
+            runtime = ServerRuntime(
+                server, self.sessions, self._task_group, max_message_bytes=snapshot.gateway.max_message_bytes
+            )
             self._runtimes[server_id] = runtime
         return runtime
 
@@ -282,7 +285,7 @@ class Gateway:
                 await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
             return
         await receive()
-        await runtime.websocket(receive, send, self._snapshot.gateway.max_message_bytes)
+        await runtime.websocket(receive, send, self._snapshot.gateway.max_message_bytes, scope=scope)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path, segments = self._target(scope)
@@ -420,7 +423,9 @@ class Gateway:
 
     async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
         client = scope.get("client")
-        if not client or not (client[0].startswith("127.") or client[0] == "::1"):
+        proxied = header(scope, b"x-forwarded-for") is not None or header(scope, b"forwarded") is not None
+        if not client or not (client[0].startswith("127.") or client[0] == "::1") or proxied:
+            # A request a proxy on this machine passed on comes from loopback too: it is not served.
             raise GatewayError(403, -32600, "the admin endpoints answer loopback clients only")
         if segments[1:] != ["reload"] or scope["method"] != "POST":
             raise GatewayError(404, -32601, "admin endpoints: POST /admin/reload")

@@ -34,6 +34,8 @@ ERROR_KINDS = {
     -32015: "timeout",
     -32016: "pool_exhausted",
     -32017: "crash_loop",
+    -32018: "entry_failed",
+    -32019: "too_large",
 }
 
 

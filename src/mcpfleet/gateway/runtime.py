@@ -42,7 +42,7 @@ from mcpfleet.gateway.asgi import (
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import error_response, forwarded_for, is_initialize, parse_body, sse_event
-from mcpfleet.gateway.session import HttpSession, SessionTable
+from mcpfleet.gateway.session import HttpSession, SessionTable, close_all
 from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend, SseBackend, TransportBackend
 from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream, Unreachable
 from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
@@ -358,10 +358,10 @@ class ServerRuntime:
         with anyio.move_on_after(drain_limit):
             while self.inflight:
                 await self._idle.wait()
-        for session in self.sessions.of_server(self.server.id):
-            if session.owner in self.upstreams:
-                self.sessions.drop_session(session)
-                await session.aclose()
+        ending = [s for s in self.sessions.of_server(self.server.id) if s.owner in self.upstreams]
+        for session in ending:
+            self.sessions.drop_session(session)
+        await close_all(ending)  # together: one after another, 2,000 sessions took a quarter of an hour
         await self.aclose()
 
     async def aclose(self) -> None:

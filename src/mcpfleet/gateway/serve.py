@@ -162,6 +162,11 @@ async def serve(
             ssl_keyfile=tls_keyfile,
             timeout_graceful_shutdown=25,
             ws="websockets-sansio",
+            # The client address is the TCP peer's: no proxy is trusted (its X-Forwarded-* are dropped and the
+            # gateway sets its own), until trusted proxies are a setting.
+            proxy_headers=False,
+            # uvicorn refuses larger frames itself; the gateway's own check (reloadable) applies below this.
+            ws_max_size=registry.gateway.max_message_bytes + 1024,
         )
         server = uvicorn.Server(config)
         logging.getLogger("uvicorn.error").addFilter(_DeniedUpgrades())

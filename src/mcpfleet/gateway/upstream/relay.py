@@ -41,19 +41,22 @@ from mcpfleet.gateway.pinning import unwrap, wrap
 from mcpfleet.gateway.protocol import (
     LAST_EVENT_ID,
     SESSION_HEADER,
+    TOO_LARGE,
     IdMap,
     Message,
     accepts,
     dumps,
     error_response,
     id_key,
+    message_kind,
     parse_body,
     parse_message,
     sse_event,
+    too_large,
 )
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.admission import FULL, Admission, default_max_starting
-from mcpfleet.gateway.upstream.backend import Backend
+from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
 from mcpfleet.registry.model import HttpServer, StdioServer
 
 log = logging.getLogger("mcpfleet.gateway.relay")
@@ -65,17 +68,13 @@ CRASH_BACKOFF = 2.0
 CRASH_BACKOFF_MAX = 60.0
 KEEPALIVE = b": keepalive\n\n"
 EXITED = -32014
+UNREACHABLE = -32012
 JOURNAL_EVENTS = 1000  # per session, for Last-Event-ID resumption
 JOURNAL_BYTES = 1 << 20
 DETACHED_STREAMS = 64  # per session: POST streams kept for a resume after their client went away
 DETACHED_GRACE = 120.0  # seconds (at most gateway.session_idle_timeout) a detached stream keeps its session busy
 STANDING_KEPT = 16  # per session: GET streams whose ids can still be resumed
 EVENT_ID = re.compile(r"(\d+)-(\d+)", re.ASCII)
-TOO_LARGE = -32019  # a message over gateway.max_message_bytes
-_ID_VALUE = rb'(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|"(?:[^"\\]|\\.)*")'
-# A serializer writes `id` first ({"jsonrpc":"2.0","id":1,"result":...}: Python, Go) or last (TypeScript).
-_FIRST_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _ID_VALUE)
-_LAST_ID = re.compile(rb'[,{]\s*"id"\s*:\s*' + _ID_VALUE + rb'\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
 SERIALS = itertools.count(1)  # shared processes, numbered across the gateway process (reloads included)
 WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
@@ -270,17 +269,28 @@ class _Link:
             self.finish()
             self.closed.set()
 
+    @property
+    def bridged(self) -> bool:
+        """An HTTP server reached through a connection of the gateway's, not a process it runs."""
+        return not isinstance(self.backend, ProcessBackend)
+
+    def ended(self, detail: str, when: str = "") -> GatewayError:
+        """The error for requests that cannot be answered because this link ended: a process exited (-32014),
+        or a bridged connection ended (-32012: a transport event, never counted as a crash)."""
+        if self.bridged:
+            return GatewayError(502, UNREACHABLE, f"the connection to server {self.server.id!r} ended{when} ({detail})")
+        return GatewayError(502, EXITED, f"server {self.server.id!r} exited{when} ({detail})")
+
     def _in_place_of(self, exc: MessageTooLarge) -> bytes | None:
         """The error answer that stands for a message the server wrote over `gateway.max_message_bytes`, to
         the request whose id the message names (its first or last bytes hold it); None when none is found."""
-        found = oversized_id(exc.head, exc.tail)
-        what = f"server {self.server.id!r} wrote a message of {exc.size} bytes"
-        if found is None:
-            log.warning("%s, over the limit of %d bytes, naming no request id: skipped", what, exc.limit)
+        kind, request_id = message_kind(exc.head, exc.tail)
+        text = too_large(self.server.id, exc.size, exc.limit)
+        if kind != "answer":  # a notification or a request to the client: nobody waits for it
+            log.warning("%s; not an answer to a request: skipped", text)
             return None
-        log.warning("%s, over the limit of %d bytes, answering request %s: the request fails", what, exc.limit, found)
-        text = f"{what}, over the limit of {exc.limit} bytes (setting: gateway.max_message_bytes)"
-        return error_response(json.loads(found), TOO_LARGE, text)
+        log.warning("%s; request %r fails", text, request_id)
+        return error_response(request_id, TOO_LARGE, text)
 
     last_used: float
 
@@ -298,14 +308,14 @@ class _Link:
 
     async def send(self, data: bytes) -> None:
         if not self._running or self.closed.is_set():
-            raise GatewayError.exited(self.server.id, self.exit_detail or "not running")
+            raise self.ended(self.exit_detail or "not running")
         try:
             await self.backend.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             # The process is going away: wait (bounded) for its exit code and last stderr line to be known.
             with anyio.move_on_after(self.server.timeouts.shutdown + 1):
                 await self.closed.wait()
-            raise GatewayError.exited(self.server.id, self.exit_detail or "its input is closed") from None
+            raise self.ended(self.exit_detail or "its input is closed") from None
 
     async def aclose(self) -> None:
         if not self.closed.is_set():
@@ -370,9 +380,9 @@ class StdioSession(_Link):
             self._backlog.append(raw)
 
     def finish(self) -> None:
-        detail = f"server {self.server_id!r} exited ({self.exit_detail})"
+        ended = self.ended(self.exit_detail)
         for key, box in list(self._pending.items()):
-            box.deliver(error_response(json.loads(key), EXITED, detail), answered=key)
+            box.deliver(error_response(json.loads(key), ended.code, ended.message), answered=key)
         self._pending.clear()
         if self._standing is not None:
             self._standing.close()
@@ -515,9 +525,9 @@ class SharedProcess(_Link):
         return None
 
     def finish(self) -> None:
-        detail = f"server {self.server.id!r} exited ({self.exit_detail})"
+        ended = self.ended(self.exit_detail)
         for box, original_id in self.ids.drain():
-            box.deliver(error_response(original_id, EXITED, detail), answered=None)
+            box.deliver(error_response(original_id, ended.code, ended.message), answered=None)
             box.close()
         for session in list(self.sessions):
             session.end()
@@ -991,16 +1001,14 @@ class RelayUpstream:
                     before.append(first)  # e.g. a log notification sent while initializing
             if first is None:
                 if session.closed.is_set():
-                    raise GatewayError.exited(self.server.id, session.exit_detail + " before answering initialize")
+                    raise session.ended(session.exit_detail, " before answering initialize")
                 raise GatewayError.timeout(
                     self.server.id, "answer to initialize", self.server.timeouts.startup, "timeouts.startup"
                 )
             answer = parse_message(first)
             if answer is not None and "error" in answer.data and session.closed.is_set():
                 # The process died before answering: that is the gateway's 502, not the server's answer.
-                raise GatewayError(
-                    502, EXITED, f"server {self.server.id!r} exited before answering initialize ({session.exit_detail})"
-                )
+                raise session.ended(session.exit_detail, " before answering initialize")
             headers: Headers = []
             if answer is not None and "result" in answer.data:
                 headers.append((SESSION_HEADER, self._sessions.issue(session).encode()))
@@ -1356,9 +1364,3 @@ async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: li
 
 
 __all__ = ["Outbox", "RelayUpstream", "SharedProcess", "SharedSession", "StdioSession"]
-
-
-def oversized_id(head: bytes, tail: bytes) -> bytes | None:
-    """The JSON token of a top-level `id` in a message known only by its first and last bytes, else None."""
-    found = _FIRST_ID.match(head) or _LAST_ID.search(tail)
-    return found.group(1) if found is not None else None
