@@ -8,9 +8,8 @@ claims about its own address (never passed on: the gateway sets X-Forwarded-* it
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,14 +18,10 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
-from mcp.client._transport import TransportStreams
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.message import SessionMessage
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from mcpfleet.client.transport import session_message
+from mcpfleet.client.websocket import websocket_client
 
 from conftest import RunningGateway
 from support import free_port, running
@@ -92,34 +87,6 @@ def gw(gateway: Callable[[str], RunningGateway], echo_server: str) -> RunningGat
     )
 
 
-@contextlib.asynccontextmanager
-async def websocket_with_headers(url: str, headers: list[tuple[str, str]]) -> AsyncIterator[TransportStreams]:
-    """mcpfleet's WebSocket transport for the SDK's Client, with extra handshake headers."""
-    async with connect(url, subprotocols=["mcp"], additional_headers=headers) as ws:  # type: ignore[list-item]
-        read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-        write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
-
-        async def from_server() -> None:
-            async with read_writer:
-                with contextlib.suppress(ConnectionClosed, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    async for frame in ws:
-                        await read_writer.send(session_message(frame))
-
-        async def to_server() -> None:
-            async with write_reader:
-                with contextlib.suppress(ConnectionClosed):
-                    async for message in write_reader:
-                        await ws.send(message.message.model_dump_json(by_alias=True, exclude_unset=True))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(from_server)
-            tg.start_soon(to_server)
-            try:
-                yield read_stream, write_stream
-            finally:
-                tg.cancel_scope.cancel()
-
-
 def client_target(gw: RunningGateway, server_id: str, transport: str, extra: dict[str, str]) -> Any:
     sent = {**CLIENT_HEADERS, **extra}
     if transport == "streamable-http":
@@ -127,7 +94,7 @@ def client_target(gw: RunningGateway, server_id: str, transport: str, extra: dic
         return streamable_http_client(gw.mcp(server_id), http_client=http)
     if transport == "sse":
         return sse_client(f"{gw.url}/{server_id}/sse", headers={**sent, **HOP_BY_HOP})
-    return websocket_with_headers(f"{gw.url.replace('http://', 'ws://')}/{server_id}/ws", list(sent.items()))
+    return websocket_client(f"{gw.url.replace('http://', 'ws://')}/{server_id}/ws", headers=list(sent.items()))
 
 
 def headers_seen(

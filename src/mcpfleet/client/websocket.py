@@ -7,7 +7,7 @@ pending proposal). The official SDK's `mcp.Client` runs on top, so the handshake
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 from mcp.client._transport import TransportStreams
@@ -21,8 +21,17 @@ SUBPROTOCOL = "mcp"
 
 
 @contextlib.asynccontextmanager
-async def websocket_client(url: str, *, max_size: int = 16 * 1024 * 1024) -> AsyncIterator[TransportStreams]:
-    async with connect(url, subprotocols=[SUBPROTOCOL], max_size=max_size) as ws:  # type: ignore[list-item]
+async def websocket_client(
+    url: str, *, max_size: int = 16 * 1024 * 1024, headers: Sequence[tuple[str, str]] = ()
+) -> AsyncIterator[TransportStreams]:
+    """Connect to `url` (ws:// or wss://); `max_size`: the largest frame taken, in bytes; `headers`: extra
+    headers of the opening handshake."""
+    async with connect(
+        url,
+        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+        max_size=max_size,
+        additional_headers=list(headers),
+    ) as ws:
         read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
 

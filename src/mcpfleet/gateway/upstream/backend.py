@@ -115,6 +115,20 @@ def _client_headers(server: HttpServer, forwarded: Sequence[tuple[bytes, bytes]]
     return headers
 
 
+def _bridge_client(
+    server: HttpServer, headers: httpx2.Headers, transport: httpx2.AsyncBaseTransport | None = None
+) -> httpx2.AsyncClient:
+    """The HTTP client of one bridged connection: its headers, the entry's timeouts, and no proxy from the
+    environment (straight to the server, like the passthrough: a proxy would bypass the size bound)."""
+    timeouts = server.timeouts
+    return httpx2.AsyncClient(
+        headers=headers,
+        timeout=httpx2.Timeout(timeouts.first_byte, connect=timeouts.connect, read=timeouts.idle_stream),
+        transport=transport,
+        trust_env=False,
+    )
+
+
 class TransportBackend:
     """A Streamable HTTP server through the SDK's client transport, on an HTTP client whose transport holds
     what the server sends to the size limit (`_BoundedAnswers`)."""
@@ -137,14 +151,8 @@ class TransportBackend:
         self.error = ""
 
     async def __aenter__(self) -> TransportBackend:
-        timeouts = self.server.timeouts
         http = await self._stack.enter_async_context(
-            httpx2.AsyncClient(
-                headers=self._headers,
-                timeout=httpx2.Timeout(timeouts.first_byte, connect=timeouts.connect, read=timeouts.idle_stream),
-                transport=_BoundedAnswers(self.server.id, self.max_message_bytes),
-                trust_env=False,  # straight to the server, like the passthrough: a proxy would bypass the bound
-            )
+            _bridge_client(self.server, self._headers, _BoundedAnswers(self.server.id, self.max_message_bytes))
         )
         transport = streamable_http_client(
             self.server.mcp_url(self.endpoint),
@@ -297,13 +305,7 @@ class SseBackend:
     async def __aenter__(self) -> SseBackend:
         timeouts = self.server.timeouts
         try:
-            client = self._client = await self._stack.enter_async_context(
-                httpx2.AsyncClient(
-                    headers=self._headers,
-                    timeout=httpx2.Timeout(timeouts.first_byte, connect=timeouts.connect, read=timeouts.idle_stream),
-                    trust_env=False,
-                )
-            )
+            client = self._client = await self._stack.enter_async_context(_bridge_client(self.server, self._headers))
             stream = client.stream(
                 "GET", self.url, headers={"accept": "text/event-stream", "cache-control": "no-store"}
             )
