@@ -192,9 +192,5 @@ class GatewayError(McpfleetError):
         return cls(502, -32013, str(error).split("\n")[0], data={"stderr": error.stderr_tail})
 
     @classmethod
-    def exited(cls, server_id: str, detail: str) -> GatewayError:
-        return cls(502, -32014, f"server {server_id!r} exited: {detail}")
-
-    @classmethod
     def timeout(cls, server_id: str, what: str, seconds: float, setting: str) -> GatewayError:
         return cls(504, -32015, f"server {server_id!r}: no {what} within {seconds:g} s (setting: {setting})")

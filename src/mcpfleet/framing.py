@@ -23,9 +23,6 @@ class MessageTooLarge(ValueError):
         self.tail = tail
 
 
-LineTooLongError = MessageTooLarge  # the older name
-
-
 class _Skipped:
     """A line being skipped: how long it is so far, its first KEPT bytes and its last KEPT bytes."""
 

@@ -56,3 +56,22 @@ def test_an_entry_with_an_unset_variable_fails_alone(gateway: Callable[[str], Ru
     assert "fix the registry and reload" in error["message"]
     served = httpx2.post(gw.mcp("time"), json=INIT, headers=ACCEPT, timeout=60)
     assert served.status_code == 200 and served.headers["mcp-session-id"]
+
+
+def test_admin_reload_refuses_proxied_requests_and_other_methods(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(REGISTRY)
+    for claim in ({"x-forwarded-for": "10.1.2.3"}, {"forwarded": "for=10.1.2.3"}, {"x-real-ip": "127.0.0.1"}):
+        refused = httpx2.post(f"{gw.url}/admin/reload", headers=claim)
+        assert refused.status_code == 403, claim
+        assert refused.json()["error"]["message"] == "the admin endpoints answer loopback clients only"
+    wrong_method = httpx2.get(f"{gw.url}/admin/reload")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert httpx2.post(f"{gw.url}/admin/reload").json()["reloaded"] is True
+
+
+def test_a_gateway_error_carries_the_id_of_the_request(gateway: Callable[[str], RunningGateway]) -> None:
+    gw = gateway(REGISTRY)
+    body = {"jsonrpc": "2.0", "id": "req-7", "method": "tools/list"}
+    answer = httpx2.post(gw.mcp("time"), json=body, headers=ACCEPT)  # no session: the gateway's own 400
+    assert answer.status_code == 400 and answer.json()["id"] == "req-7"
+    assert "initialize first" in answer.json()["error"]["message"]

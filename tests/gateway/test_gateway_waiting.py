@@ -220,3 +220,36 @@ def test_a_burst_of_32_new_sessions_all_open(gateway: Callable[[str], RunningGat
     anyio.run(main)
     assert failures == []
     assert sorted(answers) == sorted(f"b{index}" for index in range(32))
+
+
+def test_a_silent_legacy_sse_client_does_not_hold_the_start_ups(gateway: Callable[[str], RunningGateway]) -> None:
+    """A legacy SSE client that opens its stream and sends nothing has a process whose first message waits
+    for that client: its start-up turn ends after a measured start-up, so other sessions still start."""
+    gw = gateway(f"servers:\n  one: {{command: {DEMO}, pool: {{max: 4, max_starting: 1, acquire_timeout: 15}}}}\n")
+
+    async def main() -> None:
+        async with httpx2.AsyncClient(timeout=60) as client, client.stream("GET", f"{gw.url}/one/sse") as idle:
+            assert idle.status_code == 200
+            session = await initialize(client, gw.mcp("one"))  # before: 503, "1 process start-ups"
+            answer = await tool(client, gw.mcp("one"), session, "echo", {"text": "started"})
+            assert answer["result"]["content"][0]["text"] == "started"
+
+    anyio.run(main)
+
+
+def test_a_session_just_opened_is_not_ended_for_a_waiter(gateway: Callable[[str], RunningGateway]) -> None:
+    """`max: 1`: while another client waits, the session that just initialized keeps its process for its
+    first calls (it is idle only once unused for a moment after its handshake, not since its process started)."""
+    gw = gateway(f"servers:\n  one: {{command: {DEMO}, pool: {{max: 1, acquire_timeout: 30}}}}\n")
+
+    async def main() -> None:
+        async with httpx2.AsyncClient(timeout=60) as first, httpx2.AsyncClient(timeout=60) as second:
+            session = await initialize(first, gw.mcp("one"))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(initialize, second, gw.mcp("one"))  # waits for the one process
+                await anyio.sleep(0.3)
+                answer = await tool(first, gw.mcp("one"), session, "echo", {"text": "still mine"})
+                assert answer["result"]["content"][0]["text"] == "still mine"
+                await first.delete(gw.mcp("one"), headers={"mcp-session-id": session})
+
+    anyio.run(main)

@@ -366,3 +366,24 @@ def test_an_entry_with_an_unset_variable_fails_alone(tmp_path: Path, monkeypatch
         assert table.returncode == 0 and "not usable" in table.stdout and "SEARCH_TOKEN" in table.stdout
         refused = cli("tools", "search", "--gateway", gateway)  # the gateway refuses it: exit 3, its reason
         assert refused.returncode == 3 and "SEARCH_TOKEN" in refused.stderr, refused.stderr
+
+
+def test_an_ipv6_wildcard_bind_still_takes_ipv4_clients() -> None:
+    """`--host ::` is dual-stack, as uvicorn binds it: IPv4 clients reach it too."""
+    from mcpfleet.gateway.serve import bind
+
+    if not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6")
+    try:
+        listener = bind("::", 0)
+    except Exception as exc:
+        pytest.skip(f"cannot bind [::]: {exc}")
+    try:
+        [sock] = listener.sockets
+        sock.listen()
+        port = sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        for sock in listener.sockets:
+            sock.close()

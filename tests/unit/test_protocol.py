@@ -310,3 +310,16 @@ def test_host_and_origin_policy() -> None:
     public.check_origin("https://app.example.com/")
     with pytest.raises(GatewayError):
         public.check_origin("http://localhost:3000")  # loopback origins are trusted only on loopback binds
+
+
+def test_underscore_spellings_of_dropped_headers_are_dropped_too() -> None:
+    # CGI-style servers read X_Forwarded_For as X-Forwarded-For: a client must not slip its claims through.
+    sent = [
+        (b"x_forwarded_for", b"203.0.113.9"),
+        (b"x_real_ip", b"203.0.113.9"),
+        (b"proxy_authorization", b"Basic eA=="),
+        (b"connection", b"x_hop"),
+        (b"x-hop", b"1"),
+        (b"x_custom", b"kept"),
+    ]
+    assert without(sent, NOT_FORWARDED_UP, NOT_FORWARDED_UP_PREFIXES) == [(b"x_custom", b"kept")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from mcpfleet.gateway.asgi import Receive, Scope, Send, header, read_body, respo
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
+from mcpfleet.gateway.protocol import single_request
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.security import Policy, check_path, single_header
@@ -38,6 +40,7 @@ from mcpfleet.registry.render import mask_url
 log = logging.getLogger("mcpfleet.gateway")
 
 STATUS_PATHS = frozenset({"healthz", "readyz", "servers", "metrics"})
+NOTHING_TO_RELOAD = "nothing to reload: the gateway serves the built-in demo registry"
 ENTRY_FAILED = -32018  # the entry is in the registry but could not be loaded (an unset ${VAR}): 503
 REAP_INTERVAL = 5.0
 POOL_INTERVAL = 1.0
@@ -141,7 +144,7 @@ class Gateway:
     async def reload(self) -> bool:
         """Load the registry file again. An invalid file leaves the one in force; returns whether it loaded."""
         if self.registry_path is None:
-            log.info("nothing to reload: the gateway serves the built-in demo registry")
+            log.info(NOTHING_TO_RELOAD)
             return False
         async with self._reload_lock:
             self.loaded_digest = await anyio.to_thread.run_sync(file_digest, self.registry_path)
@@ -212,8 +215,8 @@ class Gateway:
         cors: list[tuple[bytes, bytes]] = []
         with contextlib.suppress(GatewayError):  # a refused Host or Origin gets its 421/403 below, without CORS
             origin = single_header(scope["headers"], b"origin")
-            self.policy.check_host(single_header(scope["headers"], b"host"))
-            if origin is not None:
+            if origin is not None:  # CORS headers only when the Host and the Origin both pass (checked again below)
+                self.policy.check_host(single_header(scope["headers"], b"host"))
                 self.policy.check_origin(origin)
                 cors = _cors_headers(origin)
 
@@ -233,7 +236,9 @@ class Gateway:
         except GatewayError as exc:
             self.metrics.error(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
             if not started:
-                await respond_error(tracked, exc)  # an allowed origin may read the gateway's errors too
+                # An allowed origin may read the gateway's errors too; the id is the request's when it has one.
+                _, request_id = single_request(scope.get("mcpfleet.body", b""))
+                await respond_error(tracked, exc, request_id)
             else:
                 log.warning("error after the response started: %s", exc.message)
 
@@ -317,7 +322,7 @@ class Gateway:
         try:
             body = b""
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await read_body(receive, snapshot.gateway.max_message_bytes)
+                body = scope["mcpfleet.body"] = await read_body(receive, snapshot.gateway.max_message_bytes)
             await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))
         finally:
             self.metrics.observe(first, scope["method"], started)
@@ -423,15 +428,18 @@ class Gateway:
 
     async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
         client = scope.get("client")
-        proxied = header(scope, b"x-forwarded-for") is not None or header(scope, b"forwarded") is not None
-        if not client or not (client[0].startswith("127.") or client[0] == "::1") or proxied:
+        proxied = any(header(scope, name) is not None for name in (b"x-forwarded-for", b"forwarded", b"x-real-ip"))
+        if not client or not _loopback_peer(client[0]) or proxied:
             # A request a proxy on this machine passed on comes from loopback too: it is not served.
             raise GatewayError(403, -32600, "the admin endpoints answer loopback clients only")
-        if segments[1:] != ["reload"] or scope["method"] != "POST":
+        if segments[1:] != ["reload"]:
             raise GatewayError(404, -32601, "admin endpoints: POST /admin/reload")
+        if scope["method"] != "POST":
+            raise GatewayError(405, -32601, "POST /admin/reload", headers={"Allow": "POST"})
         await read_body(receive, 1024)
         loaded = await self.reload()
-        body = {"reloaded": loaded, "generation": self.generation, "errors": self.reload_error or None}
+        errors = self.reload_error or (None if loaded or self.registry_path else [NOTHING_TO_RELOAD])
+        body = {"reloaded": loaded, "generation": self.generation, "errors": errors}
         await respond(send, 200 if loaded else 422, json.dumps(body).encode())
 
 
@@ -456,6 +464,15 @@ def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
         (b"access-control-expose-headers", b"mcp-session-id, mcp-protocol-version"),
         (b"vary", b"origin"),
     ]
+
+
+def _loopback_peer(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # a Unix socket's peer, or no address at all
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None  # IPv4 on a dual-stack socket
+    return (mapped or ip).is_loopback
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

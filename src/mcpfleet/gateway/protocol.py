@@ -53,18 +53,20 @@ NOT_FORWARDED_DOWN = HOP_BY_HOP | {SESSION_HEADER, b"content-length", b"server",
 
 def without(headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes], prefixes: tuple[bytes, ...]) -> Headers:
     """`headers` (lowercase names) less those in `names`, those starting with one of `prefixes`, and those
-    the `Connection` header names. `names` must hold `connection`. Repeated headers stay repeated."""
+    the `Connection` header names. `names` must hold `connection`. Repeated headers stay repeated. An `_` in
+    a name counts as `-` (CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`)."""
     kept: Headers = []
     connection: list[bytes] = []
     for name, value in headers:
-        if name in names or name.startswith(prefixes):
+        key = name.replace(b"_", b"-") if b"_" in name else name
+        if key in names or key.startswith(prefixes):
             if name == b"connection":
                 connection.append(value)
             continue
         kept.append((name, value))
     if connection:
-        named = {token.strip().lower() for token in b",".join(connection).split(b",")}
-        kept = [(name, value) for name, value in kept if name not in named]
+        named = {token.strip().lower().replace(b"_", b"-") for token in b",".join(connection).split(b",")}
+        kept = [(name, value) for name, value in kept if name.replace(b"_", b"-") not in named]
     return kept
 
 

@@ -320,7 +320,9 @@ class ServerRuntime:
                         await send({"type": "websocket.close", "code": 1003, "reason": "text frames only"})
                         break
                     if len(text) > max_frame:
-                        await send({"type": "websocket.close", "code": 1009, "reason": "frame too large"})
+                        await send(
+                            {"type": "websocket.close", "code": 1009, "reason": "frame over gateway.max_message_bytes"}
+                        )
                         break
                     try:
                         messages, _ = parse_body(text.encode())

@@ -96,12 +96,14 @@ def bind(host: str, port: int) -> Listener:
     addresses = list(dict.fromkeys((family, address[:2]) for family, _, _, _, address in infos))
     sockets: list[socket.socket] = []
     skipped: OSError | None = None
+    # Both families (localhost): one socket each. IPv6 alone (`::`) stays dual-stack, as uvicorn binds it.
+    both = {family for family, _ in addresses} >= {socket.AF_INET, socket.AF_INET6}
     try:
         for family, (ip, _) in addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and both:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # one family per socket
             chosen = sockets[0].getsockname()[1] if len(sockets) > 1 else port
             try:

@@ -79,6 +79,7 @@ class HttpUpstream:
         # A header the entry configures replaces the client's, or the gateway's, of that name, whatever its case.
         self._configured_names = frozenset(name for name, _ in self._configured)
         self._not_forwarded = NOT_FORWARDED_UP | self._configured_names
+        self._not_forwarded_mcp = self._not_forwarded | {b"accept-encoding"}
         self.retired = False
 
     async def aclose(self) -> None:
@@ -201,7 +202,14 @@ class HttpUpstream:
     async def _send(
         self, exchange: Exchange, replica: str, path: str, session: HttpSession | None, body: bytes
     ) -> Response:
-        headers = without(exchange.scope["headers"], self._not_forwarded, NOT_FORWARDED_UP_PREFIXES)
+        mcp_path = path == self.server.path
+        headers = without(
+            exchange.scope["headers"],
+            self._not_forwarded_mcp if mcp_path else self._not_forwarded,
+            NOT_FORWARDED_UP_PREFIXES,
+        )
+        if mcp_path:  # uncompressed: the size limit counts a message's own bytes, and events are seen as they pass
+            headers.append((b"accept-encoding", b"identity"))
         headers.extend(self._configured)
         if session is not None:
             headers.append((SESSION_HEADER, session.upstream_id.encode()))

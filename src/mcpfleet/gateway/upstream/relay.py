@@ -407,6 +407,7 @@ class StdioSession(_Link):
         """The client stream of `box` ended. If it ended early and can be resumed, later answers are kept
         for a `Last-Event-ID` resume (a disconnect is not a cancellation before 2026-07-28); else they have
         nowhere to go."""
+        self.last_used = time.monotonic()
         with contextlib.suppress(ValueError):
             self._posts.remove(box)
         if not completed and box.journal is not None and box.waiting and not box.finished:
@@ -648,6 +649,7 @@ class RelayUpstream:
         # needs a process of that list and finds none joins (a burst starts one process, not one each).
         self._pending: dict[str, _PendingStart] = {}
         self._reclaiming = 0  # processes being stopped to free a slot for a waiter
+        self._joined = 0  # callers waiting for a start under way into a list of shared processes
         self._modern: list[SharedProcess] = []  # 2026-07-28 traffic
         self._pool: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[_Link] = set()
@@ -665,8 +667,8 @@ class RelayUpstream:
 
     @property
     def waiting(self) -> int:
-        """Callers waiting for a process (a slot or a start-up turn), now."""
-        return self.admission.waiting
+        """Callers waiting for a process (a slot, a start-up turn, or a start under way), now."""
+        return self.admission.waiting + self._joined
 
     async def aclose(self) -> None:
         self._warm_target = 0
@@ -736,9 +738,8 @@ class RelayUpstream:
             self._tg.start_soon(self._refill)
 
     async def _refill(self) -> None:
-        """Start warm processes one at a time, only while no session waits and a start is free: they never
-        take a slot or a start-up a session could use. A warm process writes nothing until it is leased, so
-        its start-up is taken to last the measured `start_seconds` (then the next may start)."""
+        """Start warm processes while no session waits and a start-up turn is free: they never take a slot
+        or a turn a session could use (`_launch` holds each one's turn for a measured start-up)."""
         try:
             while not self.retired and self._short_of_warm():
                 shared = self.server.pool.mode == "shared"
@@ -747,7 +748,7 @@ class RelayUpstream:
                     if shared
                     else StdioSession(self.server, self._new_backend(), self)
                 )
-                if self.admission.waiting or not self.admission.try_admit(process):
+                if self.waiting or not self.admission.try_admit(process):
                     return  # the next lease or maintenance pass tries again
                 try:
                     await self._launch(process, measured=False)
@@ -762,9 +763,6 @@ class RelayUpstream:
                 else:
                     assert isinstance(process, StdioSession)
                     self._warm.append(process)
-                with anyio.move_on_after(min(self.start_seconds, self.server.timeouts.startup)):
-                    await process.closed.wait()
-                self.admission.started(process)
         finally:
             self._refilling = False
 
@@ -828,8 +826,9 @@ class RelayUpstream:
         """Until when a caller arriving now may wait for a process (`pool.acquire_timeout`)."""
         return time.monotonic() + self.server.pool.acquire_timeout
 
-    async def _start(self, process: _Link, deadline: float) -> None:
-        """Start `process` once it has a slot and a start-up turn (admission.py), or raise 503 by `deadline`."""
+    async def _start(self, process: _Link, deadline: float, *, measured: bool = False) -> None:
+        """Start `process` once it has a slot and a start-up turn (admission.py), or raise 503 by `deadline`.
+        `measured`: an `initialize` is sent to it at once (see `_launch`)."""
         if (wait := self.crash_loop_until - time.monotonic()) > 0:
             raise GatewayError(
                 503,
@@ -838,6 +837,15 @@ class RelayUpstream:
                 f" last: {self.last_exit}); new sessions fail fast for {wait:.0f} more s",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
+        try:
+            await self._admit(process, deadline)
+            await self._launch(process, measured=measured)
+        except BaseException:
+            if process not in self.live:  # not under supervision: nothing else gives its slot and turn back
+                self.admission.release(process)
+            raise
+
+    async def _admit(self, process: _Link, deadline: float) -> None:
         if self.admission.free:
             await self.admission.admit(process, deadline, self._refusal)
         else:
@@ -853,18 +861,20 @@ class RelayUpstream:
                     tg.cancel_scope.cancel()
             if refused is not None:
                 raise refused
-        await self._launch(process)
 
     async def _reclaim_while_waiting(self) -> None:
         while True:
-            if self.admission.slots.available_tokens < 1:
+            if self.admission.slot_waiters and self.admission.slots.available_tokens < 1:
                 await self._reclaim_idle()
             await anyio.sleep(RECLAIM_POLL)
 
-    async def _launch(self, process: _Link, *, measured: bool = True) -> None:
-        """Run an admitted process under supervision; return once it is spawned (its start-up goes on until
-        its first message). `measured`: the first message answers a request sent at once, so the time to it
-        is a start-up's length (not so for a warm process, which waits to be leased)."""
+    async def _launch(self, process: _Link, *, measured: bool = False) -> None:
+        """Run an admitted process under supervision; return once it is spawned. Its start-up turn ends at its
+        first message, and when that says nothing of its start (`measured` False), at the latest after the
+        measured length of a start-up: a warm process writes nothing until it is leased, a bridged session's
+        first message waits for its client, a 2026-07-28 process's for the first tool call it runs.
+        `measured`: the first message answers an `initialize` sent at once, so the time to it is a start-up's
+        length, which updates `start_seconds` (a moving average)."""
         launched = time.monotonic()
 
         def started() -> None:
@@ -877,6 +887,13 @@ class RelayUpstream:
             await self._tg.start(self._supervise, process)  # _supervise gives the slot back, whatever happens
         except ServerStartError as exc:
             raise GatewayError.start_failed(exc) from None
+        if not measured:
+            self._tg.start_soon(self._start_up_over, process, min(self.start_seconds, self.server.timeouts.startup))
+
+    async def _start_up_over(self, process: _Link, after: float) -> None:
+        with anyio.move_on_after(after):
+            await process.closed.wait()
+        self.admission.started(process)  # a no-op when its first message came first
 
     def _refusal(self, what: str) -> GatewayError:
         """The 503 for a caller whose `pool.acquire_timeout` passed: what was really full, and the setting."""
@@ -885,7 +902,7 @@ class RelayUpstream:
             detail = f"all {self._limit} {self._what} are in use"
         elif what == "start":
             detail = (
-                f"{self.admission.starting} process start-ups were under way and {self.admission.waiting - 1} other"
+                f"{self.admission.starting} process start-ups were under way and {max(0, self.waiting - 1)} other"
                 " requests waiting (settings: pool.acquire_timeout, pool.max_starting)"
             )
         else:
@@ -913,18 +930,27 @@ class RelayUpstream:
         initializes again); a shared-mode process whose sessions have nothing in flight, its sessions moved
         to another initialized process of the pool (the server is declared stateless), else ended.
         """
-        if self._reclaiming >= max(1, self.admission.slot_waiters):
-            return  # as many are being freed as callers wait: a stop takes a moment to give its slot back
+        if self._reclaiming >= self.admission.slot_waiters:
+            return  # as many are being freed as callers wait for a slot (a stop takes a moment to give it back)
         victim: _Link | None = None
-        settled = time.monotonic() - RECLAIM_IDLE
+        now = time.monotonic()
+        settled = now - RECLAIM_IDLE
         if self._warm:
             victim = self._warm.pop()
         else:
-            idle = [p for p in self.live if p.idle and not p.stopping and p.started and p.last_used < settled]
+            idle = [
+                p
+                for p in self.live
+                if p.idle and not p.stopping and p.started and p.last_used < settled and not _awaits_retry(p, now)
+            ]
             if idle:
                 victim = min(idle, key=lambda process: process.last_used)
         if victim is None:
-            quiet = [p for p in self._pool if not p.stopping and not p.ids and p.assigned == len(p.sessions)]
+            quiet = [
+                p
+                for p in self._pool
+                if not p.stopping and not p.ids and p.assigned == len(p.sessions) and not _awaits_retry(p, now)
+            ]
             quiet = [p for p in quiet if all(s.in_flight == 0 and s.last_used < settled for s in p.sessions)]
             if not quiet:
                 return
@@ -945,14 +971,12 @@ class RelayUpstream:
         """Give the sessions of `process` (nothing in flight) to the other initialized processes of the pool."""
         others = [p for p in self._pool if p is not process and p.init_result is not None and not p.stopping]
         for session in list(process.sessions):
+            if not others:
+                session.end()  # its client gets 404 and initializes again
+                self.session_ended(session)
+                continue
             process.sessions.discard(session)
             process.assigned -= 1
-            if not others:
-                session.closed = True  # its client gets 404 and initializes again
-                self._sessions.drop_session(session)
-                if session.standing is not None:
-                    session.standing.close()
-                continue
             target = min(others, key=lambda p: p.assigned)
             target.assigned += 1
             target.sessions.add(session)
@@ -983,7 +1007,7 @@ class RelayUpstream:
         session.initializing = True  # not idle, so a concurrent reclaim cannot take it half-way
         if not session.started:
             try:
-                await self._start(session, deadline)
+                await self._start(session, deadline, measured=True)
             except BaseException:
                 session.initializing = False
                 raise
@@ -1020,6 +1044,7 @@ class RelayUpstream:
             session.release(box)
         finally:
             session.initializing = False
+            session.last_used = time.monotonic()  # idle from now, not from its start: no reclaim before a call
             # Refill after the answer: a starting process would compete for the CPU with this handshake.
             self._refill_soon()
             if not keep:
@@ -1212,8 +1237,12 @@ class RelayUpstream:
         Raises the start's error, or this caller's 503."""
         while True:
             pending = self._begin_start(which, deadline)
-            with anyio.move_on_after(deadline - time.monotonic()):
-                await pending.done.wait()
+            self._joined += 1
+            try:
+                with anyio.move_on_after(deadline - time.monotonic()):
+                    await pending.done.wait()
+            finally:
+                self._joined -= 1
             if not pending.done.is_set():  # the start it waits for is itself waiting for a slot or a start-up turn
                 raise self._refusal("slot" if self.admission.slots.available_tokens < 1 else "start")
             error = pending.error
@@ -1225,7 +1254,7 @@ class RelayUpstream:
     async def _start_into(self, which: str, pending: _PendingStart, deadline: float) -> None:
         try:
             process = SharedProcess(self.server, self._new_backend(), next(SERIALS))
-            await self._start(process, deadline)
+            await self._start(process, deadline)  # its first request may come late, or never: not measured
             if self.retired:  # retired while it started: nobody would stop it
                 await process.aclose()
                 raise GatewayError.unreachable(self.server.id, "the server was removed or changed by a reload")
@@ -1364,3 +1393,8 @@ async def _stream(exchange: Exchange, box: Outbox, headers: Headers, already: li
 
 
 __all__ = ["Outbox", "RelayUpstream", "SharedProcess", "SharedSession", "StdioSession"]
+
+
+def _awaits_retry(process: _Link, now: float) -> bool:
+    """A shared process that asked for input lately: only it can open the `requestState` of the retry."""
+    return isinstance(process, SharedProcess) and now - process.asked_at <= STATE_GRACE
