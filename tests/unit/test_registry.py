@@ -152,7 +152,10 @@ gateway: {port: 99999}
             "servers.a.timeouts.connect: Input should be greater",
         ),
         ("servers:\n  a: {endpoint: 'http://h', balancer: {strategy: fastest}}\n", "servers.a.balancer.strategy"),
-        ("servers:\n  a: {command: [x], balancer: {strategy: p2c}}\n", "servers.a.balancer: unknown field"),
+        (
+            "servers:\n  a: {command: [x], balancer: {strategy: p2c}}\n",
+            "servers.a.balancer: applies only to docker, http and kubernetes entries",
+        ),
         ("servers:\n  a: {type: docker, image: i}\n", "needs the container 'port'"),
         ("servers:\n  a: {type: k8s}\n", "exactly one of 'image' or 'chart'"),
         ("servers:\n  a: {type: k8s, image: i, namespace: Bad_NS}\n", "not a valid Kubernetes namespace"),
@@ -543,3 +546,18 @@ def test_an_unset_variable_with_another_problem_drops_only_its_consequences() ->
         "reg.yaml: servers.a.endpoint: ${H} is not set (set it in the environment, or write $${H} for a literal)",
         "reg.yaml: servers.a.colour: unknown field",
     ]
+
+
+def test_a_field_of_another_entry_type_says_which_types_take_it() -> None:
+    text = (
+        "servers:\n"
+        "  a: {endpoints: [http://h], type: stdio, command: [x]}\n"
+        "  b: {command: [x], balancer: {strategy: p2c}}\n"
+    )
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(text, "r.yaml", environ={})
+    messages = {p.location: p.message for p in caught.value.problems}
+    assert messages["servers.a.endpoints"] == "applies only to http entries, and this entry is stdio"
+    assert (
+        messages["servers.b.balancer"] == "applies only to docker, http and kubernetes entries, and this entry is stdio"
+    )

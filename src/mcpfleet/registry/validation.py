@@ -113,6 +113,17 @@ def _validation_problems(
     ]
     for loc, error in errors:
         if error["type"] == "extra_forbidden":
+            if len(loc) == 1 and loc[0] in ENTRY_KEYS and model in SERVER_TYPES.values():
+                # A field of another entry type (`endpoints` on a stdio entry): say so, not "did you mean" itself.
+                types = sorted(kind for kind, other in SERVER_TYPES.items() if loc[0] in accepted_keys(other))
+                entry_type = next((kind for kind, other in SERVER_TYPES.items() if other is model), "this")
+                unknown.append(
+                    (
+                        _location(prefix, loc, renames),
+                        f"applies only to {_listed(types)} entries, and this entry is {entry_type}",
+                    )
+                )
+                continue
             hint = _suggestion(model, loc)
             if hint is not None:
                 suggested.add((*loc[:-1], _FILLS.get(hint, hint) if len(loc) == 1 else hint))
@@ -146,3 +157,7 @@ def _location(prefix: str, loc: tuple[str, ...], renames: Mapping[str, str]) -> 
         if location == ours or location.startswith((ours + ".", ours + "[")):
             location = theirs + location[len(ours) :]
     return f"{prefix}.{location}" if location else prefix
+
+
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
