@@ -289,7 +289,12 @@ class Gateway:
             else:  # closing before accepting answers the handshake with 403
                 await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
             return
-        await receive()
+        await receive()  # websocket.connect
+        # Taken again after the await, from the registry in force: a reload may have retired the first one.
+        runtime = self._runtime(self._snapshot, segments[0])
+        if runtime is None:
+            await send({"type": "websocket.close", "code": 1011, "reason": "the server left the registry"})
+            return
         await runtime.websocket(receive, send, self._snapshot.gateway.max_message_bytes, scope=scope)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -313,9 +318,6 @@ class Gateway:
             )
         if first not in snapshot.servers:
             raise GatewayError.unknown_server(first, sorted(snapshot.servers))
-        runtime = self._runtime(snapshot, first)
-        if runtime is None:
-            raise GatewayError.unknown_server(first, sorted(self._snapshot.servers))
         scope["mcpfleet.server"] = first
         rest = raw_path[len(first.encode()) + 1 :].decode("latin-1") or "/"
         started = time.monotonic()
@@ -323,6 +325,13 @@ class Gateway:
             body = b""
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = scope["mcpfleet.body"] = await read_body(receive, snapshot.gateway.max_message_bytes)
+            # The runtime is taken from the registry in force once the body arrived, and `handle` counts the
+            # request in flight from its first step: with no await between the two, a reload cannot retire (and
+            # close) the runtime under the request.
+            snapshot = self._snapshot
+            runtime = self._runtime(snapshot, first)
+            if runtime is None:
+                raise GatewayError.unknown_server(first, sorted(snapshot.servers))
             await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))
         finally:
             self.metrics.observe(first, scope["method"], started)
