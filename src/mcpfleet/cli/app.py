@@ -459,6 +459,7 @@ def serve(
     """
     import logging
 
+    from mcpfleet.gateway.app import file_digest
     from mcpfleet.gateway.serve import bind
     from mcpfleet.gateway.serve import serve as run_gateway
 
@@ -467,6 +468,8 @@ def serve(
         if host is not None and not host.strip():
             raise UsageError("--host is empty: give an address, e.g. 127.0.0.1, or 0.0.0.0 for every interface")
         path = registry_path(registry, demo)
+        # Read before the load: a change made while the gateway starts then differs from it and is reloaded.
+        digest = file_digest(Path(path))
         loaded = load_registry(path)
         listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
     except McpfleetError as exc:
@@ -490,6 +493,7 @@ def serve(
             lambda: run_gateway(
                 loaded,
                 registry_path=None if demo else path,
+                loaded_digest=digest,
                 listener=listener,
                 tls_certfile=str(tls_certfile) if tls_certfile else None,
                 tls_keyfile=str(tls_keyfile) if tls_keyfile else None,

@@ -55,11 +55,21 @@ def file_digest(path: Path) -> str | None:
 
 
 class Gateway:
-    def __init__(self, registry: Registry, *, registry_path: str | Path | None = None, host: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        registry_path: str | Path | None = None,
+        host: str | None = None,
+        loaded_digest: str | None = None,
+    ) -> None:
         self._snapshot = registry
         self.registry_path = Path(registry_path) if registry_path is not None else None
         # What the registry file held at the last load or reload attempt: a watcher reloads only on a change.
-        self.loaded_digest = file_digest(self.registry_path) if self.registry_path is not None else None
+        # `loaded_digest`: taken before `registry` was read, so that a change made since then is seen.
+        if loaded_digest is None and self.registry_path is not None:
+            loaded_digest = file_digest(self.registry_path)
+        self.loaded_digest = loaded_digest
         settings = registry.gateway
         self.sessions = SessionTable(Sealer.from_settings(settings.session_keys, settings.session_max_age))
         self._bind_host = host or registry.gateway.host

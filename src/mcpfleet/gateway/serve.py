@@ -146,6 +146,7 @@ async def serve(
     registry: Registry,
     *,
     registry_path: Path | None,
+    loaded_digest: str | None = None,
     listener: Listener,
     tls_certfile: str | None = None,
     tls_keyfile: str | None = None,
@@ -153,7 +154,9 @@ async def serve(
 ) -> None:
     """Serve on `listener` (bound by `bind`, listening or not) until SIGINT or SIGTERM."""
     log.info("file descriptor limit: %d", raise_descriptor_limit())
-    async with Gateway(registry, registry_path=registry_path, host=listener.host) as gateway:
+    async with Gateway(
+        registry, registry_path=registry_path, host=listener.host, loaded_digest=loaded_digest
+    ) as gateway:
         config = uvicorn.Config(
             gateway,
             host=listener.host,
