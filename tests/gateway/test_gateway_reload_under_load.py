@@ -1,5 +1,5 @@
-"""Reloads while clients call: no request is lost; sessions on a removed replica (or a changed stdio pool)
-end with 404 and the client's next initialize lands on what the new registry has."""
+"""Reloads while clients call: no request is lost, and no session ends: sessions on a replica that left the
+registry drain there (`timeouts.drain`), and a stdio pool's new sizes apply to the live pool."""
 
 from __future__ import annotations
 
@@ -102,16 +102,16 @@ def test_reloads_under_load_lose_no_request(
     outcomes, bad = call_through_reloads(gw, "web", registries, workers=8, pause=0.4)
     assert bad == []
     assert outcomes["ok"] >= 8 * 8, outcomes  # every worker had answers in every round
-    assert outcomes["404"] >= 1, outcomes  # some sessions did sit on a replica that was removed
+    # Sessions sitting on a replica that was removed kept going there (it drains): none had to start again.
+    assert outcomes["404"] == 0 and outcomes["initialize"] == 8, outcomes
 
 
 def test_pool_changes_under_load_lose_no_request(gateway: Callable[[str], RunningGateway]) -> None:
-    """Changing a stdio server's pool settings retires its processes: calls in flight finish, then the
-    sessions get 404 and initialize again on the new pool."""
+    """Changing a stdio server's pool settings applies to the live pool: every session keeps its process."""
     pools = ["{max: 8}", "{min: 2, max: 6}", "{min: 1, max: 8, idle_timeout: 30}", "{max: 5, acquire_timeout: 20}"]
     registries = [f"servers:\n  local: {{command: {DEMO}, pool: {pool}}}\n" for pool in pools]
     gw = gateway(registries[0])
     outcomes, bad = call_through_reloads(gw, "local", registries, workers=4, pause=1.5)
     assert bad == []
     assert outcomes["ok"] >= 4 * 8, outcomes  # every worker had answers in every round
-    assert outcomes["404"] >= 4, outcomes  # each worker's session ended with a pool at least once
+    assert outcomes["404"] == 0 and outcomes["initialize"] == 4, outcomes  # no session was ended by a reload

@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import itertools
 import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 import anyio.abc
@@ -36,6 +39,7 @@ from mcpfleet.gateway.session import SessionTable
 from mcpfleet.registry import Registry, load_registry
 from mcpfleet.registry.model import HttpServer, StdioServer
 from mcpfleet.registry.render import mask_url
+from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
 
@@ -62,8 +66,12 @@ class Gateway:
         registry_path: str | Path | None = None,
         host: str | None = None,
         loaded_digest: str | None = None,
+        replica_sources: Mapping[str, ReplicaSource] | None = None,
     ) -> None:
+        """`replica_sources`: server id -> where its replicas come from, in place of the entry's `endpoints`
+        (discovery; see mcpfleet.replicas)."""
         self._snapshot = registry
+        self.replica_sources = dict(replica_sources or {})
         self.registry_path = Path(registry_path) if registry_path is not None else None
         # What the registry file held at the last load or reload attempt: a watcher reloads only on a change.
         # `loaded_digest`: taken before `registry` was read, so that a change made since then is seen.
@@ -80,6 +88,9 @@ class Gateway:
         self.reloads = {"ok": 0, "rejected": 0}
         self.generation = 1
         self._runtimes: dict[str, ServerRuntime] = {}
+        # Runtimes of servers that left the registry (or changed type or transport), serving the sessions they
+        # hold until those end or the entry's `timeouts.drain` passes.
+        self._draining: dict[str, list[ServerRuntime]] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._reload_lock = anyio.Lock()
         self.ready = False
@@ -112,9 +123,10 @@ class Gateway:
         try:
             with anyio.CancelScope(shield=True):
                 async with anyio.create_task_group() as closing:
-                    for runtime in self._runtimes.values():
+                    for runtime in [*self._runtimes.values(), *itertools.chain(*self._draining.values())]:
                         closing.start_soon(runtime.aclose)
             self._runtimes.clear()
+            self._draining.clear()
         finally:
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
@@ -133,15 +145,17 @@ class Gateway:
         for server_id, server in self._snapshot.servers.items():
             warm = isinstance(server, StdioServer | HttpServer) and server.command and server.pool.min
             probed = isinstance(server, HttpServer) and server.health.active
-            if warm or probed:
+            if warm or probed or server_id in self.replica_sources:  # a source is followed from the start
                 self._runtime(self._snapshot, server_id)
 
     async def _maintain_pools(self) -> None:
-        """Once a second: replace warm processes that died, stop warm ones idle past `pool.idle_timeout`."""
+        """Once a second: replace warm processes that died, stop warm ones idle past `pool.idle_timeout`,
+        forget replicas whose drain ended."""
         while True:
             await anyio.sleep(POOL_INTERVAL)
             now = time.monotonic()
             for runtime in list(self._runtimes.values()):
+                runtime.maintain()
                 if runtime.stdio is not None:
                     await runtime.stdio.expire_idle(now)
 
@@ -169,7 +183,8 @@ class Gateway:
             return True
 
     def apply(self, fresh: Registry) -> None:
-        """Swap in a new snapshot; runtimes of changed or removed entries drain in the background."""
+        """Swap in a new snapshot. Changed entries apply to their live runtimes without ending a session
+        (`ServerRuntime.configure`); removed ones, and ones whose type or transport changed, drain."""
         old = self._snapshot
         self._snapshot = fresh
         self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
@@ -178,11 +193,14 @@ class Gateway:
         self.generation += 1
         self.reload_error = []
         self.reloads["ok"] += 1
+        size = fresh.gateway.max_message_bytes
         for server_id, runtime in list(self._runtimes.items()):
-            resized = fresh.gateway.max_message_bytes != old.gateway.max_message_bytes
-            if resized or fresh.servers.get(server_id) != old.servers.get(server_id):
+            server = fresh.servers.get(server_id)
+            if server is not None and (server == runtime.server and size == runtime.max_message_bytes):
+                continue
+            if server is None or not runtime.configure(server, size):
                 del self._runtimes[server_id]
-                self.start_soon(runtime.retire)
+                self._drain(runtime)
         self._prewarm()
         added = sorted(set(fresh.servers) - set(old.servers))
         removed = sorted(set(old.servers) - set(fresh.servers))
@@ -194,20 +212,56 @@ class Gateway:
             removed or "none",
         )
 
+    def _drain(self, runtime: ServerRuntime) -> None:
+        server_id = runtime.server.id
+        self._draining.setdefault(server_id, []).append(runtime)
+
+        async def drain() -> None:
+            try:
+                await runtime.drain(runtime.server.timeouts.drain)
+            finally:
+                left = self._draining.get(server_id, [])
+                if runtime in left:
+                    left.remove(runtime)
+                if not left:
+                    self._draining.pop(server_id, None)
+
+        self.start_soon(drain)
+
     def _runtime(self, snapshot: Registry, server_id: str) -> ServerRuntime | None:
-        server = snapshot.servers.get(server_id)
-        if server is None or snapshot is not self._snapshot:
-            # A request that began under an older snapshot keeps its server only while nothing replaced it.
-            current = self._runtimes.get(server_id)
-            return current if current is not None and current.server == server else None
+        """The runtime of `server_id` in the registry in force (made on first use); None if it is not there.
+        `snapshot`: the registry the caller looked the server up in; a request that began under an older one
+        is served by the runtime in force, which a reload updated in place."""
+        server = self._snapshot.servers.get(server_id)
+        if server is None:
+            return None
         runtime = self._runtimes.get(server_id)
-        if runtime is None or runtime.server != server:
+        if runtime is None:
             assert self._task_group is not None
             runtime = ServerRuntime(
-                server, self.sessions, self._task_group, max_message_bytes=snapshot.gateway.max_message_bytes
+                server,
+                self.sessions,
+                self._task_group,
+                max_message_bytes=self._snapshot.gateway.max_message_bytes,
+                source=self.replica_sources.get(server_id),
             )
             self._runtimes[server_id] = runtime
         return runtime
+
+    def _draining_runtime(self, server_id: str, scope: Scope) -> ServerRuntime | None:
+        """A draining runtime of `server_id` that holds the session this request names, if any."""
+        token = (
+            header(scope, b"mcp-session-id")
+            or parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_id", [None])[0]
+        )
+        if token is None:
+            return None
+        with contextlib.suppress(GatewayError):
+            session = self.sessions.get(token, server_id)
+            for runtime in self._draining.get(server_id, []):
+                if session is not None and runtime.owns(session):
+                    return runtime
+        return None
 
     # --- ASGI ------------------------------------------------------------------------------------------
 
@@ -326,7 +380,7 @@ class Gateway:
                 ENTRY_FAILED,
                 f"server {first!r} is not available: {snapshot.failed[first]}; fix the registry and reload",
             )
-        if first not in snapshot.servers:
+        if first not in snapshot.servers and first not in self._draining:
             raise GatewayError.unknown_server(first, sorted(snapshot.servers))
         scope["mcpfleet.server"] = first
         rest = raw_path[len(first.encode()) + 1 :].decode("latin-1") or "/"
@@ -340,6 +394,8 @@ class Gateway:
             # close) the runtime under the request.
             snapshot = self._snapshot
             runtime = self._runtime(snapshot, first)
+            if first in self._draining:  # rare: only while a reload's changes drain
+                runtime = self._draining_runtime(first, scope) or runtime
             if runtime is None:
                 raise GatewayError.unknown_server(first, sorted(snapshot.servers))
             await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))

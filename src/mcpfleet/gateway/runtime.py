@@ -7,8 +7,15 @@
 | WebSocket `/<id>/ws`             | relay over SDK client    | relay over SDK client   | relay        |
 
 An http entry with a `command` is served over HTTP while an endpoint answers, and through its command when
-none does. A runtime belongs to one entry of one snapshot: a reload that changes or removes the entry
-retires it (no new sessions; in-flight requests finish; then its sessions end and its processes stop).
+none does. A runtime lives as long as its server id stays in the registry with the same type and transport:
+a reload applies the new entry to it in place (`configure`): replicas, weights, strategy, timeouts, health
+and pool sizes change without ending any session. When *what runs* changes (command, env, cwd, stateless,
+pool mode, the size limit), a new relay takes new sessions and the old one drains: its sessions keep their
+process until they end or `timeouts.drain` passes. A removed server (or one whose type or transport
+changed) drains as a whole (`drain`) and then ends its sessions.
+
+The replica set of an http entry comes from a replica source (`mcpfleet.replicas`): the registry's
+`endpoints`, or a discovery source the runtime follows (`follow`).
 
 Bridged HTTP connections (the relay over `TransportBackend` or `SseBackend`) carry the entry's `headers` and
 the X-Forwarded-* of the client connection that opened them; a connection shared by several clients
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,12 +49,13 @@ from mcpfleet.gateway.asgi import (
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import error_response, forwarded_for, is_initialize, parse_body, sse_event
-from mcpfleet.gateway.session import HttpSession, SessionTable, close_all
+from mcpfleet.gateway.session import HttpSession, Session, SessionTable, close_all
 from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend, SseBackend, TransportBackend
 from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream, Unreachable
 from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
-from mcpfleet.registry.model import HttpServer, Server, StdioServer
+from mcpfleet.registry.model import Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
+from mcpfleet.replicas import ReplicaAddress, ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
 
@@ -59,20 +67,44 @@ BRIDGE_LIMIT = 10_000  # bridged HTTP connections hold no process; this only bou
 # The X-Forwarded-* of the client whose session is opening a bridged connection. The relay makes backends
 # through a factory that takes no arguments, so the client's headers reach it this way, set only around
 # the opening of a session of one client (never of a connection several clients share).
+# The routing key of that client travels with it, for a strategy that reads one (`consistent_hash`).
 _OPENING_FOR: ContextVar[tuple[tuple[bytes, bytes], ...]] = ContextVar("opening_for", default=())
+_OPENING_KEY: ContextVar[str | None] = ContextVar("opening_key", default=None)
 
 
 @contextlib.contextmanager
-def _opening_for(scope: Scope | None) -> Iterator[None]:
+def _opening_for(scope: Scope | None, key: str | None = None) -> Iterator[None]:
     if scope is None:
         yield
         return
     client, host, scheme = scope.get("client"), header(scope, b"host"), scope.get("scheme", "http")
     token = _OPENING_FOR.set(tuple(forwarded_for(client, host, scheme)))
+    key_token = _OPENING_KEY.set(key)
     try:
         yield
     finally:
+        _OPENING_KEY.reset(key_token)
         _OPENING_FOR.reset(token)
+
+
+def static_addresses(server: HttpServer) -> tuple[ReplicaAddress, ...]:
+    """The replica set an entry's `endpoints` list (the registry as a replica source)."""
+    return tuple(ReplicaAddress(e.url, e.weight) for e in server.endpoints)
+
+
+def what_runs(server: Server) -> tuple[object, ...]:
+    """What a relay's processes are made of: when it changes, old processes drain and new sessions get new
+    ones. Everything else in an entry applies to the running relay in place."""
+    if not isinstance(server, StdioServer | HttpServer):
+        return (server.type,)
+    return (server.type, server.command, server.env, server.secret_env, server.cwd, server.stateless, server.pool.mode)
+
+
+def what_serves(server: Server) -> tuple[object, ...]:
+    """What decides which upstreams a runtime has: a change rebuilds the runtime (the old one drains)."""
+    transport = server.transport if isinstance(server, HttpServer) else None
+    has_command = bool(server.command) if isinstance(server, StdioServer | HttpServer) else False
+    return (server.type, transport, has_command)
 
 
 class ServerRuntime:
@@ -83,19 +115,29 @@ class ServerRuntime:
         task_group: anyio.abc.TaskGroup,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        source: ReplicaSource | None = None,
     ) -> None:
+        """`source`: where an http entry's replicas come from; None for the entry's own `endpoints`."""
         self.server = server
         self.sessions = sessions
         self.max_message_bytes = max_message_bytes
+        self._tg = task_group
         self.http: HttpUpstream | None = None
         self.bridge: RelayUpstream | None = None
         self.stdio: RelayUpstream | None = None
+        self.draining_relays: list[RelayUpstream] = []  # of an earlier command or env: their sessions only
         self.balancer: Balancer | None = None
+        self.source = source
+        self._replicas_known = anyio.Event()  # the first set arrived (at once for the registry's endpoints)
+        if source is None:
+            self._replicas_known.set()
+        self.draining = False
+        self._probing = False
         if isinstance(server, HttpServer):
             health = server.health
             balancer = Balancer.create(
                 server.balancer.strategy,
-                [(e.url, e.weight) for e in server.endpoints],
+                [(a.url, a.weight) for a in static_addresses(server)] if source is None else [],
                 failures_to_eject=health.failures_to_eject,
                 backoff=health.ejection_backoff,
                 max_backoff=health.max_ejection_backoff,
@@ -103,8 +145,7 @@ class ServerRuntime:
             self.balancer = balancer
             if server.transport != "sse":
                 self.http = HttpUpstream(server, balancer, max_message_bytes=max_message_bytes)
-                if server.health.active:
-                    task_group.start_soon(self._probe_replicas)
+                self._probe_if_active()
             self.bridge = RelayUpstream(
                 server,
                 self._bridged_connection,
@@ -114,33 +155,154 @@ class ServerRuntime:
                 what="bridged connections",
                 counts_exits=False,
             )
+            if source is not None:
+                task_group.start_soon(self.follow, source)
         if isinstance(server, StdioServer | HttpServer) and server.command:
-            spawnable, argv = server, server.command
-            self.stdio = RelayUpstream(
-                spawnable,
-                lambda: ProcessBackend(spawnable, argv, max_message_bytes=max_message_bytes),
-                task_group,
-                sessions,
-                limit=server.pool.max,
-            )
-            if server.pool.min:
-                self.stdio.keep_warm(server.pool.min)
+            self.stdio = self._new_stdio(server)
         self.inflight = 0
         self._idle = anyio.Event()
+
+    def _new_stdio(self, server: StdioServer | HttpServer) -> RelayUpstream:
+        assert server.command
+        argv, limit = server.command, self.max_message_bytes
+        relay = RelayUpstream(
+            server,
+            lambda: ProcessBackend(server, argv, max_message_bytes=limit),
+            self._tg,
+            self.sessions,
+            limit=server.pool.max,
+        )
+        if server.pool.min:
+            relay.keep_warm(server.pool.min)
+        return relay
+
+    # --- configuration: reloads and replica sources -------------------------------------------------------
+
+    def configure(self, server: Server, max_message_bytes: int) -> bool:
+        """Apply a changed entry in place, ending no session. False when it cannot be (the entry's type or
+        transport changed, or it gained or lost its command): the caller drains this runtime and builds another."""
+        old = self.server
+        if what_serves(server) != what_serves(old):
+            return False
+        self.server = server
+        resized = max_message_bytes != self.max_message_bytes
+        self.max_message_bytes = max_message_bytes
+        if isinstance(server, HttpServer):
+            assert self.balancer is not None
+            health = server.health
+            self.balancer.configure(
+                server.balancer.strategy,
+                failures_to_eject=health.failures_to_eject,
+                backoff=health.ejection_backoff,
+                max_backoff=health.max_ejection_backoff,
+            )
+            if self.source is None:
+                self.update_replicas(static_addresses(server))
+            if self.http is not None:
+                self.http.configure(server, max_message_bytes)
+                self._probe_if_active()
+        if self.stdio is not None and isinstance(server, StdioServer | HttpServer):
+            if resized or what_runs(server) != what_runs(old):
+                self._drain_relay(self.stdio, old.timeouts.drain)
+                self.stdio = self._new_stdio(server)
+            else:
+                self.stdio.reconfigure(server)
+        return True
+
+    def update_replicas(self, addresses: Sequence[ReplicaAddress]) -> None:
+        """A new replica set (from the registry or a source): joiners take new work now, leavers drain."""
+        assert self.balancer is not None
+        for replica in self.balancer.update(addresses, self.server.timeouts.drain):
+            if self.http is not None:
+                self.http.forget(replica.url)
+
+    async def follow(self, source: ReplicaSource) -> None:
+        """Apply each replica set `source` yields, until the runtime ends."""
+        async for addresses in source.watch():
+            if self.closed:
+                return
+            self.update_replicas(addresses)
+            self._replicas_known.set()
+            log.info("server %r: %d replicas serving", self.server.id, sum(a.serving for a in addresses))
+
+    async def _first_replica_set(self) -> None:
+        """A source's first set is on its way (the runtime was just made): wait for it, up to `timeouts.connect`."""
+        with anyio.move_on_after(self.server.timeouts.connect):
+            await self._replicas_known.wait()
+
+    def maintain(self) -> None:
+        """Periodic upkeep (once a second): close the connections of replicas whose drain ended."""
+        if self.balancer is not None:
+            for replica in self.balancer.expire_drains():
+                if self.http is not None:
+                    self.http.forget(replica.url)
+
+    def _drain_relay(self, relay: RelayUpstream, seconds: float) -> None:
+        relay.drain()
+        self.draining_relays.append(relay)
+        self._tg.start_soon(self._end_after_drain, relay, seconds)
+
+    async def _end_after_drain(self, relay: RelayUpstream, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await relay.wait_drained()
+        await self._end_relay(relay)
+        if relay in self.draining_relays:
+            self.draining_relays.remove(relay)
+
+    async def _end_relay(self, relay: RelayUpstream) -> None:
+        relay.retired = True
+        ending = [s for s in self.sessions.of_server(self.server.id) if s.owner is relay]
+        for session in ending:
+            self.sessions.drop_session(session)
+        await close_all(ending)  # together: one after another, 2,000 sessions took a quarter of an hour
+        await relay.aclose()
+
+    @property
+    def relays(self) -> list[RelayUpstream]:
+        return [r for r in (self.bridge, self.stdio, *self.draining_relays) if r is not None]
+
+    def owns(self, session: Session) -> bool:
+        """Whether `session` is served here (a relay of this runtime, or a replica its balancer still knows)."""
+        if isinstance(session, HttpSession):
+            return (
+                self.http is not None
+                and self.balancer is not None
+                and self.balancer.replica(session.replica) is not None
+            )
+        return session.owner in self.relays
+
+    def routing_key(self, scope: Scope) -> str | None:
+        """The request's key for `consistent_hash`: the `balancer.hash_header` value, else the client's address."""
+        server = self.server
+        if not isinstance(server, HttpServer) or server.balancer.strategy != "consistent_hash":
+            return None
+        if server.balancer.hash_header is not None and (
+            value := header(scope, server.balancer.hash_header.lower().encode())
+        ):
+            return value
+        client = scope.get("client")
+        return str(client[0]) if client else None
 
     def _bridged_connection(self) -> Backend:
         """A connection to a replica the balancer picks, for the bridge relay."""
         server, balancer = self.server, self.balancer
         assert isinstance(server, HttpServer)
         assert balancer is not None
-        url = balancer.pick().url
-        endpoint = next(e for e in server.endpoints if e.url == url)
+        try:
+            replica = balancer.pick(_OPENING_KEY.get())
+        except LookupError:
+            raise GatewayError.unreachable(server.id, "no replica serves") from None
+        endpoint = Endpoint(url=replica.url, weight=replica.weight)
         kind = SseBackend if server.transport == "sse" else TransportBackend
         return kind(server, endpoint, max_message_bytes=self.max_message_bytes, forwarded=_OPENING_FOR.get())
 
     @property
     def upstreams(self) -> list[HttpUpstream | RelayUpstream]:
-        return [u for u in (self.http, self.bridge, self.stdio) if u is not None]
+        return [u for u in (self.http, self.bridge, self.stdio, *self.draining_relays) if u is not None]
+
+    @property
+    def closed(self) -> bool:
+        return any(u.retired for u in self.upstreams)
 
     async def handle(self, exchange: Exchange) -> None:
         if not self.upstreams:
@@ -152,6 +314,8 @@ class ServerRuntime:
             )
         self.inflight += 1
         try:
+            if not self._replicas_known.is_set():
+                await self._first_replica_set()
             if exchange.rest == MCP_PATH:
                 await self._mcp(exchange)
             elif exchange.rest == SSE_PATH and exchange.method == "GET":
@@ -177,11 +341,36 @@ class ServerRuntime:
             self._idle = anyio.Event()
 
     async def _forward_other(self, exchange: Exchange) -> None:
+        await self._forward(exchange, exchange.rest)
+
+    async def _forward(
+        self,
+        exchange: Exchange,
+        path: str,
+        token: str | None = None,
+        session: HttpSession | None = None,
+        *,
+        initialize: bool = False,
+        may_fall_back: bool = False,
+    ) -> bool:
+        """The HTTP passthrough, and the one place where "no replica took it" becomes the client's error
+        (-32012, 502). With `may_fall_back`, returns False instead: nothing was sent, stdio may serve it."""
         assert self.http is not None
         try:
-            await self.http.forward(exchange, exchange.rest, self.sessions, None, None)
+            await self.http.forward(
+                exchange,
+                path,
+                self.sessions,
+                token,
+                session,
+                initialize=initialize,
+                key=self.routing_key(exchange.scope) if session is None else None,
+            )
         except Unreachable as exc:
+            if may_fall_back:
+                return False
             raise GatewayError.unreachable(self.server.id, exc.detail) from None
+        return True
 
     # --- Streamable HTTP clients --------------------------------------------------------------------------
 
@@ -190,28 +379,20 @@ class ServerRuntime:
         if token is not None:
             session = self.sessions.get(token, self.server.id)
             if isinstance(session, HttpSession) and self.http is not None:
-                try:
-                    await self.http.forward(exchange, self.http.server.path, self.sessions, token, session)
-                except Unreachable as exc:
-                    raise GatewayError.unreachable(self.server.id, exc.detail) from None
+                await self._forward(exchange, self.http.server.path, token, session)
                 return
-            if isinstance(session, SharedSession) and session.owner is self.stdio and self.stdio is not None:
-                await self.stdio.in_shared_session(exchange, token, session)
+            if isinstance(session, SharedSession) and session.owner in self.relays:
+                await session.owner.in_shared_session(exchange, token, session)
                 return
-            if isinstance(session, StdioSession) and session.owner in (self.stdio, self.bridge):
+            if isinstance(session, StdioSession) and session.owner in self.relays:
                 await session.owner.in_session(exchange, token, session)
                 return
             raise GatewayError.session_not_found()
         if self.http is not None:
             initialize = exchange.method == "POST" and b'"initialize"' in exchange.body
-            try:
-                await self.http.forward(
-                    exchange, self.http.server.path, self.sessions, None, None, initialize=initialize
-                )
+            path = self.http.server.path
+            if await self._forward(exchange, path, initialize=initialize, may_fall_back=self.stdio is not None):
                 return
-            except Unreachable as exc:
-                if self.stdio is None:
-                    raise GatewayError.unreachable(self.server.id, exc.detail) from None
         await self._relayed_sessionless(exchange, self.stdio or self.bridge)
 
     async def _relayed_sessionless(self, exchange: Exchange, relay: RelayUpstream | None) -> None:
@@ -231,7 +412,7 @@ class ServerRuntime:
         if relay is self.stdio and isinstance(spawnable, StdioServer | HttpServer) and spawnable.pool.mode == "shared":
             await relay.initialize_shared(exchange, messages[0])
             return
-        with _opening_for(exchange.scope):
+        with _opening_for(exchange.scope, self.routing_key(exchange.scope)):
             await relay.initialize(exchange, messages[0])
 
     # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------
@@ -249,9 +430,9 @@ class ServerRuntime:
         raise GatewayError.unreachable(self.server.id, "no endpoint answers")
 
     async def _any_endpoint_answers(self) -> bool:
-        assert isinstance(self.server, HttpServer)
-        for endpoint in self.server.endpoints:
-            parts = urlsplit(endpoint.url)
+        assert self.balancer is not None
+        for replica in self.balancer.candidates():
+            parts = urlsplit(replica.url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             with anyio.move_on_after(self.server.timeouts.connect):
                 try:
@@ -264,7 +445,7 @@ class ServerRuntime:
 
     async def _legacy_stream(self, exchange: Exchange) -> None:
         relay = await self._bridge_relay()
-        with _opening_for(exchange.scope):
+        with _opening_for(exchange.scope, self.routing_key(exchange.scope)):
             session, box = await relay.open_bridge()
         token = self.sessions.issue(session)
         prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
@@ -293,8 +474,10 @@ class ServerRuntime:
         `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection."""
         self.inflight += 1
         try:
+            if not self._replicas_known.is_set():
+                await self._first_replica_set()
             relay = await self._bridge_relay()
-            with _opening_for(scope):
+            with _opening_for(scope, self.routing_key(scope) if scope is not None else None):
                 session, box = await relay.open_bridge()
         except GatewayError as exc:
             self._done()
@@ -337,21 +520,48 @@ class ServerRuntime:
                 await session.aclose()
             self._done()
 
+    def _probe_if_active(self) -> None:
+        if isinstance(self.server, HttpServer) and self.server.health.active and not self._probing:
+            self._probing = True
+            self._tg.start_soon(self._probe_replicas)
+
     async def _probe_replicas(self) -> None:
-        """Active health checks (`health.active`): every `health.interval`, probe each replica."""
+        """Active health checks (`health.active`): every `health.interval`, probe each serving replica. The
+        settings in force are read each round, so a reload that turns them off ends the loop."""
         assert self.http is not None
         assert self.balancer is not None
-        assert isinstance(self.server, HttpServer)
-        interval = self.server.health.interval
-        while not self.http.retired:
-            for replica in list(self.balancer.replicas):
-                healthy = await self.http.probe(replica.url)
-                self.balancer.probed(replica, healthy, hold=interval)
-                if not healthy:
-                    log.warning("server %r: replica %s failed its health check", self.server.id, mask_url(replica.url))
-            await anyio.sleep(interval)
+        try:
+            while not self.closed and isinstance(self.server, HttpServer) and self.server.health.active:
+                interval = self.server.health.interval
+                for replica in list(self.balancer.replicas):
+                    healthy = await self.http.probe(replica.url)
+                    self.balancer.probed(replica, healthy, hold=interval)
+                    if not healthy:
+                        log.warning(
+                            "server %r: replica %s failed its health check", self.server.id, mask_url(replica.url)
+                        )
+                await anyio.sleep(interval)
+        finally:
+            self._probing = False
 
     # --- lifecycle -----------------------------------------------------------------------------------------
+
+    async def drain(self, seconds: float) -> None:
+        """The server left the registry (or changed type or transport): take no new session; serve the open
+        ones until they end or `seconds` pass (HTTP sessions live upstream, so an http server's are served for
+        all of `seconds`); then end them and stop everything."""
+        self.draining = True
+        for relay in self.relays:
+            relay.drain()
+        with anyio.move_on_after(seconds):
+            if self.http is not None:
+                await anyio.sleep_forever()
+            async with anyio.create_task_group() as tg:
+                for relay in self.relays:
+                    tg.start_soon(relay.wait_drained)
+            while self.inflight:
+                await self._idle.wait()
+        await self.retire(drain_limit=min(seconds, 10.0))
 
     async def retire(self, drain_limit: float = 600.0) -> None:
         """Take no new work, let in-flight requests finish (bounded), then end sessions and processes."""
@@ -368,4 +578,5 @@ class ServerRuntime:
 
     async def aclose(self) -> None:
         for upstream in self.upstreams:
+            upstream.retired = True
             await upstream.aclose()

@@ -69,7 +69,9 @@ class Timeouts(_Model):
 
     connect: TCP connect to an HTTP endpoint. startup: a stdio process spawned until its MCP handshake ends.
     first_byte: a request sent until its response starts. idle_stream: silence tolerated on an open stream.
-    shutdown: each wait of the stop sequence (after closing stdin, after SIGTERM).
+    shutdown: each wait of the stop sequence (after closing stdin, after SIGTERM). drain: how long sessions
+    keep being served where new work no longer goes (a replica that left or is not ready, a process of the
+    entry's previous command or env, a server removed from the registry); then they end (404).
     """
 
     connect: Seconds = 10.0
@@ -77,10 +79,14 @@ class Timeouts(_Model):
     first_byte: Seconds = 300.0
     idle_stream: Seconds = 300.0
     shutdown: Seconds = 2.0
+    drain: Seconds = 600.0
 
 
 class Balancer(_Model):
-    strategy: Literal["round_robin", "least_connections", "p2c", "random"] = "round_robin"
+    strategy: Literal["round_robin", "least_connections", "p2c", "random", "consistent_hash"] = "round_robin"
+    # `consistent_hash`: the request's key is this header's value, or the client's address when the header is
+    # absent or not set; the same key goes to the same replica while it serves (rendezvous hashing).
+    hash_header: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")] | None = None
     # `pin`: a 2026-07-28 retry carrying `requestState` goes back to the replica that issued it (the SDK seals
     # the state with a per-process key). `any`: spread it like other requests (replicas share the key).
     request_state: Literal["pin", "any"] = "pin"

@@ -71,16 +71,27 @@ class HttpUpstream:
     def __init__(
         self, server: HttpServer, balancer: Balancer, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
-        self.server = server
         self.balancer = balancer
-        self.max_message_bytes = max_message_bytes
         self._pools: dict[str, Pool] = {}
+        self.configure(server, max_message_bytes)
+        self.retired = False
+
+    def configure(self, server: HttpServer, max_message_bytes: int) -> None:
+        """Take a new entry (a reload): headers, path, timeouts and the size limit apply to the next request;
+        connections stay. A pool's connect timeout is the one it was opened with."""
+        self.server = server
+        self.max_message_bytes = max_message_bytes
         self._configured = [(k.lower().encode(), v.encode()) for k, v in server.headers.items()]
         # A header the entry configures replaces the client's, or the gateway's, of that name, whatever its case.
         self._configured_names = frozenset(name for name, _ in self._configured)
         self._not_forwarded = NOT_FORWARDED_UP | self._configured_names
         self._not_forwarded_mcp = self._not_forwarded | {b"accept-encoding"}
-        self.retired = False
+
+    def forget(self, replica: str) -> None:
+        """Close the connections to a replica that left for good (its drain ended)."""
+        pool = self._pools.pop(replica, None)
+        if pool is not None:
+            pool.close()
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
@@ -119,20 +130,23 @@ class HttpUpstream:
         session: HttpSession | None,
         *,
         initialize: bool = False,
+        key: str | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back. Raises Unreachable when nothing was sent.
+        `key`: the request's routing key (`balancer.hash_header`), for strategies that read one.
 
         New work goes to the balancer's pick; when nothing could be sent there (connection refused or not
         established in time) the next replica is tried, since the server cannot have seen the request.
-        Session traffic stays on its replica; if that replica is gone, the session is too (404). A
-        2026-07-28 retry carrying a `requestState` the gateway wrapped goes to the replica that issued it.
+        Session traffic stays on its replica, draining ones included (`timeouts.drain`); once that replica is
+        gone, the session is too (404). A 2026-07-28 retry carrying a `requestState` the gateway wrapped goes
+        to the replica that issued it.
         """
         stateless = session is None and exchange.modern and exchange.method == "POST"
         if session is not None:
             pinned = self.balancer.replica(session.replica)
             candidates = [pinned] if pinned is not None else []
         else:
-            candidates = self.balancer.candidates()
+            candidates = self.balancer.candidates(key)
         body = exchange.body  # kept as the client sent it, for a fallback to the entry's command
         if stateless:
             record, body = unwrap(sessions.sealer, exchange.body)
@@ -184,7 +198,7 @@ class HttpUpstream:
         if session is not None and session_token is not None:
             sessions.drop(session_token)  # its replica is gone: the client initializes again elsewhere
             raise GatewayError.session_not_found()
-        raise Unreachable("; ".join(failures))
+        raise Unreachable("; ".join(failures) or "no replica serves")
 
     def _pin_states(
         self, exchange: Exchange, sessions: SessionTable, replica: str, method: str | None

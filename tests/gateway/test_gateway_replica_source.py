@@ -1,0 +1,102 @@
+"""A server whose replicas come from a source (as the Docker and Kubernetes backends will feed them): an
+in-process gateway on 127.0.0.1, fed by a `MemorySource`, in front of real demo HTTP replicas, used by the
+SDK's client. Replicas join, leave and drain while sessions stay open."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+from mcp import Client
+
+from mcpfleet.gateway.app import Gateway
+from mcpfleet.registry import parse_registry
+from mcpfleet.replicas import MemorySource, ReplicaAddress
+from support import free_port, until
+
+
+@asynccontextmanager
+async def gateway_fed_by(source: MemorySource, registry: str) -> AsyncIterator[str]:
+    """Serve a Gateway whose server `web` takes its replicas from `source`; yields its /web/mcp URL."""
+    port = free_port()
+    async with Gateway(parse_registry(registry, "test.yaml", environ={}), replica_sources={"web": source}) as app:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            await until(lambda: _started(server))
+            try:
+                yield f"http://127.0.0.1:{port}/web/mcp"
+            finally:
+                server.should_exit = True
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return server.started
+
+
+async def whoami(client: Client) -> str:
+    result: Any = (await client.call_tool("whoami", {})).structured_content
+    return str(result["replica"])
+
+
+async def new_session_replicas(url: str, count: int) -> set[str]:
+    seen = set()
+    for _ in range(count):
+        async with Client(url, mode="legacy") as client:
+            seen.add(await whoami(client))
+    return seen
+
+
+def test_replicas_join_and_leave_while_sessions_continue(demo_http: Callable[[str], str]) -> None:
+    urls = {name: demo_http(name) for name in ("a", "b", "c")}
+    source = MemorySource([ReplicaAddress(urls["a"])])
+    registry = f"servers:\n  web: {{endpoint: '{urls['a']}', timeouts: {{drain: 600}}}}\n"
+
+    async def main() -> None:
+        async with gateway_fed_by(source, registry) as url, Client(url, mode="legacy") as on_a:
+            assert await whoami(on_a) == "a"
+
+            source.publish([ReplicaAddress(urls["a"]), ReplicaAddress(urls["b"])])  # b joins
+            assert await until(lambda: _has(url, "b"), within=30)
+
+            source.publish([ReplicaAddress(urls["b"]), ReplicaAddress(urls["c"], weight=2)])  # a leaves, c joins
+            await anyio.sleep(0)
+            assert await new_session_replicas(url, 9) <= {"b", "c"}  # no new session on a
+            for _ in range(3):
+                assert await whoami(on_a) == "a"  # the session pinned on a continues there (draining)
+
+            source.publish([ReplicaAddress(urls["b"]), ReplicaAddress(urls["c"], serving=False)])  # c not ready
+            await anyio.sleep(0)
+            assert await new_session_replicas(url, 4) == {"b"}
+            assert await whoami(on_a) == "a"
+
+    anyio.run(main)
+
+
+async def _has(url: str, replica: str) -> bool:
+    return replica in await new_session_replicas(url, 2)
+
+
+def test_sessions_on_a_replica_that_left_end_when_the_drain_passes(demo_http: Callable[[str], str]) -> None:
+    urls = {name: demo_http(name) for name in ("a", "b")}
+    source = MemorySource([ReplicaAddress(urls["a"])])
+    registry = f"servers:\n  web: {{endpoint: '{urls['a']}', timeouts: {{drain: 1.5}}}}\n"
+
+    async def main() -> None:
+        async with gateway_fed_by(source, registry) as url, Client(url, mode="legacy") as on_a:
+            assert await whoami(on_a) == "a"
+            source.publish([ReplicaAddress(urls["b"])])
+            await anyio.sleep(0)
+            assert await whoami(on_a) == "a"  # within the drain
+            await anyio.sleep(2.0)
+            with pytest.raises(Exception, match="(?i)session"):
+                await whoami(on_a)  # the drain passed: 404, the client must initialize again
+            async with Client(url, mode="legacy") as again:
+                assert await whoami(again) == "b"
+
+    anyio.run(main)
