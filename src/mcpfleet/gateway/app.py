@@ -14,7 +14,6 @@ import ipaddress
 import itertools
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ import anyio.abc
 
 from mcpfleet import __version__
 from mcpfleet.errors import GatewayError, RegistryError
+from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import Receive, Scope, Send, header, read_body, respond, respond_error
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -36,9 +36,9 @@ from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.security import Policy, check_path, single_header
 from mcpfleet.gateway.session import SessionTable
+from mcpfleet.gateway.status import GatewayView
 from mcpfleet.registry import Registry, load_registry
 from mcpfleet.registry.model import HttpServer, StdioServer
-from mcpfleet.registry.render import mask_url
 from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -94,7 +94,7 @@ class Gateway:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._reload_lock = anyio.Lock()
         self.ready = False
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.status)
 
     @property
     def snapshot(self) -> Registry:
@@ -219,6 +219,10 @@ class Gateway:
         async def drain() -> None:
             try:
                 await runtime.drain(runtime.server.timeouts.drain)
+            except Exception:  # a drain that fails must not take the gateway down: stop what is left
+                log.exception("server %r: draining failed; stopping its sessions and processes now", server_id)
+                with anyio.CancelScope(shield=True):
+                    await runtime.aclose()
             finally:
                 left = self._draining.get(server_id, [])
                 if runtime in left:
@@ -435,71 +439,21 @@ class Gateway:
         status = {name: f"{base}/{name}" for name in ("servers", "metrics", "healthz", "readyz")}
         return {"mcpfleet": __version__, "servers": servers, "failed": failed, "status": status}
 
-    def describe(self) -> dict[str, Any]:
-        servers = []
-        for server_id, server in self._snapshot.servers.items():
-            entry: dict[str, Any] = {"id": server_id, "type": server.type, "description": server.description}
-            runtime = self._runtimes.get(server_id)
-            if isinstance(server, HttpServer):
-                entry["replicas"] = self._replicas(server, runtime)
-                entry["target"] = ", ".join(mask_url(server.mcp_url(e)) for e in server.endpoints)
-            if isinstance(server, StdioServer | HttpServer) and server.command:
-                entry["command"] = list(server.command)
-                if isinstance(server, StdioServer):
-                    entry["target"] = " ".join(server.command)
-                live = len(runtime.stdio.live) if runtime is not None and runtime.stdio is not None else 0
-                # (bridged HTTP connections are counted apart, under "bridged")
-                stdio = runtime.stdio if runtime is not None else None
-                warm = stdio.warm_count if stdio is not None else 0
-                starting = stdio.admission.starting if stdio is not None else 0
-                waiting = stdio.waiting if stdio is not None else 0
-                entry["processes"] = {
-                    "live": live,
-                    "warm": warm,
-                    "starting": starting,
-                    "waiting": waiting,
-                    "min": server.pool.min,
-                    "max": server.pool.max,
-                }
-                if stdio is not None and stdio.crash_loop_until > time.monotonic():
-                    entry["health"] = "crash_loop"
-                    entry["crash_loop"] = {"quick_exits": stdio.quick_exits, "last_exit": stdio.last_exit}
-            entry["sessions"] = len(self.sessions.of_server(server_id))
-            entry.setdefault("health", "unknown")
-            servers.append(entry)
-        for server_id, error in self._snapshot.failed.items():
-            servers.append({"id": server_id, "health": "failed", "error": error, "sessions": 0})
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "instance": self.sessions.instance,
-            "generation": self.generation,
-            "registry": self._snapshot.source,
-            "last_reload_error": self.reload_error or None,
-            "reloads": self.reloads,
-            "servers": servers,
-        }
+    def status(self) -> GatewayView:
+        """The read-only view of the gateway's state that `/servers` and `/metrics` show."""
+        return status.read(
+            self._snapshot,
+            self._runtimes,
+            self._draining,
+            self.sessions,
+            generation=self.generation,
+            reloads=self.reloads,
+            last_reload_error=self.reload_error,
+        )
 
-    @staticmethod
-    def _replicas(server: HttpServer, runtime: ServerRuntime | None) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        shown = []
-        for endpoint in server.endpoints:
-            replica = runtime.balancer.replica(endpoint.url) if runtime and runtime.balancer else None
-            state: dict[str, Any] = {"url": mask_url(endpoint.url), "weight": endpoint.weight}
-            if replica is not None:
-                ejected = replica.ejected_until > now
-                state |= {
-                    "health": "ejected" if ejected else "ok",
-                    "in_flight": replica.in_flight,
-                    "requests": replica.requests,
-                    "latency_ms": round(replica.latency * 1000, 2),
-                    "ejected_for_s": round(replica.ejected_until - now, 1) if ejected else 0,
-                }
-            else:
-                state["health"] = "unknown"
-            shown.append(state)
-        return shown
+    def describe(self) -> dict[str, Any]:
+        """The `/servers` document."""
+        return status.as_json(self.status())
 
     async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
         client = scope.get("client")

@@ -9,15 +9,13 @@ Each gateway has its own registry, so several can live in one process (tests do 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from mcpfleet.gateway.app import Gateway
+from mcpfleet.gateway.status import GatewayView
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -40,7 +38,9 @@ ERROR_KINDS = {
 
 
 class Metrics:
-    def __init__(self, gateway: Gateway) -> None:
+    """`view`: reads the gateway's state (status.GatewayView), at each scrape."""
+
+    def __init__(self, view: Callable[[], GatewayView]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "mcpfleet_requests",
@@ -61,7 +61,7 @@ class Metrics:
             ["server", "kind", "status"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(gateway))
+        self.registry.register(_StateCollector(view))
 
     def observe(self, server: str, method: str, started: float) -> None:
         self.requests.labels(server, method).inc()
@@ -75,12 +75,11 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, view: Callable[[], GatewayView]) -> None:
+        self.view = view
 
     def collect(self) -> Iterator[Metric]:
-        gateway = self.gateway
-        now = time.monotonic()
+        view = self.view()
         in_flight = GaugeMetricFamily(
             "mcpfleet_replica_in_flight", "Requests in flight per replica.", labels=["server", "replica"]
         )
@@ -116,38 +115,37 @@ class _StateCollector(Collector):
             "mcpfleet_pool_warm", "stdio processes started ahead of need and not yet in use.", labels=["server"]
         )
         limit = GaugeMetricFamily("mcpfleet_pool_max", "pool.max of each stdio server.", labels=["server"])
-        for server_id, runtime in gateway.runtimes.items():
-            if runtime.balancer is not None:
-                for replica in runtime.balancer.replicas:
-                    labels = [server_id, replica.url]
-                    in_flight.add_metric(labels, replica.in_flight)
-                    healthy.add_metric(labels, 0 if replica.ejected_until > now else 1)
-                    forwarded.add_metric(labels, replica.requests)
-                    failures.add_metric(labels, replica.failures_total)
-                    ejections.add_metric(labels, replica.ejected_total)
-            for kind, relay in (("stdio", runtime.stdio), ("bridge", runtime.bridge)):
-                if relay is None:
+        for server in (*view.servers, *view.draining):
+            for replica in server.replicas:
+                if replica.state == "unknown":
                     continue
-                idle = sum(1 for link in relay.live if link.idle)
-                processes.add_metric([server_id, kind, "busy"], len(relay.live) - idle)
-                processes.add_metric([server_id, kind, "idle"], idle)
-                starts.add_metric([server_id, kind], relay.started_total)
-                crashes.add_metric([server_id, kind], relay.crashed_total)
-                waiting.add_metric([server_id, kind], relay.waiting)
-                if kind == "stdio":
-                    warm.add_metric([server_id], relay.warm_count)
-                    limit.add_metric([server_id], relay.server.pool.max)
+                labels = [server.id, replica.url]
+                in_flight.add_metric(labels, replica.in_flight)
+                healthy.add_metric(labels, 1 if replica.state == "ok" else 0)
+                forwarded.add_metric(labels, replica.requests)
+                failures.add_metric(labels, replica.failures_total)
+                ejections.add_metric(labels, replica.ejected_total)
+            for relay in server.relays:
+                kind = relay.kind
+                processes.add_metric([server.id, kind, "busy"], relay.live - relay.idle)
+                processes.add_metric([server.id, kind, "idle"], relay.idle)
+                starts.add_metric([server.id, kind], relay.started_total)
+                crashes.add_metric([server.id, kind], relay.crashed_total)
+                waiting.add_metric([server.id, kind], relay.waiting)
+                if kind == "stdio" and server.pool is not None:
+                    warm.add_metric([server.id], relay.warm)
+                    limit.add_metric([server.id], server.pool[1])
         sessions = GaugeMetricFamily(
             "mcpfleet_sessions",
             "Sessions held by this gateway process (stdio and "
             "bridged; http sessions are sealed and held by their servers).",
         )
-        sessions.add_metric([], len(gateway.sessions))
+        sessions.add_metric([], view.sessions)
         reloads = CounterMetricFamily("mcpfleet_reloads", "Registry reloads by outcome.", labels=["outcome"])
-        for outcome, count in gateway.reloads.items():
+        for outcome, count in view.reloads.items():
             reloads.add_metric([outcome], count)
         generation = GaugeMetricFamily("mcpfleet_registry_generation", "Registry snapshots loaded so far.")
-        generation.add_metric([], gateway.generation)
+        generation.add_metric([], view.generation)
         yield from (
             in_flight,
             healthy,
