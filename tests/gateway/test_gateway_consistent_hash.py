@@ -22,10 +22,12 @@ def registry(urls: list[str], header: str | None = "X-Tenant-Id") -> str:
 
 
 async def replica_for(url: str, tenant: str) -> str:
-    async with httpx2.AsyncClient(headers={"X-Tenant-Id": tenant}) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
-            result: Any = (await client.call_tool("whoami", {})).structured_content
-            return str(result["replica"])
+    async with (
+        httpx2.AsyncClient(headers={"X-Tenant-Id": tenant}) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+    ):
+        result: Any = (await client.call_tool("whoami", {})).structured_content
+        return str(result["replica"])
 
 
 def placements(url: str, tenants: list[str], rounds: int) -> dict[str, set[str]]:

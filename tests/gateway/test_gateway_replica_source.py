@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 import uvicorn
 from mcp import Client
@@ -16,6 +17,7 @@ from mcp import Client
 from mcpfleet.gateway.app import Gateway
 from mcpfleet.registry import parse_registry
 from mcpfleet.replicas import MemorySource, ReplicaAddress
+
 from support import free_port, until
 
 
@@ -37,6 +39,21 @@ async def gateway_fed_by(source: MemorySource, registry: str) -> AsyncIterator[s
 
 async def _started(server: uvicorn.Server) -> bool:
     return server.started
+
+
+async def applied(url: str, expected: dict[str, str]) -> None:
+    """Wait until the gateway shows each replica URL in `expected` with that health (the set was applied)."""
+
+    async def check() -> bool:
+        async with httpx2.AsyncClient() as http:
+            shown = (await http.get(url.replace("/web/mcp", "/servers"))).json()["servers"][0]["replicas"]
+        states = {replica["url"]: replica["health"] for replica in shown}
+        return all(
+            states.get(u) == health or (health == "serving" and states.get(u) in ("ok", "unknown"))
+            for u, health in expected.items()
+        )
+
+    assert await until(check, within=30)
 
 
 async def whoami(client: Client) -> str:
@@ -65,13 +82,13 @@ def test_replicas_join_and_leave_while_sessions_continue(demo_http: Callable[[st
             assert await until(lambda: _has(url, "b"), within=30)
 
             source.publish([ReplicaAddress(urls["b"]), ReplicaAddress(urls["c"], weight=2)])  # a leaves, c joins
-            await anyio.sleep(0)
+            await applied(url, {urls["a"]: "draining", urls["c"]: "serving"})
             assert await new_session_replicas(url, 9) <= {"b", "c"}  # no new session on a
             for _ in range(3):
                 assert await whoami(on_a) == "a"  # the session pinned on a continues there (draining)
 
             source.publish([ReplicaAddress(urls["b"]), ReplicaAddress(urls["c"], serving=False)])  # c not ready
-            await anyio.sleep(0)
+            await applied(url, {urls["c"]: "draining"})
             assert await new_session_replicas(url, 4) == {"b"}
             assert await whoami(on_a) == "a"
 
@@ -91,10 +108,10 @@ def test_sessions_on_a_replica_that_left_end_when_the_drain_passes(demo_http: Ca
         async with gateway_fed_by(source, registry) as url, Client(url, mode="legacy") as on_a:
             assert await whoami(on_a) == "a"
             source.publish([ReplicaAddress(urls["b"])])
-            await anyio.sleep(0)
+            await applied(url, {urls["a"]: "draining"})
             assert await whoami(on_a) == "a"  # within the drain
             await anyio.sleep(2.0)
-            with pytest.raises(Exception, match="(?i)session"):
+            with pytest.raises(Exception, match=r"(?i)session"):
                 await whoami(on_a)  # the drain passed: 404, the client must initialize again
             async with Client(url, mode="legacy") as again:
                 assert await whoami(again) == "b"
