@@ -227,7 +227,7 @@ def single_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | 
     for key, value in headers:
         if key == name:
             if found is not None:
-                count = sum(1 for key, _ in headers if key == name)
+                count = sum(1 for other, _ in headers if other == name)
                 status = 421 if name == b"host" else 403
                 raise GatewayError(status, -32600, f"the request has {count} {name.decode().title()} headers")
             found = value
