@@ -8,6 +8,7 @@ import random
 import pytest
 
 from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.policy import Policy, check_path
 from mcpfleet.gateway.protocol import (
     NOT_FORWARDED_DOWN,
     NOT_FORWARDED_UP,
@@ -30,7 +31,6 @@ from mcpfleet.gateway.protocol import (
     sse_event,
     without,
 )
-from mcpfleet.gateway.security import Policy, check_path
 
 
 def msg(data: dict[str, object]) -> Message:

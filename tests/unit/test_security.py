@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.security import Policy, parse_authority, parse_origin, single_header
+from mcpfleet.gateway.policy.hosts import Policy, parse_authority, parse_origin, single_header
 
 LOOPBACK = Policy.create("127.0.0.1", (), ())
 PUBLIC = Policy.create("0.0.0.0", (), ())

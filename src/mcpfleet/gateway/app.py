@@ -2,8 +2,9 @@
 
 `async with Gateway(registry, ...) as app:` owns everything that lives longer than a request (the task
 group that supervises stdio processes, the idle-session reaper, the registry watcher) and serves `app`
-with any ASGI server. The hot path is plain ASGI: security checks, one dict lookup on the first path
-segment, then the server's runtime. Status and admin endpoints are answered here too.
+with any ASGI server. The hot path is plain ASGI: the policy layers (`gateway/policy/`: CORS, Host and
+Origin, the body limit, authentication), one dict lookup on the first path segment, then the server's
+runtime. Status and admin endpoints are answered here too.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ import anyio.abc
 from mcpfleet import __version__
 from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway import status
-from mcpfleet.gateway.asgi import Receive, Scope, Send, header, read_body, respond, respond_error
+from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
-from mcpfleet.gateway.protocol import single_request
+from mcpfleet.gateway.policy import Authentication, Authenticator, BodyLimit, Cors, HostOriginGuard, Policy, check_path
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
-from mcpfleet.gateway.security import Policy, check_path, single_header
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.registry import Registry, load_registry
@@ -67,9 +67,10 @@ class Gateway:
         host: str | None = None,
         loaded_digest: str | None = None,
         replica_sources: Mapping[str, ReplicaSource] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         """`replica_sources`: server id -> where its replicas come from, in place of the entry's `endpoints`
-        (discovery; see mcpfleet.replicas)."""
+        (discovery; see mcpfleet.replicas). `authenticator`: who may call (policy/auth.py); None: anyone."""
         self._snapshot = registry
         self.replica_sources = dict(replica_sources or {})
         self.registry_path = Path(registry_path) if registry_path is not None else None
@@ -95,6 +96,7 @@ class Gateway:
         self._reload_lock = anyio.Lock()
         self.ready = False
         self.metrics = Metrics(self.status)
+        self._stack = self._layers(authenticator)
 
     @property
     def snapshot(self) -> Registry:
@@ -269,94 +271,41 @@ class Gateway:
 
     # --- ASGI ------------------------------------------------------------------------------------------
 
+    def _layers(self, authenticator: Authenticator | None) -> App:
+        """The request policy around the router, built once; each layer reads the settings in force."""
+        app: App = self._endpoint
+        if authenticator is not None:
+            app = Authentication(app, authenticator)
+        app = BodyLimit(app, lambda: self._snapshot.gateway.max_message_bytes)
+        app = HostOriginGuard(app, lambda: self.policy)
+        return Cors(ErrorBoundary(app, self.metrics.error), lambda: self.policy)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        else:
+            await self._stack(scope, receive, send)
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The router, under the policy layers: a `GatewayError` raised here is answered by `ErrorBoundary`."""
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            await self._route(scope, receive, send)
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-        origin: str | None = None
-        cors: list[tuple[bytes, bytes]] = []
-        with contextlib.suppress(GatewayError):  # a refused Host or Origin gets its 421/403 below, without CORS
-            origin = single_header(scope["headers"], b"origin")
-            if origin is not None:  # CORS headers only when the Host and the Origin both pass (checked again below)
-                self.policy.check_host(single_header(scope["headers"], b"host"))
-                self.policy.check_origin(origin)
-                cors = _cors_headers(origin)
-
-        async def tracked(message: Any) -> None:
-            nonlocal started
-            started = True
-            if cors and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *cors]}
-            await send(message)
-
-        if scope["method"] == "OPTIONS" and origin is not None:
-            await self._preflight(scope, send, cors)
-            return
-
-        try:
-            await self._route(scope, receive, tracked)
-        except GatewayError as exc:
-            self.metrics.error(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
-            if not started:
-                # An allowed origin may read the gateway's errors too; the id is the request's when it has one.
-                _, request_id = single_request(scope.get("mcpfleet.body", b""))
-                await respond_error(tracked, exc, request_id)
-            else:
-                log.warning("error after the response started: %s", exc.message)
-
-    async def _preflight(self, scope: Scope, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
-        """CORS preflight: allowed origins may call the MCP endpoints from a browser page."""
-        try:
-            self.policy.check_host(single_header(scope["headers"], b"host"))
-            self.policy.check_origin(single_header(scope["headers"], b"origin"))
-        except GatewayError as exc:
-            await respond_error(send, exc)
-            return
-        requested = header(scope, b"access-control-request-headers") or ""
-        allowed = [
-            name.strip()
-            for name in requested.lower().split(",")
-            if name.strip() in CORS_REQUEST_HEADERS or name.strip().startswith("mcp-param-")
-        ]
-        preflight = [
-            (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
-            (b"access-control-allow-headers", ", ".join(allowed).encode()),
-            (b"access-control-max-age", b"600"),
-        ]
-        await respond(send, 204, b"", [*cors, *preflight])
 
     def _target(self, scope: Scope) -> tuple[bytes, list[str]]:
-        """Security checks shared by HTTP and WebSocket: Host, Origin, then the raw path's segments."""
-        self.policy.check_host(single_header(scope["headers"], b"host"))
-        self.policy.check_origin(single_header(scope["headers"], b"origin"))
+        """The raw path and its segments, once it passed the path escape checks (Host and Origin have)."""
         raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
         return raw_path, check_path(raw_path)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            _, segments = self._target(scope)
-            runtime = self._runtime(self._snapshot, segments[0]) if len(segments) == 2 else None
-            if runtime is None or segments[1] != "ws":
-                raise GatewayError(404, -32601, "WebSocket endpoints are /<server-id>/ws")
-            if "mcp" not in scope.get("subprotocols", []):
-                raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
-        except GatewayError as exc:
-            await receive()  # websocket.connect
-            if "websocket.http.response" in (scope.get("extensions") or {}):
-
-                async def deny(message: Any) -> None:  # the HTTP answer to the handshake, status and body
-                    await send({**message, "type": f"websocket.{message['type']}"})
-
-                await respond_error(deny, exc)
-            else:  # closing before accepting answers the handshake with 403
-                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
-            return
+        # Refusals are raised before `websocket.connect` is taken: `ErrorBoundary` refuses the handshake.
+        _, segments = self._target(scope)
+        runtime = self._runtime(self._snapshot, segments[0]) if len(segments) == 2 else None
+        if runtime is None or segments[1] != "ws":
+            raise GatewayError(404, -32601, "WebSocket endpoints are /<server-id>/ws")
+        if "mcp" not in scope.get("subprotocols", []):
+            raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
         await receive()  # websocket.connect
         # Taken again after the await, from the registry in force: a reload may have retired the first one.
         runtime = self._runtime(self._snapshot, segments[0])
@@ -392,7 +341,7 @@ class Gateway:
         try:
             body = b""
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = scope["mcpfleet.body"] = await read_body(receive, snapshot.gateway.max_message_bytes)
+                body = scope["mcpfleet.body"] = await read_body(receive)  # bounded by the BodyLimit layer
             # The runtime is taken from the registry in force once the body arrived, and `handle` counts the
             # request in flight from its first step: with no await between the two, a reload cannot retire (and
             # close) the runtime under the request.
@@ -470,29 +419,6 @@ class Gateway:
         errors = self.reload_error or (None if loaded or self.registry_path else [NOTHING_TO_RELOAD])
         body = {"reloaded": loaded, "generation": self.generation, "errors": errors}
         await respond(send, 200 if loaded else 422, json.dumps(body).encode())
-
-
-CORS_REQUEST_HEADERS = frozenset(
-    {
-        "content-type",
-        "accept",
-        "authorization",
-        "mcp-session-id",
-        "mcp-protocol-version",
-        "last-event-id",
-        "mcp-method",
-        "mcp-name",
-    }
-)
-
-
-def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
-    """Added only after the origin passed the policy (a refused one gets 403 before any of these is sent)."""
-    return [
-        (b"access-control-allow-origin", origin.encode("latin-1")),
-        (b"access-control-expose-headers", b"mcp-session-id, mcp-protocol-version"),
-        (b"vary", b"origin"),
-    ]
 
 
 def _loopback_peer(address: str) -> bool:

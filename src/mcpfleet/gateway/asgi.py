@@ -1,21 +1,26 @@
-"""The ASGI contract, typed, and the few helpers every handler needs: read a bounded body, answer."""
+"""The ASGI contract, typed, and the few helpers every handler needs: read a body, answer, and the one place
+where the gateway's errors become answers (`ErrorBoundary`)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.protocol import error_response
+from mcpfleet.gateway.protocol import error_response, single_request
+
+log = logging.getLogger("mcpfleet.gateway")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -26,8 +31,9 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than `limit` bytes with 413 before reading it all."""
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body; with a `limit`, more than `limit` bytes are refused with 413 before all is read.
+    (`gateway.max_message_bytes` is applied by the `BodyLimit` layer, under every route.)"""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -36,7 +42,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             raise GatewayError.invalid_request("the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
+        if limit is not None and size > limit:
             raise GatewayError(413, -32600, f"the body exceeds {limit} bytes (setting: gateway.max_message_bytes)")
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -57,6 +63,60 @@ async def respond(
 async def respond_error(send: Send, error: GatewayError, request_id: Any = None) -> None:
     extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await respond(send, error.status, error_response(request_id, error.code, error.message, error.data), extra)
+
+
+class ErrorBoundary:
+    """Where a `GatewayError` raised by the layers or routes inside becomes an answer, counted once.
+
+    HTTP: the status and a JSON-RPC error body with the request's id when its body was read, unless the
+    response has started (then it is logged: the client sees the stream end). WebSocket: the handshake is
+    refused with the same status and body (uvicorn's `websocket.http.response`), else closed with 1008, so
+    the layers and routes inside raise only before they take `websocket.connect`.
+    """
+
+    def __init__(self, app: App, count: Callable[[str, int, int], None]) -> None:
+        self.app = app
+        self.count = count  # (server id or "-", JSON-RPC code, HTTP status)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            try:
+                await self.app(scope, receive, send)
+            except GatewayError as exc:
+                self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
+                await _refuse_handshake(scope, receive, send, exc)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except GatewayError as exc:
+            self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
+            if not started:
+                _, request_id = single_request(scope.get("mcpfleet.body", b""))
+                await respond_error(send, exc, request_id)
+            else:
+                log.warning("error after the response started: %s", exc.message)
+
+
+async def _refuse_handshake(scope: Scope, receive: Receive, send: Send, error: GatewayError) -> None:
+    await receive()  # websocket.connect
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+
+        async def deny(message: Message) -> None:  # the HTTP answer to the handshake, status and body
+            await send({**message, "type": f"websocket.{message['type']}"})
+
+        await respond_error(deny, error)
+    else:  # closing before accepting answers the handshake with 403
+        await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
 
 
 async def start_event_stream(send: Send, headers: Headers | None = None) -> None:

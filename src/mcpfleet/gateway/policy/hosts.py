@@ -1,4 +1,4 @@
-"""DNS-rebinding and path-escape checks, applied before any routing. Pure functions of the request.
+"""DNS-rebinding protection: which `Host` and `Origin` values are served, and the layer that refuses the rest.
 
 A DNS name can be made to point anywhere by whoever controls it, so a `Host` that is a *name* passes only
 when it is `localhost` or listed; an IP literal cannot be rebound. Literals are parsed with `ipaddress`,
@@ -9,20 +9,21 @@ never compared by prefix: `127.0.0.1.example.net` is a name like any other.
   on a bind that is not loopback also any IP literal. Malformed values fail whatever the settings say.
 - `Origin`, when present (else 403): an entry of `gateway.allowed_origins`, matched on scheme, host and
   port; on a loopback bind also `http`/`https` origins whose host passes the loopback rule above.
-- The raw path may not escape its server or backend path: no `.`/`..` segments, no encoded `/` or `\\`,
-  no empty segments, no NUL (else 400).
+
+`Policy` and the parsers are pure functions of the request; `HostOriginGuard` applies them to every HTTP
+request and WebSocket handshake, with the policy in force (a reload swaps it).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from urllib.parse import unquote_to_bytes
 
 from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.asgi import App, Receive, Scope, Send
 
 ANY = "*"
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -32,8 +33,6 @@ _NUMBER = re.compile(r"[0-9]+|0x[0-9a-f]*")  # a last label a URL parser reads a
 _NAME_CHARACTERS = re.compile(r"[a-z0-9._-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
-_ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
-_DOT_SEGMENT = re.compile(rb"^(\.|%2e){1,2}$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -221,14 +220,18 @@ class Policy:
         return authority.host in self.allowed_hosts or f"{authority.host}:{authority.port}" in self.allowed_hosts
 
 
-def single_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+def single_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     """The value of `host` or `origin`, None when absent. Two of them are refused (421 like every Host
     refusal, 403 for Origin): the gateway would check one while a proxy in front may act on the other."""
-    values = [value.decode("latin-1") for key, value in headers if key == name]
-    if len(values) > 1:
-        status = 421 if name == b"host" else 403
-        raise GatewayError(status, -32600, f"the request has {len(values)} {name.decode().title()} headers")
-    return values[0] if values else None
+    found: bytes | None = None
+    for key, value in headers:
+        if key == name:
+            if found is not None:
+                count = sum(1 for other, _ in headers if other == name)
+                status = 421 if name == b"host" else 403
+                raise GatewayError(status, -32600, f"the request has {count} {name.decode().title()} headers")
+            found = value
+    return None if found is None else found.decode("latin-1")
 
 
 def _host_key(entry: str) -> str:
@@ -240,14 +243,18 @@ def _host_key(entry: str) -> str:
     return authority.host if authority.port is None else f"{authority.host}:{authority.port}"
 
 
-def check_path(raw_path: bytes) -> list[str]:
-    """The decoded path segments, or a 400 when the raw path could escape its server or backend path."""
-    if not raw_path.startswith(b"/") or b"\x00" in raw_path or _ENCODED_SEPARATOR.search(raw_path):
-        raise GatewayError.invalid_request("the path is not allowed: encoded separators or NUL")
-    segments = raw_path[1:].split(b"/")
-    for index, segment in enumerate(segments):
-        if _DOT_SEGMENT.match(segment):
-            raise GatewayError.invalid_request("the path is not allowed: '.' and '..' segments")
-        if segment == b"" and index != len(segments) - 1:
-            raise GatewayError.invalid_request("the path is not allowed: empty segments")
-    return [unquote_to_bytes(s).decode("utf-8", "replace") for s in segments]
+class HostOriginGuard:
+    """Refuses an HTTP request or a WebSocket handshake whose `Host` (421) or `Origin` (403) the policy in
+    force does not accept, before anything else reads it. The refusal is raised for the `ErrorBoundary`
+    outside to answer; `Cors` outside that adds no headers to it, having checked the same two values."""
+
+    def __init__(self, app: App, policy: Callable[[], Policy]) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            policy = self.policy()
+            policy.check_host(single_header(scope["headers"], b"host"))  # Host first: both wrong is a 421
+            policy.check_origin(single_header(scope["headers"], b"origin"))
+        await self.app(scope, receive, send)

@@ -1,0 +1,41 @@
+"""Request policy: plain ASGI layers the gateway wraps once around its router, each in a file of its own.
+
+Outermost first, as a request meets them:
+
+    Cors(ErrorBoundary(HostOriginGuard(BodyLimit([Authentication](router)))))
+
+- `Cors` (`cors.py`): answers the preflights of allowed origins and adds the CORS headers to every answer
+  for them, the gateway's errors included; it checks Host and Origin itself, so a refusal gets none.
+- `ErrorBoundary` (`asgi.py`): a `GatewayError` raised inside becomes the one JSON-RPC error answer, counted
+  in the metrics; a refused WebSocket handshake gets the same status and body.
+- `HostOriginGuard` (`hosts.py`): DNS-rebinding protection, 421 for a Host, 403 for an Origin.
+- `BodyLimit` (`limits.py`): `gateway.max_message_bytes`, 413 on a declared length before any byte is read.
+- `Authentication` (`auth.py`): the seat for an `Authenticator`; left out when none is configured.
+
+Layers refuse by raising `GatewayError`, never by answering, so every refusal goes out in one shape and is
+counted once. Each reads the settings in force through a callable the gateway gives it (a reload swaps the
+policy and the limit), once per request, all before the first await (the authenticator's), so one
+request never sees two policies. The path escape check (`paths.py`) is applied by the router, which routes on the
+segments it returns.
+"""
+
+from mcpfleet.gateway.policy.auth import IDENTITY, Authentication, Authenticator, Identity, forbidden, unauthorized
+from mcpfleet.gateway.policy.cors import Cors
+from mcpfleet.gateway.policy.hosts import HostOriginGuard, Policy, single_header
+from mcpfleet.gateway.policy.limits import BodyLimit
+from mcpfleet.gateway.policy.paths import check_path
+
+__all__ = [
+    "IDENTITY",
+    "Authentication",
+    "Authenticator",
+    "BodyLimit",
+    "Cors",
+    "HostOriginGuard",
+    "Identity",
+    "Policy",
+    "check_path",
+    "forbidden",
+    "single_header",
+    "unauthorized",
+]
