@@ -56,6 +56,12 @@ class Admission:
         self._holders: set[object] = set()
         self._starting: set[object] = set()
 
+    def resize(self, slots: int, max_starting: int) -> None:
+        """New limits for what is admitted from now on: raising one admits waiters at once; lowering one stops
+        nothing that holds a slot or a turn, it only holds back the next ones."""
+        self.slots.total_tokens = slots
+        self.starts.total_tokens = max_starting
+
     @property
     def free(self) -> bool:
         """A slot is free and nobody waits for one: a new process may take it at once."""

@@ -72,26 +72,58 @@ class RelayUpstream:
         self._closing.set()
         await self._ended.wait()
 
+    # --- reload -------------------------------------------------------------------------------------------
+
+    def reconfigure(self, server: StdioServer | HttpServer) -> None:
+        """Adopt a new entry for the same command, environment and mode: new settings for new work, in place;
+        no session ends and no request in flight is disturbed (`Pool.reconfigure`)."""
+        self.pool.reconfigure(server)
+
+    def drain(self) -> None:
+        """What runs changed, or the server was removed: open no new session, start no process, stop the
+        warm ones; the sessions there are go on as before until they end."""
+        self.pool.drain()
+
+    @property
+    def drained(self) -> bool:
+        """Draining, with no session and no request in flight left: `aclose()` loses nothing."""
+        return self.pool.drained
+
+    async def wait_drained(self) -> None:
+        """Return once `drained`; the caller bounds the wait and then calls `aclose()`."""
+        await self.pool.wait_drained()
+
     # --- serving ------------------------------------------------------------------------------------------
 
+    # Each request is counted in flight while it is served; a draining relay opens no new session.
+
     async def initialize(self, exchange: Exchange, message: Message) -> None:
-        await self._serving.initialize(exchange, message)
+        self.pool.refuse_if_draining("sessions")
+        with self.pool.request():
+            await self._serving.initialize(exchange, message)
 
     async def in_session(self, exchange: Exchange, token: str, session: StdioSession) -> None:
-        await self._serving.in_session(exchange, token, session)
+        with self.pool.request():
+            await self._serving.in_session(exchange, token, session)
 
     async def open_bridge(self) -> tuple[StdioSession, Outbox]:
         """A session for a message-stream client: one connection, every message on one outbox."""
-        return await self._serving.open_bridge()
+        self.pool.refuse_if_draining("sessions")
+        with self.pool.request():
+            return await self._serving.open_bridge()
 
     async def stateless(self, exchange: Exchange) -> None:
-        await self._shared.stateless(exchange)
+        with self.pool.request():
+            await self._shared.stateless(exchange)
 
     async def initialize_shared(self, exchange: Exchange, message: Message) -> None:
-        await self._shared.initialize_shared(exchange, message)
+        self.pool.refuse_if_draining("sessions")
+        with self.pool.request():
+            await self._shared.initialize_shared(exchange, message)
 
     async def in_shared_session(self, exchange: Exchange, token: str, session: SharedSession) -> None:
-        await self._shared.in_shared_session(exchange, token, session)
+        with self.pool.request():
+            await self._shared.in_shared_session(exchange, token, session)
 
     def session_ended(self, session: SharedSession) -> None:
         self.pool.session_ended(session)

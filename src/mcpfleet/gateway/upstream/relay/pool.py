@@ -12,13 +12,16 @@ shielded from cancellation and bounded (each link's `timeouts.shutdown`), then c
 - **Shared processes** (2026-07-28 traffic, pool mode `shared`): at most one start into each list under way,
   which every caller that needs a process of that list and finds none waits for (`join_start`).
 - **Upkeep** once a second (`expire_idle`): replace dead and worn warm processes, stop surplus and worn ones.
+- **Reload**: `reconfigure` adopts new settings in place for new work; `drain` takes no new work and lets
+  the sessions it has run until they end (`drained`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +34,7 @@ from mcpfleet.gateway.upstream.admission import FULL, Admission, CrashLoop, defa
 from mcpfleet.gateway.upstream.backend import Backend
 from mcpfleet.gateway.upstream.relay.link import Link
 from mcpfleet.gateway.upstream.relay.sessions import SERIALS, SharedProcess, SharedSession, StdioSession
-from mcpfleet.gateway.upstream.relay.upkeep import expired, reclaimable
+from mcpfleet.gateway.upstream.relay.upkeep import awaits_retry, expired, reclaimable
 from mcpfleet.registry.model import HttpServer, StdioServer
 
 if TYPE_CHECKING:
@@ -87,7 +90,10 @@ class Pool:
         self.shared: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[Link] = set()
         self.started_total = 0
-        self.retired = False
+        self.retired = False  # the runtime retired it: its sessions get 404 (session.py), it starts nothing
+        self.draining = False  # no new sessions or processes; its sessions go on until they end
+        self.calls = 0  # requests being served, now
+        self._change = anyio.Event()  # set (and replaced) when a request, a session or a process ends
         # Warm processes: started, not yet leased (no initialize seen). Only for stdio servers (`pool.min`).
         self.warm: list[StdioSession] = []
         self.warm_target = 0
@@ -138,6 +144,15 @@ class Pool:
             self._tg.start_soon(fn, *args)
         return True
 
+    @property
+    def accepting(self) -> bool:
+        """New sessions and processes may start."""
+        return not (self.retired or self.draining or self.closed)
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = anyio.Event()
+
     def _gone(self) -> GatewayError:
         return GatewayError.unreachable(self.server.id, "the server was removed or changed by a reload")
 
@@ -181,14 +196,14 @@ class Pool:
         return None
 
     def refill_soon(self) -> None:
-        if not self._refilling and not self.retired and self._short_of_warm() and self._spawn(self._refill):
+        if not self._refilling and self.accepting and self._short_of_warm() and self._spawn(self._refill):
             self._refilling = True
 
     async def _refill(self) -> None:
         """Start warm processes while no session waits and a start-up turn is free: they never take a slot
         or a turn a session could use (`_launch` holds each one's turn for a measured start-up)."""
         try:
-            while not self.retired and not self.closed and self._short_of_warm():
+            while self.accepting and self._short_of_warm():
                 shared = self.server.pool.mode == "shared"
                 process: Link = (
                     SharedProcess(self.server, self.new_backend(), next(SERIALS))
@@ -202,7 +217,9 @@ class Pool:
                 except GatewayError as exc:
                     log.warning("server %r: could not start a warm process: %s", self.server.id, exc.message)
                     return
-                if self.retired:  # retired while it started: nobody would stop it
+                # Retired or draining while it started, or `pool.min` lowered (only this task adds warm ones).
+                surplus = isinstance(process, StdioSession) and len(self.warm) >= self.warm_target
+                if not self.accepting or surplus:
                     await process.aclose()
                     return
                 if isinstance(process, SharedProcess):
@@ -307,6 +324,7 @@ class Pool:
             self.admission.release(process)
             if isinstance(process, StdioSession):
                 self._sessions.drop_session(process)
+            self._changed()
 
     def refusal(self, what: str) -> GatewayError:
         """The 503 for a caller whose `pool.acquire_timeout` passed: what was really full, and the setting."""
@@ -379,6 +397,7 @@ class Pool:
 
     def session_ended(self, session: SharedSession) -> None:
         self._sessions.drop_session(session)
+        self._changed()
 
     # --- starts into the lists of shared processes ----------------------------------------------------------
 
@@ -433,3 +452,89 @@ class Pool:
             if self._pending.get(which) is pending:
                 del self._pending[which]
             pending.done.set()
+
+    # --- reload: new settings in place, or draining ---------------------------------------------------------
+
+    def reconfigure(self, server: StdioServer | HttpServer) -> None:
+        """Adopt a new registry entry whose command, environment and mode are those of the current one. New
+        limits apply from now on: raising `pool.max` admits waiters at once, lowering it stops no process that
+        runs; `pool.min` starts or stops warm processes; timeouts and the other pool settings apply to new
+        work. Processes keep the entry they were started with for their own timeouts and recycling limits."""
+        self.server = server
+        if self._what != "processes":
+            return  # bridged connections: `limit` is the gateway's, not the entry's
+        self._limit = server.pool.max
+        self.admission.resize(server.pool.max, server.pool.max_starting or default_max_starting())
+        if not self.draining:
+            self.warm_target = server.pool.min
+            self._stop(self._surplus_warm())
+            self.refill_soon()
+
+    def _surplus_warm(self) -> list[Link]:
+        """Warm processes beyond the warm target, taken out of the lists: the newest (the oldest are leased
+        first), and in shared mode only spare processes with nothing in flight and no retry of their input due."""
+        victims: list[Link] = []
+        if self.server.pool.mode != "shared":
+            victims.extend(self.warm[self.warm_target :])
+            del self.warm[self.warm_target :]
+            return victims
+        now = time.monotonic()
+        surplus = sum(1 for p in self.shared if p.assigned == 0) - self.warm_target
+        spare = [p for p in self.shared if p.idle and not p.stopping and not awaits_retry(p, now)]
+        victims.extend(spare[::-1][: max(0, surplus)])
+        self.shared[:] = [p for p in self.shared if p not in victims]
+        return victims
+
+    def drain(self) -> None:
+        """Open no new session and start no process from now on (`refuse_if_draining`); stop the warm and
+        spare ones now; serve the sessions there are until they end. `drained` says when none is left."""
+        if self.draining:
+            return
+        self.draining = True
+        self.warm_target = 0
+        now = time.monotonic()
+        victims = self._surplus_warm()
+        idle = [p for p in self.modern if p.idle and not p.stopping and not awaits_retry(p, now)]
+        self.modern[:] = [p for p in self.modern if p not in idle]
+        self._stop([*victims, *idle])
+        self._changed()
+
+    def _stop(self, victims: list[Link]) -> None:
+        """Stop `victims` (out of the lists already) in the background, together."""
+        for victim in victims:
+            victim.stopping = True
+        for victim in victims:
+            self._spawn(victim.aclose)
+
+    def refuse_if_draining(self, what: str) -> None:
+        """The 503 for new work on a draining pool: what it no longer takes, and why."""
+        if self.draining:
+            raise GatewayError(
+                503,
+                FULL,
+                f"server {self.server.id!r}: these {self._what} take no new {what}: a reload changed what runs or"
+                " removed the server, and the sessions they serve go on until they end",
+                headers={"Retry-After": "1"},
+            )
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Count a request as in flight while it is served (a draining pool is not drained before it ends)."""
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
+            self._changed()
+
+    @property
+    def drained(self) -> bool:
+        """Draining, and nothing is left to serve: no request in flight and no session open."""
+        sessions = any(isinstance(p, StdioSession) and p.leased for p in self.live)
+        shared_sessions = any(p.assigned for p in self.shared)
+        return self.draining and not self.calls and not sessions and not shared_sessions
+
+    async def wait_drained(self) -> None:
+        """Return once `drained` (the caller bounds the wait, then closes the pool)."""
+        while not self.drained:
+            await self._change.wait()

@@ -57,6 +57,7 @@ class Serving:
         deadline = self._pool.deadline()
         session = self._pool.take_warm() or StdioSession(self.server, self._pool.new_backend(), self._owner)
         session.initializing = True  # not idle, so a concurrent reclaim cannot take it half-way
+        session.leased = True
         if not session.started:
             try:
                 await self._pool.start(session, deadline, measured=True)
@@ -119,6 +120,7 @@ class Serving:
     async def open_bridge(self) -> tuple[StdioSession, Outbox]:
         """A session for a message-stream client: one connection, every message on one outbox."""
         session = StdioSession(self.server, self._pool.new_backend(), self._owner)
+        session.leased = True
         await self._pool.start(session, self._pool.deadline())
         box = session.open_standing()
         assert box is not None

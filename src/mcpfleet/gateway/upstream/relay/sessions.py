@@ -52,6 +52,7 @@ class StdioSession(Link):
         self._standing: Outbox | None = None
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=BACKLOG)
         self.initializing = False
+        self.leased = False  # given to a client (not a warm process): counts until its process ends
         self.journal: Journal | None = None  # Streamable HTTP sessions: event ids and resumption
         self.primes = False  # negotiated 2025-11-25 or later: streams open with a priming event
 

@@ -104,13 +104,14 @@ class SharedServing:
                 if issuer is not None:
                     return issuer  # only it can open the state (unless the server shares its key)
             if not live:
+                self._pool.refuse_if_draining("2026-07-28 processes")
                 await self._pool.join_start(MODERN, deadline)
                 continue
             fresh = [p for p in live if not worn(p, now)]
             best = min(fresh or live, key=lambda p: len(p.ids))
             busy = len(best.ids) >= SPREAD_AT and len(live) < self.server.pool.max
             pool = self._pool
-            if (busy or not fresh) and not pool.start_under_way(MODERN) and pool.admission.free and not pool.retired:
+            if (busy or not fresh) and not pool.start_under_way(MODERN) and pool.admission.free and pool.accepting:
                 log.info(
                     "server %r: another process for 2026-07-28 traffic (%d running, %d in flight on the least busy)",
                     self.server.id,

@@ -43,8 +43,8 @@ def expired(pool: Pool, now: float) -> list[Link]:
     """Once a second: warm processes that are worn, or surplus (beyond the warm target) and idle past
     `pool.idle_timeout`; leased sessions whose process is worn, at their first moment with nothing in flight;
     worn shared processes once idle, and extra 2026-07-28 processes (all but the oldest) and spare
-    shared-mode ones (beyond the warm target) idle past `pool.idle_timeout`, each only STATE_GRACE after it
-    last asked for input (a retry may follow)."""
+    shared-mode ones (beyond the warm target) idle past `pool.idle_timeout` (every idle one, in a draining
+    pool), each only STATE_GRACE after it last asked for input (a retry may follow)."""
     idle_timeout = pool.server.pool.idle_timeout
     victims: list[Link] = []
     pool.warm[:] = [s for s in pool.warm if not s.closed.is_set()]
@@ -66,13 +66,13 @@ def expired(pool: Pool, now: float) -> list[Link]:
 
     pool.modern[:] = [p for p in pool.modern if not p.closed.is_set()]
     for index, process in enumerate(pool.modern):  # the first (oldest) stays unless worn
-        idle_long = index > 0 and now - process.last_used > idle_timeout
+        idle_long = pool.draining or (index > 0 and now - process.last_used > idle_timeout)
         if settled(process) and (worn(process, now) or idle_long):
             victims.append(process)
     pool.shared[:] = [p for p in pool.shared if not p.closed.is_set()]
     spare = sum(1 for p in pool.shared if p.assigned == 0) - pool.warm_target
     for process in pool.shared:
-        idle_long = spare > 0 and now - process.last_used > idle_timeout
+        idle_long = spare > 0 and (pool.draining or now - process.last_used > idle_timeout)
         if settled(process) and (worn(process, now) or idle_long):
             victims.append(process)
             spare -= 1
