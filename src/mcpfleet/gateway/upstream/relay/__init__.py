@@ -3,7 +3,8 @@
 `RelayUpstream` is the one object the runtime holds per relayed server; it composes
 
 - `pool.py`: the processes, an async context manager owning their tasks (admission, warm processes, crash
-  loops, supervision, upkeep in `upkeep.py`);
+  loops, supervision, reload); `upkeep.py` chooses which processes stop, `starts.py` runs the starts of
+  shared processes that many callers join;
 - `serving.py`: session mode over Streamable HTTP (one client session, one process), and bridges;
 - `shared.py`: 2026-07-28 requests and pool mode `shared`, over processes many clients share;
 - `sessions.py`, `link.py`, `outbox.py`: the session kinds, the link to a backend, per-stream delivery and

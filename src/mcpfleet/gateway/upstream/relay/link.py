@@ -117,6 +117,11 @@ class Link:
         """Nothing in flight and no stream open: stopping it now loses nothing."""
         raise NotImplementedError
 
+    @property
+    def has_sessions(self) -> bool:
+        """A client session is on it: stopping it would end one."""
+        raise NotImplementedError
+
     def dispatch(self, message: Message) -> bytes | None:
         """Route one message from the backend; return a message to send back to it, if any."""
         raise NotImplementedError

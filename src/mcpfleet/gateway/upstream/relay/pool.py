@@ -10,7 +10,7 @@ shielded from cancellation and bounded (each link's `timeouts.shutdown`), then c
   refuses starts for a while.
 - **Warm processes** (`pool.min`): started ahead of need while nobody waits, handed out first.
 - **Shared processes** (2026-07-28 traffic, pool mode `shared`): at most one start into each list under way,
-  which every caller that needs a process of that list and finds none waits for (`join_start`).
+  which every caller that needs a process of that list and finds none waits for (starts.py).
 - **Upkeep** once a second (`expire_idle`): replace dead and worn warm processes, stop surplus and worn ones.
 - **Reload**: `reconfigure` adopts new settings in place for new work; `drain` takes no new work and lets
   the sessions it has run until they end (`drained`).
@@ -34,7 +34,8 @@ from mcpfleet.gateway.upstream.admission import FULL, Admission, CrashLoop, defa
 from mcpfleet.gateway.upstream.backend import Backend
 from mcpfleet.gateway.upstream.relay.link import Link
 from mcpfleet.gateway.upstream.relay.sessions import SERIALS, SharedProcess, SharedSession, StdioSession
-from mcpfleet.gateway.upstream.relay.upkeep import awaits_retry, expired, reclaimable
+from mcpfleet.gateway.upstream.relay.starts import SharedStarts
+from mcpfleet.gateway.upstream.relay.upkeep import expired, reclaimable, surplus, unused
 from mcpfleet.registry.model import HttpServer, StdioServer
 
 if TYPE_CHECKING:
@@ -45,15 +46,8 @@ log = logging.getLogger("mcpfleet.gateway.relay")
 WORN_SOON = 0.9  # a warm process past this share of pool.max_lifetime is not leased (it is replaced soon)
 RECLAIM_POLL = 0.25  # seconds between looks for an idle process to free, while a caller waits for a slot
 START_GUESS = 1.0  # seconds a start-up takes, until one is measured
-MODERN, SHARED = "modern", "shared"  # the two lists of shared processes: 2026-07-28 traffic, pool mode `shared`
 
-
-class _PendingStart:
-    """A process start under way into one list of shared processes, which several callers may wait for."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.error: GatewayError | None = None
+Job = Callable[..., Coroutine[Any, Any, None]]
 
 
 class Pool:
@@ -83,9 +77,8 @@ class Pool:
         self.admission = Admission(limit, starting)
         self.crashes = CrashLoop(server.id)
         self.start_seconds = START_GUESS  # a start-up's length, measured (moving average): paces warm starts
-        self._pending: dict[str, _PendingStart] = {}
+        self.starts = SharedStarts(self)  # into the lists of shared processes, one at a time each
         self._reclaiming = 0  # processes being stopped to free a slot for a waiter
-        self._joined = 0  # callers waiting for a start under way into a list of shared processes
         self.modern: list[SharedProcess] = []  # 2026-07-28 traffic
         self.shared: list[SharedProcess] = []  # pool mode `shared`: 2025-era sessions of a stateless server
         self.live: set[Link] = set()
@@ -99,9 +92,7 @@ class Pool:
         self.warm_target = 0
         self._refilling = False
         self._tg: anyio.abc.TaskGroup | None = None
-        self._queued: list[
-            tuple[Callable[..., Coroutine[Any, Any, None]], tuple[Any, ...]]
-        ] = []  # before the pool runs
+        self._queued: list[tuple[Job, tuple[Any, ...]]] = []  # asked for before the pool runs
         self._entered = anyio.Event()  # the pool runs, or has ended
         self.closed = False
 
@@ -134,7 +125,7 @@ class Pool:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
 
-    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> bool:
+    def spawn(self, fn: Job, *args: Any) -> bool:
         """Run `fn(*args)` in the pool's task group (once it runs); False when the pool has ended."""
         if self.closed:
             return False
@@ -153,13 +144,13 @@ class Pool:
         self._change.set()
         self._change = anyio.Event()
 
-    def _gone(self) -> GatewayError:
+    def gone(self) -> GatewayError:
         return GatewayError.unreachable(self.server.id, "the server was removed or changed by a reload")
 
     @property
     def waiting(self) -> int:
         """Callers waiting for a process (a slot, a start-up turn, or a start under way), now."""
-        return self.admission.waiting + self._joined
+        return self.admission.waiting + self.starts.joined
 
     def deadline(self) -> float:
         """Until when a caller arriving now may wait for a process (`pool.acquire_timeout`)."""
@@ -196,7 +187,7 @@ class Pool:
         return None
 
     def refill_soon(self) -> None:
-        if not self._refilling and self.accepting and self._short_of_warm() and self._spawn(self._refill):
+        if not self._refilling and self.accepting and self._short_of_warm() and self.spawn(self._refill):
             self._refilling = True
 
     async def _refill(self) -> None:
@@ -292,13 +283,13 @@ class Pool:
         process.on_first_message = started
         await self._entered.wait()
         if self.closed or self._tg is None:
-            raise self._gone()
+            raise self.gone()
         try:
             await self._tg.start(self._supervise, process)  # _supervise gives the slot back, whatever happens
         except ServerStartError as exc:
             raise GatewayError.start_failed(exc) from None
         if not measured:
-            self._spawn(self._start_up_over, process, min(self.start_seconds, self.server.timeouts.startup))
+            self.spawn(self._start_up_over, process, min(self.start_seconds, self.server.timeouts.startup))
 
     async def _start_up_over(self, process: Link, after: float) -> None:
         with anyio.move_on_after(after):
@@ -368,7 +359,9 @@ class Pool:
         if victim is None:
             return
         if isinstance(victim, SharedProcess) and victim.sessions:
-            self._move_sessions(victim)
+            others = [p for p in self.shared if p is not victim and p.init_result is not None and not p.stopping]
+            for session in victim.hand_over(others):
+                self.session_ended(session)
         log.info("server %r: at %d %s, freeing an idle one", self.server.id, self._limit, self._what)
         victim.stopping = True
         if isinstance(victim, StdioSession):
@@ -379,79 +372,9 @@ class Pool:
         finally:
             self._reclaiming -= 1
 
-    def _move_sessions(self, process: SharedProcess) -> None:
-        """Give the sessions of `process` (nothing in flight) to the other initialized processes of the pool
-        (the server is declared stateless, so nothing is lost); with none, end them (404, initialize again)."""
-        others = [p for p in self.shared if p is not process and p.init_result is not None and not p.stopping]
-        for session in list(process.sessions):
-            if not others:
-                session.end()
-                self.session_ended(session)
-                continue
-            process.sessions.discard(session)
-            process.assigned -= 1
-            target = min(others, key=lambda p: p.assigned)
-            target.assigned += 1
-            target.sessions.add(session)
-            session.process = target
-
     def session_ended(self, session: SharedSession) -> None:
         self._sessions.drop_session(session)
         self._changed()
-
-    # --- starts into the lists of shared processes ----------------------------------------------------------
-
-    def start_under_way(self, which: str) -> bool:
-        return which in self._pending
-
-    def begin_start(self, which: str, deadline: float) -> _PendingStart:
-        """Start a process into list `which` (MODERN or SHARED) in the background, unless one is under way."""
-        pending = self._pending.get(which)
-        if pending is None:
-            pending = self._pending[which] = _PendingStart()
-            if not self._spawn(self._start_into, which, pending, deadline):
-                del self._pending[which]
-                pending.error = self._gone()
-                pending.done.set()
-        return pending
-
-    async def join_start(self, which: str, deadline: float) -> None:
-        """Wait for the start under way into list `which` (begun if none is), until `deadline`; a start that
-        failed because its own caller's deadline passed is begun again for a caller whose deadline has not.
-        Raises the start's error, or this caller's 503."""
-        while True:
-            pending = self.begin_start(which, deadline)
-            self._joined += 1
-            try:
-                with anyio.move_on_after(deadline - time.monotonic()):
-                    await pending.done.wait()
-            finally:
-                self._joined -= 1
-            if not pending.done.is_set():  # the start it waits for is itself waiting for a slot or a start-up turn
-                raise self.refusal("slot" if self.admission.slots.available_tokens < 1 else "start")
-            error = pending.error
-            if error is None:
-                return
-            if error.code != FULL or time.monotonic() >= deadline:
-                raise error
-
-    async def _start_into(self, which: str, pending: _PendingStart, deadline: float) -> None:
-        try:
-            process = SharedProcess(self.server, self.new_backend(), next(SERIALS))
-            await self.start(process, deadline)  # its first request may come late, or never: not measured
-            if self.retired:  # retired while it started: nobody would stop it
-                await process.aclose()
-                raise self._gone()
-            # Filed after the wait, into the list as it is now (never bind the list before an await).
-            (self.modern if which == MODERN else self.shared).append(process)
-        except GatewayError as exc:
-            pending.error = exc
-            if which == MODERN:
-                log.warning("server %r: could not start a process: %s", self.server.id, exc.message)
-        finally:
-            if self._pending.get(which) is pending:
-                del self._pending[which]
-            pending.done.set()
 
     # --- reload: new settings in place, or draining ---------------------------------------------------------
 
@@ -467,23 +390,8 @@ class Pool:
         self.admission.resize(server.pool.max, server.pool.max_starting or default_max_starting())
         if not self.draining:
             self.warm_target = server.pool.min
-            self._stop(self._surplus_warm())
+            self._stop(surplus(self))
             self.refill_soon()
-
-    def _surplus_warm(self) -> list[Link]:
-        """Warm processes beyond the warm target, taken out of the lists: the newest (the oldest are leased
-        first), and in shared mode only spare processes with nothing in flight and no retry of their input due."""
-        victims: list[Link] = []
-        if self.server.pool.mode != "shared":
-            victims.extend(self.warm[self.warm_target :])
-            del self.warm[self.warm_target :]
-            return victims
-        now = time.monotonic()
-        surplus = sum(1 for p in self.shared if p.assigned == 0) - self.warm_target
-        spare = [p for p in self.shared if p.idle and not p.stopping and not awaits_retry(p, now)]
-        victims.extend(spare[::-1][: max(0, surplus)])
-        self.shared[:] = [p for p in self.shared if p not in victims]
-        return victims
 
     def drain(self) -> None:
         """Open no new session and start no process from now on (`refuse_if_draining`); stop the warm and
@@ -492,11 +400,7 @@ class Pool:
             return
         self.draining = True
         self.warm_target = 0
-        now = time.monotonic()
-        victims = self._surplus_warm()
-        idle = [p for p in self.modern if p.idle and not p.stopping and not awaits_retry(p, now)]
-        self.modern[:] = [p for p in self.modern if p not in idle]
-        self._stop([*victims, *idle])
+        self._stop(unused(self))
         self._changed()
 
     def _stop(self, victims: list[Link]) -> None:
@@ -504,7 +408,7 @@ class Pool:
         for victim in victims:
             victim.stopping = True
         for victim in victims:
-            self._spawn(victim.aclose)
+            self.spawn(victim.aclose)
 
     def refuse_if_draining(self, what: str) -> None:
         """The 503 for new work on a draining pool: what it no longer takes, and why."""
@@ -530,9 +434,7 @@ class Pool:
     @property
     def drained(self) -> bool:
         """Draining, and nothing is left to serve: no request in flight and no session open."""
-        sessions = any(isinstance(p, StdioSession) and p.leased for p in self.live)
-        shared_sessions = any(p.assigned for p in self.shared)
-        return self.draining and not self.calls and not sessions and not shared_sessions
+        return self.draining and not self.calls and not any(p.has_sessions for p in self.live)
 
     async def wait_drained(self) -> None:
         """Return once `drained` (the caller bounds the wait, then closes the pool)."""

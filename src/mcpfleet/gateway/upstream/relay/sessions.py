@@ -155,6 +155,10 @@ class StdioSession(Link):
         return self.quiet and self._standing is None
 
     @property
+    def has_sessions(self) -> bool:
+        return self.leased
+
+    @property
     def quiet(self) -> bool:
         """Nothing in flight (a GET stream may be open) and no stream lately detached whose client may come
         back for its answers: ending it now fails no request. Calls whose client left more than
@@ -222,6 +226,10 @@ class SharedProcess(Link):
         # `assigned` counts sessions still initializing, which are not in `sessions` yet.
         return len(self.ids) == 0 and not self.sessions and self.assigned == 0
 
+    @property
+    def has_sessions(self) -> bool:
+        return self.assigned > 0  # including those still initializing
+
     def dispatch(self, message: Message) -> bytes | None:
         routed = self.ids.incoming(message)
         if routed is not None:
@@ -246,6 +254,24 @@ class SharedProcess(Link):
             box.close()
         for session in list(self.sessions):
             session.end()
+
+    def hand_over(self, others: list[SharedProcess]) -> list[SharedSession]:
+        """Give this process's sessions (nothing in flight) to the least loaded of `others` (the server is
+        declared stateless, so nothing is lost); with no other, end them (404: the client initializes again).
+        Returns the sessions it ended."""
+        ended: list[SharedSession] = []
+        for session in list(self.sessions):
+            if not others:
+                session.end()
+                ended.append(session)
+                continue
+            self.sessions.discard(session)
+            self.assigned -= 1
+            target = min(others, key=lambda p: p.assigned)
+            target.assigned += 1
+            target.sessions.add(session)
+            session.process = target
+        return ended
 
     async def ensure_initialized(self, message: Message, startup: float) -> Any:
         """Initialize the process once, with the first client's `initialize`; the result, for every client."""

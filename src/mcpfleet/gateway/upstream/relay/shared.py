@@ -24,9 +24,10 @@ from mcpfleet.gateway.pinning import unwrap, wrap
 from mcpfleet.gateway.protocol import SESSION_HEADER, Message, dumps, id_key, parse_body
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.relay.outbox import Outbox
-from mcpfleet.gateway.upstream.relay.pool import MODERN, SHARED, Pool
+from mcpfleet.gateway.upstream.relay.pool import Pool
 from mcpfleet.gateway.upstream.relay.serving import answer_post, delete_or_stream
 from mcpfleet.gateway.upstream.relay.sessions import SharedProcess, SharedSession
+from mcpfleet.gateway.upstream.relay.starts import MODERN, SHARED
 from mcpfleet.gateway.upstream.relay.upkeep import worn
 from mcpfleet.registry.model import HttpServer, StdioServer
 
@@ -105,20 +106,20 @@ class SharedServing:
                     return issuer  # only it can open the state (unless the server shares its key)
             if not live:
                 self._pool.refuse_if_draining("2026-07-28 processes")
-                await self._pool.join_start(MODERN, deadline)
+                await self._pool.starts.join(MODERN, deadline)
                 continue
             fresh = [p for p in live if not worn(p, now)]
             best = min(fresh or live, key=lambda p: len(p.ids))
             busy = len(best.ids) >= SPREAD_AT and len(live) < self.server.pool.max
             pool = self._pool
-            if (busy or not fresh) and not pool.start_under_way(MODERN) and pool.admission.free and pool.accepting:
+            if (busy or not fresh) and not pool.starts.under_way(MODERN) and pool.admission.free and pool.accepting:
                 log.info(
                     "server %r: another process for 2026-07-28 traffic (%d running, %d in flight on the least busy)",
                     self.server.id,
                     len(live),
                     len(best.ids),
                 )
-                pool.begin_start(MODERN, pool.deadline())
+                pool.starts.begin(MODERN, pool.deadline())
             return best
 
     async def initialize_shared(self, exchange: Exchange, message: Message) -> None:
@@ -151,7 +152,7 @@ class SharedServing:
             if spare is not None:
                 process = spare
             elif not shared or (len(fresh) < self.server.pool.max and self._pool.admission.free):
-                await self._pool.join_start(SHARED, deadline)
+                await self._pool.starts.join(SHARED, deadline)
                 continue
             else:
                 process = min(fresh or shared, key=lambda p: p.assigned)

@@ -1,6 +1,7 @@
-"""Which processes of a pool to stop: once a second (`expired`), and for a caller waiting for a slot
-(`reclaimable`). Choosing only: each function takes its victims out of the pool's lists, with no await in
-between (the lists change while a process stops), and the pool stops them (pool.py).
+"""Which processes of a pool to stop: once a second (`expired`), for a caller waiting for a slot
+(`reclaimable`), and on a reload (`surplus`, `unused`). Choosing only: each function takes its victims out
+of the pool's lists, with no await in between (the lists change while a process stops), and the pool stops
+them (pool.py).
 
 Recycling: a process past `pool.max_lifetime`, or given `pool.max_sessions_per_process` sessions, is
 *worn*: it takes no new work and stops once nothing is in flight (a shared one's replacement starts first).
@@ -111,3 +112,29 @@ def reclaimable(pool: Pool) -> Link | None:
     victim = min(quiet, key=lambda process: (len(process.sessions), process.last_used))
     pool.shared.remove(victim)
     return victim
+
+
+def surplus(pool: Pool) -> list[Link]:
+    """Warm processes beyond the warm target (a lowered `pool.min`, or a draining pool's none): the newest,
+    as the oldest are leased first; in shared mode, spare processes with nothing in flight and no retry of
+    their input due."""
+    victims: list[Link] = []
+    if pool.server.pool.mode != "shared":
+        victims.extend(pool.warm[pool.warm_target :])
+        del pool.warm[pool.warm_target :]
+        return victims
+    now = time.monotonic()
+    beyond = sum(1 for p in pool.shared if p.assigned == 0) - pool.warm_target
+    spare = [p for p in pool.shared if p.idle and not p.stopping and not awaits_retry(p, now)]
+    victims.extend(spare[::-1][: max(0, beyond)])
+    pool.shared[:] = [p for p in pool.shared if p not in victims]
+    return victims
+
+
+def unused(pool: Pool) -> list[Link]:
+    """For a pool that starts draining: the surplus (every warm and spare process), and 2026-07-28
+    processes with nothing in flight and no retry of their input due."""
+    now = time.monotonic()
+    idle = [p for p in pool.modern if p.idle and not p.stopping and not awaits_retry(p, now)]
+    pool.modern[:] = [p for p in pool.modern if p not in idle]
+    return [*surplus(pool), *idle]
