@@ -10,10 +10,14 @@ Two limits, both served in arrival order (anyio's `CapacityLimiter` is a FIFO of
 
 Every waiter carries its own deadline (its arrival plus `pool.acquire_timeout`) and gets its slot and start,
 or its 503, by then, however many wait before or after it. No lock is held while waiting.
+
+A `CrashLoop` stops starts altogether for a while: a command that exits right after it starts, again and
+again, costs nothing while it backs off.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +26,14 @@ import anyio
 
 from mcpfleet.errors import GatewayError
 
+log = logging.getLogger("mcpfleet.gateway.relay")
+
 FULL = -32016
+CRASH_LOOP = -32017
+CRASH_WINDOW = 5.0  # seconds: an exit this soon after the start counts towards a crash loop
+CRASH_LIMIT = 3
+CRASH_BACKOFF = 2.0
+CRASH_BACKOFF_MAX = 60.0
 
 
 def default_max_starting() -> int:
@@ -44,6 +55,12 @@ class Admission:
         self._slot_waiters = 0
         self._holders: set[object] = set()
         self._starting: set[object] = set()
+
+    def resize(self, slots: int, max_starting: int) -> None:
+        """New limits for what is admitted from now on: raising one admits waiters at once; lowering one stops
+        nothing that holds a slot or a turn, it only holds back the next ones."""
+        self.slots.total_tokens = slots
+        self.starts.total_tokens = max_starting
 
     @property
     def free(self) -> bool:
@@ -117,3 +134,48 @@ class Admission:
         if owner in self._holders:
             self._holders.discard(owner)
             self.slots.release_on_behalf_of(owner)
+
+
+class CrashLoop:
+    """Exits the gateway did not ask for, and the crash loop they may make: CRASH_LIMIT exits in a row, each
+    within CRASH_WINDOW of its start, refuse new starts at once (503, -32017) for a backoff that doubles
+    (CRASH_BACKOFF up to CRASH_BACKOFF_MAX), instead of each caller waiting for a process that will die."""
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self.crashed_total = 0  # exits the gateway did not ask for
+        self.quick_exits = 0
+        self.until = 0.0  # `time.monotonic()` until which starts are refused
+        self.last_exit = ""
+
+    def note_exit(self, *, asked: bool, lifetime: float, detail: str) -> None:
+        """A process ended after `lifetime` seconds; `asked`: the gateway stopped it."""
+        if not asked:
+            self.crashed_total += 1
+        if asked or lifetime >= CRASH_WINDOW:
+            if lifetime >= CRASH_WINDOW:
+                self.quick_exits = 0
+            return
+        self.quick_exits += 1
+        self.last_exit = detail or "failed to start"
+        if self.quick_exits >= CRASH_LIMIT:
+            backoff = min(CRASH_BACKOFF_MAX, CRASH_BACKOFF * 2 ** (self.quick_exits - CRASH_LIMIT))
+            self.until = time.monotonic() + backoff
+            log.warning(
+                "server %r is in a crash loop (%d quick exits, last: %s); new sessions fail for %g s",
+                self.server_id,
+                self.quick_exits,
+                self.last_exit,
+                backoff,
+            )
+
+    def check(self) -> None:
+        """Raise the crash loop's 503 while its backoff lasts."""
+        if (wait := self.until - time.monotonic()) > 0:
+            raise GatewayError(
+                503,
+                CRASH_LOOP,
+                f"server {self.server_id!r} keeps exiting right after it starts ({self.quick_exits} times in a row;"
+                f" last: {self.last_exit}); new sessions fail fast for {wait:.0f} more s",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
