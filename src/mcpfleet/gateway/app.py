@@ -157,9 +157,7 @@ class Gateway:
             await anyio.sleep(POOL_INTERVAL)
             now = time.monotonic()
             for runtime in list(self._runtimes.values()):
-                runtime.maintain()
-                if runtime.stdio is not None:
-                    await runtime.stdio.expire_idle(now)
+                await runtime.maintain(now)
 
     def start_soon(self, fn: Any, *args: Any) -> None:
         assert self._task_group is not None

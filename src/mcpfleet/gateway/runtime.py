@@ -163,15 +163,16 @@ class ServerRuntime:
         self._idle = anyio.Event()
 
     def _new_stdio(self, server: StdioServer | HttpServer) -> RelayUpstream:
-        assert server.command
-        argv, limit = server.command, self.max_message_bytes
-        relay = RelayUpstream(
-            server,
-            lambda: ProcessBackend(server, argv, max_message_bytes=limit),
-            self._tg,
-            self.sessions,
-            limit=server.pool.max,
-        )
+        limit = self.max_message_bytes
+
+        def process() -> Backend:
+            # The entry in force when the process starts: a reload's new timeouts reach new processes.
+            entry = relay.server
+            assert isinstance(entry, StdioServer | HttpServer)
+            assert entry.command
+            return ProcessBackend(entry, entry.command, max_message_bytes=limit)
+
+        relay = RelayUpstream(server, process, self._tg, self.sessions, limit=server.pool.max)
         if server.pool.min:
             relay.keep_warm(server.pool.min)
         return relay
@@ -201,6 +202,8 @@ class ServerRuntime:
             if self.http is not None:
                 self.http.configure(server, max_message_bytes)
                 self._probe_if_active()
+            if self.bridge is not None:
+                self.bridge.reconfigure(server)
         if self.stdio is not None and isinstance(server, StdioServer | HttpServer):
             if resized or what_runs(server) != what_runs(old):
                 self._drain_relay(self.stdio, old.timeouts.drain)
@@ -230,12 +233,16 @@ class ServerRuntime:
         with anyio.move_on_after(self.server.timeouts.connect):
             await self._replicas_known.wait()
 
-    def maintain(self) -> None:
-        """Periodic upkeep (once a second): close the connections of replicas whose drain ended."""
+    async def maintain(self, now: float) -> None:
+        """Periodic upkeep (once a second): close the connections of replicas whose drain ended; replace warm
+        processes that died and stop idle or worn ones, in the current relay and the draining ones."""
         if self.balancer is not None:
             for replica in self.balancer.expire_drains():
                 if self.http is not None:
                     self.http.forget(replica.url)
+        for relay in (self.stdio, *self.draining_relays):
+            if relay is not None:
+                await relay.expire_idle(now)
 
     def _drain_relay(self, relay: RelayUpstream, seconds: float) -> None:
         relay.drain()
