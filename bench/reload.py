@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -72,6 +73,13 @@ CYCLE = ("replicas", "strategy", "weights", "timeouts", "strategy", "health", "p
 KINDS = ("replicas", "strategy", "weights", "timeouts", "health", "pool", "env", "args")
 POLL_INTERVAL = 0.05
 MAX_SESSIONS_PER_CLIENT = 50  # a client that keeps losing its session stops initializing again after this
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as text, with task-group wrappers taken off (the first exception inside each)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 # --- the registry ---------------------------------------------------------------------------------------
@@ -165,6 +173,7 @@ class RunResult:
     failures: list[str] = field(default_factory=list)  # the first few, as text
     reloads: list[Reload] = field(default_factory=list)
     generation: tuple[int, int] = (0, 0)  # at the start and at the end
+    gateway_lost: str | None = None  # the gateway stopped answering /servers: the run ended there
 
 
 class Run:
@@ -216,18 +225,27 @@ class Run:
                                 self.failed(f"{text}: wrong answer {result.model_dump()}")
                         except Exception as exc:
                             ok = False
-                            self.failed(f"{text}: {type(exc).__name__}: {exc} (HTTP {errors[before:]})")
+                            self.failed(f"{text}: {describe(exc)} (HTTP {errors[before:]})")
                         ms = (time.perf_counter() - began) * 1000
                         self.result.calls.append(Call(server, kind, ms, ok))
                         if 404 in errors[before:]:
                             break  # the session ended: initialize again
             except Exception as exc:
-                self.failed(f"session of {server}{number}: {type(exc).__name__}: {exc}")
+                self.failed(f"session of {server}{number}: {describe(exc)}")
                 await anyio.sleep(0.2)
 
     async def poll(self, rewrites: bool) -> None:
         """Until the end of the run: read /servers every POLL_INTERVAL; with `rewrites`, replace the registry
-        file every `interval` seconds with one change, once the rewrite before it has been applied."""
+        file every `interval` seconds with one change, once the rewrite before it has been applied. A gateway
+        that stops answering ends the run (its figures up to then are kept)."""
+        try:
+            await self._poll(rewrites)
+        except (httpx2.HTTPError, ValueError) as exc:
+            self.result.gateway_lost = f"{type(exc).__name__}: {exc}"
+            log(f"the gateway stopped answering /servers: {self.result.gateway_lost}")
+            self.stop.set()
+
+    async def _poll(self, rewrites: bool) -> None:
         options = self.options
         async with httpx2.AsyncClient(timeout=30) as http:
             shown = await self.status(http)
@@ -270,7 +288,8 @@ class Run:
                 for number in range(options.clients):
                     tg.start_soon(self.client, "web" if number % 2 == 0 else "local", number // 2)
                 tg.start_soon(self.poll, rewrites)
-                await anyio.sleep(options.duration)
+                with anyio.move_on_after(options.duration):
+                    await self.stop.wait()
                 self.stop.set()
         self.result.seconds = round(time.monotonic() - started, 1)
         return self.result
@@ -344,7 +363,7 @@ def render(info: dict[str, Any], options: Options, results: Sequence[RunResult])
         f"mcpfleet reload benchmark, {info['date']}, {mach['nproc']} cores ({mach['cpu_model']}),"
         f" Python {mach['python']}, load average {' '.join(mach['loadavg_at_start'])} at start",
         f"source: commit {source.get('commit', '?')}, {source.get('src_modified_files', '?')} modified file(s)"
-        f" under src/, src sha256 {source['src_sha256']}",
+        f" under src/, src sha256 {source['src_sha256']}; the gateway imports mcpfleet from {info['mcpfleet_from']}",
         f"{options.clients} clients ({(options.clients + 1) // 2} on web: http, {options.replicas} demo replicas;"
         f" {options.clients // 2} on local: stdio demo), each one SDK session calling echo without pause;"
         f" {options.rounds} pair(s) of {options.duration:g} s runs: steady (no reload), then a rewrite every"
@@ -378,6 +397,11 @@ def render(info: dict[str, Any], options: Options, results: Sequence[RunResult])
         if rejected := [r for r in result.reloads if r.outcome == "rejected"]:
             lines.append(f"rejected rewrites: {len(rejected)}; first: {rejected[0].kind}: {rejected[0].error}")
     for result in results:
+        if result.gateway_lost:
+            lines.append(
+                f"\n{result.name}: THE GATEWAY STOPPED ANSWERING after {result.seconds} s: {result.gateway_lost}"
+            )
+    for result in results:
         if result.failures:
             lines.append(f"\n{result.name}: first failures")
             lines += [f"  {text[:300]}" for text in result.failures[:8]]
@@ -390,6 +414,14 @@ def render(info: dict[str, Any], options: Options, results: Sequence[RunResult])
 
 
 # --- main -------------------------------------------------------------------------------------------------
+
+
+def package_location(python: str) -> str:
+    """Where the gateway's `mcpfleet` is imported from (PYTHONPATH may point away from this checkout)."""
+    found = subprocess.run(
+        [python, "-c", "import mcpfleet; print(mcpfleet.__file__)"], capture_output=True, text=True, timeout=60
+    )
+    return str(Path(found.stdout.strip()).parent.parent) if found.returncode == 0 else "?"
 
 
 @dataclass
@@ -442,6 +474,7 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "source": await anyio.to_thread.run_sync(source_state),
+        "mcpfleet_from": await anyio.to_thread.run_sync(package_location, options.python),
     }
     started = time.monotonic()
     results: list[RunResult] = []
@@ -475,6 +508,12 @@ async def main_async(options: Options, as_json: bool, keep_logs: Path | None) ->
                     gateway.remember_descendants()
                     row = run_row(results[-1])
                     log(f"  {row['calls']} calls, {row['failed']} failed, {row['reinits']} re-initializations")
+                    if results[-1].gateway_lost:
+                        failure = f"the gateway stopped answering during {results[-1].name}"
+                        log(f"last lines of the gateway's log:\n{gateway.tail(40)}")
+                        break
+                if failure:
+                    break
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
             log(f"run failed: {failure}")

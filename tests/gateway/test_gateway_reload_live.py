@@ -87,6 +87,13 @@ async def whoami(session: ClientSession) -> dict[str, Any]:
     return result.structured_content
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as text, with task-group wrappers taken off (the first exception inside each)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
 # --- the gateway and its processes ------------------------------------------------------------------------
 
 
@@ -144,7 +151,7 @@ async def call_until_it_ends(
             except AssertionError:
                 raise
             except Exception as exc:
-                return answered, [*seen.errors[errors_before:], f"{type(exc).__name__}: {exc}"]
+                return answered, [*seen.errors[errors_before:], describe(exc)]
             answered += 1
             await anyio.sleep(0.2)
 
@@ -264,7 +271,7 @@ async def keep_calling(run: Measurement, client: Client, max_sessions: int = 10)
                             wrong = await echo(session, text)
                         except Exception as exc:
                             http = seen.errors[errors_before:]
-                            run.fail(client, f"{text}: {type(exc).__name__}: {exc} (HTTP {http})")
+                            run.fail(client, f"{text}: {describe(exc)} (HTTP {http})")
                             ended = any(e.endswith(" 404") for e in http)  # the session ended: initialize again
                             continue
                         if wrong is not None:
@@ -275,7 +282,7 @@ async def keep_calling(run: Measurement, client: Client, max_sessions: int = 10)
                     if not ended:
                         client.identities.append(await whoami(session))
             except Exception as exc:
-                run.fail(client, f"session: {type(exc).__name__}: {exc}")
+                run.fail(client, f"session: {describe(exc)}")
                 await anyio.sleep(0.2)
     finally:
         client.done = True
