@@ -74,7 +74,8 @@ class Held:
     def __init__(self, server_id: str) -> None:
         self.server_id = server_id
         self.last_used = 0.0
-        self.owner = None
+        self.upstream_closed = False
+        self.idle = True
 
     async def aclose(self) -> None:
         pass

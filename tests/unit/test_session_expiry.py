@@ -21,7 +21,7 @@ class SlowSession:
 
     def __init__(self, *, idle: bool = True, fails: bool = False, stop: float = 0.5) -> None:
         self.server_id = "s"
-        self.owner = None
+        self.upstream_closed = False
         self.last_used = time.monotonic() - 60
         self.idle = idle
         self.fails = fails

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -48,11 +47,19 @@ from mcpfleet.gateway.asgi import (
 )
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
-from mcpfleet.gateway.protocol import error_response, forwarded_for, is_initialize, parse_body, sse_event
-from mcpfleet.gateway.session import HttpSession, Session, SessionTable, close_all
-from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend, SseBackend, TransportBackend
-from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream, Unreachable
-from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
+from mcpfleet.gateway.protocol import error_response, parse_body, sse_event
+from mcpfleet.gateway.session import Session, SessionTable, close_all
+from mcpfleet.gateway.upstream.backend import (
+    Backend,
+    ProcessBackend,
+    SseBackend,
+    TransportBackend,
+    opened_for,
+    opening_for,
+)
+from mcpfleet.gateway.upstream.base import Unreachable, Upstream
+from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream
+from mcpfleet.gateway.upstream.relay import RelayUpstream, StdioSession
 from mcpfleet.registry.model import Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
 from mcpfleet.replicas import ReplicaAddress, ReplicaSource
@@ -64,27 +71,6 @@ SSE_PATH = "/sse"
 MESSAGES_PATH = "/messages/"
 WS_PATH = "/ws"
 BRIDGE_LIMIT = 10_000  # bridged HTTP connections hold no process; this only bounds memory
-# The X-Forwarded-* of the client whose session is opening a bridged connection. The relay makes backends
-# through a factory that takes no arguments, so the client's headers reach it this way, set only around
-# the opening of a session of one client (never of a connection several clients share).
-# The routing key of that client travels with it, for a strategy that reads one (`consistent_hash`).
-_OPENING_FOR: ContextVar[tuple[tuple[bytes, bytes], ...]] = ContextVar("opening_for", default=())
-_OPENING_KEY: ContextVar[str | None] = ContextVar("opening_key", default=None)
-
-
-@contextlib.contextmanager
-def _opening_for(scope: Scope | None, key: str | None = None) -> Iterator[None]:
-    if scope is None:
-        yield
-        return
-    client, host, scheme = scope.get("client"), header(scope, b"host"), scope.get("scheme", "http")
-    token = _OPENING_FOR.set(tuple(forwarded_for(client, host, scheme)))
-    key_token = _OPENING_KEY.set(key)
-    try:
-        yield
-    finally:
-        _OPENING_KEY.reset(key_token)
-        _OPENING_FOR.reset(token)
 
 
 def static_addresses(server: HttpServer) -> tuple[ReplicaAddress, ...]:
@@ -144,7 +130,7 @@ class ServerRuntime:
             )
             self.balancer = balancer
             if server.transport != "sse":
-                self.http = HttpUpstream(server, balancer, max_message_bytes=max_message_bytes)
+                self.http = HttpUpstream(server, balancer, sessions, max_message_bytes=max_message_bytes)
                 self._probe_if_active()
             self.bridge = RelayUpstream(
                 server,
@@ -257,8 +243,8 @@ class ServerRuntime:
             self.draining_relays.remove(relay)
 
     async def _end_relay(self, relay: RelayUpstream) -> None:
+        ending = [s for s in self.sessions.of_server(self.server.id) if relay.holds(s)]
         relay.retired = True
-        ending = [s for s in self.sessions.of_server(self.server.id) if s.owner is relay]
         for session in ending:
             self.sessions.drop_session(session)
         await close_all(ending)  # together: one after another, 2,000 sessions took a quarter of an hour
@@ -269,14 +255,8 @@ class ServerRuntime:
         return [r for r in (self.bridge, self.stdio, *self.draining_relays) if r is not None]
 
     def owns(self, session: Session) -> bool:
-        """Whether `session` is served here (a relay of this runtime, or a replica its balancer still knows)."""
-        if isinstance(session, HttpSession):
-            return (
-                self.http is not None
-                and self.balancer is not None
-                and self.balancer.replica(session.replica) is not None
-            )
-        return session.owner in self.relays
+        """Whether `session` is served here (by one of this runtime's upstreams)."""
+        return self._holder(session) is not None
 
     def routing_key(self, scope: Scope) -> str | None:
         """The request's key for `consistent_hash`: the `balancer.hash_header` value, else the client's address."""
@@ -295,13 +275,14 @@ class ServerRuntime:
         server, balancer = self.server, self.balancer
         assert isinstance(server, HttpServer)
         assert balancer is not None
+        forwarded, key = opened_for()
         try:
-            replica = balancer.pick(_OPENING_KEY.get())
+            replica = balancer.pick(key)
         except LookupError:
             raise GatewayError.unreachable(server.id, "no replica serves") from None
         endpoint = Endpoint(url=replica.url, weight=replica.weight)
         kind = SseBackend if server.transport == "sse" else TransportBackend
-        return kind(server, endpoint, max_message_bytes=self.max_message_bytes, forwarded=_OPENING_FOR.get())
+        return kind(server, endpoint, max_message_bytes=self.max_message_bytes, forwarded=forwarded)
 
     @property
     def upstreams(self) -> list[HttpUpstream | RelayUpstream]:
@@ -330,7 +311,7 @@ class ServerRuntime:
             elif exchange.rest == MESSAGES_PATH and exchange.method == "POST":
                 await self._legacy_message(exchange)
             elif self.http is not None:
-                await self._forward_other(exchange)
+                await self.http.forward(exchange, exchange.rest)
             else:
                 raise GatewayError(
                     404,
@@ -338,6 +319,8 @@ class ServerRuntime:
                     f"server {self.server.id!r} serves only /{self.server.id}{MCP_PATH}, /{self.server.id}{SSE_PATH}"
                     f" and /{self.server.id}{WS_PATH}",
                 )
+        except Unreachable as exc:  # the one place: nothing reached the server, and no other upstream took it
+            raise GatewayError.unreachable(self.server.id, exc.detail) from None
         finally:
             self._done()
 
@@ -347,80 +330,33 @@ class ServerRuntime:
             self._idle.set()
             self._idle = anyio.Event()
 
-    async def _forward_other(self, exchange: Exchange) -> None:
-        await self._forward(exchange, exchange.rest)
-
-    async def _forward(
-        self,
-        exchange: Exchange,
-        path: str,
-        token: str | None = None,
-        session: HttpSession | None = None,
-        *,
-        initialize: bool = False,
-        may_fall_back: bool = False,
-    ) -> bool:
-        """The HTTP passthrough, and the one place where "no replica took it" becomes the client's error
-        (-32012, 502). With `may_fall_back`, returns False instead: nothing was sent, stdio may serve it."""
-        assert self.http is not None
-        try:
-            await self.http.forward(
-                exchange,
-                path,
-                self.sessions,
-                token,
-                session,
-                initialize=initialize,
-                key=self.routing_key(exchange.scope) if session is None else None,
-            )
-        except Unreachable as exc:
-            if may_fall_back:
-                return False
-            raise GatewayError.unreachable(self.server.id, exc.detail) from None
-        return True
-
     # --- Streamable HTTP clients --------------------------------------------------------------------------
 
     async def _mcp(self, exchange: Exchange) -> None:
+        """A request in a session goes to the upstream that holds it; one outside any session to the HTTP
+        passthrough while a replica takes it, else to the relay (the entry's command, or the bridge)."""
         token = exchange.session_id
         if token is not None:
             session = self.sessions.get(token, self.server.id)
-            if isinstance(session, HttpSession) and self.http is not None:
-                await self._forward(exchange, self.http.server.path, token, session)
-                return
-            if isinstance(session, SharedSession) and session.owner in self.relays:
-                await session.owner.in_shared_session(exchange, token, session)
-                return
-            if isinstance(session, StdioSession) and session.owner in self.relays:
-                await session.owner.in_session(exchange, token, session)
-                return
-            raise GatewayError.session_not_found()
+            upstream = self._holder(session) if session is not None else None
+            if upstream is None or session is None:
+                raise GatewayError.session_not_found()
+            await upstream.serve(exchange, token, session)
+            return
+        key = self.routing_key(exchange.scope)
         if self.http is not None:
-            initialize = exchange.method == "POST" and b'"initialize"' in exchange.body
-            path = self.http.server.path
-            if await self._forward(exchange, path, initialize=initialize, may_fall_back=self.stdio is not None):
+            try:
+                await self.http.open(exchange, key)
                 return
-        await self._relayed_sessionless(exchange, self.stdio or self.bridge)
-
-    async def _relayed_sessionless(self, exchange: Exchange, relay: RelayUpstream | None) -> None:
+            except Unreachable:
+                if self.stdio is None:
+                    raise
+        relay = self.stdio or self.bridge
         assert relay is not None
-        if exchange.method != "POST":
-            if exchange.modern:
-                await respond(exchange.send, 405, b"", [(b"allow", b"POST")])
-                return
-            raise GatewayError.invalid_request("Mcp-Session-Id header is required (initialize first)")
-        if exchange.modern:
-            await relay.stateless(exchange)
-            return
-        messages, _ = parse_body(exchange.body)
-        if not is_initialize(messages):
-            raise GatewayError.invalid_request("Mcp-Session-Id header is required (initialize first)")
-        spawnable = self.server
-        if relay is self.stdio and isinstance(spawnable, StdioServer | HttpServer) and spawnable.pool.mode == "shared":
-            await relay.initialize_shared(exchange, messages[0])
-            return
-        with _opening_for(exchange.scope, self.routing_key(exchange.scope)):
-            await relay.initialize(exchange, messages[0])
+        await relay.open(exchange, key)
+
+    def _holder(self, session: Session) -> Upstream | None:
+        return next((u for u in self.upstreams if u.holds(session)), None)
 
     # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------
 
@@ -452,7 +388,7 @@ class ServerRuntime:
 
     async def _legacy_stream(self, exchange: Exchange) -> None:
         relay = await self._bridge_relay()
-        with _opening_for(exchange.scope, self.routing_key(exchange.scope)):
+        with opening_for(exchange.scope, self.routing_key(exchange.scope)):
             session, box = await relay.open_bridge()
         token = self.sessions.issue(session)
         prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
@@ -484,7 +420,8 @@ class ServerRuntime:
             if not self._replicas_known.is_set():
                 await self._first_replica_set()
             relay = await self._bridge_relay()
-            with _opening_for(scope, self.routing_key(scope) if scope is not None else None):
+            opening = opening_for(scope, self.routing_key(scope)) if scope is not None else contextlib.nullcontext()
+            with opening:
                 session, box = await relay.open_bridge()
         except GatewayError as exc:
             self._done()
@@ -558,26 +495,24 @@ class ServerRuntime:
         ones until they end or `seconds` pass (HTTP sessions live upstream, so an http server's are served for
         all of `seconds`); then end them and stop everything."""
         self.draining = True
-        for relay in self.relays:
-            relay.drain()
+        for upstream in self.upstreams:
+            upstream.drain()
         with anyio.move_on_after(seconds):
-            if self.http is not None:
-                await anyio.sleep_forever()
             async with anyio.create_task_group() as tg:
-                for relay in self.relays:
-                    tg.start_soon(relay.wait_drained)
+                for upstream in self.upstreams:
+                    tg.start_soon(upstream.wait_drained)
             while self.inflight:
                 await self._idle.wait()
         await self.retire(drain_limit=min(seconds, 10.0))
 
     async def retire(self, drain_limit: float = 600.0) -> None:
         """Take no new work, let in-flight requests finish (bounded), then end sessions and processes."""
+        ending = [s for s in self.sessions.of_server(self.server.id) if self.owns(s)]
         for upstream in self.upstreams:
             upstream.retired = True
         with anyio.move_on_after(drain_limit):
             while self.inflight:
                 await self._idle.wait()
-        ending = [s for s in self.sessions.of_server(self.server.id) if s.owner in self.upstreams]
         for session in ending:
             self.sessions.drop_session(session)
         await close_all(ending)  # together: one after another, 2,000 sessions took a quarter of an hour

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
@@ -33,13 +33,23 @@ CLOSING_AT_ONCE = 64  # sessions ended together (each may stop a process: timeou
 
 
 class Session(Protocol):
+    """What the table needs of a session. Which upstream serves it is the upstream's to say
+    (`Upstream.holds`); a relayed session also names its `RelayUpstream` (its typed `owner`)."""
+
     last_used: float
 
     @property
     def server_id(self) -> str: ...
 
     @property
-    def owner(self) -> Any: ...
+    def idle(self) -> bool:
+        """Nothing in flight and no stream open: ending it loses no message."""
+        ...
+
+    @property
+    def upstream_closed(self) -> bool:
+        """Its upstream closed (a reload's drain ran out): its id gets 404."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -51,9 +61,9 @@ class HttpSession:
     server_id: str
     replica: str
     upstream_id: str
-    owner: Any = None
     last_used: float = field(default_factory=time.monotonic)
     idle: bool = True
+    upstream_closed: bool = False  # the replica says when it ends (404), not the gateway
 
     async def aclose(self) -> None:
         """Nothing to stop locally: the upstream owns the session and expires it itself."""
@@ -93,7 +103,7 @@ class SessionTable:
         session = self._local.get(str(record.get("k")))
         if session is None:
             return None
-        if getattr(session.owner, "retired", False):  # its server was changed or removed by a reload
+        if session.upstream_closed:  # its process or server was drained away by a reload
             self.drop_session(session)
             return None
         session.last_used = time.monotonic()
@@ -122,7 +132,7 @@ class SessionTable:
     async def expire(self, idle_after: float) -> list[Session]:
         """End every session unused for `idle_after` seconds that has no stream open and nothing in flight,
         all together (`close_all`); returns them. They are out of the table before the first one ends."""
-        expired = [s for s in self.idle(idle_after) if getattr(s, "idle", True)]
+        expired = [s for s in self.idle(idle_after) if s.idle]
         for session in expired:
             self.drop_session(session)
         await close_all(expired)

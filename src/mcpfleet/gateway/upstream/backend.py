@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
@@ -34,6 +35,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 
 from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.asgi import Scope, header
 from mcpfleet.gateway.protocol import (
     SSE_FRAMING,
     TOO_LARGE,
@@ -42,6 +44,7 @@ from mcpfleet.gateway.protocol import (
     answered_request,
     error_response,
     events,
+    forwarded_for,
     parse_message,
     single_request,
     too_large,
@@ -54,6 +57,32 @@ from mcpfleet.registry.render import mask_url
 log = logging.getLogger("mcpfleet.gateway.backend")
 
 UNDELIVERED = -32012  # a message the server did not take (the code of an unreachable upstream)
+
+# Who a bridged connection is being opened for: the X-Forwarded-* of the client whose session opens it, and
+# its routing key (for `consistent_hash`). Backends are made by a factory that takes no arguments, deep in a
+# pool, so this travels in context, set only around opening a session of one client (`opening_for`); a
+# connection that several clients share (2026-07-28 requests to a legacy SSE server) is opened outside it
+# and carries none.
+_OPENING_FOR: ContextVar[tuple[tuple[bytes, bytes], ...]] = ContextVar("opening_for", default=())
+_OPENING_KEY: ContextVar[str | None] = ContextVar("opening_key", default=None)
+
+
+@contextlib.contextmanager
+def opening_for(scope: Scope, key: str | None) -> Iterator[None]:
+    """Within this block, bridged connections are opened for the client of `scope`, balanced by `key`."""
+    client, host, scheme = scope.get("client"), header(scope, b"host"), scope.get("scheme", "http")
+    token = _OPENING_FOR.set(tuple(forwarded_for(client, host, scheme)))
+    key_token = _OPENING_KEY.set(key)
+    try:
+        yield
+    finally:
+        _OPENING_KEY.reset(key_token)
+        _OPENING_FOR.reset(token)
+
+
+def opened_for() -> tuple[tuple[tuple[bytes, bytes], ...], str | None]:
+    """The X-Forwarded-* headers and routing key of the client a connection is being opened for."""
+    return _OPENING_FOR.get(), _OPENING_KEY.get()
 
 
 class Backend(Protocol):

@@ -46,7 +46,8 @@ from mcpfleet.gateway.protocol import (
     too_large_event,
     without,
 )
-from mcpfleet.gateway.session import HttpSession, SessionTable
+from mcpfleet.gateway.session import HttpSession, Session, SessionTable
+from mcpfleet.gateway.upstream.base import Unreachable
 from mcpfleet.gateway.upstream.wire import ConnectFailed, OutOfDescriptors, Pool, Response, UpstreamClosed
 from mcpfleet.registry.model import Gateway, HttpServer
 from mcpfleet.registry.render import mask_url
@@ -57,24 +58,49 @@ _STANDING_STREAM = frozenset({"GET"})
 DEFAULT_MAX_MESSAGE_BYTES: int = Gateway().max_message_bytes
 
 
-class Unreachable(Exception):
-    """No replica accepted a connection (nothing was sent): the caller may fall back to stdio."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
 class HttpUpstream:
-    """The replicas of one `http` server, each with its own keep-alive connection pool."""
+    """The replicas of one `http` server, each with its own keep-alive connection pool: an `Upstream`
+    (base.py). Its sessions are sealed records (`HttpSession`), held by the replicas, not by a table."""
 
     def __init__(
-        self, server: HttpServer, balancer: Balancer, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        server: HttpServer,
+        balancer: Balancer,
+        sessions: SessionTable,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.balancer = balancer
+        self.sessions = sessions
         self._pools: dict[str, Pool] = {}
         self.configure(server, max_message_bytes)
         self.retired = False
+        self.draining = False
+
+    # --- the Upstream interface ------------------------------------------------------------------------------
+
+    async def open(self, exchange: Exchange, key: str | None) -> None:
+        """A request on the MCP path outside any session, to the balancer's pick (`forward`)."""
+        if self.draining:
+            raise Unreachable("the server is draining")
+        initialize = exchange.method == "POST" and b'"initialize"' in exchange.body
+        await self.forward(exchange, self.server.path, initialize=initialize, key=key)
+
+    def holds(self, session: Session) -> bool:
+        """An http session whose replica serves or still drains here."""
+        return isinstance(session, HttpSession) and self.balancer.replica(session.replica) is not None
+
+    async def serve(self, exchange: Exchange, token: str, session: Session) -> None:
+        assert isinstance(session, HttpSession)
+        await self.forward(exchange, self.server.path, token, session)
+
+    def drain(self) -> None:
+        self.draining = True
+
+    async def wait_drained(self) -> None:
+        """Never: http sessions live in the replicas, which do not say when they end; the caller's bound
+        (`timeouts.drain`) ends the wait."""
+        await anyio.sleep_forever()
 
     def configure(self, server: HttpServer, max_message_bytes: int) -> None:
         """Take a new entry (a reload): headers, path, timeouts and the size limit apply to the next request;
@@ -125,15 +151,15 @@ class HttpUpstream:
         self,
         exchange: Exchange,
         path: str,
-        sessions: SessionTable,
-        session_token: str | None,
-        session: HttpSession | None,
+        session_token: str | None = None,
+        session: HttpSession | None = None,
         *,
         initialize: bool = False,
         key: str | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back. Raises Unreachable when nothing was sent.
-        `key`: the request's routing key (`balancer.hash_header`), for strategies that read one.
+        `path`: the server's MCP path, or any other path of the server (forwarded as it is). `key`: the
+        request's routing key (`balancer.hash_header`), for strategies that read one.
 
         New work goes to the balancer's pick; when nothing could be sent there (connection refused or not
         established in time) the next replica is tried, since the server cannot have seen the request.
@@ -141,6 +167,7 @@ class HttpUpstream:
         gone, the session is too (404). A 2026-07-28 retry carrying a `requestState` the gateway wrapped goes
         to the replica that issued it.
         """
+        sessions = self.sessions
         stateless = session is None and exchange.modern and exchange.method == "POST"
         if session is not None:
             pinned = self.balancer.replica(session.replica)

@@ -20,11 +20,13 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
+from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.asgi import respond
 from mcpfleet.gateway.exchange import Exchange
-from mcpfleet.gateway.protocol import Message
-from mcpfleet.gateway.session import SessionTable
+from mcpfleet.gateway.protocol import Message, is_initialize, parse_body
+from mcpfleet.gateway.session import Session, SessionTable
 from mcpfleet.gateway.upstream.admission import Admission
-from mcpfleet.gateway.upstream.backend import Backend
+from mcpfleet.gateway.upstream.backend import Backend, opening_for
 from mcpfleet.gateway.upstream.relay.link import Link
 from mcpfleet.gateway.upstream.relay.outbox import Outbox
 from mcpfleet.gateway.upstream.relay.pool import Pool
@@ -54,6 +56,7 @@ class RelayUpstream:
         what: str = "processes",
         counts_exits: bool = True,
     ) -> None:
+        self.relays_processes = what == "processes"
         self.pool = Pool(server, new_backend, sessions, self, limit=limit, what=what, counts_exits=counts_exits)
         self._serving = Serving(self.pool, sessions, self)
         self._shared = SharedServing(self.pool, sessions, self)
@@ -93,6 +96,40 @@ class RelayUpstream:
     async def wait_drained(self) -> None:
         """Return once `drained`; the caller bounds the wait and then calls `aclose()`."""
         await self.pool.wait_drained()
+
+    # --- the Upstream interface (base.py) -------------------------------------------------------------------
+
+    async def open(self, exchange: Exchange, key: str | None) -> None:
+        """A request outside any session: a 2026-07-28 request goes to the shared processes; an
+        `initialize` leases a process (or, pool mode `shared`, a place on one); anything else is refused
+        (405 for a 2026-07-28 GET or DELETE, 400 otherwise). A bridged connection opened here for one client
+        carries that client's X-Forwarded-* and is balanced by `key`."""
+        if exchange.method != "POST":
+            if exchange.modern:
+                await respond(exchange.send, 405, b"", [(b"allow", b"POST")])
+                return
+            raise GatewayError.invalid_request("Mcp-Session-Id header is required (initialize first)")
+        if exchange.modern:
+            await self.stateless(exchange)
+            return
+        messages, _ = parse_body(exchange.body)
+        if not is_initialize(messages):
+            raise GatewayError.invalid_request("Mcp-Session-Id header is required (initialize first)")
+        if self.relays_processes and self.server.pool.mode == "shared":
+            await self.initialize_shared(exchange, messages[0])
+            return
+        with opening_for(exchange.scope, key):
+            await self.initialize(exchange, messages[0])
+
+    def holds(self, session: Session) -> bool:
+        return isinstance(session, StdioSession | SharedSession) and session.owner is self and not self.retired
+
+    async def serve(self, exchange: Exchange, token: str, session: Session) -> None:
+        if isinstance(session, SharedSession):
+            await self.in_shared_session(exchange, token, session)
+        else:
+            assert isinstance(session, StdioSession)
+            await self.in_session(exchange, token, session)
 
     # --- serving ------------------------------------------------------------------------------------------
 

@@ -155,6 +155,10 @@ class StdioSession(Link):
         return self.quiet and self._standing is None
 
     @property
+    def upstream_closed(self) -> bool:
+        return self.owner.retired
+
+    @property
     def has_sessions(self) -> bool:
         return self.leased
 
@@ -313,6 +317,10 @@ class SharedSession:
     @property
     def idle(self) -> bool:
         return self.in_flight == 0 and self.standing is None
+
+    @property
+    def upstream_closed(self) -> bool:
+        return self.owner.retired
 
     def notify(self, raw: bytes) -> None:
         if self.standing is not None:
