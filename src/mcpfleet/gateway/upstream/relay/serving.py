@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 EVENT_ID = re.compile(r"(\d+)-(\d+)", re.ASCII)
 
 
-class Serving:
-    """The requests of session mode, for one relayed server's `pool`."""
+class PoolServing:
+    """What serves requests over one relayed server's `pool`: the pool, the session table, the relay."""
 
     def __init__(self, pool: Pool, sessions: SessionTable, owner: RelayUpstream) -> None:
         self._pool = pool
@@ -52,6 +52,10 @@ class Serving:
     @property
     def server(self) -> StdioServer | HttpServer:
         return self._pool.server
+
+
+class Serving(PoolServing):
+    """The requests of session mode, for one relayed server's `pool`."""
 
     async def initialize(self, exchange: Exchange, message: Message) -> None:
         deadline = self._pool.deadline()

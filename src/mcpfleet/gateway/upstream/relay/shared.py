@@ -22,34 +22,22 @@ from mcpfleet.gateway.asgi import respond
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import unwrap, wrap
 from mcpfleet.gateway.protocol import SESSION_HEADER, Message, dumps, id_key, parse_body
-from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.relay.outbox import Outbox
-from mcpfleet.gateway.upstream.relay.pool import Pool
-from mcpfleet.gateway.upstream.relay.serving import answer_post, delete_or_stream
+from mcpfleet.gateway.upstream.relay.serving import PoolServing, answer_post, delete_or_stream
 from mcpfleet.gateway.upstream.relay.sessions import SharedProcess, SharedSession
 from mcpfleet.gateway.upstream.relay.starts import MODERN, SHARED
 from mcpfleet.gateway.upstream.relay.upkeep import worn
-from mcpfleet.registry.model import HttpServer, StdioServer
 
 if TYPE_CHECKING:
-    from mcpfleet.gateway.upstream.relay import RelayUpstream
+    pass
 
 log = logging.getLogger("mcpfleet.gateway.relay")
 
 SPREAD_AT = 32  # 2026-07-28 requests in flight on every process before another one starts
 
 
-class SharedServing:
+class SharedServing(PoolServing):
     """The requests served by shared processes, for one relayed server's `pool`."""
-
-    def __init__(self, pool: Pool, sessions: SessionTable, owner: RelayUpstream) -> None:
-        self._pool = pool
-        self._sessions = sessions
-        self._owner = owner
-
-    @property
-    def server(self) -> StdioServer | HttpServer:
-        return self._pool.server
 
     async def stateless(self, exchange: Exchange) -> None:
         record, body = unwrap(self._sessions.sealer, exchange.body)
