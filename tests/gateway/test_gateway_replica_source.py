@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from mcp import Client
 
+from mcpfleet.client.websocket import websocket_client
 from mcpfleet.gateway.app import Gateway
 from mcpfleet.registry import parse_registry
 from mcpfleet.replicas import MemorySource, ReplicaAddress
@@ -59,6 +60,17 @@ async def applied(url: str, expected: dict[str, str]) -> None:
 async def whoami(client: Client) -> str:
     result: Any = (await client.call_tool("whoami", {})).structured_content
     return str(result["replica"])
+
+
+async def first_error(client: Client, within: float = 30) -> Exception:
+    """Call `whoami` until a call fails (bounded); the error."""
+    with anyio.fail_after(within):
+        while True:
+            try:
+                await whoami(client)
+            except Exception as exc:  # noqa: BLE001 - whatever the SDK raises for a session that ended
+                return exc
+            await anyio.sleep(0.2)
 
 
 async def new_session_replicas(url: str, count: int) -> set[str]:
@@ -114,6 +126,29 @@ def test_sessions_on_a_replica_that_left_end_when_the_drain_passes(demo_http: Ca
             with pytest.raises(Exception, match=r"(?i)session"):
                 await whoami(on_a)  # the drain passed: 404, the client must initialize again
             async with Client(url, mode="legacy") as again:
+                assert await whoami(again) == "b"
+
+    anyio.run(main)
+
+
+def test_a_websocket_session_bridged_to_a_replica_that_left_ends_when_the_drain_passes(
+    demo_http: Callable[[str], str],
+) -> None:
+    urls = {name: demo_http(name) for name in ("a", "b")}
+    source = MemorySource([ReplicaAddress(urls["a"])])
+    registry = f"servers:\n  web: {{endpoint: '{urls['a']}', timeouts: {{drain: 1.5}}}}\n"
+
+    async def main() -> None:
+        async with gateway_fed_by(source, registry) as url:
+            ws = url.replace("http://", "ws://").replace("/web/mcp", "/web/ws")
+            async with Client(websocket_client(ws), mode="legacy") as on_a:
+                assert await whoami(on_a) == "a"
+                source.publish([ReplicaAddress(urls["b"])])
+                await applied(url, {urls["a"]: "draining"})
+                assert await whoami(on_a) == "a"  # within the drain: the bridged connection stays
+                # The drain passes: the gateway closes the bridged connection, and with it the WebSocket.
+                assert "connection closed" in str(await first_error(on_a)).lower()
+            async with Client(websocket_client(ws), mode="legacy") as again:
                 assert await whoami(again) == "b"
 
     anyio.run(main)

@@ -223,9 +223,12 @@ class ServerRuntime:
         """Periodic upkeep (once a second): close the connections of replicas whose drain ended; replace warm
         processes that died and stop idle or worn ones, in the current relay and the draining ones."""
         if self.balancer is not None:
-            for replica in self.balancer.expire_drains():
+            gone = {replica.url for replica in self.balancer.expire_drains()}
+            for url in gone:
                 if self.http is not None:
-                    self.http.forget(replica.url)
+                    self.http.forget(url)
+            if gone and self.bridge is not None:  # bridged sessions (WebSocket, legacy SSE) on those replicas end
+                await self.bridge.close_links(lambda link: link.backend.replica in gone)
         for relay in (self.stdio, *self.draining_relays):
             if relay is not None:
                 await relay.expire_idle(now)

@@ -102,10 +102,17 @@ class Backend(Protocol):
         """After the end: how it ended, for error messages (exit code, last stderr line, ...)."""
         ...
 
+    @property
+    def replica(self) -> str | None:
+        """The base URL of the HTTP replica a bridged connection reaches; None for a process."""
+        ...
+
 
 class ProcessBackend:
     """A stdio process. A line it writes over `max_message_bytes` is skipped; `receive` raises
     `MessageTooLarge` for it, and the relay answers the request it names with an error."""
+
+    replica = None
 
     def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...], *, max_message_bytes: int) -> None:
         self.process = StdioProcess.for_entry(server, argv, max_line=max_message_bytes)
@@ -172,6 +179,7 @@ class TransportBackend:
     ) -> None:
         self.server = server
         self.endpoint = endpoint
+        self.replica: str | None = endpoint.url
         self.max_message_bytes = max_message_bytes
         self._headers = _client_headers(server, forwarded)
         self._stack = contextlib.AsyncExitStack()
@@ -322,6 +330,7 @@ class SseBackend:
         forwarded: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.server = server
+        self.replica: str | None = endpoint.url
         self.url = server.sse_url(endpoint)
         self.max_message_bytes = max_message_bytes
         self._headers = _client_headers(server, forwarded)

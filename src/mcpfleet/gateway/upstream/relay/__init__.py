@@ -221,6 +221,14 @@ class RelayUpstream:
         """Keep `count` processes started ahead of need (`pool.min`), so a new session has no cold start."""
         self.pool.keep_warm(count)
 
+    async def close_links(self, which: Callable[[Link], bool]) -> None:
+        """End the connections (and the sessions on them) that `which` picks, together: a bridged
+        connection to a replica whose drain ended. Their clients see the session end (404, or a closed
+        WebSocket or event stream)."""
+        async with anyio.create_task_group() as tg:
+            for link in [link for link in self.live if which(link)]:
+                tg.start_soon(link.aclose)
+
     async def expire_idle(self, now: float) -> None:
         """Once a second (the gateway's maintenance pass): see `Pool.expire_idle`."""
         await self.pool.expire_idle(now)
