@@ -68,7 +68,7 @@ async def first_error(client: Client, within: float = 30) -> Exception:
         while True:
             try:
                 await whoami(client)
-            except Exception as exc:  # noqa: BLE001 - whatever the SDK raises for a session that ended
+            except Exception as exc:
                 return exc
             await anyio.sleep(0.2)
 
