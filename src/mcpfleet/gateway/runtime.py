@@ -253,10 +253,6 @@ class ServerRuntime:
         await close_all(ending)  # together: one after another, 2,000 sessions took a quarter of an hour
         await relay.aclose()
 
-    @property
-    def relays(self) -> list[RelayUpstream]:
-        return [r for r in (self.bridge, self.stdio, *self.draining_relays) if r is not None]
-
     def owns(self, session: Session) -> bool:
         """Whether `session` is served here (by one of this runtime's upstreams)."""
         return self._holder(session) is not None
