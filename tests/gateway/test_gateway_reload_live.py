@@ -205,7 +205,8 @@ class Layout:
         if kind == "health":
             return replace(self, failures_to_eject=8 - self.failures_to_eject)  # 3 <-> 5
         if kind == "pool":
-            return replace(self, pool=(1, 12) if self.pool == (0, 16) else (0, 16))
+            # max below the 4 sessions open: lowering it ends no session, it only stops new processes
+            return replace(self, pool=(1, 2) if self.pool == (0, 16) else (0, 16))
         if kind == "env":
             return replace(self, mark=self.mark + 1)
         if kind == "args":
