@@ -468,13 +468,17 @@ def test_what_runs_change_ends_old_processes_after_the_drain(gateway: Callable[[
     anyio.run(main)
 
 
-def test_removed_server_serves_its_sessions_until_the_drain(gateway: Callable[[str], RunningGateway]) -> None:
+@pytest.mark.parametrize("kind", ["stdio", "http"])
+def test_removed_server_serves_its_sessions_until_the_drain(
+    gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str], kind: str
+) -> None:
     """A removed server: new requests get 404 at once; its open session is still answered, then gets 404 once
-    `timeouts.drain` (2 s, from the entry as it was) has passed, and its process is stopped. The server that
-    stays is not disturbed."""
+    `timeouts.drain` (2 s, from the entry as it was) has passed, and its process (stdio) is stopped. The server
+    that stays is not disturbed."""
     drain = 2.0
     keep = f"  keep: {{command: {yaml_list(DEMO)}}}\n"
-    gone = f"  gone: {{command: {yaml_list(DEMO)}, timeouts: {{drain: {drain:g}}}}}\n"
+    target = f"command: {yaml_list(DEMO)}" if kind == "stdio" else f"endpoint: '{demo_http('gone')}'"
+    gone = f"  gone: {{{target}, timeouts: {{drain: {drain:g}}}}}\n"
     gw = gateway("servers:\n" + keep + gone)
 
     async def main() -> None:
@@ -496,7 +500,8 @@ def test_removed_server_serves_its_sessions_until_the_drain(gateway: Callable[[s
             assert "POST 404" in ending, ending
             assert ended_after >= drain, f"the session ended {ended_after:.2f} s after the removal, before the drain"
             assert answered >= 1
-            await until(condition(lambda: not alive(pid)), within=30)
+            if kind == "stdio":
+                await until(condition(lambda: not alive(pid)), within=30)
             assert await whoami(kept) == {"replica": "stdio", "pid": kept_pid, "transport": "stdio"}
             assert kept_seen.errors == []
 
