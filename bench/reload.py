@@ -117,7 +117,7 @@ class Layout:
         if kind == "health":
             return replace(self, failures_to_eject=8 - self.failures_to_eject)
         if kind == "pool":
-            return replace(self, pool=(1, 12) if self.pool == (0, 16) else (0, 16))
+            return replace(self, pool=(1, 2) if self.pool == (0, 16) else (0, 16))  # max below the sessions open
         if kind == "env":
             return replace(self, mark=self.mark + 1)
         if kind == "args":

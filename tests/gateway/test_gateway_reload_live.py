@@ -205,7 +205,8 @@ class Layout:
         if kind == "health":
             return replace(self, failures_to_eject=8 - self.failures_to_eject)  # 3 <-> 5
         if kind == "pool":
-            return replace(self, pool=(1, 12) if self.pool == (0, 16) else (0, 16))
+            # max below the 4 sessions open: lowering it ends no session, it only stops new processes
+            return replace(self, pool=(1, 2) if self.pool == (0, 16) else (0, 16))
         if kind == "env":
             return replace(self, mark=self.mark + 1)
         if kind == "args":
@@ -430,13 +431,54 @@ def test_what_runs_change_keeps_open_sessions_on_their_process(
     anyio.run(main)
 
 
-def test_removed_server_serves_its_sessions_until_the_drain(gateway: Callable[[str], RunningGateway]) -> None:
+def test_what_runs_change_ends_old_processes_after_the_drain(gateway: Callable[[str], RunningGateway]) -> None:
+    """After a change of what runs, a session on a process of the old configuration is served until
+    `timeouts.drain` (3 s) has passed, then gets 404 and its process stops; sessions on the new configuration
+    go on."""
+    drain = 3.0
+
+    def render(mark: str) -> str:
+        entry = f"{{command: {yaml_list(DEMO)}, env: {{MARK: {mark}}}, timeouts: {{drain: {drain:g}}}}}"
+        return f"servers:\n  local: {entry}\n"
+
+    gw = gateway(render("one"))
+
+    async def main() -> None:
+        async with sdk_session(gw.mcp("local")) as (old, old_seen):
+            old_pid = (await whoami(old))["pid"]
+            changed_at = time.monotonic()
+            await anyio.to_thread.run_sync(reload_now, gw, render("two"))
+            assert (await whoami(old))["pid"] == old_pid
+            async with sdk_session(gw.mcp("local")) as (new, new_seen):
+                new_pid = (await whoami(new))["pid"]
+                assert new_pid != old_pid and environ(new_pid).get("MARK") == "two"
+
+                async def draining(n: int) -> None:
+                    assert await echo(old, f"old {n}") is None
+
+                answered, ending = await call_until_it_ends(old_seen, draining, within=drain + 60)
+                ended_after = time.monotonic() - changed_at
+                assert answered >= 1
+                assert "POST 404" in ending, ending
+                assert ended_after >= drain, f"the session ended {ended_after:.2f} s after the change, before the drain"
+                await until(condition(lambda: not alive(old_pid)), within=30)
+                assert await whoami(new) == {"replica": "stdio", "pid": new_pid, "transport": "stdio"}
+                assert new_seen.errors == [] and new_seen.session_ids[1:] == []
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("kind", ["stdio", "http"])
+def test_removed_server_serves_its_sessions_until_the_drain(
+    gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str], kind: str
+) -> None:
     """A removed server: new requests get 404 at once; its open session is still answered, then gets 404 once
-    `timeouts.drain` (2 s, from the entry as it was) has passed, and its process is stopped. The server that
-    stays is not disturbed."""
+    `timeouts.drain` (2 s, from the entry as it was) has passed, and its process (stdio) is stopped. The server
+    that stays is not disturbed."""
     drain = 2.0
     keep = f"  keep: {{command: {yaml_list(DEMO)}}}\n"
-    gone = f"  gone: {{command: {yaml_list(DEMO)}, timeouts: {{drain: {drain:g}}}}}\n"
+    target = f"command: {yaml_list(DEMO)}" if kind == "stdio" else f"endpoint: '{demo_http('gone')}'"
+    gone = f"  gone: {{{target}, timeouts: {{drain: {drain:g}}}}}\n"
     gw = gateway("servers:\n" + keep + gone)
 
     async def main() -> None:
@@ -458,7 +500,8 @@ def test_removed_server_serves_its_sessions_until_the_drain(gateway: Callable[[s
             assert "POST 404" in ending, ending
             assert ended_after >= drain, f"the session ended {ended_after:.2f} s after the removal, before the drain"
             assert answered >= 1
-            await until(condition(lambda: not alive(pid)), within=30)
+            if kind == "stdio":
+                await until(condition(lambda: not alive(pid)), within=30)
             assert await whoami(kept) == {"replica": "stdio", "pid": kept_pid, "transport": "stdio"}
             assert kept_seen.errors == []
 
