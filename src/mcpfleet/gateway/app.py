@@ -179,6 +179,11 @@ class Gateway:
                 self.reloads["rejected"] += 1
                 log.error("registry reload rejected; the registry in force stays:\n%s", exc)
                 return False
+            except Exception as exc:  # a fault of ours: the watcher, and the gateway, must outlive it
+                self.reload_error = [f"{self.registry_path}: the registry could not be loaded ({exc!r})"]
+                self.reloads["rejected"] += 1
+                log.exception("registry reload failed; the registry in force stays")
+                return False
             self.apply(fresh)
             return True
 
@@ -198,7 +203,12 @@ class Gateway:
             server = fresh.servers.get(server_id)
             if server is not None and (server == runtime.server and size == runtime.max_message_bytes):
                 continue
-            if server is None or not runtime.configure(server, size):
+            try:
+                applied = server is not None and runtime.configure(server, size)
+            except Exception:  # a fault here must not take the gateway down: a new runtime takes the entry
+                log.exception("server %r: the new entry could not be applied in place; it starts afresh", server_id)
+                applied = False
+            if not applied:
                 del self._runtimes[server_id]
                 self._drain(runtime)
         self._prewarm()

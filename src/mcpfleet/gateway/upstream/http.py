@@ -87,8 +87,10 @@ class HttpUpstream:
         await self.forward(exchange, self.server.path, initialize=initialize, key=key)
 
     def holds(self, session: Session) -> bool:
-        """An http session whose replica serves or still drains here."""
-        return isinstance(session, HttpSession) and self.balancer.replica(session.replica) is not None
+        """An http session whose replica serves or still drains here (none once the upstream closed)."""
+        return (
+            not self.retired and isinstance(session, HttpSession) and self.balancer.replica(session.replica) is not None
+        )
 
     async def serve(self, exchange: Exchange, token: str, session: Session) -> None:
         assert isinstance(session, HttpSession)
