@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the registry it rewrites
 
 from gateway import (
     HOST,
@@ -67,10 +68,8 @@ from gateway import (
     wait_listening,
     workdir,
 )
+from reload_layout import CYCLE, KINDS, Layout
 
-STRATEGIES = ("round_robin", "least_connections", "p2c", "random", "consistent_hash")
-CYCLE = ("replicas", "strategy", "weights", "timeouts", "strategy", "health", "pool", "strategy", "env", "args")
-KINDS = ("replicas", "strategy", "weights", "timeouts", "health", "pool", "env", "args")
 POLL_INTERVAL = 0.05
 MAX_SESSIONS_PER_CLIENT = 50  # a client that keeps losing its session stops initializing again after this
 
@@ -83,59 +82,6 @@ def describe(exc: BaseException) -> str:
 
 
 # --- the registry ---------------------------------------------------------------------------------------
-
-
-def yaml_list(items: Sequence[str]) -> str:
-    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The generated registry; each field is what one kind of change changes (as in the test)."""
-
-    urls: tuple[str, ...]
-    python: str
-    replicas: int = 0  # the first `replicas` of `urls` are in the registry; 0 = all
-    weight: int = 1  # of the first replica
-    strategy: str = STRATEGIES[0]
-    first_byte: int = 300  # timeouts, both entries
-    failures_to_eject: int = 3  # health, both entries
-    pool: tuple[int, int] = (0, 16)  # local's pool.min, pool.max
-    mark: int = 1  # local's env MARK
-    tag: int = 1  # local's args: --replica tag-N
-
-    def changed(self, kind: str) -> Layout:
-        every = len(self.urls)
-        if kind == "replicas":  # one replica leaves, then comes back
-            return replace(self, replicas=every - 1 if self.replicas in (0, every) else every)
-        if kind == "weights":
-            return replace(self, weight=3 - self.weight)
-        if kind == "strategy":
-            return replace(self, strategy=STRATEGIES[(STRATEGIES.index(self.strategy) + 1) % len(STRATEGIES)])
-        if kind == "timeouts":
-            return replace(self, first_byte=420 - self.first_byte)
-        if kind == "health":
-            return replace(self, failures_to_eject=8 - self.failures_to_eject)
-        if kind == "pool":
-            return replace(self, pool=(1, 2) if self.pool == (0, 16) else (0, 16))  # max below the sessions open
-        if kind == "env":
-            return replace(self, mark=self.mark + 1)
-        if kind == "args":
-            return replace(self, tag=self.tag + 1)
-        raise ValueError(kind)
-
-    def render(self) -> str:
-        urls = self.urls[: self.replicas or len(self.urls)]
-        weights = [self.weight] + [1] * (len(urls) - 1)
-        endpoints = ", ".join(f"{{url: '{url}', weight: {w}}}" for url, w in zip(urls, weights, strict=True))
-        shared = f"timeouts: {{first_byte: {self.first_byte}}}, health: {{failures_to_eject: {self.failures_to_eject}}}"
-        demo = [self.python, "-m", "mcpfleet.demo", "stdio"]
-        return (
-            "servers:\n"
-            f"  web: {{endpoints: [{endpoints}], balancer: {{strategy: {self.strategy}}}, {shared}}}\n"
-            f"  local: {{command: {yaml_list(demo)}, args: [--replica, tag-{self.tag}],"
-            f" env: {{MARK: '{self.mark}'}}, pool: {{min: {self.pool[0]}, max: {self.pool[1]}}}, {shared}}}\n"
-        )
 
 
 def replace_atomically(path: Path, text: str) -> None:

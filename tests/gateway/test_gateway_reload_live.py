@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,13 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from reload_layout import CYCLE, Layout, yaml_list
+
 from conftest import RunningGateway
 from support import ACCEPT, INIT, until, wait_for
 
 PYTHON = sys.executable
 DEMO = [PYTHON, "-m", "mcpfleet.demo", "stdio"]
-STRATEGIES = ("round_robin", "least_connections", "p2c", "random", "consistent_hash")
-# One cycle of the measurement: every kind of change, the strategy three times so that two cycles go through
-# all five strategies and back to the first.
-CYCLE = ("replicas", "strategy", "weights", "timeouts", "strategy", "health", "pool", "strategy", "env", "args")
 CALL_TIMEOUT = 60.0  # one call; far above what a busy 2-core machine needs
 
 
@@ -168,61 +166,6 @@ def condition(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return predicate()
 
     return check
-
-
-def yaml_list(items: list[str]) -> str:
-    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
-
-
-# --- the registry the measurement rewrites -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The registry of the measurement: `web` (http, 2-3 demo replicas), `local` (stdio, demo processes).
-    Each field is what one kind of change changes."""
-
-    urls: tuple[str, ...]
-    replicas: int = 3  # the first `replicas` of `urls` are in the registry
-    weight: int = 1  # of the first replica
-    strategy: str = STRATEGIES[0]
-    first_byte: int = 300  # timeouts, both entries
-    failures_to_eject: int = 3  # health, both entries
-    pool: tuple[int, int] = (0, 16)  # local's pool.min, pool.max
-    mark: int = 1  # local's env MARK
-    tag: int = 1  # local's args: --replica tag-N
-
-    def changed(self, kind: str) -> Layout:
-        """This layout with one change of `kind`."""
-        if kind == "replicas":
-            return replace(self, replicas=2 if self.replicas == 3 else 3)
-        if kind == "weights":
-            return replace(self, weight=3 - self.weight)
-        if kind == "strategy":
-            return replace(self, strategy=STRATEGIES[(STRATEGIES.index(self.strategy) + 1) % len(STRATEGIES)])
-        if kind == "timeouts":
-            return replace(self, first_byte=420 - self.first_byte)  # 300 <-> 120
-        if kind == "health":
-            return replace(self, failures_to_eject=8 - self.failures_to_eject)  # 3 <-> 5
-        if kind == "pool":
-            # max below the 4 sessions open: lowering it ends no session, it only stops new processes
-            return replace(self, pool=(1, 2) if self.pool == (0, 16) else (0, 16))
-        if kind == "env":
-            return replace(self, mark=self.mark + 1)
-        if kind == "args":
-            return replace(self, tag=self.tag + 1)
-        raise ValueError(kind)
-
-    def render(self) -> str:
-        weights = [self.weight] + [1] * (self.replicas - 1)
-        endpoints = ", ".join(f"{{url: '{url}', weight: {w}}}" for url, w in zip(self.urls, weights, strict=False))
-        shared = f"timeouts: {{first_byte: {self.first_byte}}}, health: {{failures_to_eject: {self.failures_to_eject}}}"
-        return (
-            "servers:\n"
-            f"  web: {{endpoints: [{endpoints}], balancer: {{strategy: {self.strategy}}}, {shared}}}\n"
-            f"  local: {{command: {yaml_list(DEMO)}, args: [--replica, tag-{self.tag}],"
-            f" env: {{MARK: '{self.mark}'}}, pool: {{min: {self.pool[0]}, max: {self.pool[1]}}}, {shared}}}\n"
-        )
 
 
 @dataclass
