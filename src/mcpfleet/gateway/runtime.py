@@ -59,7 +59,7 @@ from mcpfleet.gateway.upstream.backend import (
 )
 from mcpfleet.gateway.upstream.base import Unreachable, Upstream
 from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream
-from mcpfleet.gateway.upstream.relay import RelayUpstream, StdioSession
+from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
 from mcpfleet.registry.model import Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
 from mcpfleet.replicas import ReplicaAddress, ReplicaSource
@@ -292,7 +292,7 @@ class ServerRuntime:
         return any(u.retired for u in self.upstreams)
 
     async def handle(self, exchange: Exchange) -> None:
-        if not self.upstreams:
+        if self.http is None and self.stdio is None and self.bridge is None:
             raise GatewayError(
                 501,
                 -32601,
@@ -355,7 +355,12 @@ class ServerRuntime:
         await relay.open(exchange, key)
 
     def _holder(self, session: Session) -> Upstream | None:
-        return next((u for u in self.upstreams if u.holds(session)), None)
+        """The upstream of this runtime that serves `session`, if any (one test per request on the hot path)."""
+        if isinstance(session, StdioSession | SharedSession):
+            owner = session.owner
+            mine = owner is self.stdio or owner is self.bridge or owner in self.draining_relays
+            return owner if mine and owner.holds(session) else None
+        return self.http if self.http is not None and self.http.holds(session) else None
 
     # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------
 

@@ -125,11 +125,16 @@ class RelayUpstream:
         return isinstance(session, StdioSession | SharedSession) and session.owner is self and not self.retired
 
     async def serve(self, exchange: Exchange, token: str, session: Session) -> None:
-        if isinstance(session, SharedSession):
-            await self.in_shared_session(exchange, token, session)
-        else:
-            assert isinstance(session, StdioSession)
-            await self.in_session(exchange, token, session)
+        pool = self.pool
+        pool.calls += 1  # in flight (what `pool.request()` does, without a generator on the hot path)
+        try:
+            if isinstance(session, StdioSession):
+                await self._serving.in_session(exchange, token, session)
+            else:
+                assert isinstance(session, SharedSession)
+                await self._shared.in_shared_session(exchange, token, session)
+        finally:
+            pool.request_ended()
 
     # --- serving ------------------------------------------------------------------------------------------
 

@@ -141,8 +141,10 @@ class Pool:
         return not (self.retired or self.draining or self.closed)
 
     def _changed(self) -> None:
-        self._change.set()
-        self._change = anyio.Event()
+        """Wake `wait_drained`: only a draining pool has anyone waiting (the hot path skips it)."""
+        if self.draining:
+            self._change.set()
+            self._change = anyio.Event()
 
     def gone(self) -> GatewayError:
         return GatewayError.unreachable(self.server.id, "the server was removed or changed by a reload")
@@ -428,8 +430,12 @@ class Pool:
         try:
             yield
         finally:
-            self.calls -= 1
-            self._changed()
+            self.request_ended()
+
+    def request_ended(self) -> None:
+        """The end of a request counted in `calls` by the caller (the in-session hot path counts inline)."""
+        self.calls -= 1
+        self._changed()
 
     @property
     def drained(self) -> bool:
