@@ -106,3 +106,33 @@ def test_pool_metrics_show_warm_processes_waiting_sessions_and_crashes(
             await until(lambda: sample(crashes))
 
     anyio.run(main)
+
+
+def test_a_server_that_drains_beside_its_successor_gives_each_series_once(
+    gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
+) -> None:
+    """A type change keeps the old runtime draining (its session open) while a new one serves the same id:
+    `/metrics` must still name each series once, or Prometheus rejects the scrape."""
+    web = demo_http("a")
+    gw = gateway(f"servers:\n  s: {{command: {DEMO}}}\n")
+
+    async def main() -> None:
+        async with httpx2.AsyncClient(timeout=30) as client:
+            session = await initialize(client, gw.mcp("s"))  # a stdio session on the first runtime
+            gw.registry.write_text(f"servers:\n  s: {{endpoint: '{web}', command: {DEMO}}}\n")  # now http
+            assert (await client.post(f"{gw.url}/admin/reload")).status_code == 200
+            await initialize(client, gw.mcp("s"))  # the new runtime serves new sessions (over http)
+            answer = await tool(client, gw.mcp("s"), session, "echo", {"text": "still here"})
+            assert answer["result"]["content"][0]["text"] == "still here"  # the old one still serves its own
+            servers = (await client.get(f"{gw.url}/servers")).json()
+            assert [s["id"] for s in servers["draining"]] == ["s"]
+            text = (await client.get(f"{gw.url}/metrics")).text
+            seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    assert key not in seen, f"{key} appears twice"
+                    seen.add(key)
+            assert any(name == "mcpfleet_processes" and ("server", "s") in labels for name, labels in seen)
+
+    anyio.run(main)

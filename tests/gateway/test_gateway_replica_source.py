@@ -17,13 +17,13 @@ from mcp import Client
 from mcpfleet.client.websocket import websocket_client
 from mcpfleet.gateway.app import Gateway
 from mcpfleet.registry import parse_registry
-from mcpfleet.replicas import MemorySource, ReplicaAddress
+from mcpfleet.replicas import MemorySource, ReplicaAddress, ReplicaSource
 
 from support import free_port, until
 
 
 @asynccontextmanager
-async def gateway_fed_by(source: MemorySource, registry: str) -> AsyncIterator[str]:
+async def gateway_fed_by(source: ReplicaSource, registry: str) -> AsyncIterator[str]:
     """Serve a Gateway whose server `web` takes its replicas from `source`; yields its /web/mcp URL."""
     port = free_port()
     async with Gateway(parse_registry(registry, "test.yaml", environ={}), replica_sources={"web": source}) as app:
@@ -114,7 +114,7 @@ async def _has(url: str, replica: str) -> bool:
 def test_sessions_on_a_replica_that_left_end_when_the_drain_passes(demo_http: Callable[[str], str]) -> None:
     urls = {name: demo_http(name) for name in ("a", "b")}
     source = MemorySource([ReplicaAddress(urls["a"])])
-    registry = f"servers:\n  web: {{endpoint: '{urls['a']}', timeouts: {{drain: 1.5}}}}\n"
+    registry = f"servers:\n  web: {{endpoint: '{urls['a']}', timeouts: {{drain: 5}}}}\n"
 
     async def main() -> None:
         async with gateway_fed_by(source, registry) as url, Client(url, mode="legacy") as on_a:
@@ -122,7 +122,7 @@ def test_sessions_on_a_replica_that_left_end_when_the_drain_passes(demo_http: Ca
             source.publish([ReplicaAddress(urls["b"])])
             await applied(url, {urls["a"]: "draining"})
             assert await whoami(on_a) == "a"  # within the drain
-            await anyio.sleep(2.0)
+            await anyio.sleep(5.5)
             with pytest.raises(Exception, match=r"(?i)session"):
                 await whoami(on_a)  # the drain passed: 404, the client must initialize again
             async with Client(url, mode="legacy") as again:
@@ -136,7 +136,7 @@ def test_a_websocket_session_bridged_to_a_replica_that_left_ends_when_the_drain_
 ) -> None:
     urls = {name: demo_http(name) for name in ("a", "b")}
     source = MemorySource([ReplicaAddress(urls["a"])])
-    registry = f"servers:\n  web: {{endpoint: '{urls['a']}', timeouts: {{drain: 1.5}}}}\n"
+    registry = f"servers:\n  web: {{endpoint: '{urls['a']}', timeouts: {{drain: 5}}}}\n"
 
     async def main() -> None:
         async with gateway_fed_by(source, registry) as url:
@@ -152,3 +152,35 @@ def test_a_websocket_session_bridged_to_a_replica_that_left_ends_when_the_drain_
                 assert await whoami(again) == "b"
 
     anyio.run(main)
+
+
+class FlakySource:
+    """A source that yields a set, fails, and yields the next set when watched again."""
+
+    def __init__(self, *sets: list[ReplicaAddress]) -> None:
+        self.sets = list(sets)
+        self.watches = 0
+
+    async def watch(self) -> AsyncIterator[tuple[ReplicaAddress, ...]]:
+        self.watches += 1
+        yield tuple(self.sets[min(self.watches, len(self.sets)) - 1])
+        raise ConnectionError("the discovery API went away")
+
+
+def test_a_failing_source_keeps_its_last_set_and_is_watched_again(demo_http: Callable[[str], str]) -> None:
+    urls = {name: demo_http(name) for name in ("a", "b")}
+    source = FlakySource([ReplicaAddress(urls["a"])], [ReplicaAddress(urls["b"])])
+    registry = f"servers:\n  web: {{endpoint: '{urls['a']}'}}\n"
+
+    async def main() -> None:
+        async with gateway_fed_by(source, registry) as url:  # the gateway outlives the source's failure
+            assert await until(lambda: _sees(source, 2), within=30)  # watched again after its backoff
+            await applied(url, {urls["b"]: "serving", urls["a"]: "draining"})
+            async with Client(url, mode="legacy") as client:
+                assert await whoami(client) == "b"
+
+    anyio.run(main)
+
+
+async def _sees(source: FlakySource, watches: int) -> bool:
+    return source.watches >= watches

@@ -111,19 +111,19 @@ class Client:
     async def call(self, token: str, name: str, arguments: dict[str, Any], rid: int = 2) -> Any:
         body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
         exchange, response = self.exchange("POST", body, token)
-        await self.relay.in_session(exchange, token, self.session(token))
+        await self.relay.serve(exchange, token, self.session(token))
         return response.json()
 
     async def delete(self, token: str) -> None:
         exchange, response = self.exchange("DELETE", token=token)
-        await self.relay.in_session(exchange, token, self.session(token))
+        await self.relay.serve(exchange, token, self.session(token))
         assert response.status == 200
 
     async def open_stream(self, tg: anyio.abc.TaskGroup, token: str) -> Response:
         """The session's GET stream, open until its `disconnect()`: the session is not idle meanwhile, so no
         waiter can reclaim it."""
         exchange, response = self.exchange("GET", token=token, accept=EVENTS)
-        tg.start_soon(self.relay.in_session, exchange, token, self.session(token))
+        tg.start_soon(self.relay.serve, exchange, token, self.session(token))
         await response.started.wait()
         return response
 
@@ -290,11 +290,11 @@ def test_a_drained_shared_mode_relay_keeps_its_sessions_and_stops_spare_processe
             exchange, response = client.exchange(
                 "POST", {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}, token
             )
-            await relay.in_shared_session(exchange, token, session)
+            await relay.serve(exchange, token, session)
             assert echoed(response.json()) == "shared" and not relay.drained
 
             exchange, response = client.exchange("DELETE", token=token)
-            await relay.in_shared_session(exchange, token, session)
+            await relay.serve(exchange, token, session)
             await relay.wait_drained()
             assert relay.drained
 

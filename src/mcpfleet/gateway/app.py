@@ -157,7 +157,10 @@ class Gateway:
             await anyio.sleep(POOL_INTERVAL)
             now = time.monotonic()
             for runtime in list(self._runtimes.values()):
-                await runtime.maintain(now)
+                try:
+                    await runtime.maintain(now)
+                except Exception:  # upkeep of one server must not stop the others', nor the gateway
+                    log.exception("server %r: upkeep failed; it runs again in %g s", runtime.server.id, POOL_INTERVAL)
 
     def start_soon(self, fn: Any, *args: Any) -> None:
         assert self._task_group is not None

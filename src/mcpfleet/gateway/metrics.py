@@ -9,6 +9,7 @@ Each gateway has its own registry, so several can live in one process (tests do 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -86,6 +87,11 @@ class _StateCollector(Collector):
         healthy = GaugeMetricFamily(
             "mcpfleet_replica_up", "1 unless the replica is ejected.", labels=["server", "replica"]
         )
+        draining = GaugeMetricFamily(
+            "mcpfleet_replica_draining",
+            "1 while the replica left the set and serves only the sessions pinned there (timeouts.drain).",
+            labels=["server", "replica"],
+        )
         forwarded = CounterMetricFamily(
             "mcpfleet_replica_requests", "Requests sent to each replica.", labels=["server", "replica"]
         )
@@ -115,26 +121,48 @@ class _StateCollector(Collector):
             "mcpfleet_pool_warm", "stdio processes started ahead of need and not yet in use.", labels=["server"]
         )
         limit = GaugeMetricFamily("mcpfleet_pool_max", "pool.max of each stdio server.", labels=["server"])
+        # A server id can stand twice (the runtime in force and one that drains after a change of type, or a
+        # removal and re-addition within the drain): each series is summed over them, so none is repeated.
+        sums: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+        limits: dict[str, int] = {}
         for server in (*view.servers, *view.draining):
             for replica in server.replicas:
                 if replica.state == "unknown":
                     continue
-                labels = [server.id, replica.url]
-                in_flight.add_metric(labels, replica.in_flight)
-                healthy.add_metric(labels, 1 if replica.state == "ok" else 0)
-                forwarded.add_metric(labels, replica.requests)
-                failures.add_metric(labels, replica.failures_total)
-                ejections.add_metric(labels, replica.ejected_total)
+                labels: tuple[str, ...] = (server.id, replica.url)
+                sums["in_flight", labels] += replica.in_flight
+                sums["up", labels] = max(sums["up", labels], 0 if replica.state == "ejected" else 1)
+                sums["draining", labels] = max(sums["draining", labels], replica.state == "draining")
+                sums["requests", labels] += replica.requests
+                sums["failures", labels] += replica.failures_total
+                sums["ejections", labels] += replica.ejected_total
             for relay in server.relays:
-                kind = relay.kind
-                processes.add_metric([server.id, kind, "busy"], relay.live - relay.idle)
-                processes.add_metric([server.id, kind, "idle"], relay.idle)
-                starts.add_metric([server.id, kind], relay.started_total)
-                crashes.add_metric([server.id, kind], relay.crashed_total)
-                waiting.add_metric([server.id, kind], relay.waiting)
-                if kind == "stdio" and server.pool is not None:
-                    warm.add_metric([server.id], relay.warm)
-                    limit.add_metric([server.id], server.pool[1])
+                sums["processes", (server.id, relay.kind, "busy")] += relay.live - relay.idle
+                sums["processes", (server.id, relay.kind, "idle")] += relay.idle
+                sums["starts", (server.id, relay.kind)] += relay.started_total
+                sums["crashes", (server.id, relay.kind)] += relay.crashed_total
+                sums["waiting", (server.id, relay.kind)] += relay.waiting
+                if relay.kind == "stdio" and server.pool is not None:
+                    sums["warm", (server.id,)] += relay.warm
+                    if not server.draining:
+                        limits[server.id] = server.pool[1]
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "in_flight": in_flight,
+            "up": healthy,
+            "draining": draining,
+            "requests": forwarded,
+            "failures": failures,
+            "ejections": ejections,
+            "processes": processes,
+            "starts": starts,
+            "crashes": crashes,
+            "waiting": waiting,
+            "warm": warm,
+        }
+        for (name, labels), value in sums.items():
+            families[name].add_metric(list(labels), value)
+        for server_id, pool_max in limits.items():
+            limit.add_metric([server_id], pool_max)
         sessions = GaugeMetricFamily(
             "mcpfleet_sessions",
             "Sessions held by this gateway process (stdio and "
@@ -149,6 +177,7 @@ class _StateCollector(Collector):
         yield from (
             in_flight,
             healthy,
+            draining,
             forwarded,
             failures,
             ejections,

@@ -71,6 +71,9 @@ SSE_PATH = "/sse"
 MESSAGES_PATH = "/messages/"
 WS_PATH = "/ws"
 BRIDGE_LIMIT = 10_000  # bridged HTTP connections hold no process; this only bounds memory
+FOLLOW_BACKOFF = 1.0  # seconds before a failed replica source is watched again, doubling
+FOLLOW_BACKOFF_MAX = 60.0
+RETIRE_FINISH = 5.0  # seconds requests get to unwind once a retired runtime closed their upstreams
 
 
 def static_addresses(server: HttpServer) -> tuple[ReplicaAddress, ...]:
@@ -118,7 +121,9 @@ class ServerRuntime:
         if source is None:
             self._replicas_known.set()
         self.draining = False
+        self._closed = False
         self._probing = False
+        self._following = anyio.CancelScope()  # the source's watch, cancelled when the runtime ends
         if isinstance(server, HttpServer):
             health = server.health
             balancer = Balancer.create(
@@ -199,34 +204,53 @@ class ServerRuntime:
         return True
 
     def update_replicas(self, addresses: Sequence[ReplicaAddress]) -> None:
-        """A new replica set (from the registry or a source): joiners take new work now, leavers drain."""
+        """A new replica set (from the registry or a source): joiners take new work now, leavers drain (their
+        end is `maintain`'s: connections closed, bridged sessions ended)."""
         assert self.balancer is not None
-        for replica in self.balancer.update(addresses, self.server.timeouts.drain):
-            if self.http is not None:
-                self.http.forget(replica.url)
+        self.balancer.update(addresses, self.server.timeouts.drain)
 
     async def follow(self, source: ReplicaSource) -> None:
-        """Apply each replica set `source` yields, until the runtime ends."""
-        async for addresses in source.watch():
-            if self.closed:
-                return
-            self.update_replicas(addresses)
-            self._replicas_known.set()
-            log.info("server %r: %d replicas serving", self.server.id, sum(a.serving for a in addresses))
+        """Apply each replica set `source` yields, until the runtime ends. A source that fails keeps its last
+        set in force and is watched again after a backoff (FOLLOW_BACKOFF doubling to FOLLOW_BACKOFF_MAX),
+        logged as "attempt n"; it never takes the gateway down."""
+        backoff = FOLLOW_BACKOFF
+        attempt = 1
+        with self._following:
+            while not self.closed:
+                try:
+                    async for addresses in source.watch():
+                        self.update_replicas(addresses)
+                        self._replicas_known.set()
+                        backoff, attempt = FOLLOW_BACKOFF, 1
+                        serving = sum(a.serving for a in addresses)
+                        log.info("server %r: %d replicas serving", self.server.id, serving)
+                    return  # the source has nothing more to say (a static set): its last set stays
+                except Exception as exc:
+                    log.error(
+                        "server %r: its replica source failed (%s); the last replica set stays, attempt %d"
+                        " again in %g s",
+                        self.server.id,
+                        exc,
+                        attempt + 1,
+                        backoff,
+                    )
+                await anyio.sleep(backoff)
+                backoff, attempt = min(FOLLOW_BACKOFF_MAX, backoff * 2), attempt + 1
 
     async def _first_replica_set(self) -> None:
-        """A source's first set is on its way (the runtime was just made): wait for it, up to `timeouts.connect`."""
+        """A source's first set is on its way (the runtime was just made): wait for it, up to `timeouts.connect`,
+        once; later requests find the set, or no replica (502), without waiting."""
         with anyio.move_on_after(self.server.timeouts.connect):
             await self._replicas_known.wait()
+        self._replicas_known.set()
 
     async def maintain(self, now: float) -> None:
         """Periodic upkeep (once a second): close the connections of replicas whose drain ended; replace warm
         processes that died and stop idle or worn ones, in the current relay and the draining ones."""
         if self.balancer is not None:
             gone = {replica.url for replica in self.balancer.expire_drains()}
-            for url in gone:
-                if self.http is not None:
-                    self.http.forget(url)
+            if self.http is not None:
+                self.http.sweep()  # connections to replicas the balancer no longer knows
             if gone and self.bridge is not None:  # bridged sessions (WebSocket, legacy SSE) on those replicas end
                 await self.bridge.close_links(lambda link: link.backend.replica in gone)
         for relay in (self.stdio, *self.draining_relays):
@@ -239,11 +263,17 @@ class ServerRuntime:
         self._tg.start_soon(self._end_after_drain, relay, seconds)
 
     async def _end_after_drain(self, relay: RelayUpstream, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await relay.wait_drained()
-        await self._end_relay(relay)
-        if relay in self.draining_relays:
-            self.draining_relays.remove(relay)
+        try:
+            with anyio.move_on_after(seconds):
+                await relay.wait_drained()
+            await self._end_relay(relay)
+        except Exception:  # never into the gateway's task group: stop what is left and go on
+            log.exception("server %r: ending a drained relay failed; stopping it now", self.server.id)
+            with anyio.CancelScope(shield=True):
+                await relay.aclose()
+        finally:
+            if relay in self.draining_relays:
+                self.draining_relays.remove(relay)
 
     async def _end_relay(self, relay: RelayUpstream) -> None:
         ending = [s for s in self.sessions.of_server(self.server.id) if relay.holds(s)]
@@ -289,7 +319,8 @@ class ServerRuntime:
 
     @property
     def closed(self) -> bool:
-        return any(u.retired for u in self.upstreams)
+        """The runtime ended (`retire` or `aclose`); a relay of an earlier configuration ending is not it."""
+        return self._closed
 
     async def handle(self, exchange: Exchange) -> None:
         if self.http is None and self.stdio is None and self.bridge is None:
@@ -365,11 +396,11 @@ class ServerRuntime:
     # --- message-stream clients: legacy HTTP+SSE and WebSocket --------------------------------------------
 
     async def _bridge_relay(self) -> RelayUpstream:
+        """Where a message-stream client's session goes: the HTTP bridge while an endpoint answers, else stdio."""
         if not self.upstreams:
             raise GatewayError(
                 501, -32601, f"server {self.server.id!r} is of type {self.server.type!r}: not served yet"
             )
-        """Where a message-stream client's session goes: the HTTP bridge while an endpoint answers, else stdio."""
         if self.bridge is not None and (self.stdio is None or await self._any_endpoint_answers()):
             return self.bridge
         if self.stdio is not None:
@@ -507,22 +538,23 @@ class ServerRuntime:
                     tg.start_soon(upstream.wait_drained)
             while self.inflight:
                 await self._idle.wait()
-        await self.retire(drain_limit=min(seconds, 10.0))
+        await self.retire()
 
-    async def retire(self, drain_limit: float = 600.0) -> None:
-        """Take no new work, let in-flight requests finish (bounded), then end sessions and processes."""
+    async def retire(self, finish: float = RETIRE_FINISH) -> None:
+        """End now: sessions end (their ids get 404) and upstreams close, which ends open streams and
+        WebSockets; then requests still in flight get up to `finish` seconds to unwind."""
         ending = [s for s in self.sessions.of_server(self.server.id) if self.owns(s)]
-        for upstream in self.upstreams:
-            upstream.retired = True
-        with anyio.move_on_after(drain_limit):
-            while self.inflight:
-                await self._idle.wait()
         for session in ending:
             self.sessions.drop_session(session)
         await close_all(ending)  # together: one after another, 2,000 sessions took a quarter of an hour
         await self.aclose()
+        with anyio.move_on_after(finish):
+            while self.inflight:
+                await self._idle.wait()
 
     async def aclose(self) -> None:
+        self._closed = True
+        self._following.cancel()
         for upstream in self.upstreams:
             upstream.retired = True
             await upstream.aclose()

@@ -23,6 +23,10 @@ class ReplicaAddress:
     weight: int = 1
     serving: bool = True
 
+    def __post_init__(self) -> None:
+        if self.weight < 1:
+            raise ValueError(f"replica {self.url}: weight must be 1 or more, not {self.weight}")
+
 
 class ReplicaSource(Protocol):
     """Yields the replica set of one server, first as it is now, then after each change.

@@ -56,12 +56,14 @@ class Balancer:
         self.backoff = backoff
         self.max_backoff = max_backoff
 
-    def update(self, addresses: Sequence[ReplicaAddress], drain: float) -> list[Replica]:
+    def update(self, addresses: Sequence[ReplicaAddress], drain: float) -> None:
         """Make the serving set `addresses` (those with `serving` set). Replicas that leave it drain for
-        `drain` seconds; a draining one that comes back serves again with its state. Returns the replicas whose
-        drain ended (gone for good: their connections can close)."""
+        `drain` seconds; a draining one that comes back serves again with its state. The strategy starts
+        afresh only when members or weights changed (a source that resends the same set moves nothing).
+        Drains that ended are collected by `expire_drains`."""
         now = self.clock()
         wanted = {a.url: a for a in addresses if a.serving}
+        before = [(r.url, r.weight) for r in self.replicas]
         current = {r.url: r for r in self.replicas}
         serving: list[Replica] = []
         for url, address in wanted.items():
@@ -74,8 +76,8 @@ class Balancer:
                 replica.draining_until = now + drain
                 self.draining[replica.url] = replica
         self.replicas = serving
-        self.strategy.reset(serving)
-        return self.expire_drains()
+        if [(r.url, r.weight) for r in serving] != before:
+            self.strategy.reset(serving)
 
     def expire_drains(self) -> list[Replica]:
         """Drop draining replicas whose `timeouts.drain` passed; returns them."""

@@ -11,6 +11,10 @@ cost at all. Probes (`/healthz`, `/readyz`) are never authenticated: a load bala
 credentials. A CORS preflight from an allowed origin is answered before this layer (a browser sends no
 credentials with it). Everything else is authenticated: the MCP routes, `/`, `/servers`, `/metrics` and
 `/admin/reload` (which also answers loopback clients only).
+
+Not yet (issue 12): the gateway has no authenticator of its own to configure, and a request that passes
+goes upstream with its headers, `Authorization` included: an authenticator that consumes a gateway-only
+credential must not be plugged in before that header is stripped.
 """
 
 from __future__ import annotations

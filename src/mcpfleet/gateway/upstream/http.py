@@ -115,11 +115,11 @@ class HttpUpstream:
         self._not_forwarded = NOT_FORWARDED_UP | self._configured_names
         self._not_forwarded_mcp = self._not_forwarded | {b"accept-encoding"}
 
-    def forget(self, replica: str) -> None:
-        """Close the connections to a replica that left for good (its drain ended)."""
-        pool = self._pools.pop(replica, None)
-        if pool is not None:
-            pool.close()
+    def sweep(self) -> None:
+        """Close the connections to replicas the balancer no longer knows (their drain ended). Swept rather
+        than closed at the end of each drain: a request or probe that began before may open a pool after."""
+        for replica in [url for url in self._pools if self.balancer.replica(url) is None]:
+            self._pools.pop(replica).close()
 
     async def aclose(self) -> None:
         for pool in self._pools.values():

@@ -145,10 +145,6 @@ class RelayUpstream:
         with self.pool.request():
             await self._serving.initialize(exchange, message)
 
-    async def in_session(self, exchange: Exchange, token: str, session: StdioSession) -> None:
-        with self.pool.request():
-            await self._serving.in_session(exchange, token, session)
-
     async def open_bridge(self) -> tuple[StdioSession, Outbox]:
         """A session for a message-stream client: one connection, every message on one outbox."""
         self.pool.refuse_if_draining("sessions")
@@ -163,10 +159,6 @@ class RelayUpstream:
         self.pool.refuse_if_draining("sessions")
         with self.pool.request():
             await self._shared.initialize_shared(exchange, message)
-
-    async def in_shared_session(self, exchange: Exchange, token: str, session: SharedSession) -> None:
-        with self.pool.request():
-            await self._shared.in_shared_session(exchange, token, session)
 
     def session_ended(self, session: SharedSession) -> None:
         self.pool.session_ended(session)
