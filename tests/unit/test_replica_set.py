@@ -164,3 +164,16 @@ def test_consistent_hash_honours_weights_and_skips_ejected_replicas() -> None:
 def test_consistent_hash_without_a_key_falls_back_to_round_robin() -> None:
     balancer = make("consistent_hash", "a", "b")
     assert [balancer.pick().url for _ in range(4)] == ["http://a", "http://b", "http://a", "http://b"]
+
+
+def test_a_lower_drain_shortens_the_drains_under_way_and_a_higher_one_does_not_lengthen_them() -> None:
+    clock = Clock()
+    balancer = make("round_robin", "a", "b", "c", clock=clock)
+    balancer.update(addresses("a", "b"), drain=600)  # c drains for 10 minutes
+    balancer.update(addresses("a", "b"), drain=3)  # a reload lowers timeouts.drain
+    clock.now += 4
+    assert balancer.replica("http://c") is None
+    balancer.update(addresses("a"), drain=3)  # b drains for 3 s
+    balancer.update(addresses("a"), drain=600)  # raised again: b's drain stays 3 s
+    clock.now += 4
+    assert balancer.replica("http://b") is None

@@ -217,17 +217,24 @@ class Gateway:
         self._prewarm()
         added = sorted(set(fresh.servers) - set(old.servers))
         removed = sorted(set(old.servers) - set(fresh.servers))
+        changed = sorted(i for i in set(fresh.servers) & set(old.servers) if fresh.servers[i] != old.servers[i])
         log.info(
-            "registry reloaded (generation %d): %d servers, added %s, removed %s",
+            "registry reloaded (generation %d): %d server(s), added %s, changed %s, removed %s",
             self.generation,
             len(fresh.servers),
             added or "none",
+            changed or "none",
             removed or "none",
         )
 
     def _drain(self, runtime: ServerRuntime) -> None:
         server_id = runtime.server.id
         self._draining.setdefault(server_id, []).append(runtime)
+        log.info(
+            "server %r: its open sessions are served until they end or %g s pass (timeouts.drain)",
+            server_id,
+            runtime.server.timeouts.drain,
+        )
 
         async def drain() -> None:
             try:

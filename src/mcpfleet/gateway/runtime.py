@@ -207,7 +207,17 @@ class ServerRuntime:
         """A new replica set (from the registry or a source): joiners take new work now, leavers drain (their
         end is `maintain`'s: connections closed, bridged sessions ended)."""
         assert self.balancer is not None
+        before = {r.url for r in self.balancer.replicas}
         self.balancer.update(addresses, self.server.timeouts.drain)
+        after = {r.url for r in self.balancer.replicas}
+        if after != before:
+            log.info(
+                "server %r: replicas joined %s, left %s (their sessions drain for up to %g s)",
+                self.server.id,
+                sorted(mask_url(u) for u in after - before) or "none",
+                sorted(mask_url(u) for u in before - after) or "none",
+                self.server.timeouts.drain,
+            )
 
     async def follow(self, source: ReplicaSource) -> None:
         """Apply each replica set `source` yields, until the runtime ends. A source that fails keeps its last
@@ -258,6 +268,13 @@ class ServerRuntime:
                 await relay.expire_idle(now)
 
     def _drain_relay(self, relay: RelayUpstream, seconds: float) -> None:
+        log.info(
+            "server %r: its command or environment changed; new sessions get new processes, the %d open ones keep"
+            " theirs until they end or %g s pass",
+            self.server.id,
+            len(relay.live),
+            seconds,
+        )
         relay.drain()
         self.draining_relays.append(relay)
         self._tg.start_soon(self._end_after_drain, relay, seconds)

@@ -20,6 +20,7 @@ SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # Path segments the gateway serves itself: a server cannot take them as its id.
 RESERVED_IDS = frozenset({"healthz", "readyz", "servers", "metrics", "admin", ".well-known"})
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 section 5.6.2)
 
 Seconds = Annotated[float, Field(gt=0)]
 Argv = tuple[str, ...]
@@ -86,7 +87,17 @@ class Balancer(_Model):
     strategy: Literal["round_robin", "least_connections", "p2c", "random", "consistent_hash"] = "round_robin"
     # `consistent_hash`: the request's key is this header's value, or the client's address when the header is
     # absent or not set; the same key goes to the same replica while it serves (rendezvous hashing).
-    hash_header: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")] | None = None
+    hash_header: str | None = None
+
+    @field_validator("hash_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not HEADER_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an HTTP header name (a token such as X-Tenant-Id: no spaces or separators)"
+            )
+        return value
+
     # `pin`: a 2026-07-28 retry carrying `requestState` goes back to the replica that issued it (the SDK seals
     # the state with a per-process key). `any`: spread it like other requests (replicas share the key).
     request_state: Literal["pin", "any"] = "pin"

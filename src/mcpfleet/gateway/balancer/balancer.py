@@ -75,6 +75,9 @@ class Balancer:
             if replica.url not in wanted:
                 replica.draining_until = now + drain
                 self.draining[replica.url] = replica
+        for replica in self.draining.values():  # a shorter drain (a reload lowered it) applies to those under way
+            if replica.draining_until is not None:
+                replica.draining_until = min(replica.draining_until, now + drain)
         self.replicas = serving
         if [(r.url, r.weight) for r in serving] != before:
             self.strategy.reset(serving)
