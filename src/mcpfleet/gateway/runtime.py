@@ -41,14 +41,12 @@ from mcpfleet.gateway.asgi import (
     Send,
     header,
     respond,
-    send_chunk,
-    start_event_stream,
-    stream_body,
 )
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
-from mcpfleet.gateway.protocol import error_response, parse_body, sse_event
+from mcpfleet.gateway.protocol import parse_body
 from mcpfleet.gateway.session import Session, SessionTable, close_all
+from mcpfleet.gateway.streams import legacy_event_stream, websocket_session
 from mcpfleet.gateway.upstream.backend import (
     Backend,
     ProcessBackend,
@@ -446,10 +444,7 @@ class ServerRuntime:
         prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
         endpoint = f"{prefix}/{self.server.id}{MESSAGES_PATH}?session_id={token}"
         try:
-            await start_event_stream(exchange.send)
-            await send_chunk(exchange.send, sse_event(endpoint.encode(), event="endpoint"))
-            keepalive = exchange.snapshot.gateway.keepalive_interval
-            await stream_body(exchange.receive, exchange.send, box.events(keepalive))
+            await legacy_event_stream(exchange, box, endpoint, exchange.snapshot.gateway.keepalive_interval)
         finally:
             self.sessions.drop(token)
             with anyio.CancelScope(shield=True):
@@ -480,37 +475,7 @@ class ServerRuntime:
             await send({"type": "websocket.close", "code": 1011, "reason": exc.message[:120]})
             return
         try:
-            await send({"type": "websocket.accept", "subprotocol": "mcp"})
-            async with anyio.create_task_group() as tg:
-
-                async def to_client() -> None:
-                    async for item in box.receive:
-                        await send({"type": "websocket.send", "text": item.decode()})
-                    await send({"type": "websocket.close", "code": 1011, "reason": "the server went away"})
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(to_client)
-                while True:
-                    message = await receive()
-                    if message["type"] == "websocket.disconnect":
-                        break
-                    text = message.get("text")
-                    if text is None:
-                        await send({"type": "websocket.close", "code": 1003, "reason": "text frames only"})
-                        break
-                    if len(text) > max_frame:
-                        await send(
-                            {"type": "websocket.close", "code": 1009, "reason": "frame over gateway.max_message_bytes"}
-                        )
-                        break
-                    try:
-                        messages, _ = parse_body(text.encode())
-                        await session.bridge(messages, box)
-                    except GatewayError as exc:
-                        await send(
-                            {"type": "websocket.send", "text": error_response(None, exc.code, exc.message).decode()}
-                        )
-                tg.cancel_scope.cancel()
+            await websocket_session(receive, send, session, box, max_frame)
         finally:
             with anyio.CancelScope(shield=True):
                 await session.aclose()
