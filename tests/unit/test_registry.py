@@ -561,3 +561,14 @@ def test_a_field_of_another_entry_type_says_which_types_take_it() -> None:
     assert (
         messages["servers.b.balancer"] == "applies only to docker, http and kubernetes entries, and this entry is stdio"
     )
+
+
+def test_a_hash_header_without_consistent_hash_is_accepted_with_a_warning() -> None:
+    text = "servers:\n  web: {endpoint: 'http://h:1', balancer: {strategy: round_robin, hash_header: X-Tenant-Id}}\n"
+    reg = parse_registry(text, "fleet.yaml", environ={})
+    assert reg.warnings == (
+        "fleet.yaml: servers.web.balancer.hash_header: ignored: only strategy consistent_hash reads it, and this"
+        " entry's strategy is round_robin",
+    )
+    hashed = text.replace("round_robin", "consistent_hash")
+    assert parse_registry(hashed, "fleet.yaml", environ={}).warnings == ()

@@ -72,6 +72,8 @@ class Gateway:
         """`replica_sources`: server id -> where its replicas come from, in place of the entry's `endpoints`
         (discovery; see mcpfleet.replicas). `authenticator`: who may call (policy/auth.py); None: anyone."""
         self._snapshot = registry
+        for warning in registry.warnings:  # accepted but ignored: client-only keys, settings nothing reads
+            log.warning("registry: %s", warning)
         self.replica_sources = dict(replica_sources or {})
         self.registry_path = Path(registry_path) if registry_path is not None else None
         # What the registry file held at the last load or reload attempt: a watcher reloads only on a change.
@@ -195,6 +197,8 @@ class Gateway:
         (`ServerRuntime.configure`); removed ones, and ones whose type or transport changed, drain."""
         old = self._snapshot
         self._snapshot = fresh
+        for warning in fresh.warnings:
+            log.warning("registry: %s", warning)
         self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
         for notice in self.policy.notices():
             log.warning("%s", notice)

@@ -31,7 +31,17 @@ from mcpfleet.registry.forms import (
     read_document,
     suggest_id,
 )
-from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, SERVER_TYPES, Gateway, Registry, Server
+from mcpfleet.registry.model import (
+    RESERVED_IDS,
+    SERVER_ID,
+    SERVER_TYPES,
+    DockerServer,
+    Gateway,
+    HttpServer,
+    KubernetesServer,
+    Registry,
+    Server,
+)
 from mcpfleet.registry.validation import ENTRY_KEYS, Checked, Located, check, spelling
 
 # Keys some clients write that mcpfleet refuses with a reason rather than as unknown.
@@ -50,6 +60,19 @@ def load_registry(path: str | os.PathLike[str], environ: Mapping[str, str] | Non
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError([Problem(source, "", f"cannot read the file: {exc}")]) from None
     return parse_registry(text, source, environ=os.environ if environ is None else environ)
+
+
+def _unused_settings(server: Server) -> list[tuple[str, str]]:
+    """Settings an entry gives that nothing reads with the rest of it: accepted, with a warning."""
+    balancer = server.balancer if isinstance(server, HttpServer | DockerServer | KubernetesServer) else None
+    if balancer is not None and balancer.hash_header is not None and balancer.strategy != "consistent_hash":
+        return [
+            (
+                "balancer.hash_header",
+                f"ignored: only strategy consistent_hash reads it, and this entry's strategy is {balancer.strategy}",
+            )
+        ]
+    return []
 
 
 def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Registry:
@@ -78,6 +101,7 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
             failed[raw.server_id] = f"{source}: " + "; ".join(f"{path}: {message}" for path, message in outcome.unset)
         elif outcome.server is not None:
             servers[raw.server_id] = outcome.server
+            warnings += [f"{source}: {raw.path}.{path}: {note}" for path, note in _unused_settings(outcome.server)]
 
     if blocking:
         raise RegistryError([Problem(source, path, message) for path, message in located])
