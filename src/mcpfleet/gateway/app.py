@@ -150,7 +150,7 @@ class Gateway:
             warm = isinstance(server, StdioServer | HttpServer) and server.command and server.pool.min
             probed = isinstance(server, HttpServer) and server.health.active
             if warm or probed or server_id in self.replica_sources:  # a source is followed from the start
-                self._runtime(self._snapshot, server_id)
+                self._runtime(server_id)
 
     async def _maintain_pools(self) -> None:
         """Once a second: replace warm processes that died, stop warm ones idle past `pool.idle_timeout`,
@@ -256,10 +256,10 @@ class Gateway:
 
         self.start_soon(drain)
 
-    def _runtime(self, snapshot: Registry, server_id: str) -> ServerRuntime | None:
+    def _runtime(self, server_id: str) -> ServerRuntime | None:
         """The runtime of `server_id` in the registry in force (made on first use); None if it is not there.
-        `snapshot`: the registry the caller looked the server up in; a request that began under an older one
-        is served by the runtime in force, which a reload updated in place."""
+        A request that began under an older registry is served by the runtime in force, which a reload
+        updated in place."""
         server = self._snapshot.servers.get(server_id)
         if server is None:
             return None
@@ -323,14 +323,14 @@ class Gateway:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Refusals are raised before `websocket.connect` is taken: `ErrorBoundary` refuses the handshake.
         _, segments = self._target(scope)
-        runtime = self._runtime(self._snapshot, segments[0]) if len(segments) == 2 else None
+        runtime = self._runtime(segments[0]) if len(segments) == 2 else None
         if runtime is None or segments[1] != "ws":
             raise GatewayError(404, -32601, "WebSocket endpoints are /<server-id>/ws")
         if "mcp" not in scope.get("subprotocols", []):
             raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
         await receive()  # websocket.connect
         # Taken again after the await, from the registry in force: a reload may have retired the first one.
-        runtime = self._runtime(self._snapshot, segments[0])
+        runtime = self._runtime(segments[0])
         if runtime is None:
             await send({"type": "websocket.close", "code": 1011, "reason": "the server left the registry"})
             return
@@ -368,7 +368,7 @@ class Gateway:
             # request in flight from its first step: with no await between the two, a reload cannot retire (and
             # close) the runtime under the request.
             snapshot = self._snapshot
-            runtime = self._runtime(snapshot, first)
+            runtime = self._runtime(first)
             if first in self._draining:  # rare: only while a reload's changes drain
                 runtime = self._draining_runtime(first, scope) or runtime
             if runtime is None:

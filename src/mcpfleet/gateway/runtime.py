@@ -118,7 +118,6 @@ class ServerRuntime:
         self._replicas_known = anyio.Event()  # the first set arrived (at once for the registry's endpoints)
         if source is None:
             self._replicas_known.set()
-        self.draining = False
         self._closed = False
         self._probing = False
         self._following = anyio.CancelScope()  # the source's watch, cancelled when the runtime ends
@@ -511,7 +510,6 @@ class ServerRuntime:
         """The server left the registry (or changed type or transport): take no new session; serve the open
         ones until they end or `seconds` pass (HTTP sessions live upstream, so an http server's are served for
         all of `seconds`); then end them and stop everything."""
-        self.draining = True
         for upstream in self.upstreams:
             upstream.drain()
         with anyio.move_on_after(seconds):

@@ -69,18 +69,22 @@ class LeastConnections(RoundRobin):
         return _first(self.next_of([r for r in pool if r.load() == lowest]), pool)
 
 
-class PowerOfTwo:
-    """Two replicas drawn at random, the cheaper taken: in-flight work scaled by how slow the replica has been
-    answering (Linkerd's peak-EWMA idea). The floor keeps millisecond noise between fast replicas from
-    outweighing a difference in in-flight requests."""
-
-    name = "p2c"
+class _Randomized:
+    """A strategy that keeps no state about the replicas, only a random source (seeded in tests)."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
     def reset(self, replicas: Sequence[Replica]) -> None:
         pass
+
+
+class PowerOfTwo(_Randomized):
+    """Two replicas drawn at random, the cheaper taken: in-flight work scaled by how slow the replica has been
+    answering (Linkerd's peak-EWMA idea). The floor keeps millisecond noise between fast replicas from
+    outweighing a difference in in-flight requests."""
+
+    name = "p2c"
 
     def rank(self, pool: list[Replica], key: str | None) -> list[Replica]:
         a, b = self.rng.sample(pool, 2)
@@ -91,14 +95,8 @@ class PowerOfTwo:
         return (replica.in_flight + 1) * (replica.latency + LATENCY_FLOOR) / replica.weight
 
 
-class Random:
+class Random(_Randomized):
     name = "random"
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def reset(self, replicas: Sequence[Replica]) -> None:
-        pass
 
     def rank(self, pool: list[Replica], key: str | None) -> list[Replica]:
         return _first(self.rng.choices(pool, weights=[r.weight for r in pool])[0], pool)
