@@ -11,7 +11,9 @@ Exit codes (the CLI's; `docs/cli.md` documents them for users):
 - 2: `McpfleetError` by default, `UsageError`, `RegistryError`, `UnknownServerError`, `UnknownToolError`,
   `EntryError`: something the user wrote (an option, the registry, a server or tool name) is wrong.
 - 3: `ServerUnavailableError` and its subclasses, `GatewayError`: an MCP server (or, for the CLI, the
-  gateway in between) is unreachable, failed to start, or broke the protocol.
+  gateway in between) is unreachable, failed to start, or broke the protocol; `DeployError`: a deployment
+  backend (the Docker engine) is unreachable or refused (no engine, no permission, image missing, a
+  container that exited at once, a port taken).
 - 4: `ListenError`: `mcpfleet serve` cannot listen on its address (port taken, address not on this machine,
   name unresolved, no privilege); unlike 2, often gone a moment later.
 """
@@ -134,6 +136,25 @@ class ServerStartError(ServerUnavailableError):
 
 class ServerUnreachableError(ServerUnavailableError):
     """No HTTP endpoint of a server answered, and it has no command to fall back to."""
+
+
+class DeployError(ServerUnavailableError):
+    """A deployment backend could not do what was asked (exit 3): its engine or API is unreachable or refuses,
+    an image does not exist, a container exited at once (its last log lines in the message), a port is taken.
+    `server_id` is None for errors that concern no one server."""
+
+    def __init__(self, message: str, *, server_id: str | None = None, logs: str = "") -> None:
+        self.server_id = server_id
+        self.logs = logs
+        text = f"server {server_id!r}: {message}" if server_id else message
+        if logs:
+            text += "\n  last log lines:\n" + "\n".join(f"    {line}" for line in logs.splitlines())
+        super().__init__(text)
+        self.message = message
+
+
+class EngineUnavailableError(DeployError):
+    """The Docker engine does not answer, or its socket refuses us (exit 3): one line naming what is missing."""
 
 
 class ProtocolError(ServerUnavailableError):

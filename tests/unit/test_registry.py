@@ -156,7 +156,7 @@ gateway: {port: 99999}
             "servers:\n  a: {command: [x], balancer: {strategy: p2c}}\n",
             "servers.a.balancer: applies only to docker, http and kubernetes entries",
         ),
-        ("servers:\n  a: {type: docker, image: i}\n", "needs the container 'port'"),
+        ("servers:\n  a: {type: docker, image: i, idle_timeout: 60}\n", "'start' and 'idle_timeout' are for HTTP"),
         ("servers:\n  a: {type: k8s}\n", "exactly one of 'image' or 'chart'"),
         ("servers:\n  a: {type: k8s, image: i, namespace: Bad_NS}\n", "not a valid Kubernetes namespace"),
         ("servers:\n  a: {type: docker, image: i, port: 1, resources: {memory: lots}}\n", "is not a quantity"),
@@ -265,8 +265,8 @@ def test_container_paths_and_ports_are_checked() -> None:
         for p in problems("servers:\n  a: {type: docker, image: i, port: 1, path: x}\n")
     )
     assert any(
-        "only for transport 'http'" in p
-        for p in problems("servers:\n  a: {type: docker, image: i, transport: stdio, port: 80}\n")
+        "network 'none' publishes no port" in p
+        for p in problems("servers:\n  a: {type: docker, image: i, network: none, port: 80}\n")
     )
 
 

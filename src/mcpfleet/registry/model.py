@@ -342,32 +342,161 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class DockerServer(_CommandForms, _Entry):
+_CAPABILITY = re.compile(r"(CAP_)?[A-Z][A-Z_]*[A-Z]")
+# Docker's own rule for container and network names, and a loose image reference (name[:tag][@digest]).
+_DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_IMAGE = re.compile(r"[a-z0-9]([a-zA-Z0-9._/:@+-]*[a-zA-Z0-9_])?")
+
+
+class DockerResources(Resources):
+    """Per-container limits: `cpu` and `memory` as quantities (Docker has no request, so both are hard
+    limits), `pids` the most processes and threads the container may have (a fork bomb stops there)."""
+
+    pids: Annotated[int, Field(ge=1)] | None = 256
+
+
+class Volume(_Model):
+    """A mount: a host path (absolute) or a named volume at `target`; read-only unless `read_only: false`.
+    The short form `source:target[:rw|:ro]` is accepted."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        parts = data.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise ValueError(f"{data!r} is not a volume: write SOURCE:TARGET, SOURCE:TARGET:ro or SOURCE:TARGET:rw")
+        return {"source": parts[0], "target": parts[1], "read_only": len(parts) == 2 or parts[2] == "ro"}
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, source: str) -> str:
+        if not (source.startswith("/") or _DOCKER_NAME.fullmatch(source)):
+            raise ValueError(f"{source!r} is neither an absolute host path nor a volume name")
+        return source
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, target: str) -> str:
+        if not target.startswith("/"):
+            raise ValueError(f"{target!r} must be an absolute path in the container")
+        return target
+
+
+class Security(_Model):
+    """How a container is confined. Defaults: no new privileges, every capability dropped, the image's
+    user; `read_only: true` makes the root filesystem read-only (a tmpfs at /tmp stays writable)."""
+
+    no_new_privileges: bool = True
+    cap_add: tuple[str, ...] = ()
+    read_only: bool = False
+    user: str | None = None
+
+    @field_validator("cap_add")
+    @classmethod
+    def _capabilities(cls, caps: tuple[str, ...]) -> tuple[str, ...]:
+        for cap in caps:
+            if not _CAPABILITY.fullmatch(cap):
+                raise ValueError(f"{cap!r} is not a capability name such as NET_BIND_SERVICE")
+        return tuple(cap.removeprefix("CAP_") for cap in caps)
+
+
+class DockerServer(_Entry):
+    """A server run in Docker containers from `image`. With a `port` it is an HTTP server: `replicas`
+    containers, each publishing `port` on 127.0.0.1, balanced by the gateway. Without one it is a stdio
+    server: one container per session (or per shared process, `pool.mode: shared`), attached to its stdin.
+
+    `command` replaces the image's entrypoint and `args` its command, as in Kubernetes (section 12.2 of the
+    Plan Document). `start: on_boot` starts the replicas with the gateway; `on_demand` at the first request.
+    `idle_timeout`: seconds without a request after which every replica stops (scale to zero); the next
+    request starts them again and waits up to `timeouts.startup`.
+    """
+
     type: Literal["docker"] = "docker"
     image: str
     command: Argv | None = None
-    transport: Literal["http", "stdio"] = "http"
+    args: Argv | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     path: str = "/mcp"
     replicas: Annotated[int, Field(ge=0)] = 1
     env: Mapping[str, str] = Field(default_factory=dict)
     secret_env: Mapping[str, str] = Field(default_factory=dict)
-    resources: Resources = Resources()
+    resources: DockerResources = DockerResources()
+    volumes: tuple[Volume, ...] = ()
+    network: str | None = None
+    start: Literal["on_boot", "on_demand"] | None = None
+    idle_timeout: Seconds | None = None
+    pull: Literal["missing", "never"] = "missing"
+    security: Security = Security()
+    stateless: bool = False
     balancer: Balancer = Balancer()
     pool: Pool = Pool()
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, image: str) -> str:
+        if not _IMAGE.fullmatch(image):
+            raise ValueError(f"{image!r} is not an image reference such as mcpfleet/demo:dev or python:3.11-slim")
+        return image
+
+    @field_validator("command", "args", mode="before")
+    @classmethod
+    def _argv_forms(cls, argv: Any) -> Any:
+        return [argv] if isinstance(argv, str) else argv
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, argv: Argv | None) -> Argv | None:
+        return _check_argv(argv)
 
     @field_validator("path")
     @classmethod
     def _path(cls, path: str) -> str:
         return _check_path(path)
 
+    @field_validator("network")
+    @classmethod
+    def _network(cls, network: str | None) -> str | None:
+        if network is not None and not _DOCKER_NAME.fullmatch(network):
+            raise ValueError(f"{network!r} is not a Docker network name")
+        return network
+
     @model_validator(mode="after")
-    def _port_for_http(self) -> DockerServer:
-        if self.transport == "http" and self.port is None:
-            raise ValueError("a docker server with transport 'http' needs the container 'port' it listens on")
-        if self.transport == "stdio" and self.port is not None:
-            raise ValueError("'port' is only for transport 'http': a stdio container is reached through its stdin")
+    def _kind_fields(self) -> DockerServer:
+        if self.port is not None:
+            if self.network in ("host", "none"):
+                raise ValueError(
+                    f"network {self.network!r} publishes no port: an HTTP server (one with a 'port') needs a bridge"
+                    " network such as the default"
+                )
+            if self.pool != Pool():
+                raise ValueError("'pool' is for stdio containers (no 'port'): HTTP replicas are set by 'replicas'")
+            return self
+        if self.start is not None or self.idle_timeout is not None:
+            raise ValueError(
+                "'start' and 'idle_timeout' are for HTTP replicas (entries with a 'port'): stdio containers start"
+                " per session; keep some warm with pool.min and stop spare ones with pool.idle_timeout"
+            )
+        if self.pool.mode == "shared" and not self.stateless:
+            raise ValueError(
+                "pool.mode 'shared' needs 'stateless: true': sessions share a container only when the server keeps"
+                " no per-session state"
+            )
         return self
+
+    @property
+    def stdio(self) -> bool:
+        """A stdio server (no `port`): reached through its containers' stdin and stdout."""
+        return self.port is None
+
+    @property
+    def starts_on_boot(self) -> bool:
+        return self.start != "on_demand"
 
 
 class KubernetesServer(_CommandForms, _Entry):

@@ -1,0 +1,308 @@
+"""One connection to a Docker engine, over `aiodocker` (the Engine API on asyncio, aio-libs).
+
+`Engine` is the only module that talks to Docker: the deployer, the gateway's Docker replica source and
+the stdio containers all go through it. It turns the engine's failures into `DeployError`s that say what
+is wrong and what to do (no engine, no permission on its socket, an image that does not exist, a port that
+is taken), so no caller sees an aiohttp or aiodocker exception.
+
+Why aiodocker and not the official `docker` SDK: the gateway is asyncio, and it holds long streams open
+(the event stream, one attach stream per stdio container). The `docker` SDK is synchronous: each stream
+would cost a thread, and half-closing an attach stream needs its raw socket. aiodocker is maintained by
+aio-libs, speaks API 1.41 (Docker 20.10) and later, and gives both streams as coroutines (Plan Document,
+section 12.2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiodocker
+import aiohttp
+import anyio
+
+from mcpfleet.deploy.docker.spec import label_filters
+from mcpfleet.errors import DeployError, EngineUnavailableError
+
+log = logging.getLogger("mcpfleet.docker")
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+REQUEST_TIMEOUT = 30.0  # seconds for one short Engine API call (create, start, inspect, list)
+UNREACHABLE = 900  # aiodocker's status for a connection that failed
+
+
+def engine_address() -> str:
+    """Where the engine is: `$DOCKER_HOST`, else the default unix socket."""
+    return os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
+
+
+def _unreachable(address: str, detail: str) -> EngineUnavailableError:
+    if address.startswith("unix://"):
+        path = address.removeprefix("unix://")
+        if not Path(path).exists():
+            return EngineUnavailableError(
+                f"no Docker engine: {path} does not exist (start dockerd, or set DOCKER_HOST to the engine's address)"
+            )
+        if not os.access(path, os.R_OK | os.W_OK):
+            return EngineUnavailableError(
+                f"no permission on the Docker socket {path} (run as a member of its group, usually 'docker',"
+                " or as root)"
+            )
+    return EngineUnavailableError(f"the Docker engine at {address} does not answer ({detail}); is dockerd running?")
+
+
+def _socket_missing(address: str) -> bool:
+    return address.startswith("unix://") and not Path(address.removeprefix("unix://")).exists()
+
+
+class Engine:
+    """A Docker engine. `async with Engine() as engine:` connects and checks it answers (else raises
+    `EngineUnavailableError`, exit 3); every method raises `DeployError` on a refusal."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address or engine_address()
+        self._docker: aiodocker.Docker | None = None
+        self.version: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Engine:
+        if _socket_missing(self.address):
+            raise _unreachable(self.address, "no socket")
+        self._docker = aiodocker.Docker(url=self.address)
+        try:
+            self.version = await self._call(self._docker.version())
+        except BaseException:
+            await self._docker.close()
+            self._docker = None
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._docker is not None:
+            docker, self._docker = self._docker, None
+            await docker.close()
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        """The aiodocker client (for attach streams, which need it directly)."""
+        if self._docker is None:
+            raise EngineUnavailableError(f"the Docker engine at {self.address} is not connected")
+        return self._docker
+
+    async def _call(self, awaitable: Any, *, server_id: str | None = None, what: str = "") -> Any:
+        """Await one Engine API call; its failures become DeployErrors."""
+        try:
+            return await awaitable
+        except aiodocker.DockerError as exc:
+            raise self._error(exc, server_id=server_id, what=what) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unreachable(self.address, str(exc) or type(exc).__name__) from None
+
+    def _error(self, exc: aiodocker.DockerError, *, server_id: str | None = None, what: str = "") -> DeployError:
+        if exc.status == UNREACHABLE:
+            return _unreachable(self.address, exc.message)
+        prefix = f"{what}: " if what else ""
+        return DeployError(f"{prefix}the Docker engine refused: {exc.message}", server_id=server_id)
+
+    # --- containers -----------------------------------------------------------------------------------
+
+    async def containers(self, selector: Mapping[str, str], *, running_only: bool = False) -> list[dict[str, Any]]:
+        """Summaries (`ContainerList` items: Id, Names, State, Labels, Ports, Created) of the containers that
+        carry every label of `selector`, stopped ones included unless `running_only`."""
+        found = await self._call(
+            self.docker._query_json(
+                "containers/json",
+                params={"all": "0" if running_only else "1", "filters": json.dumps(label_filters(selector))},
+            )
+        )
+        return list(found)
+
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+        """`ContainerInspect` of a container; None when it does not exist (any more)."""
+        try:
+            return dict(await self.docker.containers.container(container_id).show())
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise self._error(exc) from None
+
+    async def create(self, body: Mapping[str, Any], name: str, *, server_id: str) -> str:
+        """Create a container; its id. A missing image and a taken name are named in the error."""
+        try:
+            created = await self.docker.containers.create(dict(body), name=name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise DeployError(
+                    f"image {body['Image']!r} is not on the Docker engine (build it, or `docker pull` it;"
+                    " registry entry field 'image')",
+                    server_id=server_id,
+                ) from None
+            if exc.status == 409:
+                raise NameTaken(name) from None
+            raise self._error(exc, server_id=server_id, what=f"creating container {name}") from None
+        return str(created.id)
+
+    async def start(self, container_id: str, *, server_id: str, name: str = "") -> None:
+        """Start a created container. A published port that is taken is named in the error."""
+        try:
+            await self.docker.containers.container(container_id).start()
+        except aiodocker.DockerError as exc:
+            message = exc.message
+            if "port is already allocated" in message or "address already in use" in message:
+                raise DeployError(
+                    f"container {name or container_id[:12]} cannot publish its port: {message}", server_id=server_id
+                ) from None
+            what = f"starting container {name or container_id[:12]}"
+            raise self._error(exc, server_id=server_id, what=what) from None
+
+    async def remove(self, container_id: str, *, grace: float = 2.0) -> None:
+        """Stop a container (SIGTERM, then SIGKILL after `grace` seconds) and remove it with its anonymous
+        volumes. One that is already gone is not an error."""
+        container = self.docker.containers.container(container_id)
+        with contextlib.suppress(aiodocker.DockerError):
+            await container.stop(t=max(0, round(grace)))
+        try:
+            await container.delete(force=True, v=True)
+        except aiodocker.DockerError as exc:
+            if exc.status not in (404, 409):  # gone, or its removal already under way
+                raise self._error(exc, what=f"removing container {container_id[:12]}") from None
+
+    async def kill(self, container_id: str) -> None:
+        with contextlib.suppress(aiodocker.DockerError):
+            await self.docker.containers.container(container_id).kill()
+
+    async def logs(self, container_id: str, *, tail: int = 20) -> str:
+        """The last `tail` lines the container wrote (stdout and stderr); empty when there are none."""
+        try:
+            lines = await self.docker.containers.container(container_id).log(stdout=True, stderr=True, tail=tail)
+        except aiodocker.DockerError:
+            return ""
+        return "".join(lines).rstrip("\n")
+
+    async def follow_logs(self, container_id: str, *, tail: int = 20) -> AsyncIterator[str]:
+        """The container's output as it comes, from its last `tail` lines; ends when the container stops."""
+        stream = self.docker.containers.container(container_id).log(stdout=True, stderr=True, follow=True, tail=tail)
+        try:
+            async for chunk in stream:
+                yield chunk
+        except aiodocker.DockerError as exc:
+            raise self._error(exc, what=f"following the logs of {container_id[:12]}") from None
+
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self.docker.images.inspect(image)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise self._error(exc) from None
+        return True
+
+    async def ensure_image(self, image: str, *, pull: str, server_id: str, within: float) -> None:
+        """Make sure `image` is on the engine: pull it when missing and `pull` is `missing`, once and bounded
+        by `within` seconds. A DeployError names the image when it cannot be had (never a retry storm: the
+        caller's backoff decides when to try again)."""
+        if await self.image_present(image):
+            return
+        if pull == "never":
+            raise DeployError(
+                f"image {image!r} is not on the Docker engine and 'pull' is 'never' (build or load it first)",
+                server_id=server_id,
+            )
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(within):
+                await self.docker.images.pull(image)
+        except (aiodocker.DockerError, TimeoutError, aiohttp.ClientError) as exc:
+            detail = getattr(exc, "message", None) or str(exc) or f"no answer within {within:g} s"
+            raise DeployError(
+                f"image {image!r} is not on the Docker engine and could not be pulled ({detail}); build it, or check"
+                " the name (registry entry field 'image')",
+                server_id=server_id,
+            ) from None
+        log.info("pulled image %s in %.1f s", image, time.monotonic() - started)
+
+    # --- networks and volumes --------------------------------------------------------------------------
+
+    async def networks(self, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        return list(await self._call(self.docker.networks.list(filters=label_filters(selector))))
+
+    async def volumes(self, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        listing = self.docker.volumes.list(filters=label_filters(selector))  # type: ignore[no-untyped-call]
+        found = await self._call(listing)
+        return list(found.get("Volumes") or [])
+
+    async def ensure_network(self, name: str, labels: Mapping[str, str], *, server_id: str) -> bool:
+        """Create the bridge network `name` with `labels` unless a network of that name exists; whether it
+        was created."""
+        existing = await self._call(self.docker.networks.list(filters={"name": [name]}))
+        if any(network.get("Name") == name for network in existing):
+            return False
+        await self._call(
+            self.docker.networks.create({"Name": name, "Driver": "bridge", "Labels": dict(labels)}),
+            server_id=server_id,
+            what=f"creating network {name}",
+        )
+        return True
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str], *, server_id: str) -> bool:
+        """Create the named volume `name` with `labels` unless it exists; whether it was created."""
+        try:
+            await self.docker.volumes.get(name)  # type: ignore[no-untyped-call]
+            return False
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise self._error(exc) from None
+        await self._call(
+            self.docker.volumes.create(  # type: ignore[no-untyped-call]
+                {"Name": name, "Labels": dict(labels)}
+            ),
+            server_id=server_id,
+            what=f"creating volume {name}",
+        )
+        return True
+
+    async def remove_network(self, name: str) -> None:
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await self.docker.networks.get(name)).delete()
+
+    async def remove_volume(self, name: str) -> None:
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await self.docker.volumes.get(name)).delete()  # type: ignore[no-untyped-call]
+
+    # --- events ----------------------------------------------------------------------------------------
+
+    async def events(self, selector: Mapping[str, str], *, since: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Container events (`create`, `start`, `die`, `destroy`, ...) of containers carrying `selector`'s
+        labels, from `since` (seconds since the epoch) on. Ends when the engine closes the stream (an engine
+        restart): the caller lists again and resumes (section 11)."""
+        params: dict[str, Any] = {"filters": json.dumps({**label_filters(selector), "type": ["container"]})}
+        if since is not None:
+            params["since"] = f"{since:.9f}"
+        try:
+            async with self.docker._query("events", params=params, timeout=aiohttp.ClientTimeout()) as response:
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except aiodocker.DockerError as exc:
+            raise self._error(exc, what="watching events") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unreachable(self.address, str(exc) or type(exc).__name__) from None
+
+
+class NameTaken(DeployError):
+    """A container of that name exists already (another deployer made it first)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a container named {name} exists already")
+        self.name = name
