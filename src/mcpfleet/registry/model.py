@@ -422,6 +422,8 @@ class DockerServer(_Entry):
     command: Argv | None = None
     args: Argv | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # The port on 127.0.0.1 that `port` is published on; None: one the engine picks (each replica its own).
+    host_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     path: str = "/mcp"
     replicas: Annotated[int, Field(ge=0)] = 1
     env: Mapping[str, str] = Field(default_factory=dict)
@@ -476,7 +478,14 @@ class DockerServer(_Entry):
                 )
             if self.pool != Pool():
                 raise ValueError("'pool' is for stdio containers (no 'port'): HTTP replicas are set by 'replicas'")
+            if self.host_port is not None and self.replicas > 1:
+                raise ValueError(
+                    f"'host_port' {self.host_port} fits one replica, and 'replicas' is {self.replicas}: leave"
+                    " host_port unset so each replica gets a port of its own"
+                )
             return self
+        if self.host_port is not None:
+            raise ValueError("'host_port' needs a 'port': a stdio container publishes nothing")
         if self.start is not None or self.idle_timeout is not None:
             raise ValueError(
                 "'start' and 'idle_timeout' are for HTTP replicas (entries with a 'port'): stdio containers start"

@@ -116,6 +116,7 @@ def spec_digest(entry: DockerServer) -> str:
         "args": entry.args,
         "env": environment(entry),
         "port": entry.port,
+        "host_port": entry.host_port,
         "resources": entry.resources.model_dump(),
         "volumes": [volume.model_dump() for volume in entry.volumes],
         "network": entry.network,
@@ -189,7 +190,8 @@ def container_body(
     else:
         body["Labels"][PORT] = str(entry.port)
         body["ExposedPorts"] = {port_key(entry): {}}
-        host["PortBindings"] = {port_key(entry): [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+        host_port = "" if entry.host_port is None else str(entry.host_port)
+        host["PortBindings"] = {port_key(entry): [{"HostIp": "127.0.0.1", "HostPort": host_port}]}
     return body
 
 
