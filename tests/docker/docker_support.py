@@ -12,6 +12,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -99,16 +100,26 @@ def engine_problem() -> str | None:
 def build_images() -> DockerImages:
     """Build the images when missing (docker/build-images.sh skips what is up to date); their names."""
     env = {**os.environ, "PYTHON": sys.executable}
-    try:
-        done = subprocess.run(
-            [str(BUILD_SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{BUILD_SCRIPT} did not finish in {BUILD_TIMEOUT:.0f} s") from None
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.splitlines()[-30:])
-        raise RuntimeError(f"{BUILD_SCRIPT} exited with {done.returncode}:\n{tail}")
-    base, gateway, demo = done.stdout.split()[-3:]
+    # A session of its own, so a build that overruns is stopped whole (mmdebstrap, pip, docker build).
+    with subprocess.Popen(
+        [str(BUILD_SCRIPT)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as build:
+        try:
+            out, err = build.communicate(timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGKILL)
+            build.communicate()
+            raise RuntimeError(f"{BUILD_SCRIPT} did not finish in {BUILD_TIMEOUT:.0f} s") from None
+    if build.returncode != 0:
+        tail = "\n".join(err.splitlines()[-30:])
+        raise RuntimeError(f"{BUILD_SCRIPT} exited with {build.returncode}:\n{tail}")
+    base, gateway, demo = out.split()[-3:]
     return DockerImages(base=base, gateway=gateway, demo=demo)
 
 
