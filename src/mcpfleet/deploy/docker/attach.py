@@ -166,11 +166,15 @@ class ContainerProcess:
                 await self.wait_exited(self._grace)
         if self._create_sent:
             # By name: a create that was interrupted still made a container of that name.
+            failure = f"no answer within {REQUEST_TIMEOUT:g} s"
             with anyio.move_on_after(REQUEST_TIMEOUT):
                 try:
                     await self._engine.remove(self.container_id or self.name, grace=0)
+                    failure = ""
                 except _ENGINE_ERRORS as exc:
-                    log.warning("server %r: container %s was not removed: %s", self.server_id, self.name, exc)
+                    failure = str(exc)
+            if failure:
+                log.warning("server %r: container %s was not removed: %s", self.server_id, self.name, failure)
 
     # --- state ----------------------------------------------------------------------------------------
 
