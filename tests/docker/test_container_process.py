@@ -1,22 +1,20 @@
 """ContainerProcess against a real Docker engine: an MCP session through a container's attach stream, lines
 rebuilt across frames, the stop sequence, exit codes and stderr, and no container left behind.
 
-The engine, the images and the leak check are local fixtures here (skip without an engine); the shared ones
-of tests/docker/conftest.py (`docker_engine`, `docker_images`, `docker_project`, the autouse leak check) can
-replace them: drop the three fixtures below and take the image names from `docker_images`.
+The engine, the images, project names and the leak check are the shared fixtures of tests/docker/conftest.py.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 import pytest
+from docker_support import DockerImages
 from mcp import ClientSession
 
 from mcpfleet.client.transport import process_transport
@@ -28,7 +26,7 @@ from mcpfleet.framing import MessageTooLarge
 from mcpfleet.gateway.upstream.backend import ProcessBackend
 from mcpfleet.registry.model import DockerServer
 
-BASE = "mcpfleet/base:bookworm"  # Debian with python3
+BASE = "mcpfleet/base:bookworm"  # Debian with python3 (the build's tag, set by `images`)
 DEMO = "mcpfleet/demo:dev"  # ENTRYPOINT mcpfleet-demo
 ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
 BOUND = 30.0  # seconds any one test's Docker work may take
@@ -48,34 +46,15 @@ def run(main: Callable[[Engine], Awaitable[T]]) -> T:
     return anyio.run(connected)
 
 
-@pytest.fixture(scope="module")
-def docker_engine() -> None:
-    async def version(engine: Engine) -> dict[str, Any]:
-        return engine.version
-
-    try:
-        run(version)
-    except DeployError as exc:
-        pytest.skip(f"no Docker engine: {exc}")
+@pytest.fixture(autouse=True)
+def images(docker_images: DockerImages) -> None:
+    """The images of this session's build (the shared fixtures skip without an engine, and check for leaks)."""
+    global BASE, DEMO
+    BASE, DEMO = docker_images.base, docker_images.demo
 
 
-@pytest.fixture
-def docker_project(docker_engine: None) -> Iterator[str]:
-    """A project unique to this test; after it, no container labelled with it may remain."""
-    project = f"t{os.getpid()}-{next(_projects)}"
-    yield project
-
-    async def leftovers(engine: Engine) -> list[str]:
-        found = await engine.containers(spec.labels(project))
-        for container in found:
-            await engine.remove(container["Id"], grace=0)
-        return [name for container in found for name in container["Names"]]
-
-    assert run(leftovers) == [], "containers left behind (now removed)"
-
-
-def entry(image: str = BASE, **fields: Any) -> DockerServer:
-    return DockerServer.model_validate({"id": "box", "image": image, "pull": "never", **fields})
+def entry(image: str | None = None, **fields: Any) -> DockerServer:
+    return DockerServer.model_validate({"id": "box", "image": image or BASE, "pull": "never", **fields})
 
 
 def python(script: str, **fields: Any) -> DockerServer:

@@ -281,9 +281,11 @@ class Gateway:
         runtime = self._runtimes.get(server_id)
         if runtime is None:
             assert self._task_group is not None
-            deployment = None
+            deployment = spawn = None
             if isinstance(server, DockerServer) and not server.stdio:
                 deployment = self.deployments.controller(server)
+            elif isinstance(server, DockerServer):
+                spawn = self.deployments.containers(server, lambda: self._snapshot.servers.get(server_id))
             runtime = ServerRuntime(
                 served_form(server),
                 self.sessions,
@@ -291,6 +293,7 @@ class Gateway:
                 max_message_bytes=self._snapshot.gateway.max_message_bytes,
                 source=self.replica_sources.get(server_id),
                 deployment=deployment,
+                spawn=spawn,
             )
             self._runtimes[server_id] = runtime
         return runtime

@@ -14,10 +14,14 @@ engine that does not answer fails only the docker entries' requests (503 with th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mcpfleet.deploy.docker import spec
+from mcpfleet.deploy.docker.attach import ContainerProcess, owner_id
 from mcpfleet.deploy.docker.controller import ReplicaController
 from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.deploy.docker.engine import Engine
+from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
 
 
@@ -60,6 +64,22 @@ class Deployments:
 
     def controller(self, entry: DockerServer) -> ReplicaController:
         return ReplicaController(self.deployer, entry)
+
+    def containers(self, entry: DockerServer, current: Callable[[], Server | None]) -> Callable[[int], Backend]:
+        """How a docker stdio entry's processes start: each a container (`ContainerProcess`) of the entry in
+        force when it starts (`current()`, so a reload's new timeouts reach new containers; `entry` once the
+        server left the registry), labelled with this gateway as its owner."""
+        owner = owner_id()
+
+        def start(max_message_bytes: int) -> Backend:
+            now = current()
+            docker = now if isinstance(now, DockerServer) and now.stdio else entry
+            process = ContainerProcess(
+                self.engine, docker, project=self.deployer.project, owner=owner, max_line=max_message_bytes
+            )
+            return ProcessBackend.of(process)
+
+        return start
 
     async def aclose(self) -> None:
         await self.engine.aclose()

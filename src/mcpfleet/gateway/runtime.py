@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -106,10 +106,13 @@ class ServerRuntime:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         source: ReplicaSource | None = None,
         deployment: Deployment | None = None,
+        spawn: Callable[[int], Backend] | None = None,
     ) -> None:
         """`source`: where an http entry's replicas come from; None for the entry's own `endpoints`.
         `deployment`: the backend that starts the replicas (a docker entry): its source is followed, it runs
-        while the runtime lives, and a request that finds no replica wakes it."""
+        while the runtime lives, and a request that finds no replica wakes it. `spawn(max_message_bytes)`: how
+        a process of a stdio entry starts (a container, for a docker entry); None: its command, locally."""
+        self.spawn = spawn
         self.deployment = deployment
         if deployment is not None:
             source = deployment.source
@@ -189,6 +192,8 @@ class ServerRuntime:
         limit = self.max_message_bytes
 
         def process() -> Backend:
+            if self.spawn is not None:
+                return self.spawn(limit)
             # The entry in force when the process starts: a reload's new timeouts reach new processes.
             entry = relay.server
             assert isinstance(entry, StdioServer | HttpServer)

@@ -14,15 +14,11 @@
   up to `timeouts.startup`.
 - **clean-up**: when the gateway stops or the entry leaves the registry, the containers this controller
   started are removed; ones it found running (deployed by the CLI) are left as they were.
-
-`StdioContainers` makes one `ContainerProcess` per stdio session; the gateway's pool owns their lifecycle.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 
 import anyio
@@ -37,11 +33,6 @@ log = logging.getLogger("mcpfleet.docker")
 RECONCILE_INTERVAL = 2.0  # seconds between checks of the replica containers
 BACKOFF = 1.0  # seconds before a failed start is tried again, doubling
 BACKOFF_MAX = 60.0
-
-
-def owner_id() -> str:
-    """`<host>:<pid>`: who attached to a stdio container (its `mcpfleet.owner` label)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ReplicaController:

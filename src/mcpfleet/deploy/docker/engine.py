@@ -71,6 +71,7 @@ class Engine:
     def __init__(self, address: str | None = None) -> None:
         self.address = address or engine_address()
         self._docker: aiodocker.Docker | None = None
+        self._connector: aiohttp.BaseConnector | None = None
         self.version: dict[str, Any] = {}
 
     async def __aenter__(self) -> Engine:
@@ -95,6 +96,9 @@ class Engine:
         if self._docker is not None:
             docker, self._docker = self._docker, None
             await docker.close()
+        if self._connector is not None:
+            connector, self._connector = self._connector, None
+            await connector.close()
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -103,7 +107,14 @@ class Engine:
         if self._docker is None:
             if _socket_missing(self.address):
                 raise _unreachable(self.address, "no socket")
-            self._docker = aiodocker.Docker(url=self.address)
+            # Each attached stdio container holds one connection for its life: no pool limit (aiohttp's
+            # default of 100 would make the 101st container, and every other engine call, wait).
+            if self.address.startswith("unix://"):
+                self._connector = aiohttp.UnixConnector(path=self.address.removeprefix("unix://"), limit=0)
+                # With a connector of ours, aiodocker takes the URL as it is: a dummy host, as it makes itself.
+                self._docker = aiodocker.Docker(url="unix://localhost", connector=self._connector)
+            else:
+                self._docker = aiodocker.Docker(url=self.address)
         return self._docker
 
     async def _call(self, awaitable: Any, *, server_id: str | None = None, what: str = "") -> Any:
