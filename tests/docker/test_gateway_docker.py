@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -53,6 +55,14 @@ def replicas_answering(url: str, sessions: int) -> set[str]:
     return anyio.run(main)
 
 
+def answering(url: str, sessions: int) -> set[str]:
+    """`replicas_answering`, or nothing while a call fails (a replica on its way in or out)."""
+    try:
+        return replicas_answering(url, sessions)
+    except Exception:
+        return set()
+
+
 def test_replicas_are_balanced_scaled_replaced_and_removed(
     gateway: Callable[[str], Any], docker_images: DockerImages, docker_project: str, monkeypatch: Any
 ) -> None:
@@ -66,7 +76,7 @@ def test_replicas_are_balanced_scaled_replaced_and_removed(
     gw.registry.write_text(registry(docker_images, replicas=3))
     wait_for(lambda: len(containers(docker_project, every=False)) == 3, timeout=60)
     three = set(containers(docker_project))
-    wait_for(lambda: replicas_answering(gw.mcp("web"), 6) == three, timeout=30)
+    wait_for(lambda: answering(gw.mcp("web"), 6) == three, timeout=30)
 
     # 3 -> 1: the extra containers go; every new session lands on the one left.
     gw.registry.write_text(registry(docker_images, replicas=1))
@@ -79,7 +89,7 @@ def test_replicas_are_balanced_scaled_replaced_and_removed(
     wait_for(lambda: len(names := containers(docker_project)) == 1 and left not in names, timeout=60)
     (replacement,) = containers(docker_project)
     assert replacement != left
-    wait_for(lambda: replicas_answering(gw.mcp("web"), 2) == {replacement}, timeout=30)
+    wait_for(lambda: answering(gw.mcp("web"), 2) == {replacement}, timeout=30)
     # The gateway's other servers never noticed.
     assert replicas_answering(gw.mcp("local"), 1) == {"stdio"}
 
@@ -191,3 +201,98 @@ def test_stdio_containers_one_per_session_and_a_killed_one_fails_only_its_sessio
     anyio.run(main)
     # Sessions that end take their containers with them (the killed one included).
     wait_for(lambda: containers(docker_project) == [], timeout=30)
+
+
+def test_stdio_containers_are_kept_warm_and_shared_by_stateless_sessions(
+    gateway: Callable[[str], Any], docker_images: DockerImages, docker_project: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("MCPFLEET_PROJECT", docker_project)
+    box = {
+        "type": "docker",
+        "image": docker_images.demo,
+        "args": ["stdio", "--replica", "{hostname}"],
+        "pull": "never",
+        "stateless": True,
+        "pool": {"mode": "shared", "min": 1, "max": 2},
+    }
+    gw = gateway(json.dumps({"servers": {"box": box}}))
+    wait_for(lambda: len(containers(docker_project, every=False)) == 1, timeout=60)  # warm before any request
+    (warm,) = containers(docker_project)
+    assert replicas_answering(gw.mcp("box"), 4) == {warm}  # four sessions, one shared container
+    status = httpx2.get(f"{gw.url}/servers").json()["servers"][0]
+    assert status["type"] == "docker" and status["processes"]["live"] == 1
+    assert status["target"].startswith(f"docker:{docker_images.demo}@")
+
+
+# A stand-in for the engine's socket that can go away and come back: what the gateway sees of an engine
+# restart (calls refused, the event stream cut), without stopping the engine other tests share.
+SOCKET_PROXY = """
+import asyncio, os, sys
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+async def serve(client_reader, client_writer):
+    engine_reader, engine_writer = await asyncio.open_unix_connection("/var/run/docker.sock")
+    await asyncio.gather(pipe(client_reader, engine_writer), pipe(engine_reader, client_writer))
+async def main():
+    server = await asyncio.start_unix_server(serve, sys.argv[1])
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+class EngineSocket:
+    """The proxy: `up()` starts it, `down()` kills it (its connections cut, its socket file gone)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.proxy: subprocess.Popen[bytes] | None = None
+
+    def up(self) -> None:
+        self.proxy = subprocess.Popen([sys.executable, "-c", SOCKET_PROXY, str(self.path)])
+        wait_for(self.path.exists, timeout=10)
+
+    def down(self) -> None:
+        if self.proxy is not None:
+            self.proxy.kill()
+            self.proxy.wait(timeout=10)
+            self.proxy = None
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def engine_socket(tmp_path: Path) -> Iterator[EngineSocket]:
+    """Set up before the gateway, so it is still there when the gateway stops and removes its containers."""
+    socket = EngineSocket(tmp_path / "engine.sock")
+    socket.up()
+    yield socket
+    socket.down()
+
+
+def test_the_gateway_finds_its_replicas_again_after_the_engine_comes_back(
+    engine_socket: EngineSocket,
+    gateway: Callable[[str], Any],
+    docker_images: DockerImages,
+    docker_project: str,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("MCPFLEET_PROJECT", docker_project)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{engine_socket.path}")
+    gw = gateway(registry(docker_images, replicas=1))
+    monkeypatch.delenv("DOCKER_HOST")  # the gateway has it; the test's own docker commands go to the engine
+    (first,) = replicas_answering(gw.mcp("web"), 1)
+    engine_socket.down()
+    # While the engine is away its replica dies; once it is back, the gateway replaces it and finds the new one.
+    subprocess.run(["docker", "kill", first], capture_output=True, check=True)
+    anyio.run(anyio.sleep, 3.0)
+    engine_socket.up()
+    wait_for(lambda: len(names := containers(docker_project)) == 1 and first not in names, timeout=90)
+    (second,) = containers(docker_project)
+    wait_for(lambda: answering(gw.mcp("web"), 1) == {second}, timeout=60)

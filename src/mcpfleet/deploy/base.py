@@ -122,6 +122,10 @@ class Deployment(Protocol):
         """A reload changed the registry entry."""
         ...
 
+    def describe(self) -> dict[str, Any]:
+        """What `/servers` shows of it (JSON values)."""
+        ...
+
     async def aclose(self) -> None:
         """Remove what this deployment started."""
         ...

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import anyio
 
@@ -68,6 +69,20 @@ class ReplicaController:
         old, self.entry = self.entry, entry
         self._new_count = self._new_count or entry.replicas != old.replicas
         self._kick.set()
+
+    def describe(self) -> dict[str, Any]:
+        """The entry's image and start policy, the replicas it started, and the last failed start."""
+        entry = self.entry
+        return {
+            "backend": "docker",
+            "project": self.deployer.project,
+            "image": entry.image,
+            "start": "on_demand" if not entry.starts_on_boot else "on_boot",
+            "idle_timeout": entry.idle_timeout,
+            "started_here": sorted(self.made),
+            "error": self.error.message if self.error is not None else None,
+            "retry_in_s": max(0.0, round(self.retry_at - time.monotonic(), 1)) if self.error is not None else None,
+        }
 
     @property
     def retry_after(self) -> int:
