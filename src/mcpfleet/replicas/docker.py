@@ -22,7 +22,7 @@ import anyio
 import httpx2
 
 from mcpfleet.deploy.docker import spec
-from mcpfleet.deploy.docker.deployer import DockerDeployer
+from mcpfleet.deploy.docker.deployer import DockerDeployer, answers
 from mcpfleet.registry.model import DockerServer
 from mcpfleet.replicas.source import ReplicaAddress
 
@@ -62,7 +62,7 @@ class DockerSource:
         for replica in replicas:
             if replica.id not in self._ready:
                 assert replica.address is not None
-                if await _answers(client, replica.address + entry.path):
+                if await answers(client, replica.address + entry.path):
                     self._ready.add(replica.id)
                 else:
                     pending = True
@@ -85,11 +85,3 @@ class DockerSource:
                     return
             finally:
                 await events.aclose()
-
-
-async def _answers(client: httpx2.AsyncClient, url: str) -> bool:
-    try:
-        response = await client.get(url, headers={"accept": "application/json, text/event-stream"})
-    except httpx2.HTTPError:
-        return False
-    return response.status_code < 500
