@@ -44,6 +44,7 @@ from mcpfleet.deploy.docker import spec
 from mcpfleet.deploy.docker.engine import REQUEST_TIMEOUT, Engine
 from mcpfleet.errors import DeployError
 from mcpfleet.framing import DEFAULT_MAX_LINE, LineBuffer, MessageTooLarge, encode_line
+from mcpfleet.process import Supervised
 from mcpfleet.registry.model import DockerServer
 
 log = logging.getLogger("mcpfleet.docker")
@@ -63,7 +64,7 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class ContainerProcess:
+class ContainerProcess(Supervised):
     """One stdio server running in a container. Use as `async with ContainerProcess(...) as proc:`; send and
     receive raw lines, as with `StdioProcess`.
 
@@ -214,25 +215,6 @@ class ContainerProcess:
     async def _kill(self, container_id: str) -> None:
         with anyio.move_on_after(REQUEST_TIMEOUT), contextlib.suppress(*_ENGINE_ERRORS):
             await self._engine.kill(container_id)
-
-    def kill_after(self, seconds: float) -> anyio.CancelScope:
-        """Kill the container in `seconds` unless the returned scope is cancelled first (a startup watchdog);
-        `timed_out` tells afterwards whether it fired. As `StdioProcess.kill_after`."""
-        scope = anyio.CancelScope()
-
-        async def timer() -> None:
-            with scope:
-                await anyio.sleep(seconds)
-                self.timed_out = True
-                self.kill()
-
-        if self._task_group is not None:
-            self._task_group.start_soon(timer)
-        return scope
-
-    def stderr_tail(self) -> str:
-        """The container's last stderr lines (at most `stderr_lines`), oldest first."""
-        return "\n".join(self._stderr)
 
     # --- I/O ------------------------------------------------------------------------------------------
 
