@@ -27,7 +27,7 @@ import anyio
 from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import DockerServer
-from mcpfleet.replicas.docker import DockerSource
+from mcpfleet.deploy.docker.source import DockerSource
 
 log = logging.getLogger("mcpfleet.docker")
 
