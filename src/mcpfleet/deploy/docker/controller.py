@@ -25,9 +25,9 @@ from typing import Any
 import anyio
 
 from mcpfleet.deploy.docker.deployer import DockerDeployer
+from mcpfleet.deploy.docker.source import DockerSource
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import DockerServer
-from mcpfleet.deploy.docker.source import DockerSource
 
 log = logging.getLogger("mcpfleet.docker")
 
