@@ -72,6 +72,14 @@ GatewayOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        metavar="NAME",
+        help="Project of the docker entries' containers (default: $MCPFLEET_PROJECT, else mcpfleet).",
+    ),
+]
 ServerArg = Annotated[str, typer.Argument(metavar="SERVER", help="Server id, as named in the registry.")]
 
 
@@ -100,7 +108,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
 async def _session(target: Target, server_id: str, body: Callable[[Connection], Awaitable[T]]) -> T:
     server = target.server(server_id)
     try:
-        async with connect(server) as connection:
+        async with connect(server, project=target.project) as connection:
             try:
                 return await body(connection)
             except MCPError as exc:
@@ -133,12 +141,17 @@ async def _all_pages(fetch: Callable[..., Awaitable[Any]], field: str) -> list[A
 
 
 def _on_server(
-    server: str, registry: Path | None, demo: bool, gateway: str | None, body: Callable[[Connection], Awaitable[T]]
+    server: str,
+    registry: Path | None,
+    demo: bool,
+    gateway: str | None,
+    project: str | None,
+    body: Callable[[Connection], Awaitable[T]],
 ) -> T:
     """Resolve the target, open a session to `server`, run `body` on it; errors become exit codes."""
 
     async def work() -> T:
-        return await _session(resolve(registry, demo, gateway), server, body)
+        return await _session(resolve(registry, demo, gateway, project), server, body)
 
     return _run(work)
 
@@ -223,11 +236,12 @@ def tools(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List a server's tools."""
 
-    listed = _on_server(server, registry, demo, gateway, lambda c: _all_pages(c.client.list_tools, "tools"))
+    listed = _on_server(server, registry, demo, gateway, project, lambda c: _all_pages(c.client.list_tools, "tools"))
     if json_:
         output.print_json(listed)
         return
@@ -252,6 +266,7 @@ def call(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Call a tool. Exits 1 when the tool returns an error result, 2 when the server has no such tool."""
@@ -282,7 +297,7 @@ def call(
         _parse_args_json(args_json)  # fail on a typo before any server starts
     except UsageError as exc:
         _fail(exc)
-    result = _on_server(server, registry, demo, gateway, body)
+    result = _on_server(server, registry, demo, gateway, project, body)
     if json_:
         output.print_json(result)
     elif result.content:
@@ -357,6 +372,7 @@ def resources(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List a server's resources and resource templates."""
@@ -369,7 +385,7 @@ def resources(
         templates = await _all_pages(client.list_resource_templates, "resource_templates")
         return listed, templates
 
-    listed, templates = _on_server(server, registry, demo, gateway, body)
+    listed, templates = _on_server(server, registry, demo, gateway, project, body)
     if json_:
         output.print_json({"resources": listed, "templates": templates})
         return
@@ -385,11 +401,12 @@ def read(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Read a resource."""
 
-    result = _on_server(server, registry, demo, gateway, lambda c: c.client.read_resource(uri))
+    result = _on_server(server, registry, demo, gateway, project, lambda c: c.client.read_resource(uri))
     if json_:
         output.print_json(result)
         return
@@ -406,11 +423,14 @@ def prompts(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List a server's prompts."""
 
-    listed = _on_server(server, registry, demo, gateway, lambda c: _all_pages(c.client.list_prompts, "prompts"))
+    listed = _on_server(
+        server, registry, demo, gateway, project, lambda c: _all_pages(c.client.list_prompts, "prompts")
+    )
     if json_:
         output.print_json(listed)
         return
