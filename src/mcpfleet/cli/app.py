@@ -1,8 +1,10 @@
 """The `mcpfleet` command line. Each command resolves its target, opens an SDK session, prints, exits.
 
 Exit codes: 0 ok; 1 the tool (or the server) returned an error for the request; 2 usage or configuration
-error (an unknown server or tool name included); 3 server unreachable or failed to start; 4 `serve` cannot
-listen on its address. The table with the classes behind them is in `mcpfleet.errors`.
+error (an unknown server or tool name included); 3 server unreachable or failed to start, or the Docker
+engine missing or refusing; 4 `serve` cannot listen on its address. The table with the classes behind them
+is in `mcpfleet.errors`. The deploy commands (`deploy`, `scale`, `status`, `logs`, `remove`) are in
+`cli/deploy.py`, registered on the same `app`.
 
 Help is click's plain layout (`rich_markup_mode=None`): Typer's Rich panels print a type, `<bool>`, after
 every flag, which promises a value the parser refuses. Every value option names its metavar.
