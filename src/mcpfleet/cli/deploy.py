@@ -30,7 +30,7 @@ import typer
 
 from mcpfleet.cli import output
 from mcpfleet.cli.app import JsonOpt, ProjectOpt, RegistryOpt, ServerArg, T, _fail, _run, app
-from mcpfleet.cli.target import resolve
+from mcpfleet.cli.target import Target, resolve
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
 from mcpfleet.deploy.docker.spec import project_name, spec_digest
 from mcpfleet.errors import McpfleetError, UsageError
@@ -64,7 +64,7 @@ class _Scope:
 
     def docker_entry(self, server_id: str) -> DockerServer:
         """The registry's docker entry `server_id`; UsageError (exit 2) for an entry of another type."""
-        entry = resolve(self._registry, False, None).server(server_id)
+        entry = Target(registry=self.registry).server(server_id)
         if not isinstance(entry, DockerServer):
             raise UsageError(
                 f"server {server_id!r} is of type {entry.type!r}: only 'docker' entries are deployed (an http server"
