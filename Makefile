@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := tests/node/node_modules/.package-lock.json
 
-.PHONY: demo test test-loaded lint unit docs clean
+.PHONY: demo test test-loaded lint unit docs images clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-loaded: $(INSTALLED) $(NODE_INSTALLED)
 
 unit: $(INSTALLED)
 	$(BIN)/pytest tests/unit
+
+# The images mcpfleet/mcpfleet:dev and mcpfleet/demo:dev, offline on a base made from Debian packages; with an
+# image registry, `BASE=python:3.11-slim-bookworm make images`. Skipped when up to date (see docker/README.md).
+images: $(INSTALLED)
+	PYTHON=$(BIN)/python ./docker/build-images.sh
 
 clean:
 	rm -rf $(VENV) build tests/node/node_modules

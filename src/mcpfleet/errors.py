@@ -209,8 +209,10 @@ class GatewayError(McpfleetError):
         return cls(502, -32012, f"server {server_id!r} is unreachable: {detail}")
 
     @classmethod
-    def start_failed(cls, error: ServerStartError) -> GatewayError:
-        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": error.stderr_tail})
+    def start_failed(cls, error: ServerStartError | DeployError) -> GatewayError:
+        """A process or container that did not start: the first line of why, its last output as data."""
+        tail = error.stderr_tail if isinstance(error, ServerStartError) else error.logs
+        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": tail})
 
     @classmethod
     def timeout(cls, server_id: str, what: str, seconds: float, setting: str) -> GatewayError:

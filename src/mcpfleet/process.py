@@ -63,7 +63,42 @@ def resolve_program(server_id: str, argv: Sequence[str], environ: Mapping[str, s
     return found
 
 
-class StdioProcess:
+class Supervised:
+    """What every supervisor of a stdio server has, a local process (`StdioProcess`) or a container
+    (`ContainerProcess`): a start-up watchdog and the tail of its stderr. Subclasses set `_task_group`,
+    `_stderr` and `timed_out`, and define `kill()`."""
+
+    _task_group: anyio.abc.TaskGroup | None
+    _stderr: collections.deque[str]
+    timed_out: bool
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def kill_after(self, seconds: float) -> anyio.CancelScope:
+        """Kill the server in `seconds` unless the returned scope is cancelled first (a startup watchdog).
+
+        `timed_out` tells afterwards whether it fired. The timer runs in this object's own task group, so
+        the caller needs no task group of its own around the code it guards.
+        """
+        scope = anyio.CancelScope()
+
+        async def timer() -> None:
+            with scope:
+                await anyio.sleep(seconds)
+                self.timed_out = True
+                self.kill()
+
+        if self._task_group is not None:
+            self._task_group.start_soon(timer)
+        return scope
+
+    def stderr_tail(self) -> str:
+        """The server's last stderr lines, oldest first."""
+        return "\n".join(self._stderr)
+
+
+class StdioProcess(Supervised):
     """One running stdio server. Use as `async with StdioProcess(...) as proc:`; send and receive raw lines."""
 
     @classmethod
@@ -198,27 +233,6 @@ class StdioProcess:
         """SIGKILL the whole process group now (a watchdog's last resort; aclose() still reaps)."""
         if self._process is not None:
             self._signal_group(self._process.pid, signal.SIGKILL)
-
-    def kill_after(self, seconds: float) -> anyio.CancelScope:
-        """Kill the process in `seconds` unless the returned scope is cancelled first (a startup watchdog).
-
-        `timed_out` tells afterwards whether it fired. The timer runs in this object's own task group, so
-        the caller needs no task group of its own around the code it guards.
-        """
-        scope = anyio.CancelScope()
-
-        async def timer() -> None:
-            with scope:
-                await anyio.sleep(seconds)
-                self.timed_out = True
-                self.kill()
-
-        if self._task_group is not None:
-            self._task_group.start_soon(timer)
-        return scope
-
-    def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
 
     async def send(self, message: bytes) -> None:
         """Write one serialized JSON-RPC message as one line on the child's stdin."""

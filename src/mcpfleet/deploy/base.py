@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from mcpfleet.registry.model import Server
+from mcpfleet.replicas.source import ReplicaSource
 
 
 @dataclass(frozen=True)
@@ -90,4 +91,41 @@ class Deployer(Protocol):
 
     async def status(self, server_id: str | None = None) -> list[ReplicaStatus]:
         """The replicas that exist, running or not."""
+        ...
+
+
+class Deployment(Protocol):
+    """What the gateway holds for a server whose replicas a backend starts and stops (a docker HTTP entry):
+    where the replicas are (`source`), and the hooks that scale it from and to zero (section 12.2)."""
+
+    @property
+    def source(self) -> ReplicaSource: ...
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds a client should wait before trying again after `wake` failed."""
+        ...
+
+    async def run(self) -> None:
+        """Keep the replicas (replace crashed ones, scale to zero when idle) until cancelled."""
+        ...
+
+    async def wake(self) -> None:
+        """Start replicas when none runs, and return when one is ready; DeployError if that fails."""
+        ...
+
+    def request_started(self) -> None: ...
+
+    def request_ended(self) -> None: ...
+
+    def configure(self, entry: Any) -> None:
+        """A reload changed the registry entry."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What `/servers` shows of it (JSON values)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Remove what this deployment started."""
         ...

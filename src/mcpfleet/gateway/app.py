@@ -29,6 +29,7 @@ from mcpfleet import __version__
 from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
+from mcpfleet.gateway.deployments import Deployments, served_form
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
@@ -38,7 +39,7 @@ from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.registry import Registry, load_registry
-from mcpfleet.registry.model import HttpServer, StdioServer
+from mcpfleet.registry.model import DockerServer, HttpServer, StdioServer
 from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -99,6 +100,8 @@ class Gateway:
         self.ready = False
         self.metrics = Metrics(self.status)
         self._stack = self._layers(authenticator)
+        # The Docker backend of `docker` entries; its engine connection is made on first use.
+        self.deployments = Deployments()
 
     @property
     def snapshot(self) -> Registry:
@@ -131,6 +134,8 @@ class Gateway:
                         closing.start_soon(runtime.aclose)
             self._runtimes.clear()
             self._draining.clear()
+            with anyio.CancelScope(shield=True):
+                await self.deployments.aclose()
         finally:
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
@@ -147,9 +152,13 @@ class Gateway:
         """Start the runtimes that have work before the first request: warm processes (`pool.min`) and
         active health checks (`health.active`)."""
         for server_id, server in self._snapshot.servers.items():
-            warm = isinstance(server, StdioServer | HttpServer) and server.command and server.pool.min
-            probed = isinstance(server, HttpServer) and server.health.active
-            if warm or probed or server_id in self.replica_sources:  # a source is followed from the start
+            spawns = isinstance(server, StdioServer | HttpServer) and bool(server.command)
+            spawns = spawns or (isinstance(server, DockerServer) and server.stdio)
+            warm = spawns and isinstance(server, StdioServer | HttpServer | DockerServer) and server.pool.min > 0
+            probed = isinstance(server, HttpServer | DockerServer) and server.health.active
+            # A source is followed from the start; docker replicas are kept from the start.
+            deployed = isinstance(server, DockerServer) and not server.stdio
+            if warm or probed or deployed or server_id in self.replica_sources:
                 self._runtime(server_id)
 
     async def _maintain_pools(self) -> None:
@@ -207,7 +216,13 @@ class Gateway:
         self.reloads["ok"] += 1
         size = fresh.gateway.max_message_bytes
         for server_id, runtime in list(self._runtimes.items()):
-            server = fresh.servers.get(server_id)
+            entry = fresh.servers.get(server_id)
+            if entry is not None and runtime.deployment is not None and entry != old.servers.get(server_id):
+                if isinstance(entry, DockerServer) and not entry.stdio:
+                    runtime.deployment.configure(entry)
+                else:  # no longer a docker HTTP entry: the runtime drains and its containers go
+                    entry = None
+            server = served_form(entry) if entry is not None else None
             if server is not None and (server == runtime.server and size == runtime.max_message_bytes):
                 continue
             try:
@@ -266,12 +281,19 @@ class Gateway:
         runtime = self._runtimes.get(server_id)
         if runtime is None:
             assert self._task_group is not None
+            deployment = spawn = None
+            if isinstance(server, DockerServer) and not server.stdio:
+                deployment = self.deployments.controller(server)
+            elif isinstance(server, DockerServer):
+                spawn = self.deployments.containers(server, lambda: self._snapshot.servers.get(server_id))
             runtime = ServerRuntime(
-                server,
+                served_form(server),
                 self.sessions,
                 self._task_group,
                 max_message_bytes=self._snapshot.gateway.max_message_bytes,
                 source=self.replica_sources.get(server_id),
+                deployment=deployment,
+                spawn=spawn,
             )
             self._runtimes[server_id] = runtime
         return runtime

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
 
-from mcpfleet.errors import GatewayError
+from mcpfleet.deploy.base import Deployment
+from mcpfleet.errors import DeployError, GatewayError
 from mcpfleet.gateway.asgi import (
     Receive,
     Scope,
@@ -72,6 +73,7 @@ BRIDGE_LIMIT = 10_000  # bridged HTTP connections hold no process; this only bou
 FOLLOW_BACKOFF = 1.0  # seconds before a failed replica source is watched again, doubling
 FOLLOW_BACKOFF_MAX = 60.0
 RETIRE_FINISH = 5.0  # seconds requests get to unwind once a retired runtime closed their upstreams
+NO_REPLICA = -32011  # a deployment backend could not start a replica (engine down, image missing, exits)
 
 
 def static_addresses(server: HttpServer) -> tuple[ReplicaAddress, ...]:
@@ -103,8 +105,19 @@ class ServerRuntime:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         source: ReplicaSource | None = None,
+        deployment: Deployment | None = None,
+        spawn: Callable[[int], Backend] | None = None,
     ) -> None:
-        """`source`: where an http entry's replicas come from; None for the entry's own `endpoints`."""
+        """`source`: where an http entry's replicas come from; None for the entry's own `endpoints`.
+        `deployment`: the backend that starts the replicas (a docker entry): its source is followed, it runs
+        while the runtime lives, and a request that finds no replica wakes it. `spawn(max_message_bytes)`: how
+        a process of a stdio entry starts (a container, for a docker entry); None: its command, locally."""
+        self.spawn = spawn
+        self.deployment = deployment
+        if deployment is not None:
+            source = deployment.source
+            self._deploying = anyio.CancelScope()
+            task_group.start_soon(self._keep_deployed, deployment)
         self.server = server
         self.sessions = sessions
         self.max_message_bytes = max_message_bytes
@@ -115,6 +128,7 @@ class ServerRuntime:
         self.draining_relays: list[RelayUpstream] = []  # of an earlier command or env: their sessions only
         self.balancer: Balancer | None = None
         self.source = source
+        self._replica_set_changed = anyio.Event()  # set (and renewed) by each update_replicas
         self._replicas_known = anyio.Event()  # the first set arrived (at once for the registry's endpoints)
         if source is None:
             self._replicas_known.set()
@@ -150,10 +164,36 @@ class ServerRuntime:
         self.inflight = 0
         self._idle = anyio.Event()
 
+    async def _keep_deployed(self, deployment: Deployment) -> None:
+        with self._deploying:
+            await deployment.run()
+
+    async def _wake(self) -> None:
+        """No replica serves and a backend can start some: start them, and wait (up to `timeouts.connect`
+        after they are ready) until the replica source lists one. A start that fails is a 503 with
+        `Retry-After` and the reason (-32011)."""
+        assert self.deployment is not None
+        assert self.balancer is not None
+        try:
+            await self.deployment.wake()
+        except DeployError as exc:
+            raise GatewayError(
+                503,
+                NO_REPLICA,
+                f"server {self.server.id!r} has no replica running: {exc.message}",
+                data={"logs": exc.logs} if exc.logs else None,
+                headers={"retry-after": str(self.deployment.retry_after)},
+            ) from None
+        with anyio.move_on_after(self.server.timeouts.connect):
+            while not self.balancer.replicas:
+                await self._replica_set_changed.wait()
+
     def _new_stdio(self, server: StdioServer | HttpServer) -> RelayUpstream:
         limit = self.max_message_bytes
 
         def process() -> Backend:
+            if self.spawn is not None:
+                return self.spawn(limit)
             # The entry in force when the process starts: a reload's new timeouts reach new processes.
             entry = relay.server
             assert isinstance(entry, StdioServer | HttpServer)
@@ -207,6 +247,8 @@ class ServerRuntime:
         before = {r.url for r in self.balancer.replicas}
         self.balancer.update(addresses, self.server.timeouts.drain)
         after = {r.url for r in self.balancer.replicas}
+        self._replica_set_changed.set()
+        self._replica_set_changed = anyio.Event()
         if after != before:
             log.info(
                 "server %r: replicas joined %s, left %s (their sessions drain for up to %g s)",
@@ -345,9 +387,13 @@ class ServerRuntime:
                 " through its deployment backend, which this version of mcpfleet does not have yet",
             )
         self.inflight += 1
+        if self.deployment is not None:
+            self.deployment.request_started()
         try:
             if not self._replicas_known.is_set():
                 await self._first_replica_set()
+            if self.deployment is not None and self.balancer is not None and not self.balancer.replicas:
+                await self._wake()
             if exchange.rest == MCP_PATH:
                 await self._mcp(exchange)
             elif exchange.rest == SSE_PATH and exchange.method == "GET":
@@ -369,6 +415,8 @@ class ServerRuntime:
             self._done()
 
     def _done(self) -> None:
+        if self.deployment is not None:
+            self.deployment.request_ended()
         self.inflight -= 1
         if self.inflight == 0:
             self._idle.set()
@@ -462,9 +510,13 @@ class ServerRuntime:
         """One WebSocket connection = one session: text frames in, text frames out, one message each.
         `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection."""
         self.inflight += 1
+        if self.deployment is not None:
+            self.deployment.request_started()
         try:
             if not self._replicas_known.is_set():
                 await self._first_replica_set()
+            if self.deployment is not None and self.balancer is not None and not self.balancer.replicas:
+                await self._wake()
             relay = await self._bridge_relay()
             opening = opening_for(scope, self.routing_key(scope)) if scope is not None else contextlib.nullcontext()
             with opening:
@@ -538,3 +590,6 @@ class ServerRuntime:
         for upstream in self.upstreams:
             upstream.retired = True
             await upstream.aclose()
+        if self.deployment is not None:
+            self._deploying.cancel()
+            await self.deployment.aclose()

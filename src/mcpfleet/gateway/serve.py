@@ -16,6 +16,7 @@ import logging
 import resource
 import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +174,7 @@ async def serve(
             # uvicorn refuses larger frames itself; the gateway's own check (reloadable) applies below this.
             ws_max_size=registry.gateway.max_message_bytes + 1024,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
         logging.getLogger("uvicorn.error").addFilter(_DeniedUpgrades())
         async with anyio.create_task_group() as tg:
             tg.start_soon(_reload_on_sighup, gateway)
@@ -181,6 +182,20 @@ async def serve(
                 tg.start_soon(_reload_on_change, gateway, registry_path)
             await server.serve(sockets=list(listener.sockets))
             tg.cancel_scope.cancel()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM or SIGINT ends serving without ending the process: uvicorn raises the
+    signal again once it stops serving, which would kill the process before the gateway's own shutdown
+    (sessions ended, stdio processes stopped, the containers it started removed) runs (section 9.15)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            if self._captured_signals:
+                log.info("signal %s: shutting down", ", ".join(signal.Signals(s).name for s in self._captured_signals))
+            self._captured_signals.clear()
 
 
 async def _reload_on_sighup(gateway: Gateway) -> None:

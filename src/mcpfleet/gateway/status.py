@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from mcpfleet import __version__
 from mcpfleet.gateway.balancer import Replica
+from mcpfleet.gateway.deployments import served_form
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.relay import RelayUpstream
@@ -69,6 +70,7 @@ class ServerView:
     command: tuple[str, ...] | None
     pool: tuple[int, int] | None  # (pool.min, pool.max) of an entry with a command
     draining: bool = False  # left the registry; serving its open sessions until they end
+    deployment: Mapping[str, Any] | None = None  # a docker entry's: image, the last failed start, ...
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,10 @@ def read(
 def _server(
     server_id: str, runtime: ServerRuntime | None, sessions: SessionTable, now: float, snapshot: Registry | None
 ) -> ServerView:
-    server = snapshot.servers[server_id] if snapshot is not None else runtime.server if runtime else None
-    assert server is not None
+    entry = snapshot.servers[server_id] if snapshot is not None else runtime.server if runtime else None
+    assert entry is not None
+    # A docker entry shows as what it is served as (http replicas, or stdio processes that are containers).
+    server = runtime.server if runtime is not None else served_form(entry)
     replicas: tuple[ReplicaView, ...] = ()
     target = None
     if isinstance(server, HttpServer):
@@ -150,8 +154,8 @@ def _server(
             relays.append(_relays("bridge", [runtime.bridge], runtime.bridge, now))
     return ServerView(
         id=server_id,
-        type=server.type,
-        description=server.description,
+        type=entry.type,
+        description=entry.description,
         replicas=replicas,
         relays=tuple(relays),
         sessions=len(sessions.of_server(server_id)) if runtime is None else _sessions_of(runtime, sessions),
@@ -159,6 +163,7 @@ def _server(
         command=command,
         pool=pool,
         draining=snapshot is None,
+        deployment=runtime.deployment.describe() if runtime is not None and runtime.deployment is not None else None,
     )
 
 
@@ -229,12 +234,14 @@ def as_json(view: GatewayView) -> dict[str, Any]:
 
 def _server_json(view: GatewayView, server: ServerView) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": server.id, "type": server.type, "description": server.description}
-    if server.type == "http":
+    if server.type == "http" or (server.type == "docker" and server.command is None):
         entry["replicas"] = [_replica_json(r) for r in server.replicas]
         entry["target"] = server.target
+    if server.deployment is not None:
+        entry["deployment"] = dict(server.deployment)
     if server.command is not None:
         entry["command"] = list(server.command)
-        if server.type == "stdio":
+        if server.type in ("stdio", "docker"):
             entry["target"] = server.target
         stdio = view.relay(server, "stdio")
         assert server.pool is not None

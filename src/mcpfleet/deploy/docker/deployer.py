@@ -19,7 +19,6 @@ Deploying twice changes nothing the second time; two deployers racing for one na
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -238,14 +237,8 @@ class DockerDeployer:
                     what = f"exited with code {code}" if inspected else "was removed"
                     raise DeployError(f"container {name} {what} before it was ready", server_id=entry.id, logs=logs)
                 port = spec.published_port(inspected, entry.port)
-                if port is not None:
-                    base = f"http://127.0.0.1:{port}"
-                    with contextlib.suppress(httpx2.HTTPError):
-                        answer = await client.get(
-                            base + entry.path, headers={"accept": "application/json, text/event-stream"}
-                        )
-                        if answer.status_code < 500:
-                            return base
+                if port is not None and await answers(client, f"http://127.0.0.1:{port}{entry.path}"):
+                    return f"http://127.0.0.1:{port}"
                 if time.monotonic() > deadline:
                     logs = await self.engine.logs(container_id, tail=LOG_LINES)
                     raise DeployError(
@@ -296,6 +289,16 @@ class DockerDeployer:
             async with receive:
                 async for item in receive:
                     yield item
+
+
+async def answers(client: httpx2.AsyncClient, url: str) -> bool:
+    """Whether an MCP endpoint is up: any HTTP answer below 500 to a GET of its path (an SDK server answers
+    405 or 406 there; docker-proxy accepts the TCP connection before the server listens, so TCP is not it)."""
+    try:
+        response = await client.get(url, headers={"accept": "application/json, text/event-stream"})
+    except httpx2.HTTPError:
+        return False
+    return response.status_code < 500
 
 
 def _index(name: str) -> int:

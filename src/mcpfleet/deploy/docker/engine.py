@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -63,24 +63,28 @@ def _socket_missing(address: str) -> bool:
 
 
 class Engine:
-    """A Docker engine. `async with Engine() as engine:` connects and checks it answers (else raises
-    `EngineUnavailableError`, exit 3); every method raises `DeployError` on a refusal."""
+    """A Docker engine. `async with Engine() as engine:` checks it answers (else raises
+    `EngineUnavailableError`, exit 3); a long-lived holder (the gateway) may skip that and let each call
+    fail on its own. Every method raises `DeployError` on a refusal, `EngineUnavailableError` when the engine
+    does not answer."""
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address or engine_address()
         self._docker: aiodocker.Docker | None = None
+        self._connector: aiohttp.BaseConnector | None = None
         self.version: dict[str, Any] = {}
 
     async def __aenter__(self) -> Engine:
-        if _socket_missing(self.address):
-            raise _unreachable(self.address, "no socket")
-        self._docker = aiodocker.Docker(url=self.address)
         try:
-            self.version = await self._call(self._docker.version())
+            await self.connect()
         except BaseException:
-            await self._docker.close()
-            self._docker = None
+            await self.aclose()
             raise
+        return self
+
+    async def connect(self) -> Engine:
+        """Check that the engine answers (its version); EngineUnavailableError when it does not."""
+        self.version = await self._call(self.docker.version())
         return self
 
     async def __aexit__(
@@ -92,12 +96,25 @@ class Engine:
         if self._docker is not None:
             docker, self._docker = self._docker, None
             await docker.close()
+        if self._connector is not None:
+            connector, self._connector = self._connector, None
+            await connector.close()
 
     @property
     def docker(self) -> aiodocker.Docker:
-        """The aiodocker client (for attach streams, which need it directly)."""
+        """The aiodocker client (made on first use, in the event loop; its connections to the engine are
+        made per request, so an engine that restarts is reached again without a new client)."""
         if self._docker is None:
-            raise EngineUnavailableError(f"the Docker engine at {self.address} is not connected")
+            if _socket_missing(self.address):
+                raise _unreachable(self.address, "no socket")
+            # Each attached stdio container holds one connection for its life: no pool limit (aiohttp's
+            # default of 100 would make the 101st container, and every other engine call, wait).
+            if self.address.startswith("unix://"):
+                self._connector = aiohttp.UnixConnector(path=self.address.removeprefix("unix://"), limit=0)
+                # With a connector of ours, aiodocker takes the URL as it is: a dummy host, as it makes itself.
+                self._docker = aiodocker.Docker(url="unix://localhost", connector=self._connector)
+            else:
+                self._docker = aiodocker.Docker(url=self.address)
         return self._docker
 
     async def _call(self, awaitable: Any, *, server_id: str | None = None, what: str = "") -> Any:
@@ -282,7 +299,9 @@ class Engine:
 
     # --- events ----------------------------------------------------------------------------------------
 
-    async def events(self, selector: Mapping[str, str], *, since: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def events(
+        self, selector: Mapping[str, str], *, since: float | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Container events (`create`, `start`, `die`, `destroy`, ...) of containers carrying `selector`'s
         labels, from `since` (seconds since the epoch) on. Ends when the engine closes the stream (an engine
         restart): the caller lists again and resumes (section 11)."""

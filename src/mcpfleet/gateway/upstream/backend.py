@@ -2,7 +2,8 @@
 
 The relay (relay.py) routes messages between clients and a backend without caring which kind it is:
 
-- `ProcessBackend`: a supervised stdio process; lines go through untouched, up to `gateway.max_message_bytes`.
+- `ProcessBackend`: a supervised stdio process, local or in a container (`ProcessBackend.of`); lines go
+  through untouched, up to `gateway.max_message_bytes`.
 - `TransportBackend`: a Streamable HTTP server reached through the official SDK's client transport, for
   clients whose transport the server does not speak (a WebSocket or legacy SSE client). Messages are parsed
   and serialized again by the SDK on this path.
@@ -24,7 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import anyio
@@ -53,6 +54,9 @@ from mcpfleet.gateway.protocol import (
 from mcpfleet.process import StdioProcess
 from mcpfleet.registry.model import Endpoint, HttpServer, StdioServer
 from mcpfleet.registry.render import mask_url
+
+if TYPE_CHECKING:
+    from mcpfleet.deploy.docker.attach import ContainerProcess
 
 log = logging.getLogger("mcpfleet.gateway.backend")
 
@@ -115,7 +119,15 @@ class ProcessBackend:
     replica = None
 
     def __init__(self, server: StdioServer | HttpServer, argv: tuple[str, ...], *, max_message_bytes: int) -> None:
-        self.process = StdioProcess.for_entry(server, argv, max_line=max_message_bytes)
+        self.process: StdioProcess | ContainerProcess = StdioProcess.for_entry(server, argv, max_line=max_message_bytes)
+
+    @classmethod
+    def of(cls, process: StdioProcess | ContainerProcess) -> ProcessBackend:
+        """A backend over a process made elsewhere, not yet entered: a stdio container (`ContainerProcess`,
+        whose `max_line` holds it to `max_message_bytes`)."""
+        backend = cls.__new__(cls)
+        backend.process = process
+        return backend
 
     async def __aenter__(self) -> ProcessBackend:
         await self.process.__aenter__()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from mcpfleet.errors import GatewayError, ServerStartError
+from mcpfleet.errors import DeployError, GatewayError, ServerStartError
 from mcpfleet.framing import MessageTooLarge
 from mcpfleet.gateway.protocol import TOO_LARGE, Message, error_response, message_kind, parse_message, too_large
 from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
@@ -73,8 +73,8 @@ class Link:
                         if (reply := self.dispatch(message)) is not None:
                             await self.backend.send(reply)
                 self.exit_detail = await self.backend.settle()
-        except ServerStartError as exc:
-            self.exit_detail = exc.reason
+        except (ServerStartError, DeployError) as exc:  # it never started (a container: its engine said why)
+            self.exit_detail = exc.reason if isinstance(exc, ServerStartError) else exc.message
             raise
         except Exception as exc:  # the gateway's task group must not die with one backend
             if not self._running:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from mcpfleet.errors import GatewayError, ServerStartError
+from mcpfleet.errors import DeployError, GatewayError, ServerStartError
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.admission import FULL, Admission, CrashLoop, default_max_starting
 from mcpfleet.gateway.upstream.backend import Backend
@@ -288,7 +288,7 @@ class Pool:
             raise self.gone()
         try:
             await self._tg.start(self._supervise, process)  # _supervise gives the slot back, whatever happens
-        except ServerStartError as exc:
+        except (ServerStartError, DeployError) as exc:
             raise GatewayError.start_failed(exc) from None
         if not measured:
             self.spawn(self._start_up_over, process, min(self.start_seconds, self.server.timeouts.startup))

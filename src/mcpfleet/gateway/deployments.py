@@ -1,0 +1,85 @@
+"""How the gateway serves `docker` entries (Plan Document, section 12.2).
+
+A docker entry is served exactly like the entry it becomes once its containers run:
+
+- with a `port`, like an `http` entry whose replicas come from a replica source (`DockerSource`: the
+  containers' ports published on 127.0.0.1) and whose replicas a `ReplicaController` starts, replaces,
+  scales to zero and back (`served_form` gives that http entry; its `endpoints` are never read);
+- without one, like a `stdio` entry whose processes are containers (`ContainerProcess`), pooled by the same
+  pool as local processes: session and shared modes, `pool.min`, caps, recycling, crash loops.
+
+`Deployments` holds the one engine connection the gateway uses for all of them, made on first use; an
+engine that does not answer fails only the docker entries' requests (503 with the reason), never the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mcpfleet.deploy.docker import spec
+from mcpfleet.deploy.docker.attach import ContainerProcess, owner_id
+from mcpfleet.deploy.docker.controller import ReplicaController
+from mcpfleet.deploy.docker.deployer import DockerDeployer
+from mcpfleet.deploy.docker.engine import Engine
+from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
+from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
+
+
+def served_form(entry: Server) -> Server:
+    """The http or stdio entry a docker entry is served as; any other entry as it is."""
+    if not isinstance(entry, DockerServer):
+        return entry
+    common = {
+        "id": entry.id,
+        "description": entry.description,
+        "timeouts": entry.timeouts,
+        "health": entry.health,
+    }
+    if entry.stdio:
+        # The command is what /servers shows and what tells a reload that the containers must change.
+        argv = (f"docker:{entry.image}@{spec.spec_digest(entry)}", *(entry.command or ()), *(entry.args or ()))
+        return StdioServer(
+            **common,
+            command=argv,
+            env=entry.env,
+            secret_env=entry.secret_env,
+            stateless=entry.stateless,
+            pool=entry.pool,
+        )
+    return HttpServer(
+        **common,
+        endpoints=(Endpoint(url=f"http://127.0.0.1:{entry.port}"),),  # a placeholder: replicas are discovered
+        path=entry.path,
+        transport="streamable-http",
+        balancer=entry.balancer,
+    )
+
+
+class Deployments:
+    """The gateway's Docker backend: one engine connection, a controller per docker HTTP entry."""
+
+    def __init__(self, *, project: str | None = None, address: str | None = None) -> None:
+        self.engine = Engine(address)
+        self.deployer = DockerDeployer(self.engine, spec.project_name(project))
+
+    def controller(self, entry: DockerServer) -> ReplicaController:
+        return ReplicaController(self.deployer, entry)
+
+    def containers(self, entry: DockerServer, current: Callable[[], Server | None]) -> Callable[[int], Backend]:
+        """How a docker stdio entry's processes start: each a container (`ContainerProcess`) of the entry in
+        force when it starts (`current()`, so a reload's new timeouts reach new containers; `entry` once the
+        server left the registry), labelled with this gateway as its owner."""
+        owner = owner_id()
+
+        def start(max_message_bytes: int) -> Backend:
+            now = current()
+            docker = now if isinstance(now, DockerServer) and now.stdio else entry
+            process = ContainerProcess(
+                self.engine, docker, project=self.deployer.project, owner=owner, max_line=max_message_bytes
+            )
+            return ProcessBackend.of(process)
+
+        return start
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
