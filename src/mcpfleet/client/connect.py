@@ -5,9 +5,10 @@ HTTP, then legacy HTTP+SSE when the server answers the POST with 404/405 and the
 it has a command, it is spawned over stdio; else a clear error names what was tried. A `docker` entry with a
 `port` is reached over Streamable HTTP at one of its running replicas of the present spec (found through the
 Docker deployer, in a random order so that calls spread over them; the next one when one does not answer);
-`mcpfleet deploy` starts them, nothing here does. The session itself is the official SDK's `mcp.Client` in
-`auto` mode, which speaks both protocol generations: it probes `server/discover` (2026-07-28) and falls back
-to the `initialize` handshake (2025 revisions).
+`mcpfleet deploy` starts them, nothing here does. A `docker` entry without a `port` (a stdio server) gets a
+container of its own for the session, attached to (`ContainerProcess`) and removed at its end. The session
+itself is the official SDK's `mcp.Client` in `auto` mode, which speaks both protocol generations: it probes
+`server/discover` (2026-07-28) and falls back to the `initialize` handshake (2025 revisions).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import httpx2
@@ -30,6 +31,9 @@ from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableEr
 from mcpfleet.process import StdioProcess
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
+
+if TYPE_CHECKING:
+    from mcpfleet.deploy.docker.attach import ContainerProcess
 
 TransportName = Literal["streamable-http", "sse", "stdio"]
 ClientFactory = Callable[[Any], Client]
@@ -62,12 +66,11 @@ async def connect(server: Server, *, project: str | None = None, **client_option
     ...). When detection fails, the error names every URL tried and what each answered.
     """
     client_options.setdefault("read_timeout_seconds", server.timeouts.first_byte)
+    if isinstance(server, DockerServer) and server.stdio:
+        async with _connect_container(server, project, client_options) as connection:
+            yield connection
+        return
     if isinstance(server, DockerServer):
-        if server.stdio:
-            raise UsageError(
-                f"server {server.id!r} is a stdio docker entry: this version of the CLI cannot attach to its"
-                " containers; reach it through the gateway (mcpfleet serve, then --gateway)"
-            )
         server = await replicas_entry(server, project)
     if isinstance(server, HttpServer):
         tried = Tried()
@@ -219,7 +222,37 @@ async def _connect_stdio(
     server: StdioServer | HttpServer, argv: tuple[str, ...], options: dict[str, Any], tried: Tried | None = None
 ) -> AsyncIterator[Connection]:
     """Spawn `argv` and open a session over its stdio; `tried`: the endpoints that did not answer before."""
-    process = StdioProcess.for_entry(server, argv)
+    async with _over_process(server, StdioProcess.for_entry(server, argv), argv, options, tried) as connection:
+        yield connection
+
+
+@contextlib.asynccontextmanager
+async def _connect_container(
+    server: DockerServer, project: str | None, options: dict[str, Any]
+) -> AsyncIterator[Connection]:
+    """A stdio docker entry: a container of its own for this session (labelled with this process as its owner),
+    attached to before it starts, removed when the session ends; DeployError (exit 3) when the engine does not
+    answer, the image is missing or the container cannot start."""
+    from mcpfleet.deploy.docker.attach import ContainerProcess, owner_id  # the Docker client only when needed
+    from mcpfleet.deploy.docker.engine import Engine
+    from mcpfleet.deploy.docker.spec import project_name
+
+    name = project_name(project)
+    async with Engine() as engine:
+        process = ContainerProcess(engine, server, project=name, owner=owner_id())
+        async with _over_process(server, process, process.argv, options) as connection:
+            yield connection
+
+
+@contextlib.asynccontextmanager
+async def _over_process(
+    server: StdioServer | HttpServer | DockerServer,
+    process: StdioProcess | ContainerProcess,
+    argv: tuple[str, ...],
+    options: dict[str, Any],
+    tried: Tried | None = None,
+) -> AsyncIterator[Connection]:
+    """Start `process` (not yet entered) and open a session over its stdio, within `timeouts.startup`."""
     async with contextlib.AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(process)
@@ -251,7 +284,7 @@ def _after_endpoints(exc: BaseException, tried: Tried | None) -> BaseException:
 
 
 async def _start_failure(
-    server_id: str, argv: tuple[str, ...], process: StdioProcess, exc: BaseException
+    server_id: str, argv: tuple[str, ...], process: StdioProcess | ContainerProcess, exc: BaseException
 ) -> BaseException:
     if not isinstance(exc, Exception):
         return exc
