@@ -299,7 +299,7 @@ def test_a_taken_host_port_is_named_exit_3(fleet: Fleet, docker_images: Any) -> 
 def test_what_the_deploy_commands_refuse(fleet: Fleet, docker_images: Any) -> None:
     """Exit 2 before the engine is asked: a server that is not a docker entry, an unknown id, a stdio docker
     entry to scale, more replicas than a fixed host_port allows, neither or both of SERVER and --all, a bad
-    project name. Exit 3: tools on a server not deployed. A stdio docker entry deploys nothing."""
+    project name. Exit 3: tools on an HTTP server not deployed. A stdio docker entry deploys nothing."""
     fleet.write(
         {
             "plain": {"type": "stdio", "command": ["true"]},
@@ -329,4 +329,26 @@ def test_what_the_deploy_commands_refuse(fleet: Fleet, docker_images: Any) -> No
     )
     stdio = fleet.ok("deploy", "local")
     assert "each session starts a container of its own" in stdio.stdout
+    assert fleet.containers() == []
+
+
+def test_a_stdio_docker_entry_gets_a_container_for_each_cli_session(fleet: Fleet, docker_images: Any) -> None:
+    """`call` on a docker entry without a port runs one container for the session, attached to its stdin and
+    stdout, and removes it afterwards; one that exits before the handshake is exit 3 with its stderr."""
+    dies = ["python3", "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]
+    fleet.write(
+        {
+            "local": {"type": "docker", "image": docker_images.demo, "args": ["stdio"]},
+            "dies": {"type": "docker", "image": docker_images.base, "command": dies},
+        }
+    )
+    answer = json.loads(fleet.ok("call", "local", "whoami").stdout)
+    assert answer["transport"] == "stdio"
+    assert "echo" in fleet.ok("tools", "local").stdout
+    assert fleet.containers() == []  # each session's container is gone with it
+
+    failed = fleet.cli("tools", "dies")
+    assert failed.returncode == 3, failed.stderr
+    assert "exited with code 3 before the MCP handshake finished" in failed.stderr
+    assert "boom" in failed.stderr.split("stderr (last lines):")[1]
     assert fleet.containers() == []
