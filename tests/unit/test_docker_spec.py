@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcpfleet.deploy.docker import spec
-from mcpfleet.errors import RegistryError
+from mcpfleet.errors import RegistryError, UsageError
 from mcpfleet.registry import parse_registry
 from mcpfleet.registry.model import DockerServer
 
@@ -136,5 +136,5 @@ def test_project_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.project_name() == "mcpfleet"
     monkeypatch.setenv(spec.PROJECT_ENV, "team-a")
     assert spec.project_name() == "team-a" and spec.project_name("other") == "other"
-    with pytest.raises(ValueError, match="MCPFLEET_PROJECT"):
+    with pytest.raises(UsageError, match="MCPFLEET_PROJECT"):
         spec.project_name("Bad Name")

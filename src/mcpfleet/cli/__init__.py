@@ -4,7 +4,10 @@ import sys
 
 import typer
 
-from mcpfleet.cli import output
+from mcpfleet.cli import (
+    deploy,  # noqa: F401  (imported for its commands: deploy, scale, status, logs and remove on `app`)
+    output,
+)
 from mcpfleet.cli.app import app
 
 

@@ -1,8 +1,10 @@
 """The `mcpfleet` command line. Each command resolves its target, opens an SDK session, prints, exits.
 
 Exit codes: 0 ok; 1 the tool (or the server) returned an error for the request; 2 usage or configuration
-error (an unknown server or tool name included); 3 server unreachable or failed to start; 4 `serve` cannot
-listen on its address. The table with the classes behind them is in `mcpfleet.errors`.
+error (an unknown server or tool name included); 3 server unreachable or failed to start, or the Docker
+engine missing or refusing; 4 `serve` cannot listen on its address. The table with the classes behind them
+is in `mcpfleet.errors`. The deploy commands (`deploy`, `scale`, `status`, `logs`, `remove`) are in
+`cli/deploy.py`, registered on the same `app`.
 
 Help is click's plain layout (`rich_markup_mode=None`): Typer's Rich panels print a type, `<bool>`, after
 every flag, which promises a value the parser refuses. Every value option names its metavar.
@@ -72,6 +74,14 @@ GatewayOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        metavar="NAME",
+        help="Project of the docker entries' containers (default: $MCPFLEET_PROJECT, else mcpfleet).",
+    ),
+]
 ServerArg = Annotated[str, typer.Argument(metavar="SERVER", help="Server id, as named in the registry.")]
 
 
@@ -100,7 +110,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
 async def _session(target: Target, server_id: str, body: Callable[[Connection], Awaitable[T]]) -> T:
     server = target.server(server_id)
     try:
-        async with connect(server) as connection:
+        async with connect(server, project=target.project) as connection:
             try:
                 return await body(connection)
             except MCPError as exc:
@@ -133,12 +143,17 @@ async def _all_pages(fetch: Callable[..., Awaitable[Any]], field: str) -> list[A
 
 
 def _on_server(
-    server: str, registry: Path | None, demo: bool, gateway: str | None, body: Callable[[Connection], Awaitable[T]]
+    server: str,
+    registry: Path | None,
+    demo: bool,
+    gateway: str | None,
+    project: str | None,
+    body: Callable[[Connection], Awaitable[T]],
 ) -> T:
     """Resolve the target, open a session to `server`, run `body` on it; errors become exit codes."""
 
     async def work() -> T:
-        return await _session(resolve(registry, demo, gateway), server, body)
+        return await _session(resolve(registry, demo, gateway, project), server, body)
 
     return _run(work)
 
@@ -223,11 +238,12 @@ def tools(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List a server's tools."""
 
-    listed = _on_server(server, registry, demo, gateway, lambda c: _all_pages(c.client.list_tools, "tools"))
+    listed = _on_server(server, registry, demo, gateway, project, lambda c: _all_pages(c.client.list_tools, "tools"))
     if json_:
         output.print_json(listed)
         return
@@ -252,6 +268,7 @@ def call(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Call a tool. Exits 1 when the tool returns an error result, 2 when the server has no such tool."""
@@ -282,7 +299,7 @@ def call(
         _parse_args_json(args_json)  # fail on a typo before any server starts
     except UsageError as exc:
         _fail(exc)
-    result = _on_server(server, registry, demo, gateway, body)
+    result = _on_server(server, registry, demo, gateway, project, body)
     if json_:
         output.print_json(result)
     elif result.content:
@@ -357,6 +374,7 @@ def resources(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List a server's resources and resource templates."""
@@ -369,7 +387,7 @@ def resources(
         templates = await _all_pages(client.list_resource_templates, "resource_templates")
         return listed, templates
 
-    listed, templates = _on_server(server, registry, demo, gateway, body)
+    listed, templates = _on_server(server, registry, demo, gateway, project, body)
     if json_:
         output.print_json({"resources": listed, "templates": templates})
         return
@@ -385,11 +403,12 @@ def read(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Read a resource."""
 
-    result = _on_server(server, registry, demo, gateway, lambda c: c.client.read_resource(uri))
+    result = _on_server(server, registry, demo, gateway, project, lambda c: c.client.read_resource(uri))
     if json_:
         output.print_json(result)
         return
@@ -406,11 +425,14 @@ def prompts(
     registry: RegistryOpt = None,
     demo: DemoOpt = False,
     gateway: GatewayOpt = None,
+    project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List a server's prompts."""
 
-    listed = _on_server(server, registry, demo, gateway, lambda c: _all_pages(c.client.list_prompts, "prompts"))
+    listed = _on_server(
+        server, registry, demo, gateway, project, lambda c: _all_pages(c.client.list_prompts, "prompts")
+    )
     if json_:
         output.print_json(listed)
         return

@@ -25,8 +25,12 @@ GATEWAY_ROUTES = frozenset({"servers", "metrics", "healthz", "readyz"})
 
 @dataclass(frozen=True)
 class Target:
+    """A registry, or a gateway. `project`: `--project`, the project of the registry's docker containers
+    (None: `$MCPFLEET_PROJECT`, else `mcpfleet`; read when a docker entry is reached)."""
+
     registry: Registry | None = None
     gateway: str | None = None
+    project: str | None = None
 
     def server(self, server_id: str) -> Server:
         if self.gateway is not None:
@@ -37,13 +41,17 @@ class Target:
         return self.registry.server(server_id)
 
 
-def resolve(registry: Path | None, demo: bool, gateway: str | None) -> Target:
+def resolve(registry: Path | None, demo: bool, gateway: str | None, project: str | None = None) -> Target:
+    """The target the options name; `project` (`--project`) only goes with a registry: a gateway reaches the
+    containers of its own project."""
     chosen = [name for name, given in (("--registry", registry), ("--demo", demo), ("--gateway", gateway)) if given]
     if len(chosen) > 1:
         raise UsageError(f"give only one of {', '.join(chosen)}")
     if gateway:
+        if project:
+            raise UsageError("--project goes with a registry; through --gateway, the gateway reaches its containers")
         return Target(gateway=gateway_base(gateway))
-    return Target(registry=load_registry(registry_path(registry, demo)))
+    return Target(registry=load_registry(registry_path(registry, demo)), project=project)
 
 
 def gateway_base(url: str) -> str:

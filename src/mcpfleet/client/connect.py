@@ -2,17 +2,22 @@
 
 Detection follows the order of the requirements: an entry reachable over HTTP is used over HTTP (Streamable
 HTTP, then legacy HTTP+SSE when the server answers the POST with 404/405 and the entry allows it); else, if
-it has a command, it is spawned over stdio; else a clear error names what was tried. The session itself is
-the official SDK's `mcp.Client` in `auto` mode, which speaks both protocol generations: it probes
+it has a command, it is spawned over stdio; else a clear error names what was tried. A `docker` entry with a
+`port` is reached over Streamable HTTP at one of its running replicas of the present spec (found through the
+Docker deployer, in a random order so that calls spread over them; the next one when one does not answer);
+`mcpfleet deploy` starts them, nothing here does. A `docker` entry without a `port` (a stdio server) gets a
+container of its own for the session, attached to (`ContainerProcess`) and removed at its end. The session
+itself is the official SDK's `mcp.Client` in `auto` mode, which speaks both protocol generations: it probes
 `server/discover` (2026-07-28) and falls back to the `initialize` handshake (2025 revisions).
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import httpx2
@@ -24,8 +29,11 @@ from mcp.shared.exceptions import MCPError
 from mcpfleet.client.transport import process_transport
 from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableError, UsageError, leaf_error
 from mcpfleet.process import StdioProcess
-from mcpfleet.registry.model import Endpoint, HttpServer, Server, StdioServer
+from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
+
+if TYPE_CHECKING:
+    from mcpfleet.deploy.docker.attach import ContainerProcess
 
 TransportName = Literal["streamable-http", "sse", "stdio"]
 ClientFactory = Callable[[Any], Client]
@@ -50,13 +58,20 @@ class _NotStreamable(Exception):
 
 
 @contextlib.asynccontextmanager
-async def connect(server: Server, **client_options: Any) -> AsyncIterator[Connection]:
+async def connect(server: Server, *, project: str | None = None, **client_options: Any) -> AsyncIterator[Connection]:
     """Yield a `Connection` to `server`; raise ServerUnavailableError (exit 3) or UsageError (exit 2).
 
-    `client_options` go to `mcp.Client` (callbacks such as `logging_callback`, `client_info`, ...). When
-    detection fails, the error names every URL tried and what each answered.
+    `project`: for a docker entry, the project its containers belong to (None: `$MCPFLEET_PROJECT`, else
+    `mcpfleet`). `client_options` go to `mcp.Client` (callbacks such as `logging_callback`, `client_info`,
+    ...). When detection fails, the error names every URL tried and what each answered.
     """
     client_options.setdefault("read_timeout_seconds", server.timeouts.first_byte)
+    if isinstance(server, DockerServer) and server.stdio:
+        async with _connect_container(server, project, client_options) as connection:
+            yield connection
+        return
+    if isinstance(server, DockerServer):
+        server = await replicas_entry(server, project)
     if isinstance(server, HttpServer):
         tried = Tried()
         for endpoint in server.endpoints:
@@ -207,7 +222,37 @@ async def _connect_stdio(
     server: StdioServer | HttpServer, argv: tuple[str, ...], options: dict[str, Any], tried: Tried | None = None
 ) -> AsyncIterator[Connection]:
     """Spawn `argv` and open a session over its stdio; `tried`: the endpoints that did not answer before."""
-    process = StdioProcess.for_entry(server, argv)
+    async with _over_process(server, StdioProcess.for_entry(server, argv), argv, options, tried) as connection:
+        yield connection
+
+
+@contextlib.asynccontextmanager
+async def _connect_container(
+    server: DockerServer, project: str | None, options: dict[str, Any]
+) -> AsyncIterator[Connection]:
+    """A stdio docker entry: a container of its own for this session (labelled with this process as its owner),
+    attached to before it starts, removed when the session ends; DeployError (exit 3) when the engine does not
+    answer, the image is missing or the container cannot start."""
+    from mcpfleet.deploy.docker.attach import ContainerProcess, owner_id  # the Docker client only when needed
+    from mcpfleet.deploy.docker.engine import Engine
+    from mcpfleet.deploy.docker.spec import project_name
+
+    name = project_name(project)
+    async with Engine() as engine:
+        process = ContainerProcess(engine, server, project=name, owner=owner_id())
+        async with _over_process(server, process, process.argv, options) as connection:
+            yield connection
+
+
+@contextlib.asynccontextmanager
+async def _over_process(
+    server: StdioServer | HttpServer | DockerServer,
+    process: StdioProcess | ContainerProcess,
+    argv: tuple[str, ...],
+    options: dict[str, Any],
+    tried: Tried | None = None,
+) -> AsyncIterator[Connection]:
+    """Start `process` (not yet entered) and open a session over its stdio, within `timeouts.startup`."""
     async with contextlib.AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(process)
@@ -239,7 +284,7 @@ def _after_endpoints(exc: BaseException, tried: Tried | None) -> BaseException:
 
 
 async def _start_failure(
-    server_id: str, argv: tuple[str, ...], process: StdioProcess, exc: BaseException
+    server_id: str, argv: tuple[str, ...], process: StdioProcess | ContainerProcess, exc: BaseException
 ) -> BaseException:
     if not isinstance(exc, Exception):
         return exc
@@ -250,6 +295,37 @@ async def _start_failure(
     else:
         reason = f"failed the MCP handshake: {exc}"
     return ServerStartError(server_id, argv, reason, process.stderr_tail())
+
+
+async def replicas_entry(server: DockerServer, project: str | None) -> HttpServer:
+    """An http entry whose endpoints are the running replicas of the docker entry's present spec, shuffled;
+    ServerUnreachableError (exit 3) when there is none, DeployError (exit 3) when the engine does not answer."""
+    from mcpfleet.deploy.docker.deployer import DockerDeployer  # the Docker client only when one is needed
+    from mcpfleet.deploy.docker.engine import Engine
+    from mcpfleet.deploy.docker.spec import project_name
+
+    name = project_name(project)
+    async with Engine() as engine:
+        replicas = await DockerDeployer(engine, name).replicas(server)
+    ready = [r.address for r in replicas if r.running and r.current and r.address]
+    if not ready:
+        older = sum(r.running and not r.current for r in replicas)
+        found = f"; {older} run an older spec of the entry" if older else ""
+        raise ServerUnreachableError(
+            f"server {server.id!r} has no running replica in project {name!r}{found}: run `mcpfleet deploy"
+            f" {server.id}` first"
+        )
+    random.shuffle(ready)
+    return HttpServer.model_validate(
+        {
+            "id": server.id,
+            "endpoints": ready,
+            "path": server.path,
+            "transport": "streamable-http",
+            "timeouts": server.timeouts,
+            "description": server.description,
+        }
+    )
 
 
 def http_entry(server_id: str, base_url: str, *, path: str = "/mcp", sse_path: str = "/sse") -> HttpServer:

@@ -1,4 +1,5 @@
-"""An SDK `Transport` over a `StdioProcess`: the SDK's `ClientSession` on top, our supervisor underneath.
+"""An SDK `Transport` over a stdio server's lines: the SDK's `ClientSession` on top, our supervisor underneath
+(a local `StdioProcess`, or a `ContainerProcess` attached to a container).
 
 Sessions never see bytes: this adapter parses each stdout line into a `SessionMessage` (or hands the parse
 error to the session as a value, as the SDK's own stdio transport does) and serializes outgoing messages
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import anyio
 import mcp_types as types
 from mcp.client._transport import TransportStreams
 from mcp.shared.message import SessionMessage
-
-from mcpfleet.process import StdioProcess
 
 
 def session_message(data: bytes | str) -> SessionMessage | Exception:
@@ -26,8 +26,16 @@ def session_message(data: bytes | str) -> SessionMessage | Exception:
         return exc
 
 
+class LineProcess(Protocol):
+    """What the transport needs of a stdio server: `StdioProcess`, or a container (`ContainerProcess`)."""
+
+    async def send(self, message: bytes) -> None: ...
+
+    async def receive(self) -> bytes: ...
+
+
 @contextlib.asynccontextmanager
-async def process_transport(process: StdioProcess) -> AsyncIterator[TransportStreams]:
+async def process_transport(process: LineProcess) -> AsyncIterator[TransportStreams]:
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
 

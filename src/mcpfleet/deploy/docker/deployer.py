@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx2
 
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
@@ -272,8 +273,8 @@ class DockerDeployer:
             return
         send, receive = anyio.create_memory_object_stream[tuple[str, str]](256)
 
-        async def pump(replica: ReplicaStatus) -> None:
-            async with send.clone() as out:
+        async def pump(replica: ReplicaStatus, out: anyio.abc.ObjectSendStream[tuple[str, str]]) -> None:
+            async with out:
                 pending = ""
                 async for chunk in self.engine.follow_logs(replica.id, tail=tail):
                     pending += chunk
@@ -282,9 +283,9 @@ class DockerDeployer:
                         await out.send((replica.name, line))
 
         async with anyio.create_task_group() as group:
-            async with send:
+            async with send:  # cloned before the tasks start: the stream ends when the last pump ends
                 for replica in replicas:
-                    group.start_soon(pump, replica)
+                    group.start_soon(pump, replica, send.clone())
             async with receive:
                 async for item in receive:
                     yield item

@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from mcpfleet.errors import UsageError
 from mcpfleet.registry.model import DockerServer
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -43,10 +44,10 @@ _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "
 
 
 def project_name(given: str | None = None) -> str:
-    """The project: `given`, else `$MCPFLEET_PROJECT`, else `mcpfleet`. ValueError names the rule."""
+    """The project: `given`, else `$MCPFLEET_PROJECT`, else `mcpfleet`. UsageError (exit 2) names the rule."""
     name = given or os.environ.get(PROJECT_ENV) or DEFAULT_PROJECT
     if not _PROJECT_NAME.fullmatch(name):
-        raise ValueError(
+        raise UsageError(
             f"project {name!r} is not valid: lowercase letters, digits, '.', '_' and '-', at most 31 characters"
             f" (set by --project or ${PROJECT_ENV})"
         )
