@@ -93,11 +93,19 @@ class ReplicaController:
 
     async def run(self) -> None:
         """Reconcile every RECONCILE_INTERVAL seconds, and at once when told (`configure`)."""
+        failing = ""  # the failure logged last: the same one again is not logged every round
         while True:
             try:
                 await self.reconcile()
+                if failing:
+                    log.info("server %r: the Docker engine answers again", self.entry.id)
+                failing = ""
             except DeployError as exc:
-                log.error("server %r: %s", self.entry.id, exc.message)
+                if exc.message != failing:
+                    log.error(
+                        "server %r: %s (checked again every %g s)", self.entry.id, exc.message, RECONCILE_INTERVAL
+                    )
+                failing = exc.message
             with anyio.move_on_after(RECONCILE_INTERVAL):
                 await self._kick.wait()
             self._kick = anyio.Event()
