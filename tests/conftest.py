@@ -13,12 +13,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from support import demo_argv, free_port, running
+from support import RunningGateway, demo_argv, free_port, running
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -75,15 +74,6 @@ def no_leftover_processes() -> Iterator[None]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left behind: {left}"
-
-
-@dataclass
-class RunningGateway:
-    url: str
-    registry: Path
-
-    def mcp(self, server_id: str) -> str:
-        return f"{self.url}/{server_id}/mcp"
 
 
 @pytest.fixture

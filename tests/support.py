@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,12 @@ async def until(check: Callable[[], Awaitable[Any]], within: float = 20.0, inter
             if result := await check():
                 return result
             await anyio.sleep(interval)
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    registry: Path
+
+    def mcp(self, server_id: str) -> str:
+        return f"{self.url}/{server_id}/mcp"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunningGateway
-from support import free_port, running
+from support import RunningGateway, free_port, running
 from test_conformance_direct import MIN_SCENARIOS, _load
 
 HERE = Path(__file__).resolve().parent

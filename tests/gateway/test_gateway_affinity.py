@@ -8,8 +8,7 @@ from collections.abc import Callable
 import anyio
 import httpx2
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT
+from support import ACCEPT, INIT, RunningGateway
 from test_gateway_balancing import initialize, run_bounded, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"

@@ -9,8 +9,7 @@ from typing import Any
 import anyio
 import httpx2
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, rpc_messages
+from support import ACCEPT, INIT, RunningGateway, rpc_messages
 
 
 async def initialize(client: httpx2.AsyncClient, url: str) -> str:

@@ -12,7 +12,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import RunningGateway
+from support import RunningGateway
 
 
 def registry(urls: list[str], header: str | None = "X-Tenant-Id") -> str:

@@ -22,8 +22,7 @@ from cryptography.x509.oid import NameOID
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import RunningGateway
-from support import INIT, free_port, running
+from support import INIT, RunningGateway, free_port, running
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 

@@ -12,8 +12,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, demo_argv, free_port, running, wait_for
+from support import ACCEPT, INIT, RunningGateway, demo_argv, free_port, running, wait_for
 from test_gateway_balancing import initialize, tool
 
 

@@ -23,8 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcpfleet.client.websocket import websocket_client
 
-from conftest import RunningGateway
-from support import free_port, running
+from support import RunningGateway, free_port, running
 
 SERVER = """
 import sys

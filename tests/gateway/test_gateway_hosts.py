@@ -18,8 +18,7 @@ import httpx2
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, free_port, rpc_messages, running
+from support import ACCEPT, INIT, RunningGateway, free_port, rpc_messages, running
 
 DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 TIMEOUT = 60.0

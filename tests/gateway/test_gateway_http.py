@@ -12,8 +12,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, free_port, rpc_messages
+from support import ACCEPT, INIT, RunningGateway, free_port, rpc_messages
 
 DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 

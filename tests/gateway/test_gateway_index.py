@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 import httpx2
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT
+from support import ACCEPT, INIT, RunningGateway
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 REGISTRY = (

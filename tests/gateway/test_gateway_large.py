@@ -27,8 +27,7 @@ from mcp.shared.message import SessionMessage
 from mcpfleet.client.transport import session_message
 from mcpfleet.client.websocket import websocket_client
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, free_port, running
+from support import ACCEPT, INIT, RunningGateway, free_port, running
 
 SERVER = """
 import sys

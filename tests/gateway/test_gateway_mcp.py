@@ -11,8 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import RunningGateway
-from support import free_port
+from support import RunningGateway, free_port
 
 DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 

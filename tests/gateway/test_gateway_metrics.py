@@ -9,8 +9,7 @@ import anyio
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, free_port, until
+from support import ACCEPT, INIT, RunningGateway, free_port, until
 from test_gateway_balancing import initialize, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"

@@ -14,8 +14,7 @@ from typing import Any
 import anyio
 import httpx2
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, rpc_messages, wait_for
+from support import ACCEPT, INIT, RunningGateway, rpc_messages, wait_for
 from test_gateway_balancing import initialize, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"

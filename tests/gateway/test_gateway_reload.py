@@ -13,8 +13,7 @@ import anyio
 import httpx2
 from mcp import Client
 
-from conftest import RunningGateway
-from support import wait_for
+from support import RunningGateway, wait_for
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 

@@ -30,8 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from reload_layout import CYCLE, Layout, yaml_list
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, until, wait_for
+from support import ACCEPT, INIT, RunningGateway, until, wait_for
 
 PYTHON = sys.executable
 DEMO = [PYTHON, "-m", "mcpfleet.demo", "stdio"]

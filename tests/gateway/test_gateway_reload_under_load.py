@@ -10,8 +10,7 @@ from collections.abc import Callable
 import anyio
 import httpx2
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, rpc_messages
+from support import ACCEPT, INIT, RunningGateway, rpc_messages
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 

@@ -18,8 +18,7 @@ import httpx2
 import mcp.types as types
 from mcp import Client
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT
+from support import ACCEPT, INIT, RunningGateway
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 COUNTDOWN = {

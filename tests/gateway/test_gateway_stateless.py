@@ -21,8 +21,7 @@ from mcp.client.context import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ResourceUpdated
 
-from conftest import RunningGateway
-from support import until
+from support import RunningGateway, until
 from test_gateway_balancing import run_bounded
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"

@@ -34,8 +34,7 @@ from mcp import Client
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
-from conftest import RunningGateway
-from support import NODE_DIR, free_port, node_package, running
+from support import NODE_DIR, RunningGateway, free_port, node_package, running
 
 NODE = NODE_DIR / "node_modules" / ".bin" / "node"
 LOOPBACK = NODE_DIR / "loopback.cjs"

@@ -17,7 +17,7 @@ from mcp.client.sse import sse_client
 
 from mcpfleet.client.websocket import websocket_client
 
-from conftest import RunningGateway
+from support import RunningGateway
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 FIXTURE = Path(__file__).resolve().parents[1] / "conformance" / "fixture.py"

@@ -17,8 +17,7 @@ import anyio
 import httpx2
 import pytest
 
-from conftest import RunningGateway
-from support import ACCEPT, INIT, rpc_messages, until
+from support import ACCEPT, INIT, RunningGateway, rpc_messages, until
 from test_gateway_balancing import initialize, tool
 
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
