@@ -296,3 +296,24 @@ def test_the_gateway_finds_its_replicas_again_after_the_engine_comes_back(
     wait_for(lambda: len(names := containers(docker_project)) == 1 and first not in names, timeout=90)
     (second,) = containers(docker_project)
     wait_for(lambda: answering(gw.mcp("web"), 1) == {second}, timeout=60)
+
+
+def test_a_reload_moves_a_server_into_docker_and_out_again(
+    gateway: Callable[[str], Any],
+    demo_http: Callable[[str], str],
+    docker_images: DockerImages,
+    docker_project: str,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("MCPFLEET_PROJECT", docker_project)
+    local = demo_http("local-replica")
+    as_http = json.dumps({"servers": {"web": {"endpoint": local, "transport": "streamable-http"}}})
+    gw = gateway(as_http)
+    assert replicas_answering(gw.mcp("web"), 1) == {"local-replica"}
+    # Into Docker: a new runtime with its controller takes the id (the old one drains).
+    gw.registry.write_text(registry(docker_images, timeouts={"drain": 1}))
+    wait_for(lambda: answering(gw.mcp("web"), 1) == {f"{docker_project}-web-1"}, timeout=60)
+    # And out again: the docker runtime drains, then its containers go.
+    gw.registry.write_text(as_http)
+    wait_for(lambda: answering(gw.mcp("web"), 1) == {"local-replica"}, timeout=60)
+    wait_for(lambda: containers(docker_project) == [], timeout=60)

@@ -217,6 +217,8 @@ class Gateway:
         size = fresh.gateway.max_message_bytes
         for server_id, runtime in list(self._runtimes.items()):
             entry = fresh.servers.get(server_id)
+            if entry is not None and isinstance(entry, DockerServer) != runtime.runs_containers:
+                entry = None  # into or out of Docker: the runtime drains and another takes the entry
             if entry is not None and runtime.deployment is not None and entry != old.servers.get(server_id):
                 if isinstance(entry, DockerServer) and not entry.stdio:
                     runtime.deployment.configure(entry)

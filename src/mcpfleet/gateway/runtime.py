@@ -374,6 +374,11 @@ class ServerRuntime:
         return [u for u in (self.http, self.bridge, self.stdio, *self.draining_relays) if u is not None]
 
     @property
+    def runs_containers(self) -> bool:
+        """Its replicas or processes are containers a backend starts (a docker entry)."""
+        return self.deployment is not None or self.spawn is not None
+
+    @property
     def closed(self) -> bool:
         """The runtime ended (`retire` or `aclose`); a relay of an earlier configuration ending is not it."""
         return self._closed
