@@ -20,6 +20,7 @@ from mcp import ClientSession
 from mcpfleet.client.transport import process_transport
 from mcpfleet.deploy.docker import spec
 from mcpfleet.deploy.docker.attach import ContainerProcess, owner_id
+from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.deploy.docker.engine import Engine
 from mcpfleet.errors import DeployError
 from mcpfleet.framing import MessageTooLarge
@@ -251,3 +252,22 @@ def test_a_cancelled_scope_still_ends_the_container_by_eof(docker_project: str) 
     assert code == 0, "it exited on stdin EOF, not by a signal"
     assert took < 5, f"no wait for the 5 s grace: took {took:.1f} s"
     assert gone is None
+
+
+def test_the_network_and_volume_it_names_are_made_labelled_and_removed_with_the_project(docker_project: str) -> None:
+    network, volume = f"{docker_project}-net", f"{docker_project}-data"
+    script = "import os, sys; open('/data/x', 'w').write('y'); print(sorted(os.listdir('/data')), flush=True)"
+
+    async def main(engine: Engine) -> tuple[bytes, list[str], list[str], list[str]]:
+        box = python(script, network=network, volumes=[f"{volume}:/data:rw"])
+        async with ContainerProcess(engine, box, project=docker_project) as process:
+            printed = await process.receive()
+        ours = spec.labels(docker_project)
+        made = [n["Name"] for n in await engine.networks(ours)] + [v["Name"] for v in await engine.volumes(ours)]
+        removed = [change.name for change in await DockerDeployer(engine, docker_project).down()]
+        left = [n["Name"] for n in await engine.networks(ours)] + [v["Name"] for v in await engine.volumes(ours)]
+        return printed, sorted(made), sorted(removed), left
+
+    printed, made, removed, left = run(main)
+    assert printed == b"['x']"
+    assert made == sorted([network, volume]) and removed == made and left == []

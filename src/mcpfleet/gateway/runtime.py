@@ -168,12 +168,14 @@ class ServerRuntime:
         with self._deploying:
             await deployment.run()
 
-    async def _wake(self) -> None:
+    async def _wake(self, *, new_set: bool = False) -> None:
         """No replica serves and a backend can start some: start them, and wait (up to `timeouts.connect`
-        after they are ready) until the replica source lists one. A start that fails is a 503 with
-        `Retry-After` and the reason (-32011)."""
+        after they are ready) until the replica source lists one (with `new_set`, until it lists a new set:
+        the one in force named only replicas that refused). A start that fails is a 503 with `Retry-After`
+        and the reason (-32011)."""
         assert self.deployment is not None
         assert self.balancer is not None
+        changed = self._replica_set_changed
         try:
             await self.deployment.wake()
         except DeployError as exc:
@@ -185,6 +187,8 @@ class ServerRuntime:
                 headers={"retry-after": str(self.deployment.retry_after)},
             ) from None
         with anyio.move_on_after(self.server.timeouts.connect):
+            if new_set:
+                await changed.wait()
             while not self.balancer.replicas:
                 await self._replica_set_changed.wait()
 
@@ -245,7 +249,9 @@ class ServerRuntime:
         end is `maintain`'s: connections closed, bridged sessions ended)."""
         assert self.balancer is not None
         before = {r.url for r in self.balancer.replicas}
-        self.balancer.update(addresses, self.server.timeouts.drain)
+        # A container that left is gone (or stopping): nothing is left to drain to.
+        drain = 0.0 if self.deployment is not None else self.server.timeouts.drain
+        self.balancer.update(addresses, drain)
         after = {r.url for r in self.balancer.replicas}
         self._replica_set_changed.set()
         self._replica_set_changed = anyio.Event()
@@ -255,7 +261,7 @@ class ServerRuntime:
                 self.server.id,
                 sorted(mask_url(u) for u in after - before) or "none",
                 sorted(mask_url(u) for u in before - after) or "none",
-                self.server.timeouts.drain,
+                drain,
             )
 
     async def follow(self, source: ReplicaSource) -> None:
@@ -399,25 +405,36 @@ class ServerRuntime:
                 await self._first_replica_set()
             if self.deployment is not None and self.balancer is not None and not self.balancer.replicas:
                 await self._wake()
-            if exchange.rest == MCP_PATH:
-                await self._mcp(exchange)
-            elif exchange.rest == SSE_PATH and exchange.method == "GET":
-                await self._legacy_stream(exchange)
-            elif exchange.rest == MESSAGES_PATH and exchange.method == "POST":
-                await self._legacy_message(exchange)
-            elif self.http is not None:
-                await self.http.forward(exchange, exchange.rest)
-            else:
-                raise GatewayError(
-                    404,
-                    -32601,
-                    f"server {self.server.id!r} serves only /{self.server.id}{MCP_PATH}, /{self.server.id}{SSE_PATH}"
-                    f" and /{self.server.id}{WS_PATH}",
-                )
+            try:
+                await self._dispatch(exchange)
+            except Unreachable:
+                if self.deployment is None or exchange.session_id is not None:
+                    raise
+                # Every replica refused the connection: they stopped since the last replica set (a crash).
+                # Nothing was sent, so the request waits for new ones, once.
+                await self._wake(new_set=True)
+                await self._dispatch(exchange)
         except Unreachable as exc:  # the one place: nothing reached the server, and no other upstream took it
             raise GatewayError.unreachable(self.server.id, exc.detail) from None
         finally:
             self._done()
+
+    async def _dispatch(self, exchange: Exchange) -> None:
+        if exchange.rest == MCP_PATH:
+            await self._mcp(exchange)
+        elif exchange.rest == SSE_PATH and exchange.method == "GET":
+            await self._legacy_stream(exchange)
+        elif exchange.rest == MESSAGES_PATH and exchange.method == "POST":
+            await self._legacy_message(exchange)
+        elif self.http is not None:
+            await self.http.forward(exchange, exchange.rest)
+        else:
+            raise GatewayError(
+                404,
+                -32601,
+                f"server {self.server.id!r} serves only /{self.server.id}{MCP_PATH}, /{self.server.id}{SSE_PATH}"
+                f" and /{self.server.id}{WS_PATH}",
+            )
 
     def _done(self) -> None:
         if self.deployment is not None:

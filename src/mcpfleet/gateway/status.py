@@ -21,7 +21,7 @@ from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.relay import RelayUpstream
 from mcpfleet.registry import Registry
-from mcpfleet.registry.model import Endpoint, HttpServer, StdioServer
+from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
 
 ReplicaState = Literal["ok", "ejected", "draining", "unknown"]
@@ -163,8 +163,17 @@ def _server(
         command=command,
         pool=pool,
         draining=snapshot is None,
-        deployment=runtime.deployment.describe() if runtime is not None and runtime.deployment is not None else None,
+        deployment=_deployment(entry, runtime),
     )
+
+
+def _deployment(entry: Server, runtime: ServerRuntime | None) -> Mapping[str, Any] | None:
+    """A docker entry's deployment: its controller's account (HTTP replicas), or its image (stdio)."""
+    if runtime is not None and runtime.deployment is not None:
+        return runtime.deployment.describe()
+    if isinstance(entry, DockerServer):
+        return {"backend": "docker", "image": entry.image, "pull": entry.pull}
+    return None
 
 
 def _sessions_of(runtime: ServerRuntime, sessions: SessionTable) -> int:

@@ -354,6 +354,15 @@ class DockerResources(Resources):
 
     pids: Annotated[int, Field(ge=1)] | None = 256
 
+    @field_validator("memory")
+    @classmethod
+    def _bytes(cls, value: str | None) -> str | None:
+        if value is not None and value.endswith("m"):
+            raise ValueError(
+                f"{value!r} is thousandths of a byte: write memory in bytes, k, M, G, Ki, Mi or Gi (256Mi)"
+            )
+        return value
+
 
 class Volume(_Model):
     """A mount: a host path (absolute) or a named volume at `target`; read-only unless `read_only: false`.
@@ -476,16 +485,22 @@ class DockerServer(_Entry):
                     f"network {self.network!r} publishes no port: an HTTP server (one with a 'port') needs a bridge"
                     " network such as the default"
                 )
-            if self.pool != Pool():
-                raise ValueError("'pool' is for stdio containers (no 'port'): HTTP replicas are set by 'replicas'")
+            if self.pool != Pool() or "stateless" in self.model_fields_set:
+                raise ValueError(
+                    "'pool' and 'stateless' are for stdio containers (no 'port'): HTTP replicas are set by 'replicas'"
+                )
             if self.host_port is not None and self.replicas > 1:
                 raise ValueError(
                     f"'host_port' {self.host_port} fits one replica, and 'replicas' is {self.replicas}: leave"
                     " host_port unset so each replica gets a port of its own"
                 )
             return self
-        if self.host_port is not None:
-            raise ValueError("'host_port' needs a 'port': a stdio container publishes nothing")
+        http_only = sorted({"replicas", "path", "balancer", "host_port"} & self.model_fields_set)
+        if http_only:
+            raise ValueError(
+                f"{', '.join(repr(f) for f in http_only)} {'is' if len(http_only) == 1 else 'are'} for HTTP replicas"
+                " (entries with a 'port'): a stdio server runs one container per session (see 'pool')"
+            )
         if self.start is not None or self.idle_timeout is not None:
             raise ValueError(
                 "'start' and 'idle_timeout' are for HTTP replicas (entries with a 'port'): stdio containers start"

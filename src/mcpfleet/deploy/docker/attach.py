@@ -41,6 +41,7 @@ from aiodocker.stream import Stream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mcpfleet.deploy.docker import spec
+from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.deploy.docker.engine import REQUEST_TIMEOUT, Engine
 from mcpfleet.errors import DeployError
 from mcpfleet.framing import DEFAULT_MAX_LINE, LineBuffer, MessageTooLarge, encode_line
@@ -112,7 +113,7 @@ class ContainerProcess(Supervised):
 
     async def __aenter__(self) -> ContainerProcess:
         engine, entry = self._engine, self._entry
-        await engine.ensure_image(entry.image, pull=entry.pull, server_id=entry.id, within=entry.timeouts.startup)
+        await DockerDeployer(engine, self._project).prepare(entry)  # the image, a named network and volumes
         body = spec.container_body(entry, project=self._project, name=self.name, role="session", owner=self._owner)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()

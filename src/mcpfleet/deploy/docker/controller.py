@@ -174,7 +174,13 @@ class ReplicaController:
     async def aclose(self) -> None:
         """Remove the containers this controller started (shielded: it runs while the gateway stops)."""
         with anyio.CancelScope(shield=True):
-            mine = [r.id for r in await self.deployer.replicas(self.entry) if r.name in self.made]
+            try:
+                mine = [r.id for r in await self.deployer.replicas(self.entry) if r.name in self.made]
+            except DeployError as exc:
+                log.error("server %r: its containers could not be listed to remove them: %s", self.entry.id, exc)
+                return
+            if mine:
+                log.info("server %r: removing the %d container(s) it started", self.entry.id, len(mine))
             async with anyio.create_task_group() as group:
                 for container_id in mine:
                     group.start_soon(self._remove, container_id)

@@ -163,15 +163,8 @@ class DockerDeployer:
         docker = docker_entry(entry)
         tell = progress or (lambda _: None)
         tell(f"checking image {docker.image}")
-        await self.engine.ensure_image(
-            docker.image, pull=docker.pull, server_id=docker.id, within=docker.timeouts.startup
-        )
+        await self.prepare(docker)
         changes = await self.plan(docker, replicas)
-        for change in changes:
-            if change.action == "create" and change.kind == "network":
-                await self.engine.ensure_network(change.name, self._owned(docker.id), server_id=docker.id)
-            elif change.action == "create" and change.kind == "volume":
-                await self.engine.ensure_volume(change.name, self._owned(docker.id), server_id=docker.id)
         creating = [c.name for c in changes if c.action == "create" and c.kind == "container"]
         removing = {c.name for c in changes if c.action == "remove" and c.kind == "container"}
         if creating:
@@ -182,6 +175,17 @@ class DockerDeployer:
             existing = await self.replicas(docker)
             await self._remove_all([r.id for r in existing if r.name in removing], docker.timeouts.shutdown)
         return await self.replicas(docker)
+
+    async def prepare(self, entry: DockerServer) -> None:
+        """What every container of `entry` needs before it is created: its image (pulled per `pull`, bounded by
+        `timeouts.startup`), and the network and named volumes it names, made and labelled as ours when
+        missing (so `remove` deletes them, and never one that was there before)."""
+        await self.engine.ensure_image(entry.image, pull=entry.pull, server_id=entry.id, within=entry.timeouts.startup)
+        for change in await self._supporting(entry):
+            if change.kind == "network":
+                await self.engine.ensure_network(change.name, self._owned(entry.id), server_id=entry.id)
+            else:
+                await self.engine.ensure_volume(change.name, self._owned(entry.id), server_id=entry.id)
 
     def _owned(self, server_id: str) -> dict[str, str]:
         return spec.labels(self.project, server_id)
