@@ -37,7 +37,8 @@ from mcpfleet.registry.model import DockerServer, Server
 
 log = logging.getLogger("mcpfleet.docker")
 
-READY_POLL = 0.1  # seconds between readiness checks of a starting container
+READY_POLL = 0.01  # seconds before the second readiness check of a starting container, doubling up to:
+READY_POLL_MAX = 0.1
 PROBE_TIMEOUT = 2.0  # seconds for one readiness request
 LOG_LINES = 20  # log lines quoted when a container exits during a deploy
 _BUILTIN_NETWORKS = frozenset({"bridge", "host", "none"})
@@ -231,6 +232,7 @@ class DockerDeployer:
         does not answer in time."""
         assert entry.port is not None
         deadline = time.monotonic() + entry.timeouts.startup
+        poll = READY_POLL
         async with httpx2.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as client:
             while True:
                 inspected = await self.engine.inspect(container_id)
@@ -251,7 +253,8 @@ class DockerDeployer:
                         server_id=entry.id,
                         logs=logs,
                     )
-                await anyio.sleep(READY_POLL)
+                await anyio.sleep(poll)
+                poll = min(READY_POLL_MAX, poll * 2)
 
     async def down(self, server_id: str | None = None) -> list[Change]:
         changes = await self.plan_down(server_id)
@@ -295,11 +298,17 @@ class DockerDeployer:
                     yield item
 
 
+# Sent with each readiness probe: a session id no server issued, so a server that keeps sessions answers 404
+# at once instead of opening a session for the probe (the SDK's server opens one for a GET without an id).
+PROBE_SESSION = "mcpfleet-readiness-probe"
+
+
 async def answers(client: httpx2.AsyncClient, url: str) -> bool:
-    """Whether an MCP endpoint is up: any HTTP answer below 500 to a GET of its path (an SDK server answers
-    405 or 406 there; docker-proxy accepts the TCP connection before the server listens, so TCP is not it)."""
+    """Whether an MCP endpoint is up: any HTTP answer below 500 to a GET of its path (docker-proxy accepts the
+    TCP connection before the server listens, so TCP is not it)."""
+    headers = {"accept": "application/json, text/event-stream", "mcp-session-id": PROBE_SESSION}
     try:
-        response = await client.get(url, headers={"accept": "application/json, text/event-stream"})
+        response = await client.get(url, headers=headers)
     except httpx2.HTTPError:
         return False
     return response.status_code < 500

@@ -29,7 +29,8 @@ from mcpfleet.replicas.source import ReplicaAddress
 log = logging.getLogger("mcpfleet.docker")
 
 RELIST = 60.0  # seconds: a full list at least this often, events or not
-NOT_READY_RETRY = 0.1  # seconds before probing a running container that did not answer yet
+NOT_READY_RETRY = 0.01  # seconds before probing again a running container that did not answer, doubling up to:
+NOT_READY_RETRY_MAX = 0.1
 PROBE_TIMEOUT = 1.0  # seconds for one readiness request
 
 
@@ -44,6 +45,7 @@ class DockerSource:
 
     async def watch(self) -> AsyncIterator[tuple[ReplicaAddress, ...]]:
         last: tuple[ReplicaAddress, ...] | None = None
+        retry = NOT_READY_RETRY
         async with httpx2.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as client:
             while True:
                 since = time.time()
@@ -51,7 +53,8 @@ class DockerSource:
                 if current != last:
                     yield current
                     last = current
-                await self._changed(since, NOT_READY_RETRY if pending else self.relist)
+                await self._changed(since, retry if pending else self.relist)
+                retry = min(NOT_READY_RETRY_MAX, retry * 2) if pending else NOT_READY_RETRY
 
     async def _list(self, client: httpx2.AsyncClient) -> tuple[tuple[ReplicaAddress, ...], bool]:
         """The set as it is now, and whether a running container has not answered yet."""
