@@ -74,7 +74,7 @@ def test_an_http_replica_publishes_its_port_on_loopback_and_is_confined() -> Non
         " secret_env: {TOKEN: '${TOKEN}'}, resources: {cpu: 500m, memory: 256Mi},"
         " security: {read_only: true, user: '10001', cap_add: [CAP_NET_BIND_SERVICE]}}"
     )
-    body = spec.container_body(server, project="p", name="p-d-1", role="replica")
+    body = spec.container_body(server, project="p", name="p-d-1", role="replica", digest="d1")
     host = body["HostConfig"]
     assert body["Entrypoint"] == ["srv"] and body["Cmd"] == ["--x"] and body["User"] == "10001"
     assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
@@ -87,7 +87,7 @@ def test_an_http_replica_publishes_its_port_on_loopback_and_is_confined() -> Non
         "mcpfleet.project": "p",
         "mcpfleet.server": "d",
         "mcpfleet.role": "replica",
-        "mcpfleet.spec": spec.spec_digest(server),
+        "mcpfleet.spec": "d1",
         "mcpfleet.port": "8080",
     }
     assert "TOKEN=s3cret" in body["Env"]
@@ -98,7 +98,7 @@ def test_an_http_replica_publishes_its_port_on_loopback_and_is_confined() -> Non
 
 def test_a_stdio_container_keeps_stdin_open_and_has_no_network() -> None:
     server = entry("{type: docker, image: mcpfleet/demo:dev, args: [stdio]}")
-    body = spec.container_body(server, project="p", name="p-d-s-1", role="session", owner="h:1")
+    body = spec.container_body(server, project="p", name="p-d-s-1", role="session", digest="d2", owner="h:1")
     assert body["OpenStdin"] and body["StdinOnce"] and body["AttachStdin"] and not body["Tty"]
     assert body["HostConfig"]["NetworkMode"] == "none" and "PortBindings" not in body["HostConfig"]
     assert "Entrypoint" not in body and body["Labels"]["mcpfleet.owner"] == "h:1"
@@ -116,6 +116,14 @@ def test_the_spec_digest_changes_with_what_runs_only() -> None:
         "{type: docker, image: i, port: 80, resources: {memory: 1Gi}}",
     ):
         assert spec.spec_digest(entry(changed)) != digest, changed
+
+
+def test_the_digest_of_a_secret_is_keyed_by_the_engine() -> None:
+    # A new secret value rolls the replicas out; the label confirms nothing about it without the engine's ID.
+    one = entry("{type: docker, image: i, port: 80, secret_env: {TOKEN: '${TOKEN}'}}")
+    other = entry("{type: docker, image: i, port: 80, secret_env: {TOKEN: other}}")
+    assert spec.spec_digest(one, b"engine-a") != spec.spec_digest(other, b"engine-a")
+    assert spec.spec_digest(one, b"engine-a") != spec.spec_digest(one, b"engine-b")
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from mcpfleet.cli import output
 from mcpfleet.cli.app import JsonOpt, ProjectOpt, RegistryOpt, ServerArg, T, _fail, _run, app
 from mcpfleet.cli.target import Target, resolve
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
-from mcpfleet.deploy.docker.spec import project_name, spec_digest
+from mcpfleet.deploy.docker.spec import project_name
 from mcpfleet.errors import McpfleetError, UsageError
 from mcpfleet.registry import Registry
 from mcpfleet.registry.model import DockerServer
@@ -254,7 +254,7 @@ def status(
         for server_id in dict.fromkeys(replica.server_id for replica in found):
             entry = scope.registry.servers.get(server_id)
             if isinstance(entry, DockerServer):
-                marked += await deployer.status(server_id, digest=spec_digest(entry))
+                marked += await deployer.status(server_id, digest=await deployer.digest(entry))
             else:  # it left the registry (or is no docker entry now): nothing of it runs a present spec
                 marked += [dataclasses.replace(r, current=False) for r in found if r.server_id == server_id]
         return marked

@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 
 from mcpfleet import __version__
+from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
@@ -217,8 +218,16 @@ class Gateway:
         size = fresh.gateway.max_message_bytes
         for server_id, runtime in list(self._runtimes.items()):
             entry = fresh.servers.get(server_id)
+            before = old.servers.get(server_id)
             if entry is not None and isinstance(entry, DockerServer) != runtime.runs_containers:
                 entry = None  # into or out of Docker: the runtime drains and another takes the entry
+            elif (
+                isinstance(entry, DockerServer)
+                and entry.stdio
+                and isinstance(before, DockerServer)
+                and spec_digest(entry) != spec_digest(before)
+            ):
+                entry = None  # other containers: new sessions get a new runtime, the old one drains
             if entry is not None and runtime.deployment is not None and entry != old.servers.get(server_id):
                 if isinstance(entry, DockerServer) and not entry.stdio:
                     runtime.deployment.configure(entry)

@@ -36,8 +36,8 @@ def served_form(entry: Server) -> Server:
         "health": entry.health,
     }
     if entry.stdio:
-        # The command is what /servers shows and what tells a reload that the containers must change.
-        argv = (f"docker:{entry.image}@{spec.spec_digest(entry)}", *(entry.command or ()), *(entry.args or ()))
+        # What /servers shows; a reload that changes the container spec makes a new runtime (app.py).
+        argv = (f"docker:{entry.image}", *(entry.command or ()), *(entry.args or ()))
         return StdioServer(
             **common,
             command=argv,
@@ -48,7 +48,8 @@ def served_form(entry: Server) -> Server:
         )
     return HttpServer(
         **common,
-        endpoints=(Endpoint(url=f"http://127.0.0.1:{entry.port}"),),  # a placeholder: replicas are discovered
+        # A placeholder that routes nowhere: the replicas are discovered.
+        endpoints=(Endpoint(url=f"http://replicas-are-discovered.invalid:{entry.port}"),),
         path=entry.path,
         transport="streamable-http",
         balancer=entry.balancer,

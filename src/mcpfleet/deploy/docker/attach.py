@@ -113,8 +113,12 @@ class ContainerProcess(Supervised):
 
     async def __aenter__(self) -> ContainerProcess:
         engine, entry = self._engine, self._entry
-        await DockerDeployer(engine, self._project).prepare(entry)  # the image, a named network and volumes
-        body = spec.container_body(entry, project=self._project, name=self.name, role="session", owner=self._owner)
+        deployer = DockerDeployer(engine, self._project)
+        await deployer.prepare(entry)  # the image, a named network and volumes
+        digest = await deployer.digest(entry)
+        body = spec.container_body(
+            entry, project=self._project, name=self.name, role="session", digest=digest, owner=self._owner
+        )
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         try:

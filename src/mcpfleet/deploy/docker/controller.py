@@ -24,7 +24,9 @@ from typing import Any
 
 import anyio
 
+from mcpfleet.deploy.docker import spec
 from mcpfleet.deploy.docker.deployer import DockerDeployer
+from mcpfleet.deploy.docker.engine import REQUEST_TIMEOUT
 from mcpfleet.deploy.docker.source import DockerSource
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import DockerServer
@@ -34,6 +36,7 @@ log = logging.getLogger("mcpfleet.docker")
 RECONCILE_INTERVAL = 2.0  # seconds between checks of the replica containers
 BACKOFF = 1.0  # seconds before a failed start is tried again, doubling
 BACKOFF_MAX = 60.0
+WAKE_MARGIN = 5.0  # seconds a request waits for a start beyond `timeouts.startup` (engine calls, the first list)
 
 
 class ReplicaController:
@@ -47,11 +50,14 @@ class ReplicaController:
         self.error: DeployError | None = None  # the last failed start, until one succeeds
         self.retry_at = 0.0
         self._backoff = BACKOFF
-        self._lock = anyio.Lock()  # one converge at a time: wakes and reconciles queue
-        self._kick = anyio.Event()
+        self._kick = anyio.Event()  # run a round now
+        self._round_done = anyio.Event()  # set when the next round ends (a waker waits for it)
+        self._woken = False  # a request asked for a replica since the last round began
+        self._running = False
+        self._stopped = anyio.Event()
         self._inflight = 0
         self._last_request = time.monotonic()
-        self._started = False  # the first reconcile ran (on_boot decided)
+        self._started = False  # the first round ran (on_boot decided)
         self._new_count = False  # a reload changed `replicas`: converge on it
 
     # --- what the gateway tells it ---------------------------------------------------------------------
@@ -65,9 +71,12 @@ class ReplicaController:
         self._last_request = time.monotonic()
 
     def configure(self, entry: DockerServer) -> None:
-        """A reload changed the entry: a new `replicas` or spec is converged on at once."""
+        """A reload changed the entry: a new `replicas` or spec is converged on at once (a new spec is tried
+        at once even within the backoff of the old one's failure)."""
         old, self.entry = self.entry, entry
         self._new_count = self._new_count or entry.replicas != old.replicas
+        if spec.spec_digest(entry) != spec.spec_digest(old):
+            self.error, self.retry_at, self._backoff = None, 0.0, BACKOFF
         self._kick.set()
 
     def describe(self) -> dict[str, Any]:
@@ -89,91 +98,121 @@ class ReplicaController:
         """Whole seconds until a failed start is tried again (at least 1)."""
         return max(1, round(self.retry_at - time.monotonic()))
 
-    # --- the loop --------------------------------------------------------------------------------------
+    # --- the loop: every start and stop of replicas happens in `run`'s task --------------------------------
 
     async def run(self) -> None:
-        """Reconcile every RECONCILE_INTERVAL seconds, and at once when told (`configure`)."""
-        failing = ""  # the failure logged last: the same one again is not logged every round
-        while True:
-            try:
-                await self.reconcile()
-                if failing:
-                    log.info("server %r: the Docker engine answers again", self.entry.id)
-                failing = ""
-            except DeployError as exc:
-                if exc.message != failing:
-                    log.error(
-                        "server %r: %s (checked again every %g s)", self.entry.id, exc.message, RECONCILE_INTERVAL
-                    )
-                failing = exc.message
-            with anyio.move_on_after(RECONCILE_INTERVAL):
-                await self._kick.wait()
-            self._kick = anyio.Event()
+        """A round every RECONCILE_INTERVAL seconds, and at once when told (`configure`, `wake`). A failure is
+        logged (once while it repeats); none ends the loop."""
+        self._running = True
+        failing = ""
+        try:
+            while True:
+                done, self._round_done = self._round_done, anyio.Event()
+                woken, self._woken = self._woken, False
+                try:
+                    await self.reconcile(woken)
+                    if failing:
+                        log.info("server %r: the Docker engine answers again", self.entry.id)
+                    failing = ""
+                except DeployError as exc:
+                    if woken:
+                        self._failed(exc)
+                    if exc.message != failing:
+                        log.error("server %r: %s (tried again in %g s)", self.entry.id, exc.message, RECONCILE_INTERVAL)
+                    failing = exc.message
+                except Exception:  # a fault of ours: the gateway's other work must go on
+                    log.exception("server %r: keeping its replicas failed; trying again", self.entry.id)
+                finally:
+                    done.set()
+                with anyio.move_on_after(RECONCILE_INTERVAL):
+                    await self._kick.wait()
+                self._kick = anyio.Event()
+        finally:
+            self._stopped.set()
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, woken: bool = False) -> None:
+        """One round: scale to zero when idle, start replicas for a request that found none (`woken`), else
+        keep the count of containers that exist (replace stopped ones, roll out an older spec)."""
         entry = self.entry
         replicas = await self.deployer.replicas(entry)
         current = [r for r in replicas if r.current]
         running = [r for r in current if r.running]
-        idle_for = time.monotonic() - self._last_request
-        if entry.idle_timeout is not None and replicas and not self._inflight and idle_for > entry.idle_timeout:
-            log.info("server %r: no request for %.0f s (idle_timeout): scaling to zero", entry.id, idle_for)
+        if self._idle() and replicas and not woken:
+            log.info("server %r: no request for %g s (idle_timeout): scaling to zero", entry.id, entry.idle_timeout)
             await self._converge(0)
             return
-        if self._new_count:
-            self._new_count = False
+        if woken and not running:
+            want = max(1, entry.replicas)
+        elif self._new_count:
             want = entry.replicas
         elif not replicas:
             want = entry.replicas if not self._started and entry.starts_on_boot else 0
         else:
             want = len(current) or len(replicas)  # the containers that exist (an older spec rolls out)
         self._started = True
-        if want == 0 and not replicas:
-            return
-        if len(running) != want or len(running) != len(replicas):
-            await self._converge(want)
+        if (want != 0 or replicas) and (len(running) != want or len(running) != len(replicas)):
+            if await self._converge(want):
+                self._new_count = False
+        elif self._new_count:
+            self._new_count = False
+
+    def _idle(self) -> bool:
+        idle_timeout = self.entry.idle_timeout
+        return idle_timeout is not None and not self._inflight and time.monotonic() - self._last_request > idle_timeout
 
     async def wake(self) -> None:
-        """A request found no replica: start the entry's replicas (at least one) unless they run already,
-        and return when one is ready. Raises the DeployError of a start that failed (also one within the
-        backoff of an earlier failure, at once)."""
+        """A request found no replica: have the next round start the entry's replicas (at least one) unless
+        they run, and return when it ended. The round runs in the controller's task, so a request that goes
+        away cancels nothing. Raises the DeployError of a start that failed (at once within the backoff of
+        an earlier one), or one saying no replica was ready within `timeouts.startup`."""
         self._last_request = time.monotonic()
-        async with self._lock:
-            if any(r.running and r.current for r in await self.deployer.replicas(self.entry)):
-                return
-            if self.error is not None and time.monotonic() < self.retry_at:
-                raise self.error
-            await self._converge_locked(max(1, self.entry.replicas))
-            if self.error is not None:
-                raise self.error
+        if self.error is not None and time.monotonic() < self.retry_at:
+            raise self.error
+        done = self._round_done
+        self._woken = True
+        self._kick.set()
+        within = self.entry.timeouts.startup + WAKE_MARGIN
+        with anyio.move_on_after(within):
+            await done.wait()
+        if not done.is_set():
+            raise DeployError(
+                f"no replica was ready within {within:g} s (setting: timeouts.startup)", server_id=self.entry.id
+            )
+        if self.error is not None and time.monotonic() < self.retry_at:
+            raise self.error
 
-    async def _converge(self, want: int) -> None:
-        async with self._lock:
-            if time.monotonic() < self.retry_at:
-                return
-            await self._converge_locked(want)
+    def _failed(self, exc: DeployError) -> None:
+        self.error = exc
+        self.retry_at = time.monotonic() + self._backoff
+        log.error("server %r: starting replicas failed; trying again in %g s: %s", self.entry.id, self._backoff, exc)
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
 
-    async def _converge_locked(self, want: int) -> None:
+    async def _converge(self, want: int) -> bool:
+        """`up(entry, want)` unless within a failure's backoff; whether it succeeded."""
+        if time.monotonic() < self.retry_at:
+            return False
         before = {r.name for r in await self.deployer.replicas(self.entry)}
+        if want == 0 and not self._idle():
+            return False  # a request came while the idle decision was made
         try:
             after = await self.deployer.up(self.entry, want)
         except DeployError as exc:
-            self.error = exc
-            self.retry_at = time.monotonic() + self._backoff
-            log.error(
-                "server %r: starting replicas failed; trying again in %g s: %s", self.entry.id, self._backoff, exc
-            )
-            self._backoff = min(BACKOFF_MAX, self._backoff * 2)
-            return
+            self._failed(exc)
+            return False
         self.error, self.retry_at, self._backoff = None, 0.0, BACKOFF
         names = {r.name for r in after}
         self.made = (self.made | (names - before)) & names
         if names != before:
             log.info("server %r: %d replica(s) running: %s", self.entry.id, len(names), ", ".join(sorted(names)))
+        return True
 
     async def aclose(self) -> None:
-        """Remove the containers this controller started (shielded: it runs while the gateway stops)."""
+        """After `run` was cancelled: wait for it to unwind (its start removes what it made), then remove the
+        containers this controller started. Shielded and bounded: it runs while the gateway stops."""
         with anyio.CancelScope(shield=True):
+            if self._running:
+                with anyio.move_on_after(REQUEST_TIMEOUT):
+                    await self._stopped.wait()
             try:
                 mine = [r.id for r in await self.deployer.replicas(self.entry) if r.name in self.made]
             except DeployError as exc:
@@ -181,13 +220,5 @@ class ReplicaController:
                 return
             if mine:
                 log.info("server %r: removing the %d container(s) it started", self.entry.id, len(mine))
-            async with anyio.create_task_group() as group:
-                for container_id in mine:
-                    group.start_soon(self._remove, container_id)
+            await self.deployer.remove_all(mine, self.entry.timeouts.shutdown)
             self.made.clear()
-
-    async def _remove(self, container_id: str) -> None:
-        try:
-            await self.deployer.engine.remove(container_id, grace=self.entry.timeouts.shutdown)
-        except DeployError as exc:
-            log.error("server %r: could not remove container %s: %s", self.entry.id, container_id[:12], exc)

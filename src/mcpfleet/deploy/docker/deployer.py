@@ -31,7 +31,7 @@ import httpx2
 
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
 from mcpfleet.deploy.docker import spec
-from mcpfleet.deploy.docker.engine import Engine, NameTaken
+from mcpfleet.deploy.docker.engine import PULL_TIMEOUT, Engine, NameTaken
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import DockerServer, Server
 
@@ -62,7 +62,7 @@ def replica_status(summary: Mapping[str, Any], digest: str | None = None) -> Rep
     port = labels.get(spec.PORT)
     address = None
     for binding in summary.get("Ports") or []:
-        if str(binding.get("PrivatePort")) == port and binding.get("PublicPort") and binding.get("IP") != "::":
+        if str(binding.get("PrivatePort")) == port and binding.get("PublicPort") and binding.get("IP") == "127.0.0.1":
             address = f"http://127.0.0.1:{binding['PublicPort']}"
             break
     exited = _EXITED.search(summary.get("Status") or "")
@@ -97,8 +97,12 @@ class DockerDeployer:
     async def replicas(self, entry: DockerServer) -> list[ReplicaStatus]:
         """The entry's replica containers, each marked current or not against its present spec."""
         found = await self.engine.containers(spec.labels(self.project, entry.id, "replica"))
-        digest = spec.spec_digest(entry)
+        digest = await self.digest(entry)
         return sorted((replica_status(s, digest) for s in found), key=lambda r: (_index(r.name), r.name))
+
+    async def digest(self, entry: DockerServer) -> str:
+        """The entry's spec digest on this engine (keyed by its ID): the `mcpfleet.spec` label."""
+        return spec.spec_digest(entry, await self.engine.identity())
 
     async def plan(self, entry: Server, replicas: int | None = None) -> list[Change]:
         docker = docker_entry(entry)
@@ -107,12 +111,13 @@ class DockerDeployer:
             return changes
         want = docker.replicas if replicas is None else replicas
         existing = await self.replicas(docker)
+        digest = await self.digest(docker)
         keep = [r for r in existing if r.current and r.running][:want]
         taken = {_index(r.name) for r in existing}
         free = (k for k in range(1, 10**6) if k not in taken)
         for number in range(len(keep) + 1, want + 1):
             name = spec.replica_name(self.project, docker.id, next(free))
-            body = spec.container_body(docker, project=self.project, name=name, role="replica")
+            body = spec.container_body(docker, project=self.project, name=name, role="replica", digest=digest)
             reason = f"replica {number} of {want}"
             changes.append(Change("create", "container", name, docker.id, reason, spec.masked(body, docker)))
         for replica in existing:
@@ -174,14 +179,14 @@ class DockerDeployer:
         if removing:
             tell(f"removing {len(removing)} container{'s' if len(removing) != 1 else ''} of {docker.id}")
             existing = await self.replicas(docker)
-            await self._remove_all([r.id for r in existing if r.name in removing], docker.timeouts.shutdown)
+            await self.remove_all([r.id for r in existing if r.name in removing], docker.timeouts.shutdown)
         return await self.replicas(docker)
 
     async def prepare(self, entry: DockerServer) -> None:
         """What every container of `entry` needs before it is created: its image (pulled per `pull`, bounded by
-        `timeouts.startup`), and the network and named volumes it names, made and labelled as ours when
+        PULL_TIMEOUT), and the network and named volumes it names, made and labelled as ours when
         missing (so `remove` deletes them, and never one that was there before)."""
-        await self.engine.ensure_image(entry.image, pull=entry.pull, server_id=entry.id, within=entry.timeouts.startup)
+        await self.engine.ensure_image(entry.image, pull=entry.pull, server_id=entry.id, within=PULL_TIMEOUT)
         for change in await self._supporting(entry):
             if change.kind == "network":
                 await self.engine.ensure_network(change.name, self._owned(entry.id), server_id=entry.id)
@@ -192,39 +197,72 @@ class DockerDeployer:
         return spec.labels(self.project, server_id)
 
     async def _start_all(self, entry: DockerServer, names: list[str]) -> None:
-        """Create, start and wait for each named replica, at once. If any fails, every one of them is removed
-        and the first failure raised."""
+        """Create, start and wait for each named replica, at once. If any fails, or the wait is cancelled,
+        every one made here is removed (shielded) and the first failure raised."""
         made: list[str] = []
         failures: list[DeployError] = []
+        digest = await self.digest(entry)
 
         async def one(name: str) -> None:
-            body = spec.container_body(entry, project=self.project, name=name, role="replica")
+            body = spec.container_body(entry, project=self.project, name=name, role="replica", digest=digest)
             try:
-                container_id = await self.engine.create(body, name, server_id=entry.id)
+                with anyio.CancelScope(shield=True):  # a container the engine made must be known to be removed
+                    container_id = await self.engine.create(body, name, server_id=entry.id)
+                    made.append(container_id)
             except NameTaken:
-                return  # another deployer made it: it counts as made (and is its to wait for)
-            made.append(container_id)
+                await self._made_by_us(entry, name)  # another deployer of ours made it: it counts as made
+                return
+            except DeployError as exc:
+                failures.append(exc)
+                return
             try:
                 await self.engine.start(container_id, server_id=entry.id, name=name)
                 await self.wait_ready(entry, container_id, name)
             except DeployError as exc:
                 failures.append(exc)
 
-        async with anyio.create_task_group() as group:
-            for name in names:
-                group.start_soon(one, name)
+        try:
+            async with anyio.create_task_group() as group:
+                for name in names:
+                    group.start_soon(one, name)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.remove_all(made, 0)
+            raise
         if failures:
             with anyio.CancelScope(shield=True):
-                await self._remove_all(made, 0)
+                await self.remove_all(made, 0)
             raise failures[0]
 
-    async def _remove_all(self, container_ids: Iterable[str], grace: float) -> None:
+    async def _made_by_us(self, entry: DockerServer, name: str) -> None:
+        """The container named `name` exists: fine if it is a replica of this entry in this project (another
+        deployer raced us), else a DeployError naming the clash."""
+        inspected = await self.engine.inspect(name) or {}
+        labels = (inspected.get("Config") or {}).get("Labels") or {}
+        if {k: labels.get(k) for k in spec.labels(self.project, entry.id, "replica")} != spec.labels(
+            self.project, entry.id, "replica"
+        ):
+            raise DeployError(
+                f"a container named {name} exists and is not a replica of this server in project"
+                f" {self.project!r}: remove or rename it, or choose another project (--project, $MCPFLEET_PROJECT)",
+                server_id=entry.id,
+            )
+
+    async def remove_all(self, container_ids: Iterable[str], grace: float) -> list[DeployError]:
+        """Remove each container (SIGTERM, `grace` seconds, SIGKILL), all at once; the failures, each logged."""
+        failures: list[DeployError] = []
+
         async def remove(container_id: str) -> None:
-            await self.engine.remove(container_id, grace=grace)
+            try:
+                await self.engine.remove(container_id, grace=grace)
+            except DeployError as exc:
+                log.error("%s", exc)
+                failures.append(exc)
 
         async with anyio.create_task_group() as group:
             for container_id in container_ids:
                 group.start_soon(remove, container_id)
+        return failures
 
     async def wait_ready(self, entry: DockerServer, container_id: str, name: str) -> str:
         """Wait until the replica's MCP endpoint answers HTTP below 500 on 127.0.0.1, up to
@@ -259,7 +297,9 @@ class DockerDeployer:
     async def down(self, server_id: str | None = None) -> list[Change]:
         changes = await self.plan_down(server_id)
         containers = [r.id for r in await self.status(server_id)]
-        await self._remove_all(containers, 2.0)
+        failures = await self.remove_all(containers, 2.0)
+        if failures:
+            raise failures[0]  # a network or volume in use by a container left could not go either
         for change in changes:
             if change.kind == "network":
                 await self.engine.remove_network(change.name)
@@ -298,20 +338,14 @@ class DockerDeployer:
                     yield item
 
 
-# Sent with each readiness probe: a session id no server issued, so a server that keeps sessions answers 404
-# at once instead of opening a session for the probe (the SDK's server opens one for a GET without an id).
-PROBE_SESSION = "mcpfleet-readiness-probe"
-
-
 async def answers(client: httpx2.AsyncClient, url: str) -> bool:
-    """Whether an MCP endpoint is up: any HTTP answer below 500 to a GET of its path (docker-proxy accepts the
-    TCP connection before the server listens, so TCP is not it)."""
-    headers = {"accept": "application/json, text/event-stream", "mcp-session-id": PROBE_SESSION}
+    """Whether an MCP endpoint is up: an HTTP answer below 500 to a GET of its path, 404 excepted (a wrong
+    `path`). docker-proxy accepts the TCP connection before the server listens, so TCP is not it."""
     try:
-        response = await client.get(url, headers=headers)
+        response = await client.get(url, headers={"accept": "application/json, text/event-stream"})
     except httpx2.HTTPError:
         return False
-    return response.status_code < 500
+    return response.status_code < 500 and response.status_code != 404
 
 
 def _index(name: str) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -36,6 +37,10 @@ log = logging.getLogger("mcpfleet.docker")
 DEFAULT_SOCKET = "/var/run/docker.sock"
 REQUEST_TIMEOUT = 30.0  # seconds for one short Engine API call (create, start, inspect, list)
 UNREACHABLE = 900  # aiodocker's status for a connection that failed
+# Every short call (list, inspect, create, start, version) is bounded; aiodocker lifts `total` and `sock_read`
+# itself for its long ones (attach, logs, stop, delete), which keep the connect bound; `events` sets its own.
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, sock_connect=5.0)
+PULL_TIMEOUT = 600.0  # seconds an image pull may take (a first pull of a large image is slow)
 
 
 def engine_address() -> str:
@@ -72,6 +77,8 @@ class Engine:
         self.address = address or engine_address()
         self._docker: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
+        self._identity: bytes | None = None
+        self._closed = False
         self.version: dict[str, Any] = {}
 
     async def __aenter__(self) -> Engine:
@@ -81,6 +88,13 @@ class Engine:
             await self.aclose()
             raise
         return self
+
+    async def identity(self) -> bytes:
+        """The engine's ID (`docker info`), read once: the key of the spec digests in its containers' labels."""
+        if self._identity is None:
+            info = await self._call(self.docker.system.info())
+            self._identity = str(info.get("ID", "")).encode()
+        return self._identity
 
     async def connect(self) -> Engine:
         """Check that the engine answers (its version); EngineUnavailableError when it does not."""
@@ -93,6 +107,7 @@ class Engine:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._docker is not None:
             docker, self._docker = self._docker, None
             await docker.close()
@@ -105,6 +120,8 @@ class Engine:
         """The aiodocker client (made on first use, in the event loop; its connections to the engine are
         made per request, so an engine that restarts is reached again without a new client)."""
         if self._docker is None:
+            if self._closed:
+                raise EngineUnavailableError(f"the connection to the Docker engine at {self.address} was closed")
             if _socket_missing(self.address):
                 raise _unreachable(self.address, "no socket")
             # Each attached stdio container holds one connection for its life: no pool limit (aiohttp's
@@ -112,9 +129,9 @@ class Engine:
             if self.address.startswith("unix://"):
                 self._connector = aiohttp.UnixConnector(path=self.address.removeprefix("unix://"), limit=0)
                 # With a connector of ours, aiodocker takes the URL as it is: a dummy host, as it makes itself.
-                self._docker = aiodocker.Docker(url="unix://localhost", connector=self._connector)
+                self._docker = aiodocker.Docker(url="unix://localhost", connector=self._connector, timeout=CALL_TIMEOUT)
             else:
-                self._docker = aiodocker.Docker(url=self.address)
+                self._docker = aiodocker.Docker(url=self.address, timeout=CALL_TIMEOUT)
         return self._docker
 
     async def _call(self, awaitable: Any, *, server_id: str | None = None, what: str = "") -> Any:
@@ -159,13 +176,13 @@ class Engine:
         try:
             created = await self.docker.containers.create(dict(body), name=name)
         except aiodocker.DockerError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and "image" in exc.message.lower():
                 raise DeployError(
                     f"image {body['Image']!r} is not on the Docker engine (build it, or `docker pull` it;"
                     " registry entry field 'image')",
                     server_id=server_id,
                 ) from None
-            if exc.status == 409:
+            if exc.status == 409 and "already in use" in exc.message:
                 raise NameTaken(name) from None
             raise self._error(exc, server_id=server_id, what=f"creating container {name}") from None
         return str(created.id)
@@ -187,13 +204,16 @@ class Engine:
         """Stop a container (SIGTERM, then SIGKILL after `grace` seconds) and remove it with its anonymous
         volumes. One that is already gone is not an error."""
         container = self.docker.containers.container(container_id)
-        with contextlib.suppress(aiodocker.DockerError):
-            await container.stop(t=max(0, round(grace)))
         try:
-            await container.delete(force=True, v=True)
+            with anyio.fail_after(grace + REQUEST_TIMEOUT):  # bounded even when the engine stops answering
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.stop(t=max(0, math.ceil(grace)))
+                await container.delete(force=True, v=True)
         except aiodocker.DockerError as exc:
             if exc.status not in (404, 409):  # gone, or its removal already under way
                 raise self._error(exc, what=f"removing container {container_id[:12]}") from None
+        except TimeoutError:
+            raise DeployError(f"removing container {container_id[:12]}: the Docker engine did not answer") from None
 
     async def kill(self, container_id: str) -> None:
         with contextlib.suppress(aiodocker.DockerError):
@@ -265,11 +285,15 @@ class Engine:
         existing = await self._call(self.docker.networks.list(filters={"name": [name]}))
         if any(network.get("Name") == name for network in existing):
             return False
-        await self._call(
-            self.docker.networks.create({"Name": name, "Driver": "bridge", "Labels": dict(labels)}),
-            server_id=server_id,
-            what=f"creating network {name}",
-        )
+        try:
+            # CheckDuplicate: two starts racing here leave one network, not two of one name (API 1.41 allows it).
+            await self.docker.networks.create(
+                {"Name": name, "Driver": "bridge", "Labels": dict(labels), "CheckDuplicate": True}
+            )
+        except aiodocker.DockerError as exc:
+            if exc.status == 409:
+                return False
+            raise self._error(exc, server_id=server_id, what=f"creating network {name}") from None
         return True
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str], *, server_id: str) -> bool:
@@ -290,12 +314,20 @@ class Engine:
         return True
 
     async def remove_network(self, name: str) -> None:
-        with contextlib.suppress(aiodocker.DockerError):
+        """Remove a network; one that is gone is not an error, one still in use is (DeployError)."""
+        try:
             await (await self.docker.networks.get(name)).delete()
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise self._error(exc, what=f"removing network {name}") from None
 
     async def remove_volume(self, name: str) -> None:
-        with contextlib.suppress(aiodocker.DockerError):
+        """Remove a volume and its data; one that is gone is not an error, one still in use is (DeployError)."""
+        try:
             await (await self.docker.volumes.get(name)).delete()  # type: ignore[no-untyped-call]
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise self._error(exc, what=f"removing volume {name}") from None
 
     # --- events ----------------------------------------------------------------------------------------
 

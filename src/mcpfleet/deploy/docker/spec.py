@@ -13,6 +13,7 @@ https://docs.docker.com/engine/api/v1.41/#tag/Container/operation/ContainerCreat
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -37,6 +38,7 @@ _PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,30}")
 TMPFS = "/tmp"  # writable with a read-only root filesystem
 TMPFS_OPTIONS = "rw,noexec,nosuid,size=64m"
 LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}}
+BODY_VERSION = 1  # raised when what `container_body` makes changes, so an upgrade rolls the replicas out
 
 Role = Literal["replica", "session"]
 
@@ -106,11 +108,12 @@ def environment(entry: DockerServer) -> list[str]:
     return [f"{key}={value}" for key, value in merged.items()]
 
 
-def spec_digest(entry: DockerServer) -> str:
-    """12 hex digits of SHA-256 over everything that decides what a container runs: image, entrypoint,
-    command, environment (secret values included: Docker shows them to anyone who can inspect the container
-    anyway), port, resources, volumes, network and security. Settings the gateway reads (balancer, timeouts,
-    replicas, pool sizes) are not in it: changing them replaces no container."""
+def spec_digest(entry: DockerServer, key: bytes = b"") -> str:
+    """12 hex digits of HMAC-SHA-256, keyed by `key` (the engine's ID, so a label seen elsewhere confirms
+    nothing about the secrets in it), over everything that decides what a container runs: image, entrypoint,
+    command, environment (secret values included, so a new secret rolls the replicas out), port, resources,
+    volumes, network and security. Settings the gateway reads (balancer, timeouts, replicas, pool sizes) are
+    not in it: changing them replaces no container."""
     what = {
         "image": entry.image,
         "command": entry.command,
@@ -122,8 +125,9 @@ def spec_digest(entry: DockerServer) -> str:
         "volumes": [volume.model_dump() for volume in entry.volumes],
         "network": entry.network,
         "security": entry.security.model_dump(),
+        "body": BODY_VERSION,
     }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+    return hmac.new(key, json.dumps(what, sort_keys=True).encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def network_mode(entry: DockerServer) -> str:
@@ -133,7 +137,7 @@ def network_mode(entry: DockerServer) -> str:
 
 
 def container_body(
-    entry: DockerServer, *, project: str, name: str, role: Role, owner: str | None = None
+    entry: DockerServer, *, project: str, name: str, role: Role, digest: str, owner: str | None = None
 ) -> dict[str, Any]:
     """The `ContainerCreate` body of one container of `entry`.
 
@@ -174,7 +178,7 @@ def container_body(
         "Image": entry.image,
         "Hostname": name[:63],
         "Env": environment(entry),
-        "Labels": labels(project, entry.id, role) | {SPEC: spec_digest(entry)},
+        "Labels": labels(project, entry.id, role) | {SPEC: digest},
         "Tty": False,
         "HostConfig": host,
     }
@@ -208,6 +212,6 @@ def published_port(inspected: Mapping[str, Any], port: int) -> int | None:
     `NetworkSettings.Ports`); None before the engine has bound it, or when it is not published."""
     bindings = ((inspected.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
     for binding in bindings:
-        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+        if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
