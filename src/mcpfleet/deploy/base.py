@@ -111,14 +111,15 @@ class Deployment(Protocol):
         ...
 
     async def wake(self) -> None:
-        """Start replicas when none runs, and return when one is ready; DeployError if that fails."""
+        """Start replicas when none runs, and return when the start ended (every new replica ready, or the
+        start failed); DeployError if it failed or took too long."""
         ...
 
     def request_started(self) -> None: ...
 
     def request_ended(self) -> None: ...
 
-    def configure(self, entry: Any) -> None:
+    def configure(self, entry: Server) -> None:
         """A reload changed the registry entry."""
         ...
 

@@ -13,7 +13,8 @@
   stops. A request that finds none calls `wake`: concurrent callers start the replicas once, and each waits
   up to `timeouts.startup`.
 - **clean-up**: when the gateway stops or the entry leaves the registry, the containers this controller
-  started are removed; ones it found running (deployed by the CLI) are left as they were.
+  started are removed; ones it found running (deployed by the CLI) are left as they were (an idle scale to
+  zero stops those too).
 """
 
 from __future__ import annotations
