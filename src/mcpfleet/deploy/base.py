@@ -119,8 +119,8 @@ class Deployment(Protocol):
 
     def request_ended(self) -> None: ...
 
-    def configure(self, entry: Server) -> None:
-        """A reload changed the registry entry."""
+    def configure(self, entry: Any) -> None:
+        """A reload changed the registry entry (one of this backend's type: a `DockerServer` for Docker)."""
         ...
 
     def describe(self) -> dict[str, Any]:
