@@ -337,3 +337,19 @@ def test_a_reload_moves_a_server_into_docker_and_out_again(
     gw.registry.write_text(as_http)
     wait_for(lambda: answering(gw.mcp("web"), 1) == {"local-replica"}, timeout=60)
     wait_for(lambda: containers(docker_project) == [], timeout=60)
+
+
+def test_a_server_removed_and_added_back_while_draining_keeps_one_set_of_replicas(
+    gateway: Callable[[str], Any], docker_images: DockerImages, docker_project: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("MCPFLEET_PROJECT", docker_project)
+    with_web = registry(docker_images, timeouts={"drain": 2})
+    gw = gateway(with_web)
+    (first,) = replicas_answering(gw.mcp("web"), 1)
+    gw.registry.write_text(json.dumps({"servers": {"local": {"command": ["mcpfleet-demo", "stdio"]}}}))
+    wait_for(lambda: httpx2.get(f"{gw.url}/servers").json().get("draining"), timeout=30)
+    gw.registry.write_text(with_web)  # back within the drain: the new runtime takes the same container
+    wait_for(lambda: answering(gw.mcp("web"), 1) == {first}, timeout=60)
+    anyio.run(anyio.sleep, 4.0)  # past the old runtime's drain (2 s): it ended without removing the container
+    assert containers(docker_project) == [first]
+    # When the gateway stops, the one controller in charge removes it (the leak check after the test).

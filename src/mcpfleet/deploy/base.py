@@ -127,6 +127,10 @@ class Deployment(Protocol):
         """What `/servers` shows of it (JSON values)."""
         ...
 
+    def hand_over(self, successor: Any) -> None:
+        """Another deployment of the same server keeps the replicas now: what this one started is its."""
+        ...
+
     async def aclose(self) -> None:
         """Remove what this deployment started."""
         ...

@@ -295,6 +295,9 @@ class Gateway:
             deployment = spawn = None
             if isinstance(server, DockerServer) and not server.stdio:
                 deployment = self.deployments.controller(server)
+                for old in self._draining.get(server_id, []):  # the id came back: one controller keeps them
+                    if old.deployment is not None:
+                        old.hand_over(deployment)
             elif isinstance(server, DockerServer):
                 spawn = self.deployments.containers(server, lambda: self._snapshot.servers.get(server_id))
             runtime = ServerRuntime(

@@ -164,6 +164,13 @@ class ServerRuntime:
         self.inflight = 0
         self._idle = anyio.Event()
 
+    def hand_over(self, successor: Deployment) -> None:
+        """A new runtime of this server id keeps the replicas now: this one stops keeping them, and leaves the
+        containers it started to `successor` instead of removing them when it ends."""
+        assert self.deployment is not None
+        self._deploying.cancel()
+        self.deployment.hand_over(successor)
+
     async def _keep_deployed(self, deployment: Deployment) -> None:
         with self._deploying:
             await deployment.run()

@@ -94,6 +94,12 @@ class ReplicaController:
             "retry_in_s": max(0.0, round(self.retry_at - time.monotonic(), 1)) if self.error is not None else None,
         }
 
+    def hand_over(self, successor: ReplicaController) -> None:
+        """The server's id came back while this controller's runtime drained: `successor` keeps the replicas,
+        including the ones this controller started (so they are removed once, by the one in charge)."""
+        successor.made |= self.made
+        self.made = set()
+
     @property
     def retry_after(self) -> int:
         """Whole seconds until a failed start is tried again (at least 1)."""
