@@ -353,3 +353,32 @@ def test_a_server_removed_and_added_back_while_draining_keeps_one_set_of_replica
     anyio.run(anyio.sleep, 4.0)  # past the old runtime's drain (2 s): it ended without removing the container
     assert containers(docker_project) == [first]
     # When the gateway stops, the one controller in charge removes it (the leak check after the test).
+
+
+def test_stdio_containers_of_a_crashed_process_are_collected_at_start(
+    gateway: Callable[[str], Any], docker_images: DockerImages, docker_project: str, monkeypatch: Any
+) -> None:
+    import os
+    import socket
+
+    monkeypatch.setenv("MCPFLEET_PROJECT", docker_project)
+    labels = {
+        "app.kubernetes.io/managed-by": "mcpfleet",
+        "mcpfleet.project": docker_project,
+        "mcpfleet.server": "box",
+        "mcpfleet.role": "session",
+    }
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def session_container(name: str, owner_pid: int) -> None:
+        owner = {**labels, "mcpfleet.owner": f"{socket.gethostname()}:{owner_pid}"}
+        argv = ["docker", "create", "--name", name, *(f"--label={k}={v}" for k, v in owner.items())]
+        subprocess.run([*argv, docker_images.base, "sleep", "60"], capture_output=True, check=True)
+
+    session_container(f"{docker_project}-box-s-orphan", dead.pid)  # its owner is gone
+    session_container(f"{docker_project}-box-s-owned", os.getpid())  # its owner (this test) lives
+    box = {"type": "docker", "image": docker_images.demo, "args": ["stdio"], "pull": "never"}
+    gateway(json.dumps({"servers": {"box": box}}))
+    wait_for(lambda: containers(docker_project) == [f"{docker_project}-box-s-owned"], timeout=30)
+    subprocess.run(["docker", "rm", "-f", f"{docker_project}-box-s-owned"], capture_output=True, check=True)

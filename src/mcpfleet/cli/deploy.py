@@ -32,7 +32,7 @@ from mcpfleet.cli import output
 from mcpfleet.cli.app import JsonOpt, ProjectOpt, RegistryOpt, ServerArg, T, _fail, _run, app
 from mcpfleet.cli.target import Target, resolve
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
-from mcpfleet.deploy.docker.spec import project_name
+from mcpfleet.deploy.docker.spec import docker_entry, project_name
 from mcpfleet.errors import McpfleetError, UsageError
 from mcpfleet.registry import Registry
 from mcpfleet.registry.model import DockerServer
@@ -64,13 +64,7 @@ class _Scope:
 
     def docker_entry(self, server_id: str) -> DockerServer:
         """The registry's docker entry `server_id`; UsageError (exit 2) for an entry of another type."""
-        entry = Target(registry=self.registry).server(server_id)
-        if not isinstance(entry, DockerServer):
-            raise UsageError(
-                f"server {server_id!r} is of type {entry.type!r}: only 'docker' entries are deployed (an http server"
-                " runs elsewhere, a stdio server is spawned by whoever uses it)"
-            )
-        return entry
+        return docker_entry(Target(registry=self.registry).server(server_id))
 
     def check_named(self, server_id: str) -> None:
         """For a server id of which no container exists: fine when the registry names it (there is just

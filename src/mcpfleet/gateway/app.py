@@ -27,7 +27,7 @@ import anyio.abc
 
 from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
-from mcpfleet.errors import GatewayError, RegistryError
+from mcpfleet.errors import DeployError, GatewayError, RegistryError
 from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, served_form
@@ -119,6 +119,8 @@ class Gateway:
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._reap_idle_sessions)
         self._task_group.start_soon(self._maintain_pools)
+        if any(isinstance(s, DockerServer) and s.stdio for s in self._snapshot.servers.values()):
+            self._task_group.start_soon(self._collect_orphans)
         self._prewarm()
         self.ready = True
         return self
@@ -140,6 +142,12 @@ class Gateway:
         finally:
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
+
+    async def _collect_orphans(self) -> None:
+        try:
+            await self.deployments.collect_orphans()
+        except DeployError as exc:
+            log.warning("stdio containers left by a crashed process could not be collected: %s", exc)
 
     async def _reap_idle_sessions(self) -> None:
         while True:

@@ -14,6 +14,9 @@ engine that does not answer fails only the docker entries' requests (503 with th
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from collections.abc import Callable
 
 from mcpfleet.deploy.docker import spec
@@ -23,6 +26,8 @@ from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.deploy.docker.engine import Engine
 from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
+
+log = logging.getLogger("mcpfleet.docker")
 
 
 def served_form(entry: Server) -> Server:
@@ -82,5 +87,29 @@ class Deployments:
 
         return start
 
+    async def collect_orphans(self) -> None:
+        """Remove the stdio containers of this project that a gateway or CLI process of this host attached to
+        and that is gone (it crashed, so it never removed them): their `mcpfleet.owner` is `<host>:<pid>`."""
+        host = socket.gethostname()
+        found = await self.engine.containers(spec.labels(self.deployer.project, role="session"))
+        orphans = []
+        for summary in found:
+            owner_host, _, pid = ((summary.get("Labels") or {}).get(spec.OWNER) or "").rpartition(":")
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                orphans.append(summary["Id"])
+        if orphans:
+            log.info("removing %d stdio container(s) left by processes that are gone", len(orphans))
+            await self.deployer.remove_all(orphans, 0)
+
     async def aclose(self) -> None:
         await self.engine.aclose()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any
@@ -174,7 +175,7 @@ class ReplicaController:
         an earlier one), or one saying no replica was ready within `timeouts.startup`."""
         self._last_request = time.monotonic()
         if self.error is not None and time.monotonic() < self.retry_at:
-            raise self.error
+            raise copy.copy(self.error)  # a fresh one each time: the one kept must not gather tracebacks
         done = self._round_done
         self._woken = True
         self._kick.set()
@@ -186,7 +187,7 @@ class ReplicaController:
                 f"no replica was ready within {within:g} s (setting: timeouts.startup)", server_id=self.entry.id
             )
         if self.error is not None and time.monotonic() < self.retry_at:
-            raise self.error
+            raise copy.copy(self.error)
 
     def _failed(self, exc: DeployError) -> None:
         self.error = exc

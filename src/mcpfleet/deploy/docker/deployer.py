@@ -32,6 +32,7 @@ import httpx2
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
 from mcpfleet.deploy.docker import spec
 from mcpfleet.deploy.docker.engine import PULL_TIMEOUT, Engine, NameTaken
+from mcpfleet.deploy.docker.spec import docker_entry
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import DockerServer, Server
 
@@ -43,17 +44,6 @@ PROBE_TIMEOUT = 2.0  # seconds for one readiness request
 LOG_LINES = 20  # log lines quoted when a container exits during a deploy
 _BUILTIN_NETWORKS = frozenset({"bridge", "host", "none"})
 _EXITED = re.compile(r"Exited \((-?\d+)\)")
-
-
-def docker_entry(entry: Server) -> DockerServer:
-    """`entry` as a docker entry, or a DeployError saying its type is not deployed by this backend."""
-    if not isinstance(entry, DockerServer):
-        raise DeployError(
-            f"is of type {entry.type!r}: only 'docker' entries are deployed (an http server runs elsewhere,"
-            " a stdio server is spawned by whoever uses it)",
-            server_id=entry.id,
-        )
-    return entry
 
 
 def replica_status(summary: Mapping[str, Any], digest: str | None = None) -> ReplicaStatus:

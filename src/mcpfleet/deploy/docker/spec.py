@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from mcpfleet.errors import UsageError
-from mcpfleet.registry.model import DockerServer
+from mcpfleet.registry.model import DockerServer, Server
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "mcpfleet"
@@ -43,6 +43,16 @@ BODY_VERSION = 1  # raised when what `container_body` makes changes, so an upgra
 Role = Literal["replica", "session"]
 
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def docker_entry(entry: Server) -> DockerServer:
+    """`entry` as a docker entry, or a UsageError (exit 2) saying its type is not deployed by this backend."""
+    if not isinstance(entry, DockerServer):
+        raise UsageError(
+            f"server {entry.id!r} is of type {entry.type!r}: only 'docker' entries are deployed (an http server"
+            " runs elsewhere, a stdio server is spawned by whoever uses it)"
+        )
+    return entry
 
 
 def project_name(given: str | None = None) -> str:
