@@ -53,6 +53,11 @@ def test_an_entry_with_a_port_is_an_http_server_and_one_without_a_stdio_server()
         ("{type: docker, image: i, security: {cap_add: [net_admin]}}", "'net_admin' is not a capability name"),
         ("{type: docker, image: i, securty: {}}", "servers.d.securty: unknown field (did you mean 'security'?)"),
         ("{type: docker, image: i, idle_timeout: 0, port: 1}", "servers.d.idle_timeout: Input should be greater"),
+        ("{type: docker, image: 'http://mcpfleet/demo'}", "is not an image reference"),
+        ("{type: docker, image: 'mcpfleet//demo'}", "is not an image reference"),
+        ("{type: docker, image: 'mcpfleet/demo:dev@sha256:abc'}", "is not an image reference"),
+        ("{type: docker, image: i, port: 1, resources: {memory: 1g}}", "'1g' is not a quantity such as 256Mi"),
+        ("{type: docker, image: i, port: 1, resources: {cpu: fast}}", "'fast' is not a quantity such as 500m"),
     ],
 )
 def test_each_field_is_checked_and_located(text: str, expected: str) -> None:
@@ -150,3 +155,19 @@ def test_project_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.project_name() == "team-a" and spec.project_name("other") == "other"
     with pytest.raises(UsageError, match="MCPFLEET_PROJECT"):
         spec.project_name("Bad Name")
+
+
+def test_plain_numbers_are_quantities_and_references_with_registries_and_digests_are_images() -> None:
+    server = entry(
+        "{type: docker, image: 'localhost:5000/team/fetch:1.4', port: 1, resources: {cpu: 2, memory: 1048576}}"
+    )
+    assert server.resources.cpu == "2" and server.resources.memory == "1048576"
+    assert entry("{type: docker, image: 'ghcr.io/x/y@sha256:" + "0" * 64 + "'}").image.endswith("0" * 64)
+
+
+def test_an_engine_address_without_a_scheme_is_named() -> None:
+    from mcpfleet.deploy.docker.engine import Engine
+    from mcpfleet.errors import EngineUnavailableError
+
+    with pytest.raises(EngineUnavailableError, match=r"DOCKER_HOST '/var/run/docker\.sock' is not an engine address"):
+        Engine("/var/run/docker.sock").docker  # noqa: B018 - the client is made on first use

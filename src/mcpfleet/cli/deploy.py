@@ -238,15 +238,19 @@ def status(
     json_: JsonOpt = False,
 ) -> None:
     """List the project's containers (SERVER's only, when given): state, address, whether each runs the
-    entry's present spec (read from the registry), exit code."""
+    entry's present spec (read from the registry; "unknown" without one), exit code."""
 
     async def work(deployer: DockerDeployer) -> list[ReplicaStatus]:
         found = await deployer.status(server)
+        try:
+            known = scope.registry
+        except UsageError:  # no registry file: the containers are listed, whether they are current is unknown
+            return [dataclasses.replace(r, current=None) for r in found]
         if not found and server is not None:
             scope.check_named(server)
         marked: list[ReplicaStatus] = []
         for server_id in dict.fromkeys(replica.server_id for replica in found):
-            entry = scope.registry.servers.get(server_id)
+            entry = known.servers.get(server_id)
             if isinstance(entry, DockerServer):
                 marked += await deployer.status(server_id, digest=await deployer.digest(entry))
             else:  # it left the registry (or is no docker entry now): nothing of it runs a present spec
@@ -274,7 +278,7 @@ def _replica_table(title: str, replicas: list[ReplicaStatus]) -> None:
                 replica.name,
                 replica.state if replica.role == "replica" else f"{replica.state} ({replica.role})",
                 replica.address or "",
-                "yes" if replica.current else "no",
+                "unknown" if replica.current is None else "yes" if replica.current else "no",
                 "" if replica.exit_code is None else str(replica.exit_code),
             ]
             for replica in replicas

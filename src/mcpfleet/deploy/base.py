@@ -21,7 +21,8 @@ class ReplicaStatus:
 
     `state`: the backend's word (Docker's `created`, `running`, `exited`, `dead`, ...). `address`: the base
     URL the gateway and the CLI reach it at (`http://127.0.0.1:<published port>`), None for a stdio container
-    or before its port is published. `current`: it runs the entry's present spec (an older one is replaced
+    or before its port is published. `current`: it runs the entry's present spec (None: unknown, no registry
+    was read; an older one is replaced
     by the next deploy). `exit_code`: for a replica that stopped."""
 
     server_id: str
@@ -30,7 +31,7 @@ class ReplicaStatus:
     role: str
     state: str
     address: str | None = None
-    current: bool = True
+    current: bool | None = True
     exit_code: int | None = None
     created: str = ""
 

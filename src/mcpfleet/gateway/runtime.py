@@ -263,12 +263,13 @@ class ServerRuntime:
         self._replica_set_changed.set()
         self._replica_set_changed = anyio.Event()
         if after != before:
+            left = sorted(mask_url(u) for u in before - after)
             log.info(
-                "server %r: replicas joined %s, left %s (their sessions drain for up to %g s)",
+                "server %r: replicas joined %s, left %s%s",
                 self.server.id,
                 sorted(mask_url(u) for u in after - before) or "none",
-                sorted(mask_url(u) for u in before - after) or "none",
-                drain,
+                left or "none",
+                f" (their sessions drain for up to {drain:g} s)" if left and drain else "",
             )
 
     async def follow(self, source: ReplicaSource) -> None:
@@ -285,9 +286,12 @@ class ServerRuntime:
                         self._replicas_known.set()
                         backoff, attempt = FOLLOW_BACKOFF, 1
                         serving = sum(a.serving for a in addresses)
-                        log.info("server %r: %d replicas serving", self.server.id, serving)
+                        log.info(
+                            "server %r: %d replica%s serving", self.server.id, serving, "" if serving == 1 else "s"
+                        )
                     return  # the source has nothing more to say (a static set): its last set stays
                 except Exception as exc:
+                    self._replicas_known.set()  # requests go on with the last set (none yet: 502 or a wake)
                     log.error(
                         "server %r: its replica source failed (%s); the last replica set stays, attempt %d"
                         " again in %g s",

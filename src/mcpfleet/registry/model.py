@@ -140,11 +140,18 @@ class Resources(_Model):
     cpu: str | None = None
     memory: str | None = None
 
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        # `cpu: 2` and `memory: 1048576` as YAML writes them: numbers, taken as the quantity they spell.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
     @field_validator("cpu", "memory")
     @classmethod
-    def _quantity(cls, value: str | None) -> str | None:
+    def _quantity(cls, value: str | None, info: Any) -> str | None:
         if value is not None and not _QUANTITY.match(value):
-            raise ValueError(f"{value!r} is not a quantity such as 500m, 1, 256Mi or 1Gi")
+            examples = "256Mi, 1Gi or 1048576 (bytes)" if info.field_name == "memory" else "500m, 0.5 or 2"
+            raise ValueError(f"{value!r} is not a quantity such as {examples}")
         return value
 
 
@@ -345,7 +352,12 @@ def _origin(url: str) -> str:
 _CAPABILITY = re.compile(r"(CAP_)?[A-Z][A-Z_]*[A-Z]")
 # Docker's own rule for container and network names, and a loose image reference (name[:tag][@digest]).
 _DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-_IMAGE = re.compile(r"[a-z0-9]([a-zA-Z0-9._/:@+-]*[a-zA-Z0-9_])?")
+# Docker's reference grammar (distribution/reference): [host[:port]/]name[/name...][:tag][@sha256:<64 hex>].
+_IMAGE_PART = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?{_IMAGE_PART}(?:/{_IMAGE_PART})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
 
 
 class DockerResources(Resources):

@@ -61,6 +61,7 @@ class ReplicaController:
         self._last_request = time.monotonic()
         self._started = False  # the first round ran (on_boot decided)
         self._new_count = False  # a reload changed `replicas`: converge on it
+        self._reported: set[str] = set()  # stopped replicas already logged
 
     # --- what the gateway tells it ---------------------------------------------------------------------
 
@@ -149,20 +150,27 @@ class ReplicaController:
             log.info("server %r: no request for %g s (idle_timeout): scaling to zero", entry.id, entry.idle_timeout)
             await self._converge(0)
             return
+        booting = not replicas and not self._started and entry.starts_on_boot
         if woken and not running:
             want = max(1, entry.replicas)
-        elif self._new_count:
+        elif self._new_count or booting:
             want = entry.replicas
         elif not replicas:
-            want = entry.replicas if not self._started and entry.starts_on_boot else 0
+            want = 0
         else:
             want = len(current) or len(replicas)  # the containers that exist (an older spec rolls out)
-        self._started = True
+        for replica in current:
+            if not replica.running and replica.state != "created" and replica.id not in self._reported:
+                self._reported.add(replica.id)
+                code = f" with code {replica.exit_code}" if replica.exit_code is not None else ""
+                log.warning("server %r: replica %s %s%s: replacing it", entry.id, replica.name, replica.state, code)
         if (want != 0 or replicas) and (len(running) != want or len(running) != len(replicas)):
             if await self._converge(want):
                 self._new_count = False
-        elif self._new_count:
+                self._started = True  # on_boot done (a failed one is tried again after its backoff)
+        else:
             self._new_count = False
+            self._started = self._started or bool(replicas) or not booting
 
     def _idle(self) -> bool:
         idle_timeout = self.entry.idle_timeout
@@ -211,7 +219,8 @@ class ReplicaController:
         names = {r.name for r in after}
         self.made = (self.made | (names - before)) & names
         if names != before:
-            log.info("server %r: %d replica(s) running: %s", self.entry.id, len(names), ", ".join(sorted(names)))
+            running = ", ".join(sorted(names)) or "none"
+            log.info("server %r: replicas running: %s", self.entry.id, running)
         return True
 
     async def aclose(self) -> None:

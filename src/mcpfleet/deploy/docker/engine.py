@@ -122,6 +122,11 @@ class Engine:
         if self._docker is None:
             if self._closed:
                 raise EngineUnavailableError(f"the connection to the Docker engine at {self.address} was closed")
+            if not self.address.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
+                raise EngineUnavailableError(
+                    f"DOCKER_HOST {self.address!r} is not an engine address: write unix:///path/to/docker.sock"
+                    " or tcp://host:port"
+                )
             if _socket_missing(self.address):
                 raise _unreachable(self.address, "no socket")
             # Each attached stdio container holds one connection for its life: no pool limit (aiohttp's
@@ -170,6 +175,8 @@ class Engine:
             if exc.status == 404:
                 return None
             raise self._error(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unreachable(self.address, str(exc) or type(exc).__name__) from None
 
     async def create(self, body: Mapping[str, Any], name: str, *, server_id: str) -> str:
         """Create a container; its id. A missing image and a taken name are named in the error."""
@@ -243,6 +250,8 @@ class Engine:
             if exc.status == 404:
                 return False
             raise self._error(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unreachable(self.address, str(exc) or type(exc).__name__) from None
         return True
 
     async def ensure_image(self, image: str, *, pull: str, server_id: str, within: float) -> None:
