@@ -40,9 +40,8 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +80,7 @@ from gateway import (
     source_state,
     spawn,
     wait_listening,
+    workdir,
 )
 
 PARTS = ("cold", "lease", "overhead")
@@ -814,12 +814,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool, Path | None]:
         args.max_seconds,
     )
     return options, args.json, args.save
-
-
-@contextlib.contextmanager
-def workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mcpfleet-bench-docker-") as name:
-        yield Path(name)
 
 
 async def main_async(options: Options, as_json: bool, save: Path | None) -> int:
