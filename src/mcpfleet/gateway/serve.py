@@ -178,9 +178,11 @@ async def serve(
         logging.getLogger("uvicorn.error").addFilter(_DeniedUpgrades())
         async with anyio.create_task_group() as tg:
             tg.start_soon(_reload_on_sighup, gateway)
+            stop_watching = anyio.Event()
             if registry_path is not None and watch:
-                tg.start_soon(_reload_on_change, gateway, registry_path)
+                tg.start_soon(_reload_on_change, gateway, registry_path, stop_watching)
             await server.serve(sockets=list(listener.sockets))
+            stop_watching.set()  # the watcher's thread sees it within 50 ms (a cancel alone waits RESCAN_MS)
             tg.cancel_scope.cancel()
 
 
@@ -205,7 +207,7 @@ async def _reload_on_sighup(gateway: Gateway) -> None:
             await gateway.reload()
 
 
-async def _reload_on_change(gateway: Gateway, path: Path) -> None:
+async def _reload_on_change(gateway: Gateway, path: Path, stop: anyio.Event) -> None:
     from watchfiles import awatch
 
     directory = await anyio.to_thread.run_sync(lambda: path.absolute().parent)
@@ -226,6 +228,7 @@ async def _reload_on_change(gateway: Gateway, path: Path) -> None:
         watch_filter=relevant,
         rust_timeout=RESCAN_MS,
         yield_on_timeout=True,
+        stop_event=stop,
     ):
         current = await anyio.to_thread.run_sync(file_digest, path)
         if current is not None and current != gateway.loaded_digest:
