@@ -236,7 +236,7 @@ class Gateway:
                 and spec_digest(entry) != spec_digest(before)
             ):
                 entry = None  # other containers: new sessions get a new runtime, the old one drains
-            if entry is not None and runtime.deployment is not None and entry != old.servers.get(server_id):
+            if entry is not None and runtime.deployment is not None and entry != before:
                 if isinstance(entry, DockerServer) and not entry.stdio:
                     runtime.deployment.configure(entry)
                 else:  # no longer a docker HTTP entry: the runtime drains and its containers go

@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from mcpfleet.deploy.base import ReplicaStatus
 from mcpfleet.deploy.docker import spec
 from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.deploy.docker.engine import REQUEST_TIMEOUT
@@ -148,7 +149,7 @@ class ReplicaController:
         running = [r for r in current if r.running]
         if self._idle() and replicas and not woken:
             log.info("server %r: no request for %g s (idle_timeout): scaling to zero", entry.id, entry.idle_timeout)
-            await self._converge(0)
+            await self._converge(0, replicas)
             return
         booting = not replicas and not self._started and entry.starts_on_boot
         if woken and not running:
@@ -165,7 +166,7 @@ class ReplicaController:
                 code = f" with code {replica.exit_code}" if replica.exit_code is not None else ""
                 log.warning("server %r: replica %s %s%s: replacing it", entry.id, replica.name, replica.state, code)
         if (want != 0 or replicas) and (len(running) != want or len(running) != len(replicas)):
-            if await self._converge(want):
+            if await self._converge(want, replicas):
                 self._new_count = False
                 self._started = True  # on_boot done (a failed one is tried again after its backoff)
         else:
@@ -203,11 +204,12 @@ class ReplicaController:
         log.error("server %r: starting replicas failed; trying again in %g s: %s", self.entry.id, self._backoff, exc)
         self._backoff = min(BACKOFF_MAX, self._backoff * 2)
 
-    async def _converge(self, want: int) -> bool:
-        """`up(entry, want)` unless within a failure's backoff; whether it succeeded."""
+    async def _converge(self, want: int, replicas: list[ReplicaStatus]) -> bool:
+        """`up(entry, want)` unless within a failure's backoff; whether it succeeded. `replicas`: the ones the
+        round listed (so the containers this one starts are known: `made`)."""
         if time.monotonic() < self.retry_at:
             return False
-        before = {r.name for r in await self.deployer.replicas(self.entry)}
+        before = {r.name for r in replicas}
         if want == 0 and not self._idle():
             return False  # a request came while the idle decision was made
         try:

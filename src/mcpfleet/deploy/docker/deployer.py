@@ -96,7 +96,11 @@ class DockerDeployer:
 
     async def plan(self, entry: Server, replicas: int | None = None) -> list[Change]:
         docker = docker_entry(entry)
-        changes = await self._supporting(docker)
+        return [*await self._supporting(docker), *await self._replica_changes(docker, replicas)]
+
+    async def _replica_changes(self, docker: DockerServer, replicas: int | None) -> list[Change]:
+        """The containers `up(docker, replicas)` creates and removes (none for a stdio entry)."""
+        changes: list[Change] = []
         if docker.stdio:
             return changes
         want = docker.replicas if replicas is None else replicas
@@ -160,7 +164,7 @@ class DockerDeployer:
         tell = progress or (lambda _: None)
         tell(f"checking image {docker.image}")
         await self.prepare(docker)
-        changes = await self.plan(docker, replicas)
+        changes = await self._replica_changes(docker, replicas)  # prepare made the network and volumes
         creating = [c.name for c in changes if c.action == "create" and c.kind == "container"]
         removing = {c.name for c in changes if c.action == "remove" and c.kind == "container"}
         if creating:

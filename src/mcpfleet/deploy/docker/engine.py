@@ -139,11 +139,16 @@ class Engine:
                 self._docker = aiodocker.Docker(url=self.address, timeout=CALL_TIMEOUT)
         return self._docker
 
-    async def _call(self, awaitable: Any, *, server_id: str | None = None, what: str = "") -> Any:
-        """Await one Engine API call; its failures become DeployErrors."""
+    async def _call(
+        self, awaitable: Any, *, server_id: str | None = None, what: str = "", missing_ok: bool = False
+    ) -> Any:
+        """Await one Engine API call; its failures become DeployErrors. `missing_ok`: an object that does not
+        exist (404) is None, not an error."""
         try:
             return await awaitable
         except aiodocker.DockerError as exc:
+            if missing_ok and exc.status == 404:
+                return None
             raise self._error(exc, server_id=server_id, what=what) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _unreachable(self.address, str(exc) or type(exc).__name__) from None
@@ -169,14 +174,8 @@ class Engine:
 
     async def inspect(self, container_id: str) -> dict[str, Any] | None:
         """`ContainerInspect` of a container; None when it does not exist (any more)."""
-        try:
-            return dict(await self.docker.containers.container(container_id).show())
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise self._error(exc) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _unreachable(self.address, str(exc) or type(exc).__name__) from None
+        found = await self._call(self.docker.containers.container(container_id).show(), missing_ok=True)
+        return dict(found) if found is not None else None
 
     async def create(self, body: Mapping[str, Any], name: str, *, server_id: str) -> str:
         """Create a container; its id. A missing image and a taken name are named in the error."""
@@ -244,15 +243,7 @@ class Engine:
             raise self._error(exc, what=f"following the logs of {container_id[:12]}") from None
 
     async def image_present(self, image: str) -> bool:
-        try:
-            await self.docker.images.inspect(image)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise self._error(exc) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _unreachable(self.address, str(exc) or type(exc).__name__) from None
-        return True
+        return await self._call(self.docker.images.inspect(image), missing_ok=True) is not None
 
     async def ensure_image(self, image: str, *, pull: str, server_id: str, within: float) -> None:
         """Make sure `image` is on the engine: pull it when missing and `pull` is `missing`, once and bounded
@@ -307,12 +298,8 @@ class Engine:
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str], *, server_id: str) -> bool:
         """Create the named volume `name` with `labels` unless it exists; whether it was created."""
-        try:
-            await self.docker.volumes.get(name)  # type: ignore[no-untyped-call]
+        if await self._call(self.docker.volumes.get(name), missing_ok=True) is not None:  # type: ignore[no-untyped-call]
             return False
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise self._error(exc) from None
         await self._call(
             self.docker.volumes.create(  # type: ignore[no-untyped-call]
                 {"Name": name, "Labels": dict(labels)}
@@ -324,19 +311,19 @@ class Engine:
 
     async def remove_network(self, name: str) -> None:
         """Remove a network; one that is gone is not an error, one still in use is (DeployError)."""
-        try:
+
+        async def delete() -> None:
             await (await self.docker.networks.get(name)).delete()
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise self._error(exc, what=f"removing network {name}") from None
+
+        await self._call(delete(), what=f"removing network {name}", missing_ok=True)
 
     async def remove_volume(self, name: str) -> None:
         """Remove a volume and its data; one that is gone is not an error, one still in use is (DeployError)."""
-        try:
+
+        async def delete() -> None:
             await (await self.docker.volumes.get(name)).delete()  # type: ignore[no-untyped-call]
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise self._error(exc, what=f"removing volume {name}") from None
+
+        await self._call(delete(), what=f"removing volume {name}", missing_ok=True)
 
     # --- events ----------------------------------------------------------------------------------------
 
