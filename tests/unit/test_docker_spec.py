@@ -169,5 +169,6 @@ def test_an_engine_address_without_a_scheme_is_named() -> None:
     from mcpfleet.deploy.docker.engine import Engine
     from mcpfleet.errors import EngineUnavailableError
 
-    with pytest.raises(EngineUnavailableError, match=r"DOCKER_HOST '/var/run/docker\.sock' is not an engine address"):
-        Engine("/var/run/docker.sock").docker  # noqa: B018 - the client is made on first use
+    for address in ("/var/run/docker.sock", "ssh://user@host", "npipe:////./pipe/docker_engine"):
+        with pytest.raises(EngineUnavailableError, match="is not an engine address mcpfleet can use"):
+            Engine(address).docker  # noqa: B018 - the client is made on first use

@@ -27,7 +27,7 @@ import anyio.abc
 
 from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
-from mcpfleet.errors import DeployError, GatewayError, RegistryError
+from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, served_form
@@ -146,7 +146,7 @@ class Gateway:
     async def _collect_orphans(self) -> None:
         try:
             await self.deployments.collect_orphans()
-        except DeployError as exc:
+        except Exception as exc:  # clean-up of leftovers must never take the gateway down
             log.warning("stdio containers left by a crashed process could not be collected: %s", exc)
 
     async def _reap_idle_sessions(self) -> None:

@@ -196,7 +196,8 @@ class _Server(uvicorn.Server):
         with super().capture_signals():
             yield
             if self._captured_signals:
-                log.info("signal %s: shutting down", ", ".join(signal.Signals(s).name for s in self._captured_signals))
+                names = dict.fromkeys(signal.Signals(s).name for s in self._captured_signals)
+                log.info("signal %s: shutting down", ", ".join(names))
             self._captured_signals.clear()
 
 

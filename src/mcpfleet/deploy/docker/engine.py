@@ -122,10 +122,10 @@ class Engine:
         if self._docker is None:
             if self._closed:
                 raise EngineUnavailableError(f"the connection to the Docker engine at {self.address} was closed")
-            if not self.address.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
+            if not self.address.startswith(("unix://", "tcp://", "http://", "https://")):
                 raise EngineUnavailableError(
-                    f"DOCKER_HOST {self.address!r} is not an engine address: write unix:///path/to/docker.sock"
-                    " or tcp://host:port"
+                    f"DOCKER_HOST {self.address!r} is not an engine address mcpfleet can use: write"
+                    " unix:///path/to/docker.sock or tcp://host:port (the engine must be on this machine)"
                 )
             if _socket_missing(self.address):
                 raise _unreachable(self.address, "no socket")
