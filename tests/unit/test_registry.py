@@ -84,7 +84,7 @@ def test_replicas_weights_and_explicit_path_keep_prefixes() -> None:
 def test_docker_and_kubernetes_entries_are_defined() -> None:
     reg = parse_registry(
         "servers:\n  d: {type: docker, image: img, port: 80, replicas: 2}\n"
-        "  k: {type: k8s, image: img, namespace: mcp, resources: {cpu: 250m, memory: 128Mi}}\n",
+        "  k: {type: k8s, image: img, port: 8080, namespace: mcp, resources: {cpu: 250m, memory: 128Mi}}\n",
         "r.yaml",
         environ={},
     )

@@ -360,11 +360,10 @@ _IMAGE = re.compile(
 )
 
 
-class DockerResources(Resources):
-    """Per-container limits: `cpu` and `memory` as quantities (Docker has no request, so both are hard
-    limits), `pids` the most processes and threads the container may have (a fork bomb stops there)."""
-
-    pids: Annotated[int, Field(ge=1)] | None = 256
+class ContainerResources(Resources):
+    """Per-replica `cpu` and `memory`, as quantities, meaning the same on both backends (Plan Document,
+    section 12.5): Docker makes both hard limits; Kubernetes requests `cpu` (no CPU limit, which would
+    throttle) and makes `memory` both the request and the limit."""
 
     @field_validator("memory")
     @classmethod
@@ -374,6 +373,13 @@ class DockerResources(Resources):
                 f"{value!r} is thousandths of a byte: write memory in bytes, k, M, G, Ki, Mi or Gi (256Mi)"
             )
         return value
+
+
+class DockerResources(ContainerResources):
+    """Per-container limits: `cpu` and `memory` as quantities (Docker has no request, so both are hard
+    limits), `pids` the most processes and threads the container may have (a fork bomb stops there)."""
+
+    pids: Annotated[int, Field(ge=1)] | None = 256
 
 
 class Volume(_Model):
@@ -427,31 +433,25 @@ class Security(_Model):
         return tuple(cap.removeprefix("CAP_") for cap in caps)
 
 
-class DockerServer(_Entry):
-    """A server run in Docker containers from `image`. With a `port` it is an HTTP server: `replicas`
-    containers, each publishing `port` on 127.0.0.1, balanced by the gateway. Without one it is a stdio
-    server: one container per session (or per shared process, `pool.mode: shared`), attached to its stdin.
+class _ContainerEntry(_Entry):
+    """The fields a server run from an image has on every backend, meaning the same on Docker and Kubernetes
+    (Plan Document, section 12.5); `deploy/container.py` turns them into one container spec for both.
 
-    `command` replaces the image's entrypoint and `args` its command, as in Kubernetes (section 12.2 of the
-    Plan Document). `start: on_boot` starts the replicas with the gateway; `on_demand` at the first request.
-    `idle_timeout`: seconds without a request after which every replica stops (scale to zero); the next
-    request starts them again and waits up to `timeouts.startup`.
+    With a `port` it is an HTTP server: `replicas` replicas, balanced by the gateway. Without one it is a
+    stdio server. `command` replaces the image's entrypoint and `args` its command, as in Kubernetes.
+    `start: on_boot` starts the replicas with the gateway; `on_demand` at the first request. `idle_timeout`:
+    seconds without a request after which every replica stops (scale to zero); the next request starts
+    them again and waits up to `timeouts.startup`.
     """
 
-    type: Literal["docker"] = "docker"
     image: str
     command: Argv | None = None
     args: Argv | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    # The port on 127.0.0.1 that `port` is published on; None: one the engine picks (each replica its own).
-    host_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     path: str = "/mcp"
     replicas: Annotated[int, Field(ge=0)] = 1
     env: Mapping[str, str] = Field(default_factory=dict)
     secret_env: Mapping[str, str] = Field(default_factory=dict)
-    resources: DockerResources = DockerResources()
-    volumes: tuple[Volume, ...] = ()
-    network: str | None = None
     start: Literal["on_boot", "on_demand"] | None = None
     idle_timeout: Seconds | None = None
     pull: Literal["missing", "never"] = "missing"
@@ -460,10 +460,13 @@ class DockerServer(_Entry):
     balancer: Balancer = Balancer()
     pool: Pool = Pool()
 
+    # Fields only an HTTP server (one with a `port`) takes; subclasses add their own.
+    http_fields: ClassVar[frozenset[str]] = frozenset({"replicas", "path", "balancer"})
+
     @field_validator("image")
     @classmethod
-    def _image(cls, image: str) -> str:
-        if not _IMAGE.fullmatch(image):
+    def _image(cls, image: str | None) -> str | None:
+        if image is not None and not _IMAGE.fullmatch(image):
             raise ValueError(f"{image!r} is not an image reference such as mcpfleet/demo:dev or python:3.11-slim")
         return image
 
@@ -482,6 +485,51 @@ class DockerServer(_Entry):
     def _path(cls, path: str) -> str:
         return _check_path(path)
 
+    def _check_kind(self, what: str) -> None:
+        """Fields of one kind (HTTP replicas, stdio processes) on the other are errors that say which kind
+        takes them. `what` names the stdio server's unit (`container`, `process`)."""
+        if self.port is not None:
+            if self.pool != Pool() or "stateless" in self.model_fields_set:
+                raise ValueError(
+                    f"'pool' and 'stateless' are for stdio servers (no 'port'): HTTP replicas are set by 'replicas'"
+                )
+            return
+        http_only = sorted(self.http_fields & self.model_fields_set)
+        if http_only:
+            raise ValueError(
+                f"{', '.join(repr(f) for f in http_only)} {'is' if len(http_only) == 1 else 'are'} for HTTP replicas"
+                f" (entries with a 'port'): a stdio server runs one {what} per session (see 'pool')"
+            )
+        if self.pool.mode == "shared" and not self.stateless:
+            raise ValueError(
+                f"pool.mode 'shared' needs 'stateless: true': sessions share a {what} only when the server keeps"
+                " no per-session state"
+            )
+
+    @property
+    def stdio(self) -> bool:
+        """A stdio server (no `port`)."""
+        return self.port is None
+
+    @property
+    def starts_on_boot(self) -> bool:
+        return self.start != "on_demand"
+
+
+class DockerServer(_ContainerEntry):
+    """A server run in Docker containers from `image`. With a `port`, `replicas` containers, each
+    publishing `port` on 127.0.0.1 (`host_port` fixes it), balanced by the gateway. Without one, one
+    container per session (or per shared process, `pool.mode: shared`), attached to its stdin."""
+
+    type: Literal["docker"] = "docker"
+    # The port on 127.0.0.1 that `port` is published on; None: one the engine picks (each replica its own).
+    host_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    resources: DockerResources = DockerResources()
+    volumes: tuple[Volume, ...] = ()
+    network: str | None = None
+
+    http_fields: ClassVar[frozenset[str]] = frozenset({"replicas", "path", "balancer", "host_port"})
+
     @field_validator("network")
     @classmethod
     def _network(cls, network: str | None) -> str | None:
@@ -497,75 +545,77 @@ class DockerServer(_Entry):
                     f"network {self.network!r} publishes no port: an HTTP server (one with a 'port') needs a bridge"
                     " network such as the default"
                 )
-            if self.pool != Pool() or "stateless" in self.model_fields_set:
-                raise ValueError(
-                    "'pool' and 'stateless' are for stdio containers (no 'port'): HTTP replicas are set by 'replicas'"
-                )
             if self.host_port is not None and self.replicas > 1:
                 raise ValueError(
                     f"'host_port' {self.host_port} fits one replica, and 'replicas' is {self.replicas}: leave"
                     " host_port unset so each replica gets a port of its own"
                 )
-            return self
-        http_only = sorted({"replicas", "path", "balancer", "host_port"} & self.model_fields_set)
-        if http_only:
-            raise ValueError(
-                f"{', '.join(repr(f) for f in http_only)} {'is' if len(http_only) == 1 else 'are'} for HTTP replicas"
-                " (entries with a 'port'): a stdio server runs one container per session (see 'pool')"
-            )
-        if self.start is not None or self.idle_timeout is not None:
+        elif self.start is not None or self.idle_timeout is not None:
             raise ValueError(
                 "'start' and 'idle_timeout' are for HTTP replicas (entries with a 'port'): stdio containers start"
                 " per session; keep some warm with pool.min and stop spare ones with pool.idle_timeout"
             )
-        if self.pool.mode == "shared" and not self.stateless:
-            raise ValueError(
-                "pool.mode 'shared' needs 'stateless: true': sessions share a container only when the server keeps"
-                " no per-session state"
-            )
+        self._check_kind("container")
         return self
 
-    @property
-    def stdio(self) -> bool:
-        """A stdio server (no `port`): reached through its containers' stdin and stdout."""
-        return self.port is None
 
-    @property
-    def starts_on_boot(self) -> bool:
-        return self.start != "on_demand"
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # an RFC 1123 label (namespaces, service accounts)
+_NUMERIC_USER = re.compile(r"[0-9]+(:[0-9]+)?")
 
 
-class KubernetesServer(_CommandForms, _Entry):
+class KubernetesServer(_ContainerEntry):
+    """A server run as pods of a Kubernetes Deployment in `namespace`, behind a headless Service whose
+    EndpointSlices the gateway watches (Plan Document, section 12.4). With a `port`, each pod serves MCP
+    over HTTP there; without one, `command` is a stdio server that each pod runs behind `mcpfleet adapter`
+    (the gateway's stdio pool behind Streamable HTTP on port 8080), so the gateway balances across pods
+    either way. `chart` installs a Helm chart instead (`mcpfleet deploy`), whose Service the gateway finds by
+    its labels. `discovery`: `endpointslices` (watch; default) or `dns` (the headless Service's A/AAAA
+    records every 30 s, for a gateway that may not watch). `namespace` None: the namespace of the
+    kubeconfig context, or the gateway's own in a cluster."""
+
     type: Literal["kubernetes"] = "kubernetes"
-    image: str | None = None
+    image: str | None = None  # type: ignore[assignment]  # a chart may bring its own
     chart: str | None = None
-    command: Argv | None = None
-    port: Annotated[int, Field(ge=1, le=65535)] = 8080
-    path: str = "/mcp"
-    replicas: Annotated[int, Field(ge=0)] = 1
-    namespace: str = "default"
+    chart_version: str | None = None
+    values: Mapping[str, Any] = Field(default_factory=dict)
+    namespace: str | None = None
     service_account: str | None = None
-    env: Mapping[str, str] = Field(default_factory=dict)
-    secret_env: Mapping[str, str] = Field(default_factory=dict)
-    resources: Resources = Resources()
-    balancer: Balancer = Balancer()
+    resources: ContainerResources = ContainerResources()
+    discovery: Literal["endpointslices", "dns"] = "endpointslices"
 
-    @field_validator("path")
+    @field_validator("namespace", "service_account")
     @classmethod
-    def _path(cls, path: str) -> str:
-        return _check_path(path)
+    def _name(cls, name: str | None, info: Any) -> str | None:
+        if name is not None and (len(name) > 63 or not _K8S_NAME.fullmatch(name)):
+            what = "namespace" if info.field_name == "namespace" else "service account"
+            raise ValueError(
+                f"{name!r} is not a valid Kubernetes {what} name (lowercase letters, digits and '-', at most 63)"
+            )
+        return name
 
-    @field_validator("namespace")
+    @field_validator("security")
     @classmethod
-    def _namespace(cls, namespace: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace):
-            raise ValueError(f"{namespace!r} is not a valid Kubernetes namespace name")
-        return namespace
+    def _user(cls, security: Security) -> Security:
+        if security.user is not None and not _NUMERIC_USER.fullmatch(security.user):
+            raise ValueError(
+                f"user {security.user!r}: Kubernetes runs pods as a numeric user: write UID or UID:GID (10001)"
+            )
+        return security
 
     @model_validator(mode="after")
     def _image_or_chart(self) -> KubernetesServer:
         if (self.image is None) == (self.chart is None):
             raise ValueError("a kubernetes server needs exactly one of 'image' or 'chart'")
+        if self.chart is None and ("values" in self.model_fields_set or self.chart_version is not None):
+            raise ValueError("'values' and 'chart_version' are for 'chart' entries")
+        if self.chart is not None and self.port is None:
+            raise ValueError("a 'chart' entry needs the 'port' its Service serves MCP on")
+        if self.image is not None and self.port is None and self.command is None:
+            raise ValueError(
+                "a stdio server (no 'port') needs 'command': each pod runs it behind `mcpfleet adapter`, which"
+                " must know what to start"
+            )
+        self._check_kind("process")
         return self
 
 

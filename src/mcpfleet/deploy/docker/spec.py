@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from mcpfleet.deploy.container import container_spec
 from mcpfleet.errors import UsageError
 from mcpfleet.registry.model import DockerServer, Server
 
@@ -114,8 +115,7 @@ def port_key(entry: DockerServer) -> str:
 
 def environment(entry: DockerServer) -> list[str]:
     """`KEY=value` for `env`, then `secret_env` (which wins on a clash)."""
-    merged = dict(entry.env) | dict(entry.secret_env)
-    return [f"{key}={value}" for key, value in merged.items()]
+    return [f"{key}={value}" for key, value in container_spec(entry).environment().items()]
 
 
 def spec_digest(entry: DockerServer, key: bytes = b"") -> str:
@@ -156,12 +156,14 @@ def container_body(
     `StdinOnce`) and no TTY, so stdout and stderr stay apart. Confinement: every capability dropped but
     `security.cap_add`, `no-new-privileges`, a pids limit, an init process as PID 1 (signals reach the
     server), bounded json-file logs, no restart policy (the gateway replaces crashed replicas itself)."""
+    container = container_spec(entry)
+    security = container.security
     host: dict[str, Any] = {
         "NetworkMode": network_mode(entry),
         "CapDrop": ["ALL"],
-        "CapAdd": list(entry.security.cap_add) or None,
-        "SecurityOpt": ["no-new-privileges"] if entry.security.no_new_privileges else [],
-        "ReadonlyRootfs": entry.security.read_only,
+        "CapAdd": list(security.cap_add) or None,
+        "SecurityOpt": ["no-new-privileges"] if security.no_new_privileges else [],
+        "ReadonlyRootfs": security.read_only,
         "Init": True,
         "RestartPolicy": {"Name": "no"},
         "LogConfig": LOG_CONFIG,
@@ -175,35 +177,34 @@ def container_body(
             for volume in entry.volumes
         ],
     }
-    if entry.security.read_only:
+    if security.read_only:
         host["Tmpfs"] = {TMPFS: TMPFS_OPTIONS}
-    resources = entry.resources
-    if resources.pids is not None:
-        host["PidsLimit"] = resources.pids
-    if resources.cpu is not None:
-        host["NanoCpus"] = cpu_nanos(resources.cpu)
-    if resources.memory is not None:
-        host["Memory"] = memory_bytes(resources.memory)
+    if entry.resources.pids is not None:
+        host["PidsLimit"] = entry.resources.pids
+    if container.cpu is not None:
+        host["NanoCpus"] = cpu_nanos(container.cpu)
+    if container.memory is not None:
+        host["Memory"] = memory_bytes(container.memory)
     body: dict[str, Any] = {
-        "Image": entry.image,
+        "Image": container.image,
         "Hostname": name[:63],
-        "Env": environment(entry),
+        "Env": [f"{key}={value}" for key, value in container.environment().items()],
         "Labels": labels(project, entry.id, role) | {SPEC: digest},
         "Tty": False,
         "HostConfig": host,
     }
-    if entry.command is not None:
-        body["Entrypoint"] = list(entry.command)
-    if entry.args is not None:
-        body["Cmd"] = list(entry.args)
-    if entry.security.user is not None:
-        body["User"] = entry.security.user
-    if entry.stdio:
+    if container.entrypoint is not None:
+        body["Entrypoint"] = list(container.entrypoint)
+    if container.args is not None:
+        body["Cmd"] = list(container.args)
+    if security.user is not None:
+        body["User"] = security.user
+    if container.stdio:
         body |= {"OpenStdin": True, "StdinOnce": True, "AttachStdin": True, "AttachStdout": True, "AttachStderr": True}
         if owner is not None:
             body["Labels"][OWNER] = owner
     else:
-        body["Labels"][PORT] = str(entry.port)
+        body["Labels"][PORT] = str(container.port)
         body["ExposedPorts"] = {port_key(entry): {}}
         host_port = "" if entry.host_port is None else str(entry.host_port)
         host["PortBindings"] = {port_key(entry): [{"HostIp": "127.0.0.1", "HostPort": host_port}]}

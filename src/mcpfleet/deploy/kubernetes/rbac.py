@@ -1,0 +1,39 @@
+"""Every Kubernetes API permission mcpfleet uses, in one place: the gateway chart's Role is rendered from the
+same list (`charts/mcpfleet/templates/rbac.yaml`), a test checks the rendered Role grants nothing more
+(`tests/charts/`), and another checks that a run against the API emulator used nothing else (`tests/kube/`).
+
+Each rule is (API group, resource, verbs), with Kubernetes' verb names; `""` is the core group. All are
+namespaced: the gateway gets a Role in each namespace it manages, never a ClusterRole.
+"""
+
+from __future__ import annotations
+
+Rule = tuple[str, str, tuple[str, ...]]
+
+# Finding replicas: a server's EndpointSlices (list, then watch from the list's resourceVersion).
+DISCOVERY: tuple[Rule, ...] = (("discovery.k8s.io", "endpointslices", ("list", "watch")),)
+
+# Creating, scaling (to zero and back) and deleting the servers it deploys (`deployer: true` in the chart).
+DEPLOYER: tuple[Rule, ...] = (
+    ("apps", "deployments", ("get", "list", "create", "patch", "delete")),
+    ("apps", "deployments/scale", ("get", "patch", "update")),
+    ("", "services", ("get", "list", "create", "patch", "delete")),
+    ("", "secrets", ("get", "list", "create", "patch", "delete")),
+)
+
+# `discovery: labels`: Services labelled for mcpfleet that the registry does not list.
+LABELLED_SERVICES: tuple[Rule, ...] = (("", "services", ("list", "watch")),)
+
+# What the CLI adds for `status` and `logs` (not the gateway's).
+INSPECT: tuple[Rule, ...] = (("", "pods", ("list",)), ("", "pods/log", ("get",)))
+
+GATEWAY: tuple[Rule, ...] = DISCOVERY + DEPLOYER
+
+
+def merged(*groups: tuple[Rule, ...]) -> dict[tuple[str, str], set[str]]:
+    """The verbs granted per (group, resource) by the union of `groups`."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for group in groups:
+        for api_group, resource, verbs in group:
+            found.setdefault((api_group, resource), set()).update(verbs)
+    return found
