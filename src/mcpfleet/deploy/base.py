@@ -47,12 +47,13 @@ class ReplicaStatus:
 class Change:
     """One thing a deploy, scale or remove does (or, with `--dry-run`, would do).
 
-    `action`: create or remove. `kind`: container, network or volume. `reason`: why, in words ("replica 2
+    `action`: create, update (Kubernetes: apply a changed object), scale or remove. `kind`: container,
+    network or volume (Docker); Deployment, Service or Secret (Kubernetes). `reason`: why, in words ("replica 2
     of 3", "runs an older spec", "beyond 1 replica"). `body`: for a container to create, the Engine API body
     with secret values masked."""
 
-    action: Literal["create", "remove"]
-    kind: Literal["container", "network", "volume"]
+    action: Literal["create", "update", "scale", "remove"]
+    kind: str  # container, network, volume; Deployment, Service, Secret
     name: str
     server_id: str | None
     reason: str
@@ -126,6 +127,16 @@ class Deployment(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What `/servers` shows of it (JSON values)."""
+        ...
+
+    @property
+    def drains(self) -> bool:
+        """Whether a replica that stops serving still holds its sessions for `timeouts.drain` (a terminating
+        pod serves until it is gone) or is dropped at once (a container that left is gone)."""
+        ...
+
+    def removed(self) -> None:
+        """The entry left the registry (or changed backend): `aclose` removes what was made for it."""
         ...
 
     def hand_over(self, successor: Any) -> None:

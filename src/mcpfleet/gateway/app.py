@@ -30,7 +30,7 @@ from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
-from mcpfleet.gateway.deployments import Deployments, served_form
+from mcpfleet.gateway.deployments import Deployments, backend, deployed, served_form
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
@@ -40,7 +40,7 @@ from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.registry import Registry, load_registry
-from mcpfleet.registry.model import DockerServer, HttpServer, StdioServer
+from mcpfleet.registry.model import DockerServer, HttpServer, KubernetesServer, StdioServer
 from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -165,9 +165,8 @@ class Gateway:
             spawns = spawns or (isinstance(server, DockerServer) and server.stdio)
             warm = spawns and isinstance(server, StdioServer | HttpServer | DockerServer) and server.pool.min > 0
             probed = isinstance(server, HttpServer | DockerServer) and server.health.active
-            # A source is followed from the start; docker replicas are kept from the start.
-            deployed = isinstance(server, DockerServer) and not server.stdio
-            if warm or probed or deployed or server_id in self.replica_sources:
+            # A source is followed from the start; deployed replicas are kept from the start.
+            if warm or probed or deployed(server) or server_id in self.replica_sources:
                 self._runtime(server_id)
 
     async def _maintain_pools(self) -> None:
@@ -227,8 +226,8 @@ class Gateway:
         for server_id, runtime in list(self._runtimes.items()):
             entry = fresh.servers.get(server_id)
             before = old.servers.get(server_id)
-            if entry is not None and isinstance(entry, DockerServer) != runtime.runs_containers:
-                entry = None  # into or out of Docker: the runtime drains and another takes the entry
+            if entry is not None and backend(entry) != backend(before):
+                entry = None  # into or out of a backend: the runtime drains and another takes the entry
             elif (
                 isinstance(entry, DockerServer)
                 and entry.stdio
@@ -237,10 +236,12 @@ class Gateway:
             ):
                 entry = None  # other containers: new sessions get a new runtime, the old one drains
             if entry is not None and runtime.deployment is not None and entry != before:
-                if isinstance(entry, DockerServer) and not entry.stdio:
+                if deployed(entry):
                     runtime.deployment.configure(entry)
-                else:  # no longer a docker HTTP entry: the runtime drains and its containers go
+                else:  # no longer deployed: the runtime drains and its containers go
                     entry = None
+            if entry is None and runtime.deployment is not None:
+                runtime.deployment.removed()  # what a gateway created for it goes when its runtime ends
             server = served_form(entry) if entry is not None else None
             if server is not None and (server == runtime.server and size == runtime.max_message_bytes):
                 continue
@@ -301,7 +302,7 @@ class Gateway:
         if runtime is None:
             assert self._task_group is not None
             deployment = spawn = None
-            if isinstance(server, DockerServer) and not server.stdio:
+            if isinstance(server, DockerServer | KubernetesServer) and deployed(server):
                 deployment = self.deployments.controller(server)
                 for old in self._draining.get(server_id, []):  # the id came back: one controller keeps them
                     if old.deployment is not None:

@@ -1,4 +1,4 @@
-"""How the gateway serves `docker` entries (Plan Document, section 12.2).
+"""How the gateway serves `docker` and `kubernetes` entries (Plan Document, sections 12.2 and 12.4).
 
 A docker entry is served exactly like the entry it becomes once its containers run:
 
@@ -8,8 +8,11 @@ A docker entry is served exactly like the entry it becomes once its containers r
 - without one, like a `stdio` entry whose processes are containers (`ContainerProcess`), pooled by the same
   pool as local processes: session and shared modes, `pool.min`, caps, recycling, crash loops.
 
-`Deployments` holds the one engine connection the gateway uses for all of them, made on first use; an
-engine that does not answer fails only the docker entries' requests (503 with the reason), never the rest.
+A kubernetes entry is served like an `http` entry whose replicas are the ready endpoints of its headless
+Service, kept by a `ScaleController` (objects applied, scale to zero and back shared by the gateway replicas).
+
+`Deployments` holds the one engine connection and the one API connection the gateway uses, made on first
+use; a backend that does not answer fails only its entries' requests (503 with the reason), never the rest.
 """
 
 from __future__ import annotations
@@ -24,14 +27,42 @@ from mcpfleet.deploy.docker.attach import ContainerProcess, owner_id
 from mcpfleet.deploy.docker.controller import ReplicaController
 from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.deploy.docker.engine import Engine
+from mcpfleet.deploy.kubernetes.api import Cluster
+from mcpfleet.deploy.kubernetes.controller import ScaleController
+from mcpfleet.deploy.kubernetes.deployer import KubernetesDeployer
 from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
-from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
+from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, KubernetesServer, Server, StdioServer
 
 log = logging.getLogger("mcpfleet.docker")
 
 
+def backend(entry: Server | None) -> str | None:
+    """`docker` or `kubernetes` for an entry whose replicas a backend runs; None for the others."""
+    if isinstance(entry, DockerServer | KubernetesServer):
+        return entry.type
+    return None
+
+
+def deployed(entry: Server | None) -> bool:
+    """A backend starts and stops this entry's HTTP replicas (a `ReplicaController` or `ScaleController`
+    keeps them): a docker entry with a port, or any kubernetes entry (stdio ones run behind the adapter)."""
+    return isinstance(entry, KubernetesServer) or (isinstance(entry, DockerServer) and not entry.stdio)
+
+
 def served_form(entry: Server) -> Server:
-    """The http or stdio entry a docker entry is served as; any other entry as it is."""
+    """The http or stdio entry a docker or kubernetes entry is served as; any other entry as it is. A
+    kubernetes entry is always HTTP: its pods serve MCP themselves, or through `mcpfleet adapter`."""
+    if isinstance(entry, KubernetesServer):
+        return HttpServer(
+            id=entry.id,
+            description=entry.description,
+            timeouts=entry.timeouts,
+            health=entry.health,
+            endpoints=(Endpoint(url="http://replicas-are-discovered.invalid"),),
+            path=entry.path,
+            transport="streamable-http",
+            balancer=entry.balancer,
+        )
     if not isinstance(entry, DockerServer):
         return entry
     common = {
@@ -62,13 +93,18 @@ def served_form(entry: Server) -> Server:
 
 
 class Deployments:
-    """The gateway's Docker backend: one engine connection, a controller per docker HTTP entry."""
+    """The gateway's deployment backends: one Docker engine connection and one Kubernetes API connection,
+    each made on first use; a controller per deployed entry."""
 
     def __init__(self, *, project: str | None = None, address: str | None = None) -> None:
         self.engine = Engine(address)
         self.deployer = DockerDeployer(self.engine, spec.project_name(project))
+        self.cluster = Cluster()
+        self.kubernetes = KubernetesDeployer(self.cluster, self.deployer.project)
 
-    def controller(self, entry: DockerServer) -> ReplicaController:
+    def controller(self, entry: DockerServer | KubernetesServer) -> ReplicaController | ScaleController:
+        if isinstance(entry, KubernetesServer):
+            return ScaleController(self.kubernetes, entry)
         return ReplicaController(self.deployer, entry)
 
     def containers(self, entry: DockerServer, current: Callable[[], Server | None]) -> Callable[[int], Backend]:
@@ -103,6 +139,7 @@ class Deployments:
 
     async def aclose(self) -> None:
         await self.engine.aclose()
+        await self.cluster.aclose()
 
 
 def _alive(pid: int) -> bool:

@@ -256,8 +256,8 @@ class ServerRuntime:
         end is `maintain`'s: connections closed, bridged sessions ended)."""
         assert self.balancer is not None
         before = {r.url for r in self.balancer.replicas}
-        # A container that left is gone (or stopping): nothing is left to drain to.
-        drain = 0.0 if self.deployment is not None else self.server.timeouts.drain
+        # A container that left is gone (or stopping): nothing is left to drain to; a terminating pod serves on.
+        drain = 0.0 if self.deployment is not None and not self.deployment.drains else self.server.timeouts.drain
         self.balancer.update(addresses, drain)
         after = {r.url for r in self.balancer.replicas}
         self._replica_set_changed.set()
@@ -389,11 +389,6 @@ class ServerRuntime:
     @property
     def upstreams(self) -> list[HttpUpstream | RelayUpstream]:
         return [u for u in (self.http, self.bridge, self.stdio, *self.draining_relays) if u is not None]
-
-    @property
-    def runs_containers(self) -> bool:
-        """Its replicas or processes are containers a backend starts (a docker entry)."""
-        return self.deployment is not None or self.spawn is not None
 
     @property
     def closed(self) -> bool:

@@ -97,11 +97,16 @@ class ReplicaController:
             "retry_in_s": max(0.0, round(self.retry_at - time.monotonic(), 1)) if self.error is not None else None,
         }
 
+    def removed(self) -> None:
+        """Nothing more to do: `aclose` removes the containers this controller started in any case."""
+
     def hand_over(self, successor: ReplicaController) -> None:
         """The server's id came back while this controller's runtime drained: `successor` keeps the replicas,
         including the ones this controller started (so they are removed once, by the one in charge)."""
         successor.made |= self.made
         self.made = set()
+
+    drains = False  # a container that left the set is gone: nothing is left to drain to
 
     @property
     def retry_after(self) -> int:

@@ -1,0 +1,350 @@
+"""Deploying `kubernetes` entries: create or update a server's objects, scale it, report it, remove it.
+
+The cluster's state is the truth; there is no state file. Objects come from `manifests.objects` and are
+written with server-side apply (field manager `mcpfleet`, forced: mcpfleet owns what it declares), which is
+idempotent, so any number of gateway replicas and CLI runs may apply the same entry. `spec.replicas` is
+left out of every apply and set only when the Deployment is created and through the `scale` subresource
+(field manager `mcpfleet-scale`): an apply never undoes a scale, to zero or from it (Plan Document, 12.4).
+The Service and the Secret carry an ownerReference to the Deployment, so deleting it deletes them; removal
+also deletes by label, so nothing is left when an ownerReference was never set.
+
+Nothing here creates a namespace: a namespace that does not exist is an error naming it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
+from mcpfleet.deploy.kubernetes import manifests
+from mcpfleet.deploy.kubernetes.api import KINDS, Cluster
+from mcpfleet.errors import DeployError
+from mcpfleet.registry.model import KubernetesServer
+
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+CREATED_BY = "mcpfleet.io/created-by"  # annotation: `gateway` on objects a gateway created (it removes them)
+READY_POLL = 0.25  # seconds between checks of a Deployment's ready replicas, doubling up to:
+READY_POLL_MAX = 2.0
+REMOVED_KINDS = ("Deployment", "Service", "Secret")
+
+
+class KubernetesDeployer:
+    """Converges a cluster on registry entries, for the CLI and the gateway. `project` separates fleets in
+    one namespace (label `mcpfleet.io/project`); `namespace` overrides the entries' (`--namespace`)."""
+
+    def __init__(self, cluster: Cluster, project: str, *, namespace: str | None = None) -> None:
+        self.cluster = cluster
+        self.project = project
+        self.namespace_override = namespace
+
+    async def namespace(self, entry: KubernetesServer | None = None) -> str:
+        """Where `entry` lives: `--namespace`, else its `namespace`, else the context's (or the pod's)."""
+        await self.cluster.client()  # the default namespace is known once the configuration is read
+        if self.namespace_override is not None:
+            return self.namespace_override
+        if entry is not None and entry.namespace is not None:
+            return entry.namespace
+        return self.cluster.default_namespace
+
+    # --- reading ---------------------------------------------------------------------------------------
+
+    async def deployment(self, entry: KubernetesServer) -> dict[str, Any] | None:
+        """The entry's Deployment as the API has it; None when it does not exist. A `chart` entry's is
+        found by its `mcpfleet.io/server` label."""
+        namespace = await self.namespace(entry)
+        if entry.chart is not None:
+            found = await self._labelled("Deployment", namespace, {manifests.SERVER: entry.id})
+            return found[0] if found else None
+        name = manifests.object_name(self.project, entry.id)
+        result: dict[str, Any] | None = await self.cluster.request(
+            "GET", KINDS["Deployment"], namespace, name, missing_ok=True
+        )
+        return result
+
+    async def service_name(self, entry: KubernetesServer) -> str:
+        """The name of the entry's headless Service (a `chart` entry's: found by label; DeployError when the
+        chart is not installed)."""
+        if entry.chart is None:
+            return manifests.object_name(self.project, entry.id)
+        namespace = await self.namespace(entry)
+        found = await self._labelled("Service", namespace, {manifests.SERVER: entry.id})
+        if not found:
+            raise DeployError(
+                f"no Service labelled {manifests.SERVER}={entry.id} in namespace {namespace!r}: install the chart"
+                " with `mcpfleet deploy`",
+                server_id=entry.id,
+            )
+        return str(found[0]["metadata"]["name"])
+
+    async def _labelled(self, kind: str, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        listed = await self.cluster.request(
+            "GET", KINDS[kind], namespace, query={"labelSelector": manifests.label_selector(selector)}
+        )
+        return list(listed.get("items") or [])
+
+    async def status(self, server_id: str | None = None, entry: KubernetesServer | None = None) -> list[ReplicaStatus]:
+        """The pods of `server_id` (None: of every server of the project) in the namespace of `entry` (or the
+        default one): name, uid, phase (or `terminating`), address, ready."""
+        namespace = await self.namespace(entry)
+        selector = manifests.selector(self.project, server_id)
+        if entry is not None and entry.chart is not None:
+            selector = {manifests.SERVER: entry.id}
+        pods = await self._labelled("Pod", namespace, selector)
+        found = []
+        for pod in pods:
+            metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            state = "terminating" if metadata.get("deletionTimestamp") else (status.get("phase") or "Pending").lower()
+            if state == "running" and not ready:
+                state = "starting"
+            ip = status.get("podIP")
+            port = _container_port(pod)
+            found.append(
+                ReplicaStatus(
+                    server_id=(metadata.get("labels") or {}).get(manifests.SERVER, server_id or ""),
+                    name=metadata.get("name", ""),
+                    id=metadata.get("uid", ""),
+                    role="replica",
+                    state=state,
+                    address=f"http://{ip}:{port}" if ip and port else None,
+                    current=None,
+                    exit_code=_exit_code(status),
+                    created=metadata.get("creationTimestamp") or "",
+                )
+            )
+        return sorted(found, key=lambda r: (r.server_id, r.name))
+
+    async def logs(self, entry: KubernetesServer, *, tail: int | None, follow: bool) -> AsyncIterator[str]:
+        """The log lines of every pod of `entry`, each prefixed with its pod name (followed: until cancelled)."""
+        namespace = await self.namespace(entry)
+        for replica in await self.status(entry.id, entry):
+            query: dict[str, Any] = {"container": manifests.CONTAINER}
+            if tail is not None:
+                query["tailLines"] = str(tail)
+            text = await self.cluster.request_text(KINDS["Pod"], namespace, replica.name, "log", query)
+            for line in text.splitlines():
+                yield f"{replica.name} | {line}"
+        if follow:
+            await anyio.sleep_forever()
+
+    # --- changing --------------------------------------------------------------------------------------
+
+    async def plan(self, entry: KubernetesServer, replicas: int | None = None) -> list[Change]:
+        """What `up(entry, replicas)` would do: create the objects that do not exist, apply the others,
+        scale the Deployment when `replicas` differs. Touches nothing."""
+        namespace = await self.namespace(entry)
+        changes = []
+        for body in manifests.objects(entry, namespace=namespace, project=self.project):
+            kind, name = body["kind"], body["metadata"]["name"]
+            existing = await self.cluster.request("GET", KINDS[kind], namespace, name, missing_ok=True)
+            shown = _masked(body)
+            if existing is None:
+                changes.append(Change("create", kind, name, entry.id, f"in namespace {namespace}", shown))
+            else:
+                changes.append(Change("update", kind, name, entry.id, "server-side apply (unchanged if equal)", shown))
+                if kind == "Deployment" and replicas is not None:
+                    current = (existing.get("spec") or {}).get("replicas")
+                    if current != replicas:
+                        changes.append(Change("scale", kind, name, entry.id, f"{current} -> {replicas} replicas"))
+        return changes
+
+    async def apply(
+        self, entry: KubernetesServer, *, replicas_if_created: int, created_by: str = "cli"
+    ) -> dict[str, Any]:
+        """Create or update the entry's objects; the Deployment as the API has it afterwards. A new
+        Deployment gets `replicas_if_created` replicas; an existing one keeps its count."""
+        namespace = await self.namespace(entry)
+        bodies = manifests.objects(entry, namespace=namespace, project=self.project)
+        deployment = next(b for b in bodies if b["kind"] == "Deployment")
+        name = deployment["metadata"]["name"]
+        kind = KINDS["Deployment"]
+        existing = await self.cluster.request("GET", kind, namespace, name, missing_ok=True)
+        if existing is None:
+            deployment["spec"]["replicas"] = replicas_if_created
+            deployment["metadata"]["annotations"][CREATED_BY] = created_by
+            existing = await self.cluster.request(
+                "POST", kind, namespace, body=deployment, query={"fieldManager": manifests.SCALE_MANAGER}
+            )
+        else:
+            del deployment["spec"]["replicas"]
+            existing = await self._apply(deployment)
+        owner = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+            "uid": existing["metadata"]["uid"],
+            "controller": False,
+            "blockOwnerDeletion": False,
+        }
+        for body in bodies:
+            if body["kind"] != "Deployment":
+                body["metadata"]["ownerReferences"] = [owner]
+                if created_by == "gateway":
+                    body["metadata"]["annotations"][CREATED_BY] = created_by
+                await self._apply(body)
+        return dict(existing)
+
+    async def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        metadata = body["metadata"]
+        result: dict[str, Any] = await self.cluster.request(
+            "PATCH",
+            KINDS[body["kind"]],
+            metadata["namespace"],
+            metadata["name"],
+            body=body,
+            content_type=APPLY,
+            query={"fieldManager": manifests.FIELD_MANAGER, "force": "true"},
+        )
+        return result
+
+    async def scale(self, entry: KubernetesServer, replicas: int, *, resource_version: str | None = None) -> None:
+        """Set the Deployment's `spec.replicas` through its `scale` subresource. With `resource_version`,
+        only if the Deployment has not changed since (ConflictError otherwise): how a gateway scales to zero
+        without undoing another gateway's activity mark."""
+        namespace = await self.namespace(entry)
+        found = await self.deployment(entry)
+        if found is None:
+            raise DeployError(
+                f"no Deployment in namespace {namespace!r}: run `mcpfleet deploy {entry.id}` first", server_id=entry.id
+            )
+        body: dict[str, Any] = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": found["metadata"]["name"], "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        if resource_version is not None:
+            body["metadata"]["resourceVersion"] = resource_version
+        await self.cluster.request(
+            "PUT",
+            KINDS["Deployment"],
+            namespace,
+            found["metadata"]["name"],
+            subresource="scale",
+            body=body,
+            query={"fieldManager": manifests.SCALE_MANAGER},
+        )
+
+    async def annotate(self, entry: KubernetesServer, key: str, value: str) -> None:
+        """Set one annotation on the entry's Deployment (a merge patch: nothing else changes)."""
+        namespace = await self.namespace(entry)
+        found = await self.deployment(entry)
+        if found is None:
+            return
+        await self.cluster.request(
+            "PATCH",
+            KINDS["Deployment"],
+            namespace,
+            found["metadata"]["name"],
+            body={"metadata": {"annotations": {key: value}}},
+            content_type=MERGE,
+        )
+
+    async def up(
+        self, entry: KubernetesServer, replicas: int | None = None, *, progress: Progress | None = None
+    ) -> list[ReplicaStatus]:
+        """Apply the entry's objects, scale to `replicas` (default: the entry's) and wait until that many pods
+        are ready (bounded by `timeouts.startup`, at least 60 s for image pulls); DeployError when they are
+        not, naming the Deployment's own reason when it gives one."""
+        want = entry.replicas if replicas is None else replicas
+        await self.apply(entry, replicas_if_created=want)
+        found = await self.deployment(entry)
+        if found is not None and (found.get("spec") or {}).get("replicas") != want:
+            await self.scale(entry, want)
+        await self.wait_ready(entry, want, progress=progress)
+        return await self.status(entry.id, entry)
+
+    async def wait_ready(self, entry: KubernetesServer, want: int, *, progress: Progress | None = None) -> None:
+        within = max(60.0, entry.timeouts.startup)
+        deadline = time.monotonic() + within
+        pause = READY_POLL
+        told = -1
+        while True:
+            found = await self.deployment(entry)
+            status = (found or {}).get("status") or {}
+            ready = int(status.get("readyReplicas") or 0)
+            if ready != told and progress is not None:
+                progress(f"{entry.id}: {ready}/{want} pods ready")
+                told = ready
+            if ready >= want and int(status.get("replicas") or 0) <= max(want, ready):
+                return
+            if time.monotonic() > deadline:
+                reason = _condition_message(status)
+                raise DeployError(
+                    f"{ready} of {want} pods ready after {within:g} s (setting: timeouts.startup){reason}",
+                    server_id=entry.id,
+                )
+            await anyio.sleep(pause)
+            pause = min(READY_POLL_MAX, pause * 2)
+
+    async def plan_down(self, server_id: str | None = None, entry: KubernetesServer | None = None) -> list[Change]:
+        namespace = await self.namespace(entry)
+        changes = []
+        for kind in REMOVED_KINDS:
+            for item in await self._labelled(kind, namespace, self._removal_selector(server_id)):
+                metadata = item["metadata"]
+                owner = (metadata.get("labels") or {}).get(manifests.SERVER)
+                changes.append(Change("remove", kind, metadata["name"], owner, f"in namespace {namespace}"))
+        return changes
+
+    async def down(
+        self, server_id: str | None = None, entry: KubernetesServer | None = None, *, created_by: str | None = None
+    ) -> list[Change]:
+        """Delete the objects of `server_id` (None: of the whole project) by label, the Deployment first
+        (its pods get their grace period). `created_by`: only objects with that `mcpfleet.io/created-by`."""
+        namespace = await self.namespace(entry)
+        changes = []
+        for change in await self.plan_down(server_id, entry):
+            if created_by is not None:
+                item = await self.cluster.request("GET", KINDS[change.kind], namespace, change.name, missing_ok=True)
+                if ((item or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY) != created_by:
+                    continue
+            await self.cluster.request(
+                "DELETE",
+                KINDS[change.kind],
+                namespace,
+                change.name,
+                body={"propagationPolicy": "Background"},
+                missing_ok=True,
+            )
+            changes.append(change)
+        return changes
+
+    def _removal_selector(self, server_id: str | None) -> dict[str, str]:
+        return {manifests.MANAGED_BY: manifests.MANAGER, **manifests.selector(self.project, server_id)}
+
+
+def _masked(body: dict[str, Any]) -> dict[str, Any]:
+    if body["kind"] != "Secret":
+        return body
+    return {**body, "data": dict.fromkeys(body.get("data") or {}, "***")}
+
+
+def _container_port(pod: dict[str, Any]) -> int | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == manifests.PORT_NAME:
+                return int(port["containerPort"])
+    return None
+
+
+def _exit_code(status: dict[str, Any]) -> int | None:
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("lastState") or {}).get("terminated") or (container.get("state") or {}).get(
+            "terminated"
+        )
+        if terminated and terminated.get("exitCode") is not None:
+            return int(terminated["exitCode"])
+    return None
+
+
+def _condition_message(status: dict[str, Any]) -> str:
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("message"):
+            return f": {condition['message']}"
+    return ""
