@@ -20,6 +20,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from mcpfleet.errors import UsageError
+from mcpfleet.gateway.adapter import Adapter, server_id_for
+from mcpfleet.registry.model import StdioServer
+
 from support import ACCEPT, INIT, free_port, run_cli, wait_for, wait_for_port
 
 DEMO = [sys.executable, "-m", "mcpfleet.demo", "stdio"]
@@ -187,3 +191,26 @@ def test_argument_errors_are_one_line() -> None:
     assert unknown.returncode == 3 and "'no-such-mcp-server' was not found" in unknown.stderr
     shared = run_cli("adapter", "--mode", "shared", "--", *DEMO)
     assert shared.returncode == 2 and shared.stderr.startswith("error: --mode shared needs --stateless")
+
+
+def test_the_registry_it_serves() -> None:
+    # Pure: the one-server registry the options make. The environment passes to the server (as secret_env:
+    # never printed), but for the adapter's own session keys; the pool options are the registry's.
+    served = Adapter.create(
+        [*DEMO, "--replica", "pod"],
+        pool={"mode": "shared", "min": 1, "max": 3},
+        stateless=True,
+        environ={"PATH": os.environ["PATH"], "API_TOKEN": "s3cret", "MCPFLEET_SESSION_KEYS": "k1"},
+    )
+    entry = served.registry.servers[served.server_id]
+    assert isinstance(entry, StdioServer) and entry.command == (*DEMO, "--replica", "pod")
+    assert dict(entry.secret_env) == {"PATH": os.environ["PATH"], "API_TOKEN": "s3cret"} and not entry.env
+    assert (entry.pool.mode, entry.pool.min, entry.pool.max, entry.stateless) == ("shared", 1, 3, True)
+    assert served.registry.gateway.host == "127.0.0.1" and served.path == b"/mcp"
+    assert server_id_for(["/usr/local/bin/mcp-server-time"]) == "mcp-server-time"
+    assert server_id_for(["/opt/My Server"]) == "my-server" and server_id_for(["metrics"]) == "server"
+    for path in ("mcp", "/a//b", "/a/../b", "/healthz", "/a%2Fb"):
+        with pytest.raises(UsageError, match="--path"):
+            Adapter.create(DEMO, path=path)
+    with pytest.raises(UsageError, match=r"--min \(4\) is greater than --max \(2\)"):
+        Adapter.create(DEMO, pool={"min": 4, "max": 2})
