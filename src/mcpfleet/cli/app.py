@@ -578,7 +578,7 @@ def adapter(
         typer.Option(metavar="ID", help="The server's id in logs and metrics (default: the program's name)."),
     ] = None,
     mode: Annotated[
-        str | None, typer.Option(metavar="session|shared", help="pool.mode (default: session, a process per session).")
+        str | None, typer.Option(metavar="MODE", help="pool.mode: session (a process each, the default) or shared.")
     ] = None,
     stateless: Annotated[bool, typer.Option("--stateless", help="The server keeps no per-session state.")] = False,
     min_: Annotated[
