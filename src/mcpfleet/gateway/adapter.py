@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from mcpfleet.errors import GatewayError, UsageError
 from mcpfleet.gateway.app import STATUS_PATHS, Gateway
 from mcpfleet.gateway.asgi import ErrorBoundary, Receive, Scope, Send
+from mcpfleet.gateway.runtime import MCP_PATH
 from mcpfleet.gateway.sealing import KEYS_ENV
 from mcpfleet.gateway.serve import Listener, serve
 from mcpfleet.process import child_environment, resolve_program
@@ -176,7 +177,7 @@ class FixedPath:
             return
         raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
         if raw_path == self.path and scope["type"] == "http":
-            served = f"/{self.server_id}{DEFAULT_PATH}"
+            served = f"/{self.server_id}{MCP_PATH}"  # where the gateway serves the server
             await self.gateway({**scope, "path": served, "raw_path": served.encode()}, receive, send)
         elif scope["type"] == "http" and raw_path[1:].decode("latin-1") in STATUS_PATHS:
             await self.gateway(scope, receive, send)
