@@ -479,8 +479,6 @@ def serve(
     The banner with the URLs is printed once the address is bound, with the real port (the system's choice
     for --port 0). Exits 4 when it cannot listen there.
     """
-    import logging
-
     from mcpfleet.gateway.app import file_digest
     from mcpfleet.gateway.serve import bind
     from mcpfleet.gateway.serve import serve as run_gateway
@@ -497,9 +495,7 @@ def serve(
     except McpfleetError as exc:
         _fail(exc)
     try:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        for chatty in ("httpx2", "httpcore2", "mcp", "watchfiles"):  # per-request INFO lines cost CPU
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+        _log_to_stderr()
         scheme = "https" if tls_certfile else "http"
         base = f"{scheme}://{f'[{listener.host}]' if ':' in listener.host else listener.host}:{listener.port}"
         count = len(loaded.servers)
@@ -551,6 +547,85 @@ def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
 def _fail(exc: McpfleetError) -> NoReturn:
     output.error(str(exc))
     raise typer.Exit(exc.exit_code)
+
+
+def _log_to_stderr() -> None:
+    """The gateway's log lines (`serve`, `adapter`): INFO and above, without the libraries' per-request ones."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx2", "httpcore2", "mcp", "watchfiles"):  # per-request INFO lines cost CPU
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+# --- adapter ------------------------------------------------------------------------------------------
+
+
+def _listed(help: str) -> Any:
+    return typer.Option(metavar="VALUE", help=help + " Repeatable.")
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def adapter(
+    command: Annotated[
+        list[str] | None, typer.Argument(metavar="COMMAND [ARGS]", help="The stdio server's command, after --.")
+    ] = None,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on; 0.0.0.0 in a pod.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port; 0 for any free one.")] = 8080,
+    path: Annotated[str, typer.Option(metavar="PATH", help="Where the MCP endpoint is served.")] = "/mcp",
+    name: Annotated[
+        str | None,
+        typer.Option(metavar="ID", help="The server's id in logs and metrics (default: the program's name)."),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(metavar="MODE", help="pool.mode: session (a process each, the default) or shared.")
+    ] = None,
+    stateless: Annotated[bool, typer.Option("--stateless", help="The server keeps no per-session state.")] = False,
+    min_: Annotated[
+        int | None, typer.Option("--min", metavar="N", help="pool.min: warm processes (default: 0).")
+    ] = None,
+    max_: Annotated[int | None, typer.Option("--max", metavar="N", help="pool.max: processes (default: 16).")] = None,
+    max_message_bytes: Annotated[
+        int | None, typer.Option(metavar="BYTES", help="gateway.max_message_bytes (default: 16 MiB).")
+    ] = None,
+    allowed_host: Annotated[list[str] | None, _listed("A Host name served besides IP addresses (a Service's).")] = None,
+    allowed_origin: Annotated[list[str] | None, _listed("An Origin allowed to call from a browser.")] = None,
+) -> None:
+    """Serve one stdio MCP server as Streamable HTTP at http://HOST:PORT/mcp, with the gateway's stdio pool.
+
+    For a Kubernetes pod: mcpfleet adapter --host 0.0.0.0 -- mcp-server-time. Also /healthz, /readyz,
+    /metrics. Exits 2 without a command, 3 when the command is not found, 4 when it cannot listen.
+    """
+    from mcpfleet.gateway.adapter import Adapter
+    from mcpfleet.gateway.serve import bind
+
+    try:
+        pool = {key: value for key, value in {"mode": mode, "min": min_, "max": max_}.items() if value is not None}
+        served = Adapter.create(
+            command or [],
+            path=path,
+            name=name,
+            host=host,
+            port=port,
+            pool=pool,
+            stateless=stateless,
+            max_message_bytes=max_message_bytes,
+            allowed_hosts=allowed_host or (),
+            allowed_origins=allowed_origin or (),
+        )
+        listener = bind(host, port)
+    except McpfleetError as exc:
+        _fail(exc)
+    try:
+        _log_to_stderr()
+        base = f"http://{f'[{listener.host}]' if ':' in listener.host else listener.host}:{listener.port}"
+        output.plain(f"mcpfleet adapter on {base}{path}: {' '.join(command or [])}")
+        listener.listen()
+        anyio.run(lambda: served.serve(listener), backend_options={"use_uvloop": True})
+    except McpfleetError as exc:
+        _fail(exc)
+    finally:
+        listener.close()
 
 
 # --- registry -----------------------------------------------------------------------------------------

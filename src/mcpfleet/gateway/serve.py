@@ -16,7 +16,7 @@ import logging
 import resource
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import uvicorn
 
 from mcpfleet.errors import ListenError
 from mcpfleet.gateway.app import Gateway, file_digest
+from mcpfleet.gateway.asgi import App
 from mcpfleet.registry import Registry
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -152,14 +153,16 @@ async def serve(
     tls_certfile: str | None = None,
     tls_keyfile: str | None = None,
     watch: bool = True,
+    front: Callable[[Gateway], App] | None = None,
 ) -> None:
-    """Serve on `listener` (bound by `bind`, listening or not) until SIGINT or SIGTERM."""
+    """Serve on `listener` (bound by `bind`, listening or not) until SIGINT or SIGTERM. `front`: an ASGI
+    layer to serve in front of the gateway (the adapter's fixed path, `gateway/adapter.py`)."""
     log.info("file descriptor limit: %d", raise_descriptor_limit())
     async with Gateway(
         registry, registry_path=registry_path, host=listener.host, loaded_digest=loaded_digest
     ) as gateway:
         config = uvicorn.Config(
-            gateway,
+            front(gateway) if front is not None else gateway,
             host=listener.host,
             port=listener.port,
             lifespan="off",
