@@ -10,8 +10,10 @@ symlink swaps (`..data`) are seen; a change reloads only when the file's content
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import resource
 import signal
@@ -19,6 +21,7 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import anyio
 import uvicorn
@@ -177,7 +180,7 @@ async def serve(
             # uvicorn refuses larger frames itself; the gateway's own check (reloadable) applies below this.
             ws_max_size=registry.gateway.max_message_bytes + 1024,
         )
-        server = _Server(config)
+        server = _Server(config, gateway, registry.gateway.shutdown_delay)
         logging.getLogger("uvicorn.error").addFilter(_DeniedUpgrades())
         async with anyio.create_task_group() as tg:
             tg.start_soon(_reload_on_sighup, gateway)
@@ -192,7 +195,32 @@ async def serve(
 class _Server(uvicorn.Server):
     """uvicorn's server, but a SIGTERM or SIGINT ends serving without ending the process: uvicorn raises the
     signal again once it stops serving, which would kill the process before the gateway's own shutdown
-    (sessions ended, stdio processes stopped, the containers it started removed) runs (section 9.15)."""
+    (sessions ended, stdio processes stopped, the containers it started removed) runs (section 9.15).
+
+    With `shutdown_delay` (`gateway.shutdown_delay`, seconds), the first SIGTERM turns `/readyz` to 503 and
+    serving goes on for that long before uvicorn stops taking connections: readiness probes and load
+    balancers see the gateway leave while it still answers. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway, shutdown_delay: float) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self.shutdown_delay = shutdown_delay
+        self._leaving = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.shutdown_delay > 0 and not self._leaving and not self.should_exit:
+            self._leaving = True
+            self.gateway.ready = False
+            log.info(
+                "signal %s: /readyz answers 503; serving goes on for %g s (gateway.shutdown_delay)",
+                signal.Signals(sig).name,
+                self.shutdown_delay,
+            )
+            loop = asyncio.get_event_loop()
+            later = functools.partial(super().handle_exit, sig, frame)
+            loop.call_soon_threadsafe(loop.call_later, self.shutdown_delay, later)
+            return
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

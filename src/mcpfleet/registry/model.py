@@ -491,7 +491,7 @@ class _ContainerEntry(_Entry):
         if self.port is not None:
             if self.pool != Pool() or "stateless" in self.model_fields_set:
                 raise ValueError(
-                    f"'pool' and 'stateless' are for stdio servers (no 'port'): HTTP replicas are set by 'replicas'"
+                    "'pool' and 'stateless' are for stdio servers (no 'port'): HTTP replicas are set by 'replicas'"
                 )
             return
         http_only = sorted(self.http_fields & self.model_fields_set)
@@ -644,6 +644,9 @@ class Gateway(_Model):
     # one serve each other's http sessions. Empty: $MCPFLEET_SESSION_KEYS, else a random key per process.
     session_keys: tuple[str, ...] = ()
     session_max_age: Seconds = 86400.0
+    # After SIGTERM, /readyz answers 503 and serving goes on for this long before the gateway stops taking
+    # connections, so a load balancer or Kubernetes sees it leave first (the chart sets it; 0: stop at once).
+    shutdown_delay: Annotated[float, Field(ge=0, le=300)] = 0.0
 
     @model_validator(mode="before")
     @classmethod
