@@ -1,5 +1,11 @@
 """`mcpfleet deploy`, `scale`, `status`, `logs` and `remove`: a registry's docker entries as containers on the
-local Docker engine, through the Docker deployer (`mcpfleet.deploy.docker`), with no gateway running.
+local Docker engine, through the Docker deployer (`mcpfleet.deploy.docker`), and its kubernetes entries as
+Deployments in a cluster (`cli/kubernetes.py`), with no gateway running.
+
+The backend is `--backend`, else the entry's type (`docker` or `kubernetes`), else (`status` and `remove`
+of no entry) `kubernetes` when a Kubernetes option (`--namespace`, `--kubeconfig`, `--context`) is given,
+else `docker`. An entry of one type deploys to the other with `--backend` (their common fields mean the
+same; one that only its own backend has is an error naming it).
 
 Every command works on one project (`--project`, else `$MCPFLEET_PROJECT`, else `mcpfleet`): the label and
 name prefix of the containers, networks and volumes it makes, so two projects on one engine never touch each
@@ -28,14 +34,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mcpfleet.cli import output
+from mcpfleet.cli import kubernetes, output
 from mcpfleet.cli.app import JsonOpt, ProjectOpt, RegistryOpt, ServerArg, T, _fail, _run, app
 from mcpfleet.cli.target import Target, resolve
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
+from mcpfleet.deploy.container import as_backend
 from mcpfleet.deploy.docker.spec import docker_entry, project_name
 from mcpfleet.errors import McpfleetError, UsageError
 from mcpfleet.registry import Registry
-from mcpfleet.registry.model import DockerServer
+from mcpfleet.registry.model import DockerServer, KubernetesServer
 
 if TYPE_CHECKING:
     from mcpfleet.deploy.docker.deployer import DockerDeployer
@@ -46,6 +53,24 @@ KnownServerArg = Annotated[str, typer.Argument(metavar="SERVER", help=_LEFT)]
 OptionalServerArg = Annotated[str | None, typer.Argument(metavar="SERVER", help=_LEFT, show_default=False)]
 
 _DONE = {"create": "created", "remove": "removed"}
+
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        metavar="docker|kubernetes",
+        help="Where to run it (default: the entry's type; for no entry, kubernetes when a Kubernetes option is given).",
+    ),
+]
+NamespaceOpt = Annotated[
+    str | None,
+    typer.Option("--namespace", metavar="NS", help="Kubernetes namespace (default: the entry's, else the context's)."),
+]
+KubeconfigOpt = Annotated[
+    str | None,
+    typer.Option("--kubeconfig", metavar="FILE", help="Kubernetes config (default: $KUBECONFIG, ~/.kube/config)."),
+]
+ContextOpt = Annotated[str | None, typer.Option("--context", metavar="NAME", help="Kubernetes context to use.")]
 
 
 class _Scope:
@@ -65,6 +90,51 @@ class _Scope:
     def docker_entry(self, server_id: str) -> DockerServer:
         """The registry's docker entry `server_id`; UsageError (exit 2) for an entry of another type."""
         return docker_entry(Target(registry=self.registry).server(server_id))
+
+    def entry(self, server_id: str, backend: str | None) -> DockerServer | KubernetesServer:
+        """The entry `server_id` as an entry of `backend` (default: its own type). UsageError (exit 2) for an
+        entry no backend deploys, an unknown backend, or fields the other backend does not have."""
+        found = Target(registry=self.registry).server(server_id)
+        if not isinstance(found, DockerServer | KubernetesServer):
+            return docker_entry(found)  # the error that says which types are deployed
+        if backend not in (None, "docker", "kubernetes"):
+            raise UsageError(f"--backend {backend!r}: give docker or kubernetes")
+        try:
+            return as_backend(found, backend or found.type)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def backend_of(self, server_id: str | None, backend: str | None, kube_options: bool) -> str:
+        """The backend of a command that may have no entry (`status`, `logs`, `remove`)."""
+        if backend is not None:
+            if backend not in ("docker", "kubernetes"):
+                raise UsageError(f"--backend {backend!r}: give docker or kubernetes")
+            return backend
+        if server_id is not None:
+            try:
+                found = self.registry.servers.get(server_id)
+            except UsageError:
+                found = None  # no registry file: the options decide
+            if isinstance(found, DockerServer | KubernetesServer):
+                return found.type
+        return "kubernetes" if kube_options else "docker"
+
+    def kubernetes_entry(self, server_id: str | None) -> KubernetesServer | None:
+        """The registry's entry `server_id` as a kubernetes entry, when the registry has a deployable one."""
+        if server_id is None:
+            return None
+        try:
+            found = self.registry.servers.get(server_id)
+        except UsageError:
+            return None
+        if isinstance(found, DockerServer | KubernetesServer):
+            try:
+                converted = as_backend(found, "kubernetes")
+            except ValueError:
+                return None
+            assert isinstance(converted, KubernetesServer)
+            return converted
+        return None
 
     def check_named(self, server_id: str) -> None:
         """For a server id of which no container exists: fine when the registry names it (there is just
@@ -123,15 +193,23 @@ def deploy(
     registry: RegistryOpt = None,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
+    backend: BackendOpt = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
-    """Run a docker server's replicas and wait until each answers; idempotent.
+    """Run a server's replicas (containers, or pods in Kubernetes) and wait until each answers; idempotent.
+
+    Kubernetes: applies the Deployment, headless Service and Secret (server-side apply), or installs a
+    `chart` entry with helm, and waits until the pods are ready; --dry-run prints the manifests.
 
     Creates the missing containers and waits until each answers on its MCP endpoint (timeouts.startup), then
     removes those of an older spec and those beyond N. A replica that does not become ready fails the deploy
     (exit 3, with its last log lines) and replaces nothing. A stdio entry (no `port`) has no standing
     containers: each session starts one of its own, so deploy only makes sure the image is there.
     """
-    _converge(server, replicas, dry_run=dry_run, registry=registry, project=project, json_=json_)
+    kube = _Kube(backend, namespace, kubeconfig, context)
+    _converge(server, replicas, dry_run=dry_run, registry=registry, project=project, json_=json_, kube=kube)
 
 
 @app.command()
@@ -142,9 +220,34 @@ def scale(
     registry: RegistryOpt = None,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
+    backend: BackendOpt = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
-    """Run N replicas of a docker server now. The registry is not changed: the next deploy restores its count."""
-    _converge(server, replicas, dry_run=dry_run, registry=registry, project=project, json_=json_, scaling=True)
+    """Run N replicas of a server now (Kubernetes: through the Deployment's scale subresource). The registry
+    is not changed: the next deploy restores its count."""
+    kube = _Kube(backend, namespace, kubeconfig, context)
+    _converge(
+        server, replicas, dry_run=dry_run, registry=registry, project=project, json_=json_, scaling=True, kube=kube
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kube:
+    """The Kubernetes options of a command."""
+
+    backend: str | None
+    namespace: str | None
+    kubeconfig: str | None
+    context: str | None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.namespace, self.kubeconfig, self.context))
+
+    def cluster(self, project: str) -> kubernetes.Cluster:
+        return kubernetes.Cluster(project, self.namespace, self.kubeconfig, self.context)
 
 
 @dataclasses.dataclass
@@ -175,13 +278,22 @@ def _converge(
     registry: Path | None,
     project: str | None,
     json_: bool,
+    kube: _Kube,
     scaling: bool = False,
 ) -> None:
     """deploy and scale: plan; unless `dry_run`, converge and wait; print the changes and the replicas. The
     entry is checked (exit 2) before the engine is asked."""
     scope = _scope(registry, project)
     try:
-        entry = scope.docker_entry(server_id)
+        found = scope.entry(server_id, kube.backend)
+        if isinstance(found, KubernetesServer):
+            if scaling:
+                assert replicas is not None
+                kubernetes.scale(found, replicas, dry_run=dry_run, where=kube.cluster(scope.project), json_=json_)
+            else:
+                kubernetes.deploy(found, replicas, dry_run=dry_run, where=kube.cluster(scope.project), json_=json_)
+            return
+        entry = found
         _check_count(entry, replicas, scaling)
     except McpfleetError as exc:
         _fail(exc)
@@ -236,9 +348,23 @@ def status(
     registry: RegistryOpt = None,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
+    backend: BackendOpt = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """List the project's containers (SERVER's only, when given): state, address, whether each runs the
-    entry's present spec (read from the registry; "unknown" without one), exit code."""
+    entry's present spec (read from the registry; "unknown" without one), exit code. Kubernetes: the pods,
+    their state and address; nothing is created (not even a namespace)."""
+    kube = _Kube(backend, namespace, kubeconfig, context)
+    scope = _scope(registry, project)
+    try:
+        if scope.backend_of(server, kube.backend, kube.given) == "kubernetes":
+            entry = scope.kubernetes_entry(server)
+            kubernetes.status(server, entry, where=kube.cluster(scope.project), json_=json_)
+            return
+    except McpfleetError as exc:
+        _fail(exc)
 
     async def work(deployer: DockerDeployer) -> list[ReplicaStatus]:
         found = await deployer.status(server)
@@ -257,7 +383,6 @@ def status(
                 marked += [dataclasses.replace(r, current=False) for r in found if r.server_id == server_id]
         return marked
 
-    scope = _scope(registry, project)
     found = _in_project(scope, work)
     name = scope.project
     if json_:
@@ -301,11 +426,26 @@ def logs(
     registry: RegistryOpt = None,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
+    backend: BackendOpt = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
-    """Print what a server's containers wrote (stdout and stderr), each line after its container's name.
+    """Print what a server's containers (or pods) wrote (stdout and stderr), each line after its name.
 
-    With --json, one JSON object per line: {"container": NAME, "line": TEXT}. Ctrl-C ends --follow (exit 0).
+    With --json, one JSON object per line: {"container": NAME, "line": TEXT} ({"pod": ...} for Kubernetes).
+    Ctrl-C ends --follow (exit 0).
     """
+    kube = _Kube(backend, namespace, kubeconfig, context)
+    scope = _scope(registry, project)
+    try:
+        if scope.backend_of(server, kube.backend, kube.given) == "kubernetes":
+            entry = scope.kubernetes_entry(server) or KubernetesServer(id=server, image="unknown", port=8080)
+            with contextlib.suppress(KeyboardInterrupt):
+                kubernetes.logs(entry, tail=tail, follow=follow, where=kube.cluster(scope.project), json_=json_)
+            return
+    except McpfleetError as exc:
+        _fail(exc)
 
     async def work(deployer: DockerDeployer) -> None:
         if not await deployer.status(server):
@@ -316,7 +456,6 @@ def logs(
             shown = json.dumps({"container": name, "line": line}, ensure_ascii=False) if json_ else f"{name} | {line}"
             output.plain(shown)
 
-    scope = _scope(registry, project)
     with contextlib.suppress(KeyboardInterrupt):
         _in_project(scope, work)
 
@@ -332,11 +471,25 @@ def remove(
     registry: RegistryOpt = None,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
+    backend: BackendOpt = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """Remove what mcpfleet made for SERVER (or, with --all, for every server of the project): containers, and
-    the networks and volumes it created. Selected by label: nothing else is touched. Give SERVER or --all."""
+    the networks and volumes it created; in Kubernetes its Deployment, Service and Secret (a chart entry's
+    release is uninstalled). Selected by label: nothing else is touched. Give SERVER or --all."""
     if (server is None) != all_:
         _fail(UsageError("give either SERVER or --all"))
+    kube = _Kube(backend, namespace, kubeconfig, context)
+    scope = _scope(registry, project)
+    try:
+        if scope.backend_of(server, kube.backend, kube.given) == "kubernetes":
+            entry = scope.kubernetes_entry(server)
+            kubernetes.remove(server, entry, dry_run=dry_run, where=kube.cluster(scope.project), json_=json_)
+            return
+    except McpfleetError as exc:
+        _fail(exc)
 
     async def work(deployer: DockerDeployer) -> list[Change]:
         changes = await deployer.plan_down(server)
@@ -347,7 +500,6 @@ def remove(
         with _progress(f"removing {len(changes)} object{'s' if len(changes) != 1 else ''}"):
             return await deployer.down(server)
 
-    scope = _scope(registry, project)
     changes = _in_project(scope, work)
     name = scope.project
     if json_:

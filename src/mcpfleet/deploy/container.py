@@ -85,3 +85,29 @@ def adapter_options(entry: KubernetesServer) -> list[str]:
     if entry.stateless:
         options.append("--stateless")
     return options
+
+
+_ONLY = {
+    "docker": ("host_port", "volumes", "network"),
+    "kubernetes": ("chart", "chart_version", "values", "namespace", "service_account", "discovery"),
+}
+
+
+def as_backend(entry: DockerServer | KubernetesServer, backend: str) -> DockerServer | KubernetesServer:
+    """`entry` as an entry of `backend` (`docker` or `kubernetes`): `mcpfleet deploy --backend` runs one
+    entry on either, since their common fields mean the same. Fields only the entry's own backend has are
+    a ValueError naming them (`volumes` has no Kubernetes meaning here; `namespace` none in Docker)."""
+    if entry.type == backend:
+        return entry
+    own = [name for name in _ONLY[entry.type] if name in entry.model_fields_set]
+    if isinstance(entry, DockerServer) and "pids" in entry.resources.model_fields_set:
+        own.append("resources.pids")
+    if own:
+        raise ValueError(
+            f"server {entry.id!r} sets {', '.join(own)}, which only {entry.type} has: deploy it with its own"
+            f" backend, or write a {backend} entry"
+        )
+    fields = entry.model_dump(include=set(entry.model_fields_set) - {"type", "resources"}, by_alias=False)
+    resources = {key: getattr(entry.resources, key) for key in ("cpu", "memory")}
+    target = KubernetesServer if backend == "kubernetes" else DockerServer
+    return target.model_validate({**fields, "id": entry.id, "resources": resources})

@@ -98,6 +98,11 @@ class Cluster:
         configuration = client.Configuration()
         in_cluster = self.kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
         path = self.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+        if not in_cluster and not _exists(path or os.path.expanduser("~/.kube/config")):
+            raise ClusterUnavailableError(
+                f"the kubeconfig {path or '~/.kube/config'} does not exist (give --kubeconfig and --context, set"
+                " KUBECONFIG, or run in a cluster)"
+            )
         try:
             if in_cluster and not (path and _exists(path)):
                 self.default_namespace = _in_cluster(configuration)
@@ -155,6 +160,16 @@ class Cluster:
             if answer.status >= 400:
                 raise _refused(answer.status, text, "get", kind, namespace, name, subresource)
             return text
+
+    async def stream_lines(
+        self, kind: Kind, namespace: str, name: str, subresource: str, query: Mapping[str, Any]
+    ) -> AsyncIterator[str]:
+        """The lines of a GET that streams text (a followed pod `log`) until the server ends it."""
+        async with self._call("GET", kind, namespace, name, subresource, query, None, "", 24 * 3600) as answer:
+            if answer.status >= 400:
+                raise _refused(answer.status, await answer.text(), "get", kind, namespace, name, subresource)
+            while line := await answer.content.readline():
+                yield line.decode(errors="replace").rstrip("\n")
 
     async def watch(
         self, kind: Kind, namespace: str, *, query: Mapping[str, Any], hold: int = WATCH_TIMEOUT

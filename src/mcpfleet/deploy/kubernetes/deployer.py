@@ -119,18 +119,40 @@ class KubernetesDeployer:
             )
         return sorted(found, key=lambda r: (r.server_id, r.name))
 
-    async def logs(self, entry: KubernetesServer, *, tail: int | None, follow: bool) -> AsyncIterator[str]:
-        """The log lines of every pod of `entry`, each prefixed with its pod name (followed: until cancelled)."""
+    async def logs(self, entry: KubernetesServer, *, tail: int | None, follow: bool) -> AsyncIterator[tuple[str, str]]:
+        """`(pod name, line)` for every log line of every pod of `entry`; with `follow`, the pods' streams
+        merged as lines come, until each ends or the caller stops."""
         namespace = await self.namespace(entry)
-        for replica in await self.status(entry.id, entry):
-            query: dict[str, Any] = {"container": manifests.CONTAINER}
-            if tail is not None:
-                query["tailLines"] = str(tail)
-            text = await self.cluster.request_text(KINDS["Pod"], namespace, replica.name, "log", query)
-            for line in text.splitlines():
-                yield f"{replica.name} | {line}"
-        if follow:
-            await anyio.sleep_forever()
+        query: dict[str, Any] = {"container": manifests.CONTAINER}
+        if tail is not None:
+            query["tailLines"] = str(tail)
+        pods = [p.name for p in await self.status(entry.id, entry)]
+        if not follow:
+            for pod in pods:
+                text = await self.cluster.request_text(KINDS["Pod"], namespace, pod, "log", query)
+                for line in text.splitlines():
+                    yield pod, line
+            return
+        send, receive = anyio.create_memory_object_stream[tuple[str, str]](100)
+
+        async def stream(pod: str) -> None:
+            async for line in self.cluster.stream_lines(
+                KINDS["Pod"], namespace, pod, "log", {**query, "follow": "true"}
+            ):
+                await send.send((pod, line))
+
+        async with anyio.create_task_group() as tg, send, receive:
+
+            async def all_streams() -> None:
+                async with anyio.create_task_group() as streams:
+                    for pod in pods:
+                        streams.start_soon(stream, pod)
+                await send.aclose()
+
+            tg.start_soon(all_streams)
+            async for item in receive:
+                yield item
+            tg.cancel_scope.cancel()
 
     # --- changing --------------------------------------------------------------------------------------
 
