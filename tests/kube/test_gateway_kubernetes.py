@@ -1,0 +1,344 @@
+"""The gateway and the CLI on Kubernetes, end to end with real MCP traffic, against the API emulator over real
+HTTP while the harness plays the controllers and the kubelet (pods are local demo servers on 127.0.0.N).
+
+The gateways are real `mcpfleet serve` processes reaching the emulator through a kubeconfig; the CLI is the
+real `mcpfleet` command. Times in pod specs are scaled by the harness (`time_scale`), so a pod's 5 s preStop
+sleep lasts a fraction of a second here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import httpx2
+from kube_cluster import Cluster
+from kube_emulator import KubeEmulator
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcpfleet.deploy.kubernetes import manifests, rbac
+from support import free_port
+
+KubeApi = Callable[..., AbstractAsyncContextManager[KubeEmulator]]
+T = TypeVar("T")
+BOUND = 240.0  # seconds any one test may take on a busy machine
+NS = "mcp"
+DEMO = "mcpfleet/demo:dev"
+KEYS = "k8s-test-key-1"
+
+
+def demo_image(container: dict[str, Any], ip: str) -> list[str]:
+    """The demo image: entrypoint `mcpfleet-demo`, default command `http --host 0.0.0.0 --port 8080 --replica
+    {hostname}` (docker/demo.Dockerfile), its host set to the pod's own address; an adapter container
+    (`command: [mcpfleet, adapter, ...]`) runs the adapter on that address."""
+    command = list(container.get("command") or [])
+    if command[:2] == ["mcpfleet", "adapter"]:
+        argv = [sys.executable, "-m", "mcpfleet", *command[1:]]
+        return [ip if a == "0.0.0.0" else a for a in argv]
+    args = list(container.get("args") or ["http", "--host", "0.0.0.0", "--port", "8080", "--replica", "{hostname}"])
+    return [sys.executable, "-m", "mcpfleet.demo", *[ip if a == "0.0.0.0" else a for a in args]]
+
+
+IMAGES = {DEMO: demo_image}
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        with anyio.fail_after(BOUND):
+            return await main()
+
+    return anyio.run(bounded)
+
+
+def registry_text(**entries: str) -> str:
+    lines = ["servers:"]
+    for server_id, body in entries.items():
+        lines.append(f"  {server_id}: {body}")
+    return "\n".join(lines) + "\n"
+
+
+class Gateway:
+    """A `mcpfleet serve` process using the emulator's kubeconfig."""
+
+    def __init__(self, registry: Path, kubeconfig: Path, project: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MCPFLEET_SESSION_KEYS": KEYS, "MCPFLEET_PROJECT": project}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        argv = [sys.executable, "-m", "mcpfleet", "serve", "--registry", str(registry), "--port", str(self.port)]
+        self.process = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def mcp(self, server_id: str) -> str:
+        return f"{self.url}/{server_id}/mcp"
+
+    async def started(self) -> None:
+        with anyio.fail_after(60):
+            while True:
+                assert self.process.poll() is None, self.output()
+                try:
+                    async with httpx2.AsyncClient(timeout=2) as http:
+                        if (await http.get(f"{self.url}/readyz")).status_code == 200:
+                            return
+                except httpx2.TransportError:
+                    pass
+                await anyio.sleep(0.1)
+
+    async def servers(self) -> dict[str, Any]:
+        async with httpx2.AsyncClient(timeout=10) as http:
+            found: dict[str, Any] = (await http.get(f"{self.url}/servers")).json()
+            return found
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-6000:]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def gateways(count: int, registry: Path, kubeconfig: Path, project: str) -> Iterator[list[Gateway]]:
+    started = [Gateway(registry, kubeconfig, project) for _ in range(count)]
+    try:
+        yield started
+    except BaseException:
+        for gateway in started:
+            print(f"--- gateway {gateway.url} ---", gateway.output(), sep="\n")
+        raise
+    finally:
+        for gateway in started:
+            gateway.stop()
+            gateway.log.close()
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(url: str) -> AsyncIterator[Any]:
+    async with (
+        httpx2.AsyncClient(timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+    ):
+        yield client
+
+
+async def whoami(client: Any) -> str:
+    result = await client.call_tool("whoami", {})
+    text: str = result.content[0].text
+    return text
+
+
+async def one_call(url: str) -> str:
+    async with mcp_session(url) as client:
+        return await whoami(client)
+
+
+def deployment_of(kube: KubeEmulator, project: str, server_id: str) -> dict[str, Any] | None:
+    return kube.find("deployments", NS, manifests.object_name(project, server_id))
+
+
+def replicas_of(kube: KubeEmulator, project: str, server_id: str) -> int | None:
+    found = deployment_of(kube, project, server_id)
+    return None if found is None else int(found["spec"].get("replicas") or 0)
+
+
+def cli(*args: str, kubeconfig: Path, registry: Path, project: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "MCPFLEET_PROJECT": project}
+    argv = [sys.executable, "-m", "mcpfleet", *args, "--registry", str(registry), "--kubeconfig", str(kubeconfig)]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+async def acli(*args: str, kubeconfig: Path, registry: Path, project: str) -> subprocess.CompletedProcess[str]:
+    return await anyio.to_thread.run_sync(lambda: cli(*args, kubeconfig=kubeconfig, registry=registry, project=project))
+
+
+def objects_of(kube: KubeEmulator, project: str) -> list[str]:
+    selector = f"{manifests.PROJECT}={project}"
+    return sorted(
+        f"{plural}/{o['metadata']['name']}"
+        for plural in ("deployments", "services", "secrets", "pods")
+        for o in kube.list(plural, NS, selector)
+    )
+
+
+# --- the whole story ----------------------------------------------------------------------------------------
+
+
+def test_create_discover_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: KubeApi, tmp_path: Path) -> None:
+    """create → discover → route → scale 1 → 3 (balancing across the three) → 3 → 1 with a session on a removed
+    pod draining → idle scale to zero → cold start → two gateways sharing keys (activity through one keeps the
+    other from scaling down) → the entry removed: every object a gateway created is gone."""
+    project = "story"
+    registry = tmp_path / "registry.yaml"
+    entry = (
+        f"{{type: k8s, image: {DEMO}, port: 8080, replicas: 1, namespace: {NS}, idle_timeout: 4,"
+        " secret_env: {TOKEN: s3cret}, timeouts: {startup: 60, drain: 60}}"
+    )
+    registry.write_text(registry_text(demo=entry))
+
+    async def main() -> None:
+        async with kube_api() as kube, Cluster(kube, IMAGES, time_scale=0.2) as cluster:
+            kube.create("namespaces", {"metadata": {"name": NS}})
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+            with gateways(2, registry, kubeconfig, project) as (first, second):
+                await first.started()
+                await second.started()
+                # create + discover + route
+                await cluster.wait_for(lambda: replicas_of(kube, project, "demo") == 1, 60, "the Deployment")
+                secret = kube.find("secrets", NS, manifests.secret_name(project, "demo"))
+                assert secret is not None and secret["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+                (pod,) = await cluster.wait_for(lambda: cluster.pods(NS, {manifests.SERVER: "demo"}), 60, "a pod")
+                assert await one_call(first.mcp("demo")) == pod["metadata"]["name"]
+
+                # scale 1 -> 3 with the CLI: new sessions spread over the three pods
+                done = await acli("scale", "demo", "3", kubeconfig=kubeconfig, registry=registry, project=project)
+                assert done.returncode == 0, done.stderr
+                names = {p["metadata"]["name"] for p in cluster.pods(NS, {manifests.SERVER: "demo"})}
+                assert len(names) == 3
+                seen: set[str] = set()
+                for _ in range(30):
+                    seen.add(await one_call(first.mcp("demo")))
+                    if seen == names:
+                        break
+                assert seen == names
+
+                # 3 -> 1: a session on a pod being removed keeps working while it drains
+                async with mcp_session(first.mcp("demo")) as held:
+                    holder = await whoami(held)
+                    others = sorted(names - {holder})
+                    survivor = others[0]
+                    # Scale down, keeping `survivor`: delete the holder's pod and one other, as a scale-down would.
+                    for victim in (holder, others[1]):
+                        kube.delete("pods", NS, victim)
+                    found = kube.find("deployments", NS, manifests.object_name(project, "demo"))
+                    assert found is not None
+                    kube.patch("deployments", NS, found["metadata"]["name"], {"spec": {"replicas": 1}})
+                    assert await whoami(held) == holder  # served by its terminating pod
+                    for _ in range(6):  # new sessions go to the one that stays
+                        assert await one_call(first.mcp("demo")) == survivor
+                await cluster.wait_for(lambda: len(cluster.processes()) == 1, 60, "one pod process left")
+
+                # idle: no request through either gateway for idle_timeout -> zero pods
+                await cluster.wait_for(lambda: replicas_of(kube, project, "demo") == 0, 60, "scaled to zero")
+                await cluster.wait_for(lambda: not cluster.processes(), 60, "no pod process")
+                # cold start through the second gateway
+                cold = await one_call(second.mcp("demo"))
+                assert cold in {p["metadata"]["name"] for p in cluster.pods(NS, {manifests.SERVER: "demo"})}
+                assert replicas_of(kube, project, "demo") == 1
+
+                # two gateways share keys: a session opened on one continues on the other
+                async with httpx2.AsyncClient(timeout=30) as http:
+                    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+                    init = {
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-06-18",
+                            "capabilities": {},
+                            "clientInfo": {"name": "t", "version": "1"},
+                        },
+                    }
+                    answer = await http.post(first.mcp("demo"), json=init, headers=headers)
+                    session = answer.headers["mcp-session-id"]
+                    more = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+                    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+                    assert (await http.post(second.mcp("demo"), json=note, headers=more)).status_code == 202
+                    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami"}}
+                    assert cold in (await http.post(second.mcp("demo"), json=call, headers=more)).text
+
+                    # activity through the first only, for longer than idle_timeout: the second never scales down
+                    until = time.monotonic() + 10
+                    while time.monotonic() < until:
+                        assert (await http.post(first.mcp("demo"), json=call, headers=more)).status_code == 200
+                        assert replicas_of(kube, project, "demo") == 1
+                        await anyio.sleep(0.5)
+                status = await second.servers()
+                described = status["servers"]["demo"]["deployment"]
+                assert described["backend"] == "kubernetes" and described["namespace"] == NS
+
+                # the entry leaves the registry: both gateways reload and what a gateway created is deleted
+                registry.write_text("servers: {}\n")
+                await cluster.wait_for(lambda: not objects_of(kube, project), 90, "every object gone")
+                await cluster.wait_for(lambda: not cluster.processes(), 60, "no pod process")
+                assert first.stop() == 0 and second.stop() == 0
+        assert cluster.processes() == {}
+
+    run(main)
+
+
+# --- the CLI -----------------------------------------------------------------------------------------------
+
+
+def test_cli_deploy_status_logs_remove(kube_api: KubeApi, tmp_path: Path) -> None:
+    project = "cli"
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        registry_text(
+            web=f"{{type: k8s, image: {DEMO}, port: 8080, replicas: 2, namespace: {NS}}}",
+            tool=f"{{type: k8s, image: {DEMO}, namespace: {NS}, command: [mcpfleet-demo], args: [stdio]}}",
+        )
+    )
+
+    async def main() -> None:
+        async with kube_api() as kube, Cluster(kube, IMAGES) as cluster:
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+            where = {"kubeconfig": kubeconfig, "registry": registry, "project": project}
+            # Nothing is created unless asked: status and a deploy into a missing namespace create no namespace.
+            listed = await acli("status", "--backend", "kubernetes", **where)
+            assert listed.returncode == 0, listed.stderr
+            failed = await acli("deploy", "web", **where)
+            assert failed.returncode == 3 and "namespace" in failed.stderr and "Traceback" not in failed.stderr
+            assert kube.list("namespaces", None, None) == []
+            kube.create("namespaces", {"metadata": {"name": NS}})
+
+            dry = await acli("deploy", "web", "--dry-run", **where)
+            assert dry.returncode == 0 and "kind: Deployment" in dry.stdout and "clusterIP: None" in dry.stdout
+            assert kube.list("deployments", NS, None) == []  # a dry run asks nothing of the cluster
+
+            done = await acli("deploy", "web", **where)
+            assert done.returncode == 0, done.stderr
+            assert "created Deployment" in done.stdout and "running" in done.stdout
+            again = await acli("deploy", "web", "--json", **where)
+            assert again.returncode == 0 and '"update"' in again.stdout  # idempotent: applied, nothing new
+            assert cluster.created[(NS, manifests.object_name(project, "web"))] == 2
+
+            # a stdio server runs in its pods behind `mcpfleet adapter`: a real MCP endpoint per pod
+            tool = await acli("deploy", "tool", **where)
+            assert tool.returncode == 0, tool.stderr
+            (pod,) = cluster.pods(NS, {manifests.SERVER: "tool"})
+            async with mcp_session(f"http://{pod['status']['podIP']}:8080/mcp") as client:
+                assert (await client.list_tools()).tools
+
+            status = await acli("status", "web", "--json", **where)
+            assert status.returncode == 0 and status.stdout.count('"running"') == 2
+            logs = await acli("logs", "web", "--tail", "5", **where)
+            assert logs.returncode == 0 and "mcpfleet-demo" in logs.stdout
+
+            removed = await acli("remove", "--all", "--backend", "kubernetes", **where)
+            assert removed.returncode == 0 and "Deployment" in removed.stdout
+            await cluster.wait_for(lambda: not objects_of(kube, project), 60, "nothing left")
+            await cluster.wait_for(lambda: not cluster.processes(), 60, "no pod process")
+            # Every permission the CLI used is one the documented RBAC grants.
+            granted = rbac.merged(rbac.GATEWAY, rbac.INSPECT)
+            for call in kube.calls:
+                key = (call.group, call.resource + (f"/{call.subresource}" if call.subresource else ""))
+                assert call.verb in granted.get(key, set()), call
+
+    run(main)
