@@ -27,8 +27,6 @@ from mcpfleet.deploy.kubernetes import manifests
 from mcpfleet.deploy.kubernetes.values import chart_values, split_image
 from mcpfleet.registry.model import KubernetesServer
 
-pytestmark = pytest.mark.usefixtures("helm_available")
-
 NAMESPACE = "tools"
 PROJECT = "team-a"
 HELM_LABELS = ("helm.sh/chart", manifests.MANAGED_BY)
@@ -98,6 +96,7 @@ def _keyed(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
     return {(obj["kind"], obj["metadata"]["name"]): _comparable(obj) for obj in objects}
 
 
+@pytest.mark.usefixtures("helm_available")
 @pytest.mark.parametrize("case", list(ENTRIES))
 def test_chart_renders_the_objects_the_gateway_creates(case: str, tmp_path: Path) -> None:
     entry = KubernetesServer.model_validate(ENTRIES[case])
@@ -113,6 +112,7 @@ def test_chart_renders_the_objects_the_gateway_creates(case: str, tmp_path: Path
         assert from_chart[key] == expected, f"{key[0]} {key[1]} differs"
 
 
+@pytest.mark.usefixtures("helm_available")
 def test_the_helm_own_parts_are_all_that_differ(tmp_path: Path) -> None:
     """The ignore list is not hiding anything else: before `_comparable`, the chart's Deployment differs from
     the gateway's only by those labels and the checksum annotation."""
