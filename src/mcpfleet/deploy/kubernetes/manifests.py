@@ -2,9 +2,10 @@
 MCP server (a Deployment, a headless Service, a Secret for `secret_env`). Nothing here talks to a cluster.
 
 The chart `charts/mcp-server` renders the same objects from the values `values.chart_values(entry)` gives
-(`tests/charts/` shows it), so the gateway's dynamic path and a Helm install of the same entry
-agree. Labels follow the Kubernetes recommended labels (`app.kubernetes.io/*`) plus `mcpfleet.io/project`
-and `mcpfleet.io/server`, which select a server's pods and find its objects for clean-up.
+(`tests/charts/test_equivalence.py` shows it, object by object), so the gateway's dynamic path and a Helm
+install of the same entry agree; a change here needs the same change in the chart's templates. Labels follow
+the Kubernetes recommended labels (`app.kubernetes.io/*`) plus `mcpfleet.io/project` and `mcpfleet.io/server`,
+which select a server's pods and find its objects for clean-up.
 
 Objects follow apps/v1 Deployment, v1 Service and v1 Secret:
 https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/deployment-v1/
@@ -139,10 +140,21 @@ def deployment(entry: KubernetesServer, *, namespace: str, project: str, replica
             "replicas": entry.replicas if replicas is None else replicas,
             "selector": {"matchLabels": selector(project, entry.id)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "progressDeadlineSeconds": max(60, int(entry.timeouts.startup) * 2),
+            "progressDeadlineSeconds": progress_deadline(entry),
             "template": pod_template(entry, project=project),
         },
     }
+
+
+def progress_deadline(entry: KubernetesServer) -> int:
+    """`progressDeadlineSeconds`: twice the entry's start-up timeout, at least a minute."""
+    return max(60, int(entry.timeouts.startup) * 2)
+
+
+def termination_grace(entry: KubernetesServer) -> int:
+    """`terminationGracePeriodSeconds`: the preStop sleep, then the stop sequence's waits (3 x
+    `timeouts.shutdown`), and a second to spare."""
+    return PRE_STOP_SECONDS + int(entry.timeouts.shutdown * 3) + 1
 
 
 def pod_template(entry: KubernetesServer, *, project: str) -> dict[str, Any]:
@@ -154,7 +166,7 @@ def pod_template(entry: KubernetesServer, *, project: str) -> dict[str, Any]:
         "automountServiceAccountToken": entry.service_account is not None,
         "enableServiceLinks": False,
         "securityContext": _pod_security(spec),
-        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + int(entry.timeouts.shutdown * 3) + 1,
+        "terminationGracePeriodSeconds": termination_grace(entry),
         "containers": [container(spec, secret=secret_name(project, entry.id) if entry.secret_env else None)],
     }
     if entry.service_account is not None:
@@ -175,11 +187,13 @@ def _pod_security(spec: ContainerSpec) -> dict[str, Any]:
 
 
 def container(spec: ContainerSpec, *, secret: str | None) -> dict[str, Any]:
-    """The container of a pod. `env` as literal values (a key `secret_env` also sets is left to the Secret,
-    which `envFrom` reads: literal `env` would win otherwise). CPU is requested, never limited (a CPU limit
-    throttles tool calls); memory is requested and limited alike. Ready when the port accepts TCP (an MCP
-    endpoint answers a GET with 400 or 405, which an httpGet probe counts as a failure); the adapter has
-    `/readyz`, which turns 503 as soon as it drains."""
+    """The container of a pod. `env` as literal values sorted by name, as Helm renders a map (a key
+    `secret_env` also sets is left to the Secret, which `envFrom` reads: literal `env` would win otherwise);
+    literal values, not a ConfigMap, so a changed value is a changed pod template and rolls the pods, and the
+    gateway needs no ConfigMap permission. An empty `command` or `args` is left out (the API drops it too).
+    CPU is requested, never limited (a CPU limit throttles tool calls); memory is requested and limited alike.
+    Ready when the port accepts TCP (an MCP endpoint answers a GET with 400 or 405, which an httpGet probe
+    counts as a failure); the adapter has `/readyz`, which turns 503 as soon as it drains."""
     found: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image,
@@ -193,11 +207,11 @@ def container(spec: ContainerSpec, *, secret: str | None) -> dict[str, Any]:
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "readinessProbe": readiness(spec),
     }
-    if spec.entrypoint is not None:
+    if spec.entrypoint:
         found["command"] = list(spec.entrypoint)
-    if spec.args is not None:
+    if spec.args:
         found["args"] = list(spec.args)
-    env = [{"name": key, "value": value} for key, value in spec.env.items() if key not in spec.secret_env]
+    env = [{"name": key, "value": value} for key, value in sorted(spec.env.items()) if key not in spec.secret_env]
     if env:
         found["env"] = env
     if secret is not None:

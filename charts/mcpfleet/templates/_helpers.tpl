@@ -1,0 +1,96 @@
+{{/* Names and labels of the gateway's objects. */}}
+
+{{/* Every object's name: fullnameOverride, else <release>-mcpfleet (the release name when it has "mcpfleet"). */}}
+{{- define "mcpfleet.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains "mcpfleet" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-mcpfleet" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end }}
+
+{{/* The gateway's pods. `app.kubernetes.io/name: mcpfleet` is what charts/mcp-server's NetworkPolicy admits. */}}
+{{- define "mcpfleet.selector" -}}
+app.kubernetes.io/name: mcpfleet
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mcpfleet.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{ include "mcpfleet.selector" . }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: mcpfleet
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "mcpfleet.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mcpfleet.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end }}
+
+{{- define "mcpfleet.sessionSecretName" -}}
+{{- default (printf "%s-session" (include "mcpfleet.fullname" .)) .Values.sessionKeys.existingSecret -}}
+{{- end }}
+
+{{- define "mcpfleet.envSecretName" -}}
+{{- printf "%s-env" (include "mcpfleet.fullname" .) -}}
+{{- end }}
+
+{{/* The namespaces the gateway gets a Role in. */}}
+{{- define "mcpfleet.managedNamespaces" -}}
+{{- toJson (default (list .Release.Namespace) .Values.managedNamespaces | uniq) -}}
+{{- end }}
+
+{{/*
+The Role's rules: exactly mcpfleet.deploy.kubernetes.rbac (tests/charts/test_rbac.py compares them).
+DISCOVERY always; DEPLOYER with deployer: true; LABELLED_SERVICES with discovery.labels: true.
+*/}}
+{{- define "mcpfleet.rules" -}}
+# rbac.DISCOVERY: a server's replicas are its EndpointSlices (list, then watch).
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+{{- if .Values.deployer }}
+# rbac.DEPLOYER: create, scale (to zero and back) and delete the servers of `kubernetes` entries.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, create, patch, delete]
+{{- end }}
+{{- if .Values.discovery.labels }}
+# rbac.LABELLED_SERVICES: Services labelled for mcpfleet that the registry does not list.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch]
+{{- end }}
+{{- end }}
+
+{{/* The registry file: `registry`, with the names clients reach the gateway by added to allowed_hosts. */}}
+{{- define "mcpfleet.registry" -}}
+{{- $registry := deepCopy .Values.registry -}}
+{{- $gateway := default dict $registry.gateway -}}
+{{- $service := include "mcpfleet.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $hosts := list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.cluster.local" $service $ns) -}}
+{{- if .Values.ingress.enabled -}}
+{{- $hosts = concat $hosts .Values.ingress.hosts -}}
+{{- end -}}
+{{- $_ := set $gateway "allowed_hosts" (concat (default list $gateway.allowed_hosts) $hosts | uniq) -}}
+{{- $_ := set $registry "gateway" $gateway -}}
+{{- $_ := set $registry "servers" (default dict $registry.servers) -}}
+{{- toYaml $registry -}}
+{{- end }}
