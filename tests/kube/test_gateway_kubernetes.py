@@ -27,6 +27,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcpfleet.deploy.kubernetes import manifests, rbac
+
 from support import free_port
 
 KubeApi = Callable[..., AbstractAsyncContextManager[KubeEmulator]]
@@ -73,11 +74,14 @@ class Gateway:
     def __init__(self, registry: Path, kubeconfig: Path, project: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MCPFLEET_SESSION_KEYS": KEYS, "MCPFLEET_PROJECT": project}
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by `gateways`
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MCPFLEET_SESSION_KEYS": KEYS}
+        env["MCPFLEET_PROJECT"] = project
         env.pop("KUBERNETES_SERVICE_HOST", None)
         argv = [sys.executable, "-m", "mcpfleet", "serve", "--registry", str(registry), "--port", str(self.port)]
-        self.process = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def mcp(self, server_id: str) -> str:
         return f"{self.url}/{server_id}/mcp"
@@ -180,7 +184,7 @@ def objects_of(kube: KubeEmulator, project: str) -> list[str]:
 # --- the whole story ----------------------------------------------------------------------------------------
 
 
-def test_create_discover_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: KubeApi, tmp_path: Path) -> None:
+def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: KubeApi, tmp_path: Path) -> None:
     """create → discover → route → scale 1 → 3 (balancing across the three) → 3 → 1 with a session on a removed
     pod draining → idle scale to zero → cold start → two gateways sharing keys (activity through one keeps the
     other from scaling down) → the entry removed: every object a gateway created is gone."""

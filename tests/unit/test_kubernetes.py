@@ -22,9 +22,9 @@ def entry(text: str) -> Any:
     return parse_registry(f"servers:\n  s: {text}\n", "r.yaml", environ={}).servers["s"]
 
 
-def problems(text: str) -> list[str]:
+def problems(text: str, server_id: str = "s") -> list[str]:
     try:
-        parse_registry(f"servers:\n  s: {text}\n", "r.yaml", environ={})
+        parse_registry(f"servers:\n  {server_id}: {text}\n", "r.yaml", environ={})
     except RegistryError as exc:
         return [str(p) for p in exc.problems]
     return []
@@ -64,6 +64,11 @@ def test_kubernetes_entry_fields_and_defaults() -> None:
 def test_each_kubernetes_field_is_checked(text: str, expected: str) -> None:
     found = problems(text)
     assert any(expected in p for p in found), found
+
+
+def test_a_kubernetes_server_id_must_be_a_label_value() -> None:
+    assert any("must end with a letter or digit" in p for p in problems("{type: k8s, image: i, port: 80}", "web-"))
+    assert problems("{type: k8s, image: i, port: 80}", "a.b_c") == []
 
 
 # --- one container spec for both backends ---------------------------------------------------------------

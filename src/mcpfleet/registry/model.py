@@ -560,6 +560,7 @@ class DockerServer(_ContainerEntry):
 
 
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # an RFC 1123 label (namespaces, service accounts)
+_LABEL_VALUE = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9._-]*[a-zA-Z0-9])?")
 _NUMERIC_USER = re.compile(r"[0-9]+(:[0-9]+)?")
 
 
@@ -604,6 +605,11 @@ class KubernetesServer(_ContainerEntry):
 
     @model_validator(mode="after")
     def _image_or_chart(self) -> KubernetesServer:
+        if not _LABEL_VALUE.fullmatch(self.id):
+            raise ValueError(
+                f"server id {self.id!r} ends with {self.id[-1]!r}: Kubernetes labels carry it, and a label value"
+                " must end with a letter or digit"
+            )
         if (self.image is None) == (self.chart is None):
             raise ValueError("a kubernetes server needs exactly one of 'image' or 'chart'")
         if self.chart is None and ("values" in self.model_fields_set or self.chart_version is not None):

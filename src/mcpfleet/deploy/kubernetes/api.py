@@ -98,7 +98,7 @@ class Cluster:
         configuration = client.Configuration()
         in_cluster = self.kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
         path = self.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-        if not in_cluster and not _exists(path or os.path.expanduser("~/.kube/config")):
+        if not in_cluster and not _exists(path or "~/.kube/config"):
             raise ClusterUnavailableError(
                 f"the kubeconfig {path or '~/.kube/config'} does not exist (give --kubeconfig and --context, set"
                 " KUBECONFIG, or run in a cluster)"
@@ -261,7 +261,7 @@ class _Answer:
 
 
 def _exists(path: str) -> bool:
-    return os.path.exists(path)
+    return os.path.exists(os.path.expanduser(path))
 
 
 def _in_cluster(configuration: Any) -> str:

@@ -22,7 +22,7 @@ import anyio
 from mcpfleet.deploy.base import Change, Progress, ReplicaStatus
 from mcpfleet.deploy.kubernetes import manifests
 from mcpfleet.deploy.kubernetes.api import KINDS, Cluster
-from mcpfleet.errors import DeployError
+from mcpfleet.errors import DeployError, UsageError
 from mcpfleet.registry.model import KubernetesServer
 
 APPLY = "application/apply-patch+yaml"
@@ -38,6 +38,11 @@ class KubernetesDeployer:
     one namespace (label `mcpfleet.io/project`); `namespace` overrides the entries' (`--namespace`)."""
 
     def __init__(self, cluster: Cluster, project: str, *, namespace: str | None = None) -> None:
+        if not project[-1:].isalnum():
+            raise UsageError(
+                f"project {project!r} ends with {project[-1:]!r}: Kubernetes labels carry it, and a label value must"
+                " end with a letter or digit (set by --project or $MCPFLEET_PROJECT)"
+            )
         self.cluster = cluster
         self.project = project
         self.namespace_override = namespace
@@ -179,36 +184,39 @@ class KubernetesDeployer:
         self, entry: KubernetesServer, *, replicas_if_created: int, created_by: str = "cli"
     ) -> dict[str, Any]:
         """Create or update the entry's objects; the Deployment as the API has it afterwards. A new
-        Deployment gets `replicas_if_created` replicas; an existing one keeps its count."""
+        Deployment gets `replicas_if_created` replicas; an existing one keeps its count. The Secret goes
+        first, so the pod template can carry the digest of its data (`manifests.secret_digest`, keyed by its
+        uid): a new secret value rolls the pods out. The Service and the Secret are owned by the Deployment."""
         namespace = await self.namespace(entry)
-        bodies = manifests.objects(entry, namespace=namespace, project=self.project)
-        deployment = next(b for b in bodies if b["kind"] == "Deployment")
+        bodies = {b["kind"]: b for b in manifests.objects(entry, namespace=namespace, project=self.project)}
+        deployment = bodies.pop("Deployment")
         name = deployment["metadata"]["name"]
         kind = KINDS["Deployment"]
         existing = await self.cluster.request("GET", kind, namespace, name, missing_ok=True)
+        secret = bodies.get("Secret")
+        if secret is not None:
+            if existing is not None:
+                secret["metadata"]["ownerReferences"] = [_owner(existing)]
+            stored = await self._apply(secret)
+            digest = manifests.secret_digest(entry, stored["metadata"]["uid"])
+            deployment["spec"]["template"]["metadata"].setdefault("annotations", {})[manifests.SECRET_DIGEST] = digest
         if existing is None:
             deployment["spec"]["replicas"] = replicas_if_created
+            # Set at create by the scale field manager, so no later apply removes it; who made the Deployment
+            # made the server's objects (`down(created_by=)` reads it).
             deployment["metadata"]["annotations"][CREATED_BY] = created_by
             existing = await self.cluster.request(
                 "POST", kind, namespace, body=deployment, query={"fieldManager": manifests.SCALE_MANAGER}
             )
+            if secret is not None:  # now that its owner exists
+                secret["metadata"]["ownerReferences"] = [_owner(existing)]
+                await self._apply(secret)
         else:
             del deployment["spec"]["replicas"]
             existing = await self._apply(deployment)
-        owner = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "name": name,
-            "uid": existing["metadata"]["uid"],
-            "controller": False,
-            "blockOwnerDeletion": False,
-        }
-        for body in bodies:
-            if body["kind"] != "Deployment":
-                body["metadata"]["ownerReferences"] = [owner]
-                if created_by == "gateway":
-                    body["metadata"]["annotations"][CREATED_BY] = created_by
-                await self._apply(body)
+        service = bodies["Service"]
+        service["metadata"]["ownerReferences"] = [_owner(existing)]
+        await self._apply(service)
         return dict(existing)
 
     async def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -318,14 +326,15 @@ class KubernetesDeployer:
         self, server_id: str | None = None, entry: KubernetesServer | None = None, *, created_by: str | None = None
     ) -> list[Change]:
         """Delete the objects of `server_id` (None: of the whole project) by label, the Deployment first
-        (its pods get their grace period). `created_by`: only objects with that `mcpfleet.io/created-by`."""
+        (its pods get their grace period). `created_by`: only when the server's Deployment carries that
+        `mcpfleet.io/created-by` (a gateway removes what a gateway made, never what the CLI deployed)."""
         namespace = await self.namespace(entry)
+        if created_by is not None and entry is not None:
+            found = await self.deployment(entry)
+            if found is None or (found["metadata"].get("annotations") or {}).get(CREATED_BY) != created_by:
+                return []
         changes = []
         for change in await self.plan_down(server_id, entry):
-            if created_by is not None:
-                item = await self.cluster.request("GET", KINDS[change.kind], namespace, change.name, missing_ok=True)
-                if ((item or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY) != created_by:
-                    continue
             await self.cluster.request(
                 "DELETE",
                 KINDS[change.kind],
@@ -339,6 +348,18 @@ class KubernetesDeployer:
 
     def _removal_selector(self, server_id: str | None) -> dict[str, str]:
         return {manifests.MANAGED_BY: manifests.MANAGER, **manifests.selector(self.project, server_id)}
+
+
+def _owner(deployment: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to `deployment`: deleting it deletes the owned object (background cascade)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+        "uid": deployment["metadata"]["uid"],
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
 
 
 def _masked(body: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import json
 import re
 from typing import Any
 
@@ -26,6 +28,7 @@ MANAGER = "mcpfleet"
 PROJECT = "mcpfleet.io/project"
 SERVER = "mcpfleet.io/server"
 SERVER_ID = "mcpfleet.io/server-id"  # annotation: the registry id as written (the label value is the same)
+SECRET_DIGEST = "mcpfleet.io/secret-digest"  # pod template: changes with the Secret's data, rolling the pods
 LAST_REQUEST = "mcpfleet.io/last-request"  # annotation: when a gateway last saw traffic (Plan 12.4)
 PORT_NAME = "mcp"
 CONTAINER = "mcp"
@@ -98,6 +101,14 @@ def _metadata(entry: KubernetesServer, namespace: str, project: str, name: str) 
         "labels": labels(project, entry.id),
         "annotations": {SERVER_ID: entry.id},
     }
+
+
+def secret_digest(entry: KubernetesServer, key: str) -> str:
+    """12 hex digits of HMAC-SHA-256 of `secret_env`, keyed by the Secret's uid: the pod template carries it,
+    so a new secret value rolls the pods out, and someone who may read the Deployment but not the Secret
+    cannot test guesses of a value against it (a plain hash, as Helm charts use, would let them)."""
+    data = json.dumps(sorted(entry.secret_env.items())).encode()
+    return hmac.new(key.encode(), data, hashlib.sha256).hexdigest()[:12]
 
 
 def secret(entry: KubernetesServer, *, namespace: str, project: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Every Kubernetes API permission mcpfleet uses, in one place: the gateway chart's Role is rendered from the
-same list (`charts/mcpfleet/templates/rbac.yaml`), a test checks the rendered Role grants nothing more
-(`tests/charts/`), and another checks that a run against the API emulator used nothing else (`tests/kube/`).
+"""Every Kubernetes API permission mcpfleet uses, in one place: the gateway chart's Role
+(`charts/mcpfleet/templates/_helpers.tpl`) is checked against it by a test of the rendered chart, which must
+grant exactly these (`tests/charts/test_rbac.py`), and the emulated-cluster tests check that the gateway and
+the CLI used nothing else (`tests/kube/`).
 
 Each rule is (API group, resource, verbs), with Kubernetes' verb names; `""` is the core group. All are
 namespaced: the gateway gets a Role in each namespace it manages, never a ClusterRole.
