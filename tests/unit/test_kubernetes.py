@@ -56,7 +56,6 @@ def test_kubernetes_entry_fields_and_defaults() -> None:
         ("{type: k8s, image: i, port: 80, discovery: consul}", "discovery"),
         ("{type: k8s, image: i, port: 80, volumes: ['/a:/b']}", "applies only to docker entries"),
         ("{type: k8s, image: i, port: 80, pool: {min: 1}}", "'pool' and 'stateless' are for stdio servers"),
-        ("{type: k8s, image: i, command: [x], replicas: 2}", "'replicas' is for HTTP replicas"),
         ("{type: k8s, image: i, port: 80, resources: {memory: 100m}}", "thousandths of a byte"),
         ("{type: k8s, image: 'http://x/y', port: 80}", "not an image reference"),
     ],
@@ -105,7 +104,8 @@ def test_docker_and_kubernetes_read_the_same_fields_the_same_way() -> None:
 
 
 def test_a_kubernetes_stdio_server_runs_behind_the_adapter() -> None:
-    kube = entry("{type: k8s, image: mcpfleet/demo:dev, command: [mcpfleet-demo], args: [stdio]}")
+    kube = entry("{type: k8s, image: mcpfleet/demo:dev, command: [mcpfleet-demo], args: [stdio], replicas: 3}")
+    assert kube.replicas == 3  # its pods are HTTP replicas, balanced like any others
     spec = container_spec(kube)
     assert spec.entrypoint is not None and spec.entrypoint[:2] == ADAPTER
     assert spec.entrypoint[-3:] == ("--", "mcpfleet-demo", "stdio") and spec.port == 8080 and spec.args is None

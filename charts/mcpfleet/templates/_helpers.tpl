@@ -52,10 +52,14 @@ The Role's rules: exactly mcpfleet.deploy.kubernetes.rbac (tests/charts/test_rba
 DISCOVERY always; DEPLOYER with deployer: true; LABELLED_SERVICES with discovery.labels: true.
 */}}
 {{- define "mcpfleet.rules" -}}
-# rbac.DISCOVERY: a server's replicas are its EndpointSlices (list, then watch).
+# rbac.DISCOVERY: a server's replicas are its EndpointSlices (list, then watch); a chart entry's Service is
+# found by its labels.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list, watch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list]
 {{- if .Values.deployer }}
 # rbac.DEPLOYER: create, scale (to zero and back) and delete the servers of `kubernetes` entries.
 - apiGroups: [apps]
@@ -90,6 +94,10 @@ DISCOVERY always; DEPLOYER with deployer: true; LABELLED_SERVICES with discovery
 {{- $hosts = concat $hosts .Values.ingress.hosts -}}
 {{- end -}}
 {{- $_ := set $gateway "allowed_hosts" (concat (default list $gateway.allowed_hosts) $hosts | uniq) -}}
+{{- if not (hasKey $gateway "shutdown_delay") -}}
+{{- /* /readyz answers 503 for 5 s after SIGTERM while the gateway still serves (Plan 9.15) */ -}}
+{{- $_ := set $gateway "shutdown_delay" 5 -}}
+{{- end -}}
 {{- $_ := set $registry "gateway" $gateway -}}
 {{- $_ := set $registry "servers" (default dict $registry.servers) -}}
 {{- toYaml $registry -}}

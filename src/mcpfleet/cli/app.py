@@ -79,7 +79,8 @@ ProjectOpt = Annotated[
     typer.Option(
         "--project",
         metavar="NAME",
-        help="Project of the docker entries' containers (default: $MCPFLEET_PROJECT, else mcpfleet).",
+        help="Project of deployed servers, the label on their containers and Kubernetes objects (default:"
+        " $MCPFLEET_PROJECT, else mcpfleet).",
     ),
 ]
 ServerArg = Annotated[str, typer.Argument(metavar="SERVER", help="Server id, as named in the registry.")]

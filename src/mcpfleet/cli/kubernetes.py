@@ -132,6 +132,9 @@ def _deploy_chart(entry: KubernetesServer, replicas: int | None, *, dry_run: boo
     values = dict(entry.values)
     if replicas is not None:
         values["replicas"] = replicas
+    if _is_mcp_server_chart(entry.chart):  # the labels the gateway finds the chart's Service by
+        values.setdefault("server", entry.id)
+        values.setdefault("project", where.project)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
         yaml.safe_dump(values, file)
         file.flush()
@@ -151,6 +154,15 @@ def _deploy_chart(entry: KubernetesServer, replicas: int | None, *, dry_run: boo
         output.print_json({"server": entry.id, "release": release, "dry_run": dry_run, "helm": done.stdout})
     else:
         output.plain(done.stdout.rstrip())
+
+
+def _is_mcp_server_chart(chart: str) -> bool:
+    """`chart` is a directory holding mcpfleet's own `charts/mcp-server` (its Chart.yaml names it)."""
+    try:
+        with open(os.path.join(chart, "Chart.yaml")) as file:
+            return bool((yaml.safe_load(file) or {}).get("name") == "mcp-server")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
 
 
 def _report(

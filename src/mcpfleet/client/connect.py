@@ -29,7 +29,7 @@ from mcp.shared.exceptions import MCPError
 from mcpfleet.client.transport import process_transport
 from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableError, UsageError, leaf_error
 from mcpfleet.process import StdioProcess
-from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
+from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, KubernetesServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ async def connect(server: Server, *, project: str | None = None, **client_option
         return
     if isinstance(server, DockerServer):
         server = await replicas_entry(server, project)
+    elif isinstance(server, KubernetesServer):
+        server = await pods_entry(server, project)
     if isinstance(server, HttpServer):
         tried = Tried()
         for endpoint in server.endpoints:
@@ -89,10 +91,7 @@ async def connect(server: Server, *, project: str | None = None, **client_option
         async with _connect_stdio(server, server.command, client_options) as connection:
             yield connection
     else:
-        raise UsageError(
-            f"server {server.id!r} is of type {server.type!r}: it runs through its deployment backend, which this"
-            " version does not provide yet; meanwhile, run it yourself and name its URL in an http entry"
-        )
+        raise UsageError(f"server {server.id!r} is of type {server.type!r}, which mcpfleet cannot connect to")
 
 
 class Tried:
@@ -314,6 +313,39 @@ async def replicas_entry(server: DockerServer, project: str | None) -> HttpServe
         raise ServerUnreachableError(
             f"server {server.id!r} has no running replica in project {name!r}{found}: run `mcpfleet deploy"
             f" {server.id}` first"
+        )
+    random.shuffle(ready)
+    return HttpServer.model_validate(
+        {
+            "id": server.id,
+            "endpoints": ready,
+            "path": server.path,
+            "transport": "streamable-http",
+            "timeouts": server.timeouts,
+            "description": server.description,
+        }
+    )
+
+
+async def pods_entry(server: KubernetesServer, project: str | None) -> HttpServer:
+    """An http entry whose endpoints are the ready pods of a kubernetes entry (their addresses from the API:
+    reachable from inside the cluster, or wherever pod addresses route), shuffled. ServerUnreachableError
+    (exit 3) when none is ready: deploy it, or go through a gateway (`--gateway`)."""
+    from mcpfleet.deploy.docker.spec import project_name
+    from mcpfleet.deploy.kubernetes.api import Cluster
+    from mcpfleet.deploy.kubernetes.deployer import KubernetesDeployer
+
+    name = project_name(project)
+    cluster = Cluster()
+    try:
+        pods = await KubernetesDeployer(cluster, name).status(server.id, server)
+    finally:
+        await cluster.aclose()
+    ready = [p.address for p in pods if p.state == "running" and p.address]
+    if not ready:
+        raise ServerUnreachableError(
+            f"server {server.id!r} has no ready pod in project {name!r}: run `mcpfleet deploy {server.id}`, or reach"
+            " it through a gateway (--gateway URL)"
         )
     random.shuffle(ready)
     return HttpServer.model_validate(

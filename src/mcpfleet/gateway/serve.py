@@ -172,7 +172,7 @@ async def serve(
             log_level="warning",
             ssl_certfile=tls_certfile,
             ssl_keyfile=tls_keyfile,
-            timeout_graceful_shutdown=25,
+            timeout_graceful_shutdown=25,  # manifests.DRAIN_SECONDS: the pods' grace period counts on it
             ws="websockets-sansio",
             # The client address is the TCP peer's: no proxy is trusted (its X-Forwarded-* are dropped and the
             # gateway sets its own), until trusted proxies are a setting.

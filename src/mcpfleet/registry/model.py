@@ -584,6 +584,9 @@ class KubernetesServer(_ContainerEntry):
     resources: ContainerResources = ContainerResources()
     discovery: Literal["endpointslices", "dns"] = "endpointslices"
 
+    # A stdio server's pods are HTTP replicas too (the adapter serves it): every field applies.
+    http_fields: ClassVar[frozenset[str]] = frozenset()
+
     @field_validator("namespace", "service_account")
     @classmethod
     def _name(cls, name: str | None, info: Any) -> str | None:
@@ -651,7 +654,7 @@ class Gateway(_Model):
     session_keys: tuple[str, ...] = ()
     session_max_age: Seconds = 86400.0
     # After SIGTERM, /readyz answers 503 and serving goes on for this long before the gateway stops taking
-    # connections, so a load balancer or Kubernetes sees it leave first (the chart sets it; 0: stop at once).
+    # connections, so a load balancer or Kubernetes sees it leave first (the gateway chart sets 5; 0: stop at once).
     shutdown_delay: Annotated[float, Field(ge=0, le=300)] = 0.0
 
     @model_validator(mode="before")

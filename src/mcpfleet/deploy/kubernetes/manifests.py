@@ -33,6 +33,7 @@ LAST_REQUEST = "mcpfleet.io/last-request"  # annotation: when a gateway last saw
 PORT_NAME = "mcp"
 CONTAINER = "mcp"
 PRE_STOP_SECONDS = 5  # the gateway sees `terminating` before SIGTERM reaches the server
+DRAIN_SECONDS = 25  # requests in flight after SIGTERM (uvicorn's graceful shutdown in gateway/serve.py)
 TMP_VOLUME = "tmp"
 FIELD_MANAGER = "mcpfleet"  # server-side apply of everything but spec.replicas
 SCALE_MANAGER = "mcpfleet-scale"  # spec.replicas: set at create and through the scale subresource only
@@ -163,9 +164,10 @@ def progress_deadline(entry: KubernetesServer) -> int:
 
 
 def termination_grace(entry: KubernetesServer) -> int:
-    """`terminationGracePeriodSeconds`: the preStop sleep, then the stop sequence's waits (3 x
-    `timeouts.shutdown`), and a second to spare."""
-    return PRE_STOP_SECONDS + int(entry.timeouts.shutdown * 3) + 1
+    """`terminationGracePeriodSeconds`: the preStop sleep, then the time requests in flight get once serving
+    stops (`DRAIN_SECONDS`: the adapter's and the gateway's graceful shutdown), then the stop sequence's
+    waits (3 x `timeouts.shutdown`), and two seconds to spare."""
+    return PRE_STOP_SECONDS + DRAIN_SECONDS + int(entry.timeouts.shutdown * 3) + 2
 
 
 def pod_template(entry: KubernetesServer, *, project: str) -> dict[str, Any]:

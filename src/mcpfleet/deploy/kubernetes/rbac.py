@@ -11,8 +11,12 @@ from __future__ import annotations
 
 Rule = tuple[str, str, tuple[str, ...]]
 
-# Finding replicas: a server's EndpointSlices (list, then watch from the list's resourceVersion).
-DISCOVERY: tuple[Rule, ...] = (("discovery.k8s.io", "endpointslices", ("list", "watch")),)
+# Finding replicas: a server's EndpointSlices (list, then watch from the list's resourceVersion); a `chart`
+# entry's Service, found by its `mcpfleet.io/server` label.
+DISCOVERY: tuple[Rule, ...] = (
+    ("discovery.k8s.io", "endpointslices", ("list", "watch")),
+    ("", "services", ("list",)),
+)
 
 # Creating, scaling (to zero and back) and deleting the servers it deploys (`deployer: true` in the chart).
 DEPLOYER: tuple[Rule, ...] = (
