@@ -296,6 +296,7 @@ class PodRun:
                 {
                     "name": self.container.get("name", ""),
                     "image": self.container.get("image", ""),
+                    "imageID": f"local://{self.container.get('image', '')}",
                     "ready": ready == "True",
                     "started": running,
                     "restartCount": self.restarts,
