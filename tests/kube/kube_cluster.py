@@ -16,6 +16,9 @@ Known differences from a real cluster:
 - Rollouts surge all new pods at once and remove old pods as new ones become ready; minReadySeconds, maxSurge,
   progressDeadlineSeconds and paused are ignored; availableReplicas == readyReplicas.
 - One node; only the first container of a pod runs; no init containers, volumes, resources or liveness probes.
+- Addresses: the lowest free 127.0.0.N (N >= 2) on which the pod's container ports can be bound, so runs of
+  this harness in other processes on the machine are stepped around. The controllers keep running while the
+  emulator is `down()` (they use its Python API, not HTTP).
 - Readiness is probed every `probe_period` seconds whatever periodSeconds says; thresholds are honoured.
 - Times in pod specs (preStop sleep, terminationGracePeriodSeconds, initialDelaySeconds) are multiplied by
   `time_scale`; restart backoff runs from `restart_backoff[0]` doubling to `restart_backoff[1]` seconds.
@@ -35,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -195,14 +199,18 @@ class PodRun:
             backoff = min(backoff * 2, self.cluster.restart_backoff[1])
 
     async def _attempt(self, argv: list[str], env: dict[str, str]) -> int:
-        self.process = await asyncio.create_subprocess_exec(
-            *argv,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:  # like a runtime failing to start the container: counted as a failed run
+            self.kube.append_log(self.namespace, self.name, f"{exc}\n".encode())
+            return 128
         self.state = {"running": {"startedAt": now()}}
         self.write_status()
         pump = asyncio.create_task(self._pump(self.process))
@@ -352,6 +360,16 @@ class PodRun:
             await asyncio.wait_for(process.wait(), wait)
 
 
+def bindable(ip: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+        return True
+
+
 def expand(text: str, env: Mapping[str, str]) -> str:
     """The kubelet's `$(VAR)` expansion: known variables replaced, `$$` an escaped `$`, the rest kept."""
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), text)
@@ -381,6 +399,7 @@ class Cluster:
         self._order = itertools.count()
         self._seq: dict[str, int] = {}  # pod uid -> creation order
         self._loop: asyncio.Task[None] | None = None
+        self.failures: list[BaseException] = []  # the harness's own errors (wait_for raises the first)
 
     async def __aenter__(self) -> Cluster:
         self.site_dir = Path(tempfile.mkdtemp(prefix="kube-cluster-"))
@@ -427,14 +446,30 @@ class Cluster:
                 value = await value
             if value:
                 return value
+            if self.failures:
+                raise RuntimeError("the cluster harness failed") from self.failures[0]
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"not within {timeout} s: {what or predicate}")
+                raise TimeoutError(f"not within {timeout} s: {what or predicate}; pods: {self.describe()}")
             await asyncio.sleep(0.05)
 
     def pods(self, namespace: str | None = None, selector: str | Mapping[str, str] | None = None) -> list[Obj]:
         if isinstance(selector, Mapping):
             selector = ",".join(f"{k}={v}" for k, v in selector.items())
         return self.kube.list("pods", namespace, selector)
+
+    def describe(self) -> list[str]:
+        """One line a pod, for failure messages: name, address, phase, readiness, restarts, deletion."""
+        lines = []
+        for pod in self.kube.list("pods"):
+            status = pod.get("status", {})
+            restarts = sum(c.get("restartCount", 0) for c in status.get("containerStatuses") or [])
+            state = (status.get("containerStatuses") or [{}])[0].get("state", {})
+            deleting = " deleting" if pod["metadata"].get("deletionTimestamp") else ""
+            lines.append(
+                f"{pod['metadata']['name']} {status.get('podIP')} {status.get('phase')} ready={is_ready(pod)} "
+                f"restarts={restarts} {json.dumps(state)}{deleting}"
+            )
+        return lines
 
     def processes(self) -> dict[str, int]:
         """Running pod processes: pod name -> pid."""
@@ -469,7 +504,10 @@ class Cluster:
                 await asyncio.wait_for(self._stream.queue.get(), 0.5)
             while not self._stream.queue.empty():
                 self._stream.queue.get_nowait()
-            self.reconcile()
+            try:
+                self.reconcile()
+            except Exception as exc:  # a harness bug: reported by wait_for, the loop goes on
+                self.failures.append(exc)
             await asyncio.sleep(0)
 
     def reconcile(self) -> None:
@@ -588,12 +626,25 @@ class Cluster:
                 with contextlib.suppress(ApiError):
                     self.kube.delete("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], grace_period=0)
             elif run is None:
-                ip = next((f"127.0.0.{n}" for n in range(2, 255) if f"127.0.0.{n}" not in self._ips), None)
+                ip = self._free_address(pod)
                 if ip is not None:
                     self._ips[ip] = uid
                     self._runs[uid] = PodRun(self, pod, ip)
             elif deleting:
                 run.stop()
+
+    def _free_address(self, pod: Obj) -> str | None:
+        """The lowest free 127.0.0.N whose container ports nobody else (another test run) holds."""
+        ports = [
+            int(port["containerPort"])
+            for container in pod.get("spec", {}).get("containers") or []
+            for port in container.get("ports") or []
+        ]
+        for n in range(2, 255):
+            ip = f"127.0.0.{n}"
+            if ip not in self._ips and all(bindable(ip, port) for port in ports):
+                return ip
+        return None
 
     def _endpoint_slices(self) -> None:
         pods = self.kube.list("pods")

@@ -15,7 +15,9 @@ Known differences from a real API server:
 - Status: `status` is dropped from creates and kept out of PUT/PATCH of the main resource for resources with a
   status subresource; `/status` PUT/PATCH or the Python API (`replace(..., subresource="status")`) write it.
 - Watches: history is kept until `compact()` (or `history_limit`); a watch from an older resourceVersion gets an
-  ERROR event with a 410 Status, like the real server. No watch cache lag, no sendInitialEvents.
+  ERROR event with a 410 Status, like the real server. One BOOKMARK only, when `timeoutSeconds` ends a watch
+  that allows bookmarks. No watch cache lag, no sendInitialEvents. A label change moving an object out of (into)
+  a watch's selector is sent as DELETED (ADDED), as the real watch cache does.
 - Lists ignore resourceVersion/limit/continue (always the current state, one page).
 - pods/log serves what the harness appended (one buffer per pod across restarts; no `previous`, `container`).
 - No authentication: `deny()` rules stand in for RBAC; every request is made by `user`.
@@ -82,6 +84,15 @@ RESOURCES = {
         Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
         Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ]
+}
+
+
+INITIAL_STATUS: dict[str, Obj] = {
+    "namespaces": {"phase": "Active"},
+    "pods": {"phase": "Pending"},
+    "services": {"loadBalancer": {}},
+    "poddisruptionbudgets": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0},
+    "horizontalpodautoscalers": {"desiredReplicas": 0},
 }
 
 
@@ -419,8 +430,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
             meta.pop(key, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
         obj.update(apiVersion=res.api_version, kind=res.kind)
-        if res.status:
-            obj["status"] = {"phase": "Active"} if plural == "namespaces" else {}
+        if res.status:  # what the real server's create strategies start from (non-omitempty Go fields)
+            obj["status"] = copy.deepcopy(INITIAL_STATUS.get(plural, {}))
         return self._store(plural, obj, None)
 
     def replace(self, plural: str, obj: Obj, subresource: str | None = None) -> Obj:
@@ -768,7 +779,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         try:
             await response.prepare(raw)
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(timeout):
                     while True:
                         event = await stream.queue.get()
@@ -777,6 +788,14 @@ class KubeEmulator(kmock.KubernetesScaffold):
                         await response.write(json.dumps(event).encode() + b"\n")
                         if event["type"] == "ERROR":
                             break
+            except TimeoutError:
+                if params.get("allowWatchBookmarks", "").lower() in ("true", "1"):  # where to resume from
+                    mark = {
+                        "apiVersion": res.api_version,
+                        "kind": res.kind,
+                        "metadata": {"resourceVersion": str(self._rv)},
+                    }
+                    await response.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass  # the client went away

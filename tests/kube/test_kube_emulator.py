@@ -32,9 +32,20 @@ IMAGES = {DEMO: lambda container, ip: [sys.executable, "-m", "mcpfleet.demo", *c
 
 
 def run(main: Callable[[], Awaitable[T]]) -> T:
+    """`main()` bounded by BOUND; shortly before the bound, every task's stack goes to stderr (shown on failure)."""
+
+    async def watchdog() -> None:
+        await asyncio.sleep(BOUND - 5)
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=8, file=sys.stderr)
+
     async def bounded() -> T:
-        with anyio.fail_after(BOUND):
-            return await main()
+        dog = asyncio.create_task(watchdog())
+        try:
+            with anyio.fail_after(BOUND):
+                return await main()
+        finally:
+            dog.cancel()
 
     return anyio.run(bounded)
 
@@ -293,6 +304,44 @@ def test_denied_verbs_answer_403_with_a_status(kube_api: KubeApi) -> None:
     run(main)
 
 
+def test_storage_only_resources_and_selector_moves_in_watches(kube_api: KubeApi) -> None:
+    async def main() -> None:
+        async with kube_api() as kube, kube.api_client() as api:
+            core = client.CoreV1Api(api)
+            await core.create_namespace({"metadata": {"name": NS}})
+            meta = {"name": "x", "labels": {"app": "demo"}}
+            lease = await client.CoordinationV1Api(api).create_namespaced_lease(
+                NS, {"metadata": meta, "spec": {"holderIdentity": "a"}}
+            )
+            assert lease.spec.holder_identity == "a"
+            pdb = {"metadata": meta, "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "demo"}}}}
+            assert (
+                await client.PolicyV1Api(api).create_namespaced_pod_disruption_budget(NS, pdb)
+            ).spec.max_unavailable == 1
+            target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}
+            hpa = {"metadata": meta, "spec": {"scaleTargetRef": target, "minReplicas": 1, "maxReplicas": 3}}
+            autoscaling = client.AutoscalingV2Api(api)
+            assert (await autoscaling.create_namespaced_horizontal_pod_autoscaler(NS, hpa)).spec.max_replicas == 3
+            slices = client.DiscoveryV1Api(api)
+            eps = {"metadata": meta, "addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.9"]}]}
+            since = (await slices.create_namespaced_endpoint_slice(NS, eps)).metadata.resource_version
+            await slices.patch_namespaced_endpoint_slice("x", NS, {"metadata": {"labels": {"app": "other"}}})
+            await slices.patch_namespaced_endpoint_slice("x", NS, {"metadata": {"labels": {"app": "demo"}}})
+            async with watch.Watch() as w:
+                stream = w.stream(
+                    slices.list_namespaced_endpoint_slice,
+                    NS,
+                    label_selector="app=demo",
+                    resource_version=since,
+                    timeout_seconds=1,
+                )
+                assert [e["type"] async for e in stream] == ["DELETED", "ADDED"]
+            await core.delete_namespace(NS)
+            assert kube.list("leases") == kube.list("endpointslices") == []
+
+    run(main)
+
+
 def test_cut_watches_ends_open_streams(kube_api: KubeApi) -> None:
     async def main() -> None:
         async with kube_api() as kube, kube.api_client() as api:
@@ -391,12 +440,13 @@ def test_pod_logs_tail_and_follow_and_kubeconfig(kube_api: KubeApi, tmp_path: Pa
 
 
 async def whoami(ip: str) -> str:
-    async with (
-        httpx2.AsyncClient(timeout=30) as http,
-        Client(streamable_http_client(f"http://{ip}:8080/mcp", http_client=http), mode="legacy") as mcp,
-    ):
-        result: Any = (await mcp.call_tool("whoami", {})).structured_content
-        return str(result["replica"])
+    with anyio.fail_after(30):
+        async with (
+            httpx2.AsyncClient(timeout=30) as http,
+            Client(streamable_http_client(f"http://{ip}:8080/mcp", http_client=http), mode="legacy") as mcp,
+        ):
+            result: Any = (await mcp.call_tool("whoami", {})).structured_content
+            return str(result["replica"])
 
 
 def slice_endpoints(kube: KubeEmulator) -> list[dict[str, Any]]:
@@ -489,9 +539,17 @@ def test_killed_process_restarts_in_the_same_pod(kube_api: KubeApi) -> None:
     async def main() -> None:
         async with kube_api() as kube, Cluster(kube, IMAGES, restart_backoff=(0.1, 0.5)) as cluster:
             kube.create("namespaces", {"metadata": {"name": NS}})
-            kube.create("deployments", deployment(1))
+            kube.create("secrets", {"metadata": {"name": "words", "namespace": NS}, "stringData": {"GREETING": "hi"}})
+            spec = deployment(1)
+            container = spec["spec"]["template"]["spec"]["containers"][0]
+            container["args"][-1] = "$(GREETING)-$(POD_NAME)"  # expanded by the kubelet from the env below
+            container["envFrom"] = [{"secretRef": {"name": "words"}}]
+            container["env"] = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+            container["readinessProbe"] = {"httpGet": {"path": "/stats", "port": 8080}}
+            kube.create("deployments", spec)
             await cluster.wait_for(lambda: ready_replicas(kube) == 1, 60, "ready")
             (pod,) = cluster.pods(NS)
+            assert await whoami(cluster.ip_of(pod["metadata"]["name"])) == f"hi-{pod['metadata']['name']}"
             name, pid = pod["metadata"]["name"], cluster.processes()[pod["metadata"]["name"]]
             cluster.kill(name)
 
@@ -502,7 +560,7 @@ def test_killed_process_restarts_in_the_same_pod(kube_api: KubeApi) -> None:
 
             await cluster.wait_for(restarted, 60, "restarted and ready")
             assert cluster.processes()[name] != pid
-            assert await whoami(cluster.ip_of(name)) == name
+            assert await whoami(cluster.ip_of(name)) == f"hi-{name}"
             assert cluster.created[(NS, "demo")] == 1  # the same pod, no new ones
 
     run(main)
