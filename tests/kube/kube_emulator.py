@@ -235,7 +235,7 @@ class Route(NamedTuple):
         else:
             return None
         namespace = None
-        if rest[0] == "namespaces" and len(rest) >= 3:
+        if rest[0] == "namespaces" and len(rest) >= 3 and rest[2:] not in (["status"], ["finalize"]):
             namespace, rest = rest[1], rest[2:]
         rest += [None, None]  # type: ignore[list-item]
         return cls(group, version, rest[0], namespace, rest[1], "/".join(filter(None, rest[2:])) or None)
@@ -266,7 +266,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
     """The API server. `async with KubeEmulator().running() as kube:` serves it on `kube.url`.
 
     Python API for harnesses and tests (no request log, no deny rules): create, get, find, list, replace, patch,
-    delete, subscribe, append_log/close_log. Fault hooks: deny/allow, compact, cut_watches, down/stop/start.
+    delete, subscribe, append_log/close_log. Fault hooks: deny/allow_all, compact, cut_watches, down/stop/start.
+    (`get`, `patch`, `delete` and `url` replace kmock's HTTP-client shortcuts of the same names on purpose.)
     """
 
     def __init__(self, *, user: str = "system:serviceaccount:default:default", history_limit: int = 100_000) -> None:
