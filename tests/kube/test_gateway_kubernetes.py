@@ -8,13 +8,14 @@ sleep lasts a fraction of a second here."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +52,11 @@ def demo_image(container: dict[str, Any], ip: str) -> list[str]:
 
 
 IMAGES = {DEMO: demo_image}
+
+
+def step(what: str) -> None:
+    """Print where a long test is (shown when it fails)."""
+    print(f"{time.strftime('%H:%M:%S')} {what}", flush=True)
 
 
 def run(main: Callable[[], Awaitable[T]]) -> T:
@@ -118,8 +124,9 @@ class Gateway:
         return self.process.returncode
 
 
-@contextlib.contextmanager
-def gateways(count: int, registry: Path, kubeconfig: Path, project: str) -> Iterator[list[Gateway]]:
+@contextlib.asynccontextmanager
+async def gateways(count: int, registry: Path, kubeconfig: Path, project: str) -> AsyncIterator[list[Gateway]]:
+    """`count` gateways; stopped in a thread, since their shutdown may need the emulator on this loop."""
     started = [Gateway(registry, kubeconfig, project) for _ in range(count)]
     try:
         yield started
@@ -128,9 +135,10 @@ def gateways(count: int, registry: Path, kubeconfig: Path, project: str) -> Iter
             print(f"--- gateway {gateway.url} ---", gateway.output(), sep="\n")
         raise
     finally:
-        for gateway in started:
-            gateway.stop()
-            gateway.log.close()
+        with anyio.CancelScope(shield=True):
+            for gateway in started:
+                await anyio.to_thread.run_sync(gateway.stop)
+                gateway.log.close()
 
 
 @contextlib.asynccontextmanager
@@ -143,9 +151,10 @@ async def mcp_session(url: str) -> AsyncIterator[Any]:
 
 
 async def whoami(client: Any) -> str:
+    """The replica (pod) name the demo's `whoami` tool reports."""
     result = await client.call_tool("whoami", {})
-    text: str = result.content[0].text
-    return text
+    replica: str = json.loads(result.content[0].text)["replica"]
+    return replica
 
 
 async def one_call(url: str) -> str:
@@ -192,7 +201,7 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
     registry = tmp_path / "registry.yaml"
     entry = (
         f"{{type: k8s, image: {DEMO}, port: 8080, replicas: 1, namespace: {NS}, idle_timeout: 4,"
-        " secret_env: {TOKEN: s3cret}, timeouts: {startup: 60, drain: 60}}"
+        " secret_env: {TOKEN: s3cret}, timeouts: {startup: 60, drain: 5}}"
     )
     registry.write_text(registry_text(demo=entry))
 
@@ -200,9 +209,10 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
         async with kube_api() as kube, Cluster(kube, IMAGES, time_scale=0.2) as cluster:
             kube.create("namespaces", {"metadata": {"name": NS}})
             kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-            with gateways(2, registry, kubeconfig, project) as (first, second):
+            async with gateways(2, registry, kubeconfig, project) as (first, second):
                 await first.started()
                 await second.started()
+                step("create + discover + route")
                 # create + discover + route
                 await cluster.wait_for(lambda: replicas_of(kube, project, "demo") == 1, 60, "the Deployment")
                 secret = kube.find("secrets", NS, manifests.secret_name(project, "demo"))
@@ -210,6 +220,7 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
                 (pod,) = await cluster.wait_for(lambda: cluster.pods(NS, {manifests.SERVER: "demo"}), 60, "a pod")
                 assert await one_call(first.mcp("demo")) == pod["metadata"]["name"]
 
+                step("scale 1 -> 3 with the CLI")
                 # scale 1 -> 3 with the CLI: new sessions spread over the three pods
                 done = await acli("scale", "demo", "3", kubeconfig=kubeconfig, registry=registry, project=project)
                 assert done.returncode == 0, done.stderr
@@ -222,6 +233,7 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
                         break
                 assert seen == names
 
+                step("3 -> 1: a session")
                 # 3 -> 1: a session on a pod being removed keeps working while it drains
                 async with mcp_session(first.mcp("demo")) as held:
                     holder = await whoami(held)
@@ -238,14 +250,17 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
                         assert await one_call(first.mcp("demo")) == survivor
                 await cluster.wait_for(lambda: len(cluster.processes()) == 1, 60, "one pod process left")
 
+                step("idle: no request")
                 # idle: no request through either gateway for idle_timeout -> zero pods
                 await cluster.wait_for(lambda: replicas_of(kube, project, "demo") == 0, 60, "scaled to zero")
                 await cluster.wait_for(lambda: not cluster.processes(), 60, "no pod process")
+                step("cold start through")
                 # cold start through the second gateway
                 cold = await one_call(second.mcp("demo"))
                 assert cold in {p["metadata"]["name"] for p in cluster.pods(NS, {manifests.SERVER: "demo"})}
                 assert replicas_of(kube, project, "demo") == 1
 
+                step("two gateways share keys")
                 # two gateways share keys: a session opened on one continues on the other
                 async with httpx2.AsyncClient(timeout=30) as http:
                     headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -265,8 +280,10 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
                     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
                     assert (await http.post(second.mcp("demo"), json=note, headers=more)).status_code == 202
                     call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami"}}
-                    assert cold in (await http.post(second.mcp("demo"), json=call, headers=more)).text
+                    answer = await http.post(second.mcp("demo"), json=call, headers=more)
+                    assert answer.status_code == 200 and cold in answer.text
 
+                    step("activity through the first o")
                     # activity through the first only, for longer than idle_timeout: the second never scales down
                     until = time.monotonic() + 10
                     while time.monotonic() < until:
@@ -274,14 +291,19 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
                         assert replicas_of(kube, project, "demo") == 1
                         await anyio.sleep(0.5)
                 status = await second.servers()
-                described = status["servers"]["demo"]["deployment"]
+                (shown,) = [s for s in status["servers"] if s["id"] == "demo"]
+                described = shown["deployment"]
                 assert described["backend"] == "kubernetes" and described["namespace"] == NS
+                serving = [r["url"] for r in shown["replicas"] if r["health"] != "draining"]
+                assert serving == [f"http://{cluster.ip_of(cold)}:8080"]
 
+                step("the entry leaves the registr")
                 # the entry leaves the registry: both gateways reload and what a gateway created is deleted
                 registry.write_text("servers: {}\n")
                 await cluster.wait_for(lambda: not objects_of(kube, project), 90, "every object gone")
                 await cluster.wait_for(lambda: not cluster.processes(), 60, "no pod process")
-                assert first.stop() == 0 and second.stop() == 0
+                assert await anyio.to_thread.run_sync(first.stop) == 0
+                assert await anyio.to_thread.run_sync(second.stop) == 0
         assert cluster.processes() == {}
 
     run(main)
@@ -309,7 +331,7 @@ def test_cli_deploy_status_logs_remove(kube_api: KubeApi, tmp_path: Path) -> Non
             assert listed.returncode == 0, listed.stderr
             failed = await acli("deploy", "web", **where)
             assert failed.returncode == 3 and "namespace" in failed.stderr and "Traceback" not in failed.stderr
-            assert kube.list("namespaces", None, None) == []
+            assert kube.find("namespaces", None, NS) is None
             kube.create("namespaces", {"metadata": {"name": NS}})
 
             dry = await acli("deploy", "web", "--dry-run", **where)

@@ -243,7 +243,7 @@ def as_json(view: GatewayView) -> dict[str, Any]:
 
 def _server_json(view: GatewayView, server: ServerView) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": server.id, "type": server.type, "description": server.description}
-    if server.type == "http" or (server.type == "docker" and server.command is None):
+    if server.type in ("http", "kubernetes") or (server.type == "docker" and server.command is None):
         entry["replicas"] = [_replica_json(r) for r in server.replicas]
         entry["target"] = server.target
     if server.deployment is not None:
