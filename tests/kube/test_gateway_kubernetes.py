@@ -368,3 +368,142 @@ def test_cli_deploy_status_logs_remove(kube_api: KubeApi, tmp_path: Path) -> Non
                 assert call.verb in granted.get(key, set()), call
 
     run(main)
+
+
+# --- faults ------------------------------------------------------------------------------------------------
+
+
+def test_api_down_cut_watches_and_410_keep_routing_and_resume(kube_api: KubeApi, tmp_path: Path) -> None:
+    """The API unreachable → the gateway routes to the pods it knows and, when the API is back, follows a
+    scale made meanwhile; a cut watch resumes; a 410 (history compacted) lists again. Only the permissions
+    rbac.GATEWAY lists are used."""
+    project = "faults"
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(registry_text(demo=f"{{type: k8s, image: {DEMO}, port: 8080, replicas: 1, namespace: {NS}}}"))
+
+    async def main() -> None:
+        async with kube_api() as kube, Cluster(kube, IMAGES, time_scale=0.2) as cluster:
+            kube.create("namespaces", {"metadata": {"name": NS}})
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+            name = manifests.object_name(project, "demo")
+            async with gateways(1, registry, kubeconfig, project) as (gateway,):
+                await gateway.started()
+                (pod,) = await cluster.wait_for(lambda: cluster.pods(NS, {manifests.SERVER: "demo"}), 60, "a pod")
+                first = pod["metadata"]["name"]
+                assert await one_call(gateway.mcp("demo")) == first
+
+                step("API down")
+                async with kube.down():
+                    for _ in range(5):  # routing goes on with the endpoints it knows
+                        assert await one_call(gateway.mcp("demo")) == first
+                    # The controllers go on meanwhile (the harness uses the emulator's Python API).
+                    kube.patch("deployments", NS, name, {"spec": {"replicas": 2}})
+                    await cluster.wait_for(lambda: len(cluster.processes()) == 2, 60, "a second pod")
+                step("API back: the gateway lists again and routes to the new pod")
+                both = {p["metadata"]["name"] for p in cluster.pods(NS, {manifests.SERVER: "demo"})}
+                seen: set[str] = set()
+                with anyio.fail_after(90):
+                    while seen != both:
+                        seen.add(await one_call(gateway.mcp("demo")))
+                        await anyio.sleep(0.1)
+
+                step("a cut watch resumes")
+                await cluster.wait_for(lambda: kube.open_watches > 0, 60, "the gateway's watch")
+                kube.cut_watches()
+                kube.patch("deployments", NS, name, {"spec": {"replicas": 1}})
+                await cluster.wait_for(lambda: len(cluster.processes()) == 1, 60, "one pod")
+                (left,) = cluster.pods(NS, {manifests.SERVER: "demo"})
+                await until_only(gateway, left["metadata"]["name"])
+
+                step("410: the history is compacted while the watch is cut")
+                kube.cut_watches()
+                kube.compact()
+                kube.patch("deployments", NS, name, {"spec": {"replicas": 2}})
+                await cluster.wait_for(lambda: len(cluster.processes()) == 2, 60, "two pods")
+                both = {p["metadata"]["name"] for p in cluster.pods(NS, {manifests.SERVER: "demo"})}
+                seen = set()
+                with anyio.fail_after(90):
+                    while seen != both:
+                        seen.add(await one_call(gateway.mcp("demo")))
+                        await anyio.sleep(0.1)
+            granted = rbac.merged(rbac.GATEWAY)
+            for call in kube.calls:
+                key = (call.group, call.resource + (f"/{call.subresource}" if call.subresource else ""))
+                assert call.verb in granted.get(key, set()), call
+
+    run(main)
+
+
+async def until_only(gateway: Gateway, pod: str) -> None:
+    """Until the gateway sends new sessions to `pod` only (four in a row)."""
+    streak = 0
+    with anyio.fail_after(90):
+        while streak < 4:
+            streak = streak + 1 if await one_call(gateway.mcp("demo")) == pod else 0
+            await anyio.sleep(0.1)
+
+
+def test_forbidden_actions_and_pods_that_never_get_ready(kube_api: KubeApi, tmp_path: Path) -> None:
+    """RBAC forbids scaling one server → its requests get 503 naming the verb and resource, the other
+    server is unaffected; a Deployment whose pods never get ready → a bounded wait, 503 with Retry-After,
+    and no retry storm (one scale, a few pods, whatever the number of requests)."""
+    project = "deny"
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        registry_text(
+            ok=f"{{type: k8s, image: {DEMO}, port: 8080, namespace: {NS}}}",
+            locked=f"{{type: k8s, image: {DEMO}, port: 8080, namespace: {NS}, start: on_demand}}",
+            broken=(
+                f"{{type: k8s, image: {DEMO}, port: 8080, namespace: {NS}, start: on_demand, args: [crash],"
+                " timeouts: {startup: 4}}"
+            ),
+        )
+    )
+
+    async def main() -> None:
+        async with kube_api() as kube, Cluster(kube, IMAGES, restart_backoff=(0.5, 2.0)) as cluster:
+            kube.create("namespaces", {"metadata": {"name": NS}})
+            kube.deny("update", "apps", "deployments/scale", NS)
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+            async with gateways(1, registry, kubeconfig, project) as (gateway,), httpx2.AsyncClient(timeout=60) as http:
+                await gateway.started()
+                await cluster.wait_for(lambda: cluster.pods(NS, {manifests.SERVER: "ok"}), 60, "the ok pod")
+                init = {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                }
+                headers = {"accept": "application/json, text/event-stream"}
+                step("forbidden scale")
+                answer = await http.post(gateway.mcp("locked"), json=init, headers=headers)
+                assert answer.status_code == 503 and answer.headers.get("retry-after")
+                message = answer.json()["error"]["message"]
+                assert "forbids update on deployments/scale.apps" in message and NS in message, message
+                assert answer.json()["error"]["code"] == -32011
+                assert (
+                    await one_call(gateway.mcp("ok"))
+                    == cluster.pods(NS, {manifests.SERVER: "ok"})[0]["metadata"]["name"]
+                )
+
+                step("pods that never get ready")
+                kube.allow_all()
+                started = time.monotonic()
+                answers = []
+                for _ in range(3):
+                    answers.append(await http.post(gateway.mcp("broken"), json=init, headers=headers))
+                waited = time.monotonic() - started
+                assert all(a.status_code == 503 and a.headers.get("retry-after") for a in answers)
+                assert "no pod was ready" in answers[0].json()["error"]["message"]
+                assert waited < 3 * 60  # bounded (startup 4 s + 5 s each), not a hang
+                scales = [c for c in kube.calls if c.subresource == "scale" and c.verb == "update"]
+                broken = manifests.object_name(project, "broken")
+                assert len([c for c in scales if c.name == broken]) == 1  # scaled once, not per request
+                assert replicas_of(kube, project, "broken") == 1
+                assert cluster.created[(NS, broken)] == 1  # one pod, restarted in place by the kubelet
+
+    run(main)

@@ -54,7 +54,8 @@ class ScaleController:
     def __init__(self, deployer: KubernetesDeployer, entry: KubernetesServer) -> None:
         self.deployer = deployer
         self.entry = entry
-        self.error: DeployError | None = None
+        self.error: DeployError | None = None  # the last failed API call (apply, scale), until a round succeeds
+        self.not_ready: DeployError | None = None  # no pod was ready in time after a wake, until one is
         self.retry_at = 0.0
         self._backoff = BACKOFF
         self._applied = False
@@ -89,6 +90,7 @@ class ScaleController:
     def _listed(self, replicas: tuple[ReplicaAddress, ...]) -> None:
         if any(r.serving for r in replicas):
             self._serving.set()
+            self.not_ready = None  # a pod is ready now: requests wait for none
         elif self._serving.is_set():
             self._serving = anyio.Event()
 
@@ -130,8 +132,8 @@ class ScaleController:
             "start": "on_demand" if not entry.starts_on_boot else "on_boot",
             "idle_timeout": entry.idle_timeout,
             "scaled_to_zero": self.scaled_to_zero,
-            "error": self.error.message if self.error is not None else None,
-            "retry_in_s": max(0.0, round(self.retry_at - time.monotonic(), 1)) if self.error is not None else None,
+            "error": failed.message if (failed := self.error or self.not_ready) is not None else None,
+            "retry_in_s": max(0.0, round(self.retry_at - time.monotonic(), 1)) if failed is not None else None,
         }
 
     @property
@@ -181,7 +183,10 @@ class ScaleController:
                 log.info("server %r: a request found no pod: scaling to %d", entry.id, want)
                 await self.deployer.scale(entry, want)
                 await self._mark(time.time())
-        self.error, self.retry_at, self._backoff = None, 0.0, BACKOFF
+        if self.error is not None:
+            self.error, self.retry_at = None, 0.0
+        if self.not_ready is None:
+            self._backoff = BACKOFF
         if entry.idle_timeout is None:
             return
         now = time.time()
@@ -226,8 +231,9 @@ class ScaleController:
         backoff of an earlier failure) or no pod was ready in time."""
         self._last_request = time.monotonic()
         self._last_request_wall = time.time()
-        if self.error is not None and time.monotonic() < self.retry_at:
-            raise copy.copy(self.error)
+        failed = self.error or self.not_ready
+        if failed is not None and time.monotonic() < self.retry_at:
+            raise copy.copy(failed)  # within the backoff of a failure: at once, no new wait
         done = self._round_done
         self._woken = True
         self._kick.set()
