@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx2
+import pytest
 from kube_cluster import Cluster
 from kube_emulator import KubeEmulator
 from mcp import Client
@@ -29,11 +30,12 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcpfleet.deploy.kubernetes import manifests, rbac
 
-from support import free_port
+from support import free_port, until
 
+pytestmark = pytest.mark.timeout(BOUND_S := 300)
 KubeApi = Callable[..., AbstractAsyncContextManager[KubeEmulator]]
 T = TypeVar("T")
-BOUND = 240.0  # seconds any one test may take on a busy machine
+BOUND = BOUND_S - 30.0  # seconds any one test may take on a busy machine (then its clean-up)
 NS = "mcp"
 DEMO = "mcpfleet/demo:dev"
 KEYS = "k8s-test-key-1"
@@ -505,5 +507,79 @@ def test_forbidden_actions_and_pods_that_never_get_ready(kube_api: KubeApi, tmp_
                 assert len([c for c in scales if c.name == broken]) == 1  # scaled once, not per request
                 assert replicas_of(kube, project, "broken") == 1
                 assert cluster.created[(NS, broken)] == 1  # one pod, restarted in place by the kubelet
+
+    run(main)
+
+
+def test_labelled_services_are_served_only_when_the_registry_allows(kube_api: KubeApi, tmp_path: Path) -> None:
+    """`gateway.discovery: labels`: a Service labelled `mcpfleet.io/server: extra` that no entry lists is served
+    at /extra/mcp (its pods through its EndpointSlices); a gateway without it answers 404; the Service going
+    away takes the server with it."""
+    allowed, closed = tmp_path / "allowed.yaml", tmp_path / "closed.yaml"
+    allowed.write_text(f"gateway: {{discovery: labels, discovery_namespaces: [{NS}]}}\nservers: {{}}\n")
+    closed.write_text("servers: {}\n")
+    labels = {"app": "extra"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "extra", "namespace": NS, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "mcp",
+                            "image": DEMO,
+                            "ports": [{"name": "mcp", "containerPort": 8080}],
+                            "readinessProbe": {"tcpSocket": {"port": "mcp"}},
+                        }
+                    ]
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "extra", "namespace": NS, "labels": {manifests.SERVER: "extra"}},
+        "spec": {
+            "clusterIP": "None",
+            "selector": labels,
+            "ports": [{"name": "mcp", "port": 8080, "targetPort": "mcp"}],
+        },
+    }
+
+    async def main() -> None:
+        async with kube_api() as kube, Cluster(kube, IMAGES) as cluster:
+            kube.create("namespaces", {"metadata": {"name": NS}})
+            kube.create("deployments", deployment)
+            kube.create("services", service)
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+            (pod,) = await cluster.wait_for(lambda: cluster.pods(NS, labels), 60, "the pod")
+            async with (
+                gateways(1, allowed, kubeconfig, "labels") as (open_gateway,),
+                gateways(1, closed, kubeconfig, "labels") as (closed_gateway,),
+                httpx2.AsyncClient(timeout=30) as http,
+            ):
+                await open_gateway.started()
+                await closed_gateway.started()
+
+                async def listed() -> bool:
+                    return bool((await http.get(f"{open_gateway.url}/servers")).json()["servers"])
+
+                await until(listed, 60)
+                assert await one_call(open_gateway.mcp("extra")) == pod["metadata"]["name"]
+                init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+                refused = await http.post(closed_gateway.mcp("extra"), json=init)
+                assert refused.status_code == 404  # not exposed unless the registry allows it
+                kube.delete("services", NS, "extra")
+
+                async def gone() -> bool:
+                    return (await http.post(open_gateway.mcp("extra"), json=init)).status_code == 404
+
+                await until(gone, 60)
 
     run(main)

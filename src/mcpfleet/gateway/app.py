@@ -40,7 +40,7 @@ from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.registry import Registry, load_registry
-from mcpfleet.registry.model import DockerServer, HttpServer, KubernetesServer, StdioServer
+from mcpfleet.registry.model import DockerServer, HttpServer, KubernetesServer, Server, StdioServer
 from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -74,6 +74,8 @@ class Gateway:
         """`replica_sources`: server id -> where its replicas come from, in place of the entry's `endpoints`
         (discovery; see mcpfleet.replicas). `authenticator`: who may call (policy/auth.py); None: anyone."""
         self._snapshot = registry
+        self._file_registry = registry  # the registry file's; `_snapshot` adds the servers discovery found
+        self._discovered: dict[str, Server] = {}
         for warning in registry.warnings:  # accepted but ignored: client-only keys, settings nothing reads
             log.warning("registry: %s", warning)
         self.replica_sources = dict(replica_sources or {})
@@ -121,6 +123,8 @@ class Gateway:
         self._task_group.start_soon(self._maintain_pools)
         if any(isinstance(s, DockerServer) and s.stdio for s in self._snapshot.servers.values()):
             self._task_group.start_soon(self._collect_orphans)
+        if self._snapshot.gateway.discovery == "labels":
+            self._task_group.start_soon(self._discover_labelled)
         self._prewarm()
         self.ready = True
         return self
@@ -148,6 +152,26 @@ class Gateway:
             await self.deployments.collect_orphans()
         except Exception as exc:  # clean-up of leftovers must never take the gateway down
             log.warning("stdio containers left by a crashed process could not be collected: %s", exc)
+
+    async def _discover_labelled(self) -> None:
+        """`gateway.discovery: labels`: serve the labelled Services no entry lists (deploy/kubernetes/labelled.py)."""
+        from mcpfleet.deploy.kubernetes.labelled import LabelledServices
+
+        namespaces = self._snapshot.gateway.discovery_namespaces
+        watcher = LabelledServices(self.deployments.cluster, namespaces)
+        while True:
+            try:
+                async for found in watcher.watch():
+                    for server_id in set(self._discovered) - set(found):
+                        self.replica_sources.pop(server_id, None)
+                    for server_id, labelled in found.items():
+                        self.replica_sources[server_id] = labelled.source
+                    self._discovered = {server_id: labelled.entry for server_id, labelled in found.items()}
+                    log.info("discovered servers (labelled Services): %s", sorted(found) or "none")
+                    self.apply(self._file_registry)
+            except Exception as exc:  # discovery failing must not take the gateway down
+                log.warning("discovery of labelled Services failed (%s); trying again in 5 s", exc)
+                await anyio.sleep(5)
 
     async def _reap_idle_sessions(self) -> None:
         while True:
@@ -211,7 +235,12 @@ class Gateway:
 
     def apply(self, fresh: Registry) -> None:
         """Swap in a new snapshot. Changed entries apply to their live runtimes without ending a session
-        (`ServerRuntime.configure`); removed ones, and ones whose type or transport changed, drain."""
+        (`ServerRuntime.configure`); removed ones, and ones whose type or transport changed, drain. `fresh` is
+        the registry file's; servers discovery found are added under ids the file does not use."""
+        self._file_registry = fresh
+        extra = {i: e for i, e in self._discovered.items() if i not in fresh.servers and i not in fresh.failed}
+        if extra:
+            fresh = fresh.model_copy(update={"servers": {**extra, **fresh.servers}})
         old = self._snapshot
         self._snapshot = fresh
         for warning in fresh.warnings:

@@ -656,6 +656,10 @@ class Gateway(_Model):
     # After SIGTERM, /readyz answers 503 and serving goes on for this long before the gateway stops taking
     # connections, so a load balancer or Kubernetes sees it leave first (the gateway chart sets 5; 0: stop at once).
     shutdown_delay: Annotated[float, Field(ge=0, le=300)] = 0.0
+    # `labels`: serve the Kubernetes Services labelled `mcpfleet.io/server: <id>` that no entry lists, from
+    # `discovery_namespaces` (default: the kubeconfig context's, or the gateway's own in a cluster). Read at start.
+    discovery: Literal["none", "labels"] = "none"
+    discovery_namespaces: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
