@@ -215,3 +215,20 @@ def test_empty_and_odd_slices() -> None:
     assert replica_set([{"endpoints": None, "ports": None}], "mcp") == ()
     assert replica_set([slice_([{"addresses": [], "conditions": {"ready": True}}])], "mcp") == ()
     assert base_url("fd00::1", 80) == "http://[fd00::1]:80" and base_url("10.1.2.3", 80) == "http://10.1.2.3:80"
+
+
+def test_the_dns_option_lists_every_address_of_the_name() -> None:
+    """`discovery: dns`: the A/AAAA records of the headless Service's name (here `localhost`) at the port."""
+    import anyio
+
+    from mcpfleet.deploy.kubernetes.source import DnsSource
+
+    async def first() -> tuple[ReplicaAddress, ...]:
+        with anyio.fail_after(10):
+            async for found in DnsSource("localhost", 8080, interval=0.01).watch():
+                return found
+        raise AssertionError("no set")
+
+    found = anyio.run(first)
+    assert ReplicaAddress("http://127.0.0.1:8080") in found
+    assert all(a.url.endswith(":8080") and a.serving for a in found)
