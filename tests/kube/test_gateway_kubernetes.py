@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcpfleet.deploy.kubernetes import manifests, rbac
 
-from support import free_port, until
+from support import ACCEPT, INIT, free_port, until
 
 pytestmark = pytest.mark.timeout(BOUND_S := 300)
 KubeApi = Callable[..., AbstractAsyncContextManager[KubeEmulator]]
@@ -265,20 +265,11 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
                 step("two gateways share keys")
                 # two gateways share keys: a session opened on one continues on the other
                 async with httpx2.AsyncClient(timeout=30) as http:
-                    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-                    init = {
-                        "jsonrpc": "2.0",
-                        "id": 1,
-                        "method": "initialize",
-                        "params": {
-                            "protocolVersion": "2025-06-18",
-                            "capabilities": {},
-                            "clientInfo": {"name": "t", "version": "1"},
-                        },
-                    }
+                    headers = ACCEPT
+                    init = INIT
                     answer = await http.post(first.mcp("demo"), json=init, headers=headers)
                     session = answer.headers["mcp-session-id"]
-                    more = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+                    more = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
                     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
                     assert (await http.post(second.mcp("demo"), json=note, headers=more)).status_code == 202
                     call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami"}}
@@ -470,17 +461,8 @@ def test_forbidden_actions_and_pods_that_never_get_ready(kube_api: KubeApi, tmp_
             async with gateways(1, registry, kubeconfig, project) as (gateway,), httpx2.AsyncClient(timeout=60) as http:
                 await gateway.started()
                 await cluster.wait_for(lambda: cluster.pods(NS, {manifests.SERVER: "ok"}), 60, "the ok pod")
-                init = {
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-06-18",
-                        "capabilities": {},
-                        "clientInfo": {"name": "t", "version": "1"},
-                    },
-                }
-                headers = {"accept": "application/json, text/event-stream"}
+                init = INIT
+                headers = ACCEPT
                 step("forbidden scale")
                 answer = await http.post(gateway.mcp("locked"), json=init, headers=headers)
                 assert answer.status_code == 503 and answer.headers.get("retry-after")

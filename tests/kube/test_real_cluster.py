@@ -17,13 +17,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from support import ROOT, free_port
+from support import ACCEPT, INIT, ROOT, free_port
 
 KUBECONFIG = os.environ.get("MCPFLEET_TEST_KUBECONFIG")
 pytestmark = [
@@ -83,10 +83,26 @@ def test_cli_deploys_scales_and_removes_on_a_real_cluster(namespace: str, tmp_pa
     assert "s3cret" not in deployment
     removed = mcpfleet("remove", "demo", "--registry", str(registry))
     assert removed.returncode == 0, removed.stderr
-    left = kubectl(
-        "get", "deployments,services,secrets", "-n", namespace, "-l", "mcpfleet.io/server=demo", "-o", "name"
-    )
-    assert left.stdout.strip() == ""
+    assert demo_objects(namespace) == ""
+
+
+def poll(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within} s: {what}")
+        time.sleep(2)
+
+
+def demo_replicas(namespace: str) -> int | None:
+    found = kubectl("get", "deployment", "-n", namespace, "-l", "mcpfleet.io/server=demo", "-o", "json")
+    items = json.loads(found.stdout)["items"]
+    return int(items[0]["spec"]["replicas"]) if items else None
+
+
+def demo_objects(namespace: str) -> str:
+    what = "deployments,services,secrets"
+    return kubectl("get", what, "-n", namespace, "-l", "mcpfleet.io/server=demo", "-o", "name").stdout.strip()
 
 
 @contextlib.contextmanager
@@ -145,27 +161,10 @@ def test_the_gateway_chart_routes_scales_to_zero_and_back(namespace: str, tmp_pa
     )
     try:
         with port_forward(namespace, "gw-mcpfleet", 8000) as url, httpx2.Client(timeout=120) as http:
-            headers = {"accept": "application/json, text/event-stream"}
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
+            headers = ACCEPT
+            init = INIT
             assert http.post(f"{url}/demo/mcp", json=init, headers=headers).status_code == 200
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:  # idle: scaled to zero
-                replicas = kubectl("get", "deployment", "-n", namespace, "-l", "mcpfleet.io/server=demo", "-o", "json")
-                items = json.loads(replicas.stdout)["items"]
-                if items and items[0]["spec"]["replicas"] == 0:
-                    break
-                time.sleep(2)
-            else:
-                pytest.fail("not scaled to zero within 180 s")
+            poll(lambda: demo_replicas(namespace) == 0, 180, "scaled to zero when idle")
             assert http.post(f"{url}/demo/mcp", json=init, headers=headers).status_code == 200  # cold start
         helm(
             "upgrade",
@@ -179,16 +178,7 @@ def test_the_gateway_chart_routes_scales_to_zero_and_back(namespace: str, tmp_pa
             "registry.servers=null",
             "--wait",
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            left = kubectl(
-                "get", "deployments,services,secrets", "-n", namespace, "-l", "mcpfleet.io/server=demo", "-o", "name"
-            )
-            if not left.stdout.strip():
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"objects left after the entry left the registry: {left.stdout}")
+        poll(lambda: not demo_objects(namespace), 120, "the objects gone after the entry left the registry")
     finally:
         subprocess.run(
             [str(TOOLS / "helm"), "--kubeconfig", str(KUBECONFIG), "uninstall", "gw", "-n", namespace], check=False

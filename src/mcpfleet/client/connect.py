@@ -314,11 +314,16 @@ async def replicas_entry(server: DockerServer, project: str | None) -> HttpServe
             f"server {server.id!r} has no running replica in project {name!r}{found}: run `mcpfleet deploy"
             f" {server.id}` first"
         )
-    random.shuffle(ready)
+    return _replicas(server, ready)
+
+
+def _replicas(server: DockerServer | KubernetesServer, urls: list[str]) -> HttpServer:
+    """An http entry whose endpoints are `urls` (the replicas a backend runs), shuffled so calls spread."""
+    random.shuffle(urls)
     return HttpServer.model_validate(
         {
             "id": server.id,
-            "endpoints": ready,
+            "endpoints": urls,
             "path": server.path,
             "transport": "streamable-http",
             "timeouts": server.timeouts,
@@ -347,17 +352,7 @@ async def pods_entry(server: KubernetesServer, project: str | None) -> HttpServe
             f"server {server.id!r} has no ready pod in project {name!r}: run `mcpfleet deploy {server.id}`, or reach"
             " it through a gateway (--gateway URL)"
         )
-    random.shuffle(ready)
-    return HttpServer.model_validate(
-        {
-            "id": server.id,
-            "endpoints": ready,
-            "path": server.path,
-            "transport": "streamable-http",
-            "timeouts": server.timeouts,
-            "description": server.description,
-        }
-    )
+    return _replicas(server, ready)
 
 
 def http_entry(server_id: str, base_url: str, *, path: str = "/mcp", sse_path: str = "/sse") -> HttpServer:

@@ -198,6 +198,33 @@ class Cluster:
                     )
                 yield event
 
+    async def follow(
+        self, kind: Kind, namespace: str, query: Mapping[str, Any]
+    ) -> AsyncIterator[dict[str, dict[str, Any]]]:
+        """The objects `query` selects, by name: the whole set after a list, then again after each change a
+        watch reports. A watch that ends (`timeoutSeconds`, a cut stream) is opened again from the last
+        `resourceVersion` seen; a 410 Gone (that version is too old) lists again. Other failures raise."""
+        while True:
+            listed = await self.request("GET", kind, namespace, query=query)
+            found = {item["metadata"]["name"]: item for item in listed.get("items") or []}
+            version = (listed.get("metadata") or {}).get("resourceVersion")
+            yield dict(found)
+            try:
+                while True:
+                    async for event in self.watch(kind, namespace, query={**query, "resourceVersion": version}):
+                        item = event.get("object") or {}
+                        metadata = item.get("metadata") or {}
+                        version = metadata.get("resourceVersion") or version
+                        if event.get("type") == "DELETED":
+                            found.pop(metadata.get("name", ""), None)
+                        elif event.get("type") in ("ADDED", "MODIFIED"):
+                            found[metadata.get("name", "")] = item
+                        else:
+                            continue  # BOOKMARK: only the version moves
+                        yield dict(found)
+            except GoneError:
+                log.info("%s in %r: resource version %s is gone; listing again", kind.resource, namespace, version)
+
     def _call(
         self,
         method: str,

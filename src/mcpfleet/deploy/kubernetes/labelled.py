@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from mcpfleet.deploy.kubernetes import manifests
-from mcpfleet.deploy.kubernetes.api import KINDS, Cluster, GoneError
+from mcpfleet.deploy.kubernetes.api import KINDS, Cluster
 from mcpfleet.deploy.kubernetes.source import EndpointSliceSource
 from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, Endpoint, HttpServer
 
@@ -110,27 +110,8 @@ class LabelledServices:
                 backoff = min(60.0, backoff * 2)
 
     async def _list_and_watch(self, namespace: str) -> None:
-        kind = KINDS["Service"]
-        query = {"labelSelector": manifests.SERVER}
-        listed = await self.cluster.request("GET", kind, namespace, query=query)
-        services = {s["metadata"]["name"]: s for s in listed.get("items") or []}
-        version = (listed.get("metadata") or {}).get("resourceVersion")
-        self._publish(namespace, services)
-        while True:
-            try:
-                async for event in self.cluster.watch(kind, namespace, query={**query, "resourceVersion": version}):
-                    item = event.get("object") or {}
-                    version = (item.get("metadata") or {}).get("resourceVersion") or version
-                    name = (item.get("metadata") or {}).get("name", "")
-                    if event.get("type") == "DELETED":
-                        services.pop(name, None)
-                    elif event.get("type") in ("ADDED", "MODIFIED"):
-                        services[name] = item
-                    else:
-                        continue
-                    self._publish(namespace, services)
-            except GoneError:
-                return  # list again
+        async for services in self.cluster.follow(KINDS["Service"], namespace, {"labelSelector": manifests.SERVER}):
+            self._publish(namespace, services)
 
     def _publish(self, namespace: str, services: Mapping[str, Mapping[str, Any]]) -> None:
         found: dict[str, Labelled] = {}

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from mcpfleet.deploy.kubernetes.api import KINDS, Cluster, GoneError
+from mcpfleet.deploy.kubernetes.api import KINDS, Cluster
 from mcpfleet.replicas.source import ReplicaAddress
 
 log = logging.getLogger("mcpfleet.kubernetes")
@@ -98,45 +98,11 @@ class EndpointSliceSource:
         self.service = service
         self.port_name = port_name
         self.listed = listed
-        self.relists = 0  # lists made (the first, and one per 410 Gone): for /servers and the tests
 
     async def watch(self) -> AsyncIterator[tuple[ReplicaAddress, ...]]:
-        kind = KINDS["EndpointSlice"]
         last: tuple[ReplicaAddress, ...] | None = None
-        version: str | None = None
-        slices: dict[str, Mapping[str, Any]] = {}
-        while True:
-            namespace = self.namespace()
-            name = await self.service()
-            selector = {"labelSelector": f"{SERVICE_NAME}={name}"}
-            if version is None:
-                listed = await self.cluster.request("GET", kind, namespace, query=selector)
-                slices = {item["metadata"]["name"]: item for item in listed.get("items") or []}
-                version = (listed.get("metadata") or {}).get("resourceVersion")
-                self.relists += 1
-            else:
-                try:
-                    async for event in self.cluster.watch(
-                        kind, namespace, query={**selector, "resourceVersion": version}
-                    ):
-                        item = event.get("object") or {}
-                        metadata = item.get("metadata") or {}
-                        version = metadata.get("resourceVersion") or version
-                        if event.get("type") == "DELETED":
-                            slices.pop(metadata.get("name", ""), None)
-                        elif event.get("type") in ("ADDED", "MODIFIED"):
-                            slices[metadata.get("name", "")] = item
-                        else:
-                            continue
-                        current = replica_set(slices.values(), self.port_name)
-                        if current != last:
-                            last = current
-                            self._tell(current)
-                            yield current
-                except GoneError:
-                    log.info("EndpointSlices of %r: resource version %s is gone; listing again", name, version)
-                    version = None
-                continue
+        selector = {"labelSelector": f"{SERVICE_NAME}={await self.service()}"}
+        async for slices in self.cluster.follow(KINDS["EndpointSlice"], self.namespace(), selector):
             current = replica_set(slices.values(), self.port_name)
             if current != last:
                 last = current
