@@ -67,13 +67,14 @@ DISCOVERY always; DEPLOYER with deployer: true; LABELLED_SERVICES with discovery
   verbs: [get, list, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments/scale]
-  verbs: [get, patch, update]
+  verbs: [update]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, create, patch, delete]
+  verbs: [create, patch, delete]
+# Written and deleted by name, never read: get or list would show every Secret's data in the namespace.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, create, patch, delete]
+  verbs: [create, patch, delete]
 {{- end }}
 {{- if .Values.discovery.labels }}
 # rbac.LABELLED_SERVICES: Services labelled for mcpfleet that the registry does not list.

@@ -44,6 +44,9 @@ BACKOFF = 1.0  # seconds before a failed apply or scale is tried again, doubling
 BACKOFF_MAX = 60.0
 WAKE_MARGIN = 5.0  # seconds a request waits beyond `timeouts.startup`
 MARK_EVERY_MAX = 30.0  # seconds: the activity mark is written at most this often (and idle_timeout / 4)
+# Seconds a gateway that found the server idle waits, then reads the Deployment again and scales to zero only
+# if nothing changed: every other gateway has a round (RECONCILE_INTERVAL) to write a mark meanwhile.
+QUIET = RECONCILE_INTERVAL * 2 + 1
 
 
 class ScaleController:
@@ -54,7 +57,7 @@ class ScaleController:
     def __init__(self, deployer: KubernetesDeployer, entry: KubernetesServer) -> None:
         self.deployer = deployer
         self.entry = entry
-        self.error: DeployError | None = None  # the last failed API call (apply, scale), until a round succeeds
+        self.error: DeployError | None = None  # the last failed apply or scale, until one succeeds
         self.not_ready: DeployError | None = None  # no pod was ready in time after a wake, until one is
         self.retry_at = 0.0
         self._backoff = BACKOFF
@@ -64,10 +67,13 @@ class ScaleController:
         self._round_done = anyio.Event()
         self._woken = False
         self._serving = anyio.Event()  # set while the source lists a serving replica
+        self._listed_any = False  # the source's last set had a replica (serving or draining)
         self._inflight = 0
         self._last_request = time.monotonic()
         self._last_request_wall = 0.0  # time.time() of the last request, for the shared mark
         self._marked = 0.0  # time.time() this gateway last wrote the mark
+        self._idle_checked = 0.0  # time.monotonic() of the last idle check that read the Deployment
+        self._mark_failing = ""
         self.scaled_to_zero = 0  # times this gateway scaled the server to zero (for /servers and tests)
         self.source: ReplicaSource = self._source(entry)
 
@@ -76,7 +82,7 @@ class ScaleController:
             return _DnsLater(self)
         return EndpointSliceSource(
             self.deployer.cluster,
-            lambda: self._namespace,
+            lambda: self.deployer.namespace(self.entry),
             lambda: self.deployer.service_name(self.entry),
             manifests.PORT_NAME,
             listed=self._listed,
@@ -88,9 +94,11 @@ class ScaleController:
         return override or self.entry.namespace or self.deployer.cluster.default_namespace
 
     def _listed(self, replicas: tuple[ReplicaAddress, ...]) -> None:
+        self._listed_any = bool(replicas)
         if any(r.serving for r in replicas):
             self._serving.set()
             self.not_ready = None  # a pod is ready now: requests wait for none
+            self._backoff = BACKOFF
         elif self._serving.is_set():
             self._serving = anyio.Event()
 
@@ -100,11 +108,17 @@ class ScaleController:
         self._inflight += 1
         self._last_request = time.monotonic()
         self._last_request_wall = time.time()
+        if self.entry.idle_timeout is not None and self._last_request_wall - self._marked >= self._mark_every:
+            self._kick.set()  # the first request after a quiet spell is marked now, not at the next round
 
     def request_ended(self) -> None:
         self._inflight -= 1
         self._last_request = time.monotonic()
         self._last_request_wall = time.time()
+
+    @property
+    def _mark_every(self) -> float:
+        return min(MARK_EVERY_MAX, (self.entry.idle_timeout or MARK_EVERY_MAX * 4) / 4)
 
     def configure(self, entry: KubernetesServer) -> None:
         """A reload changed the entry: apply it again at once (a new spec rolls the pods out)."""
@@ -118,10 +132,13 @@ class ScaleController:
         self._removed = True
 
     def hand_over(self, successor: Any) -> None:
-        """Nothing to hand over: the objects belong to the cluster, not to this gateway."""
+        """The entry came back while this controller's runtime drained: its objects are the successor's
+        now, so this one deletes nothing when it ends."""
+        self._removed = False
 
     def describe(self) -> dict[str, Any]:
         entry = self.entry
+        failed = self.error or self.not_ready
         return {
             "backend": "kubernetes",
             "project": self.deployer.project,
@@ -132,7 +149,7 @@ class ScaleController:
             "start": "on_demand" if not entry.starts_on_boot else "on_boot",
             "idle_timeout": entry.idle_timeout,
             "scaled_to_zero": self.scaled_to_zero,
-            "error": failed.message if (failed := self.error or self.not_ready) is not None else None,
+            "error": failed.message if failed is not None else None,
             "retry_in_s": max(0.0, round(self.retry_at - time.monotonic(), 1)) if failed is not None else None,
         }
 
@@ -164,60 +181,94 @@ class ScaleController:
             self._kick = anyio.Event()
 
     async def reconcile(self, woken: bool = False) -> None:
-        """One round: apply the objects if not yet; scale up for a request that found no pod; write the
-        activity mark; scale to zero when every gateway was idle for `idle_timeout`."""
+        """One round: the activity mark first (it must never lapse while requests come, whatever else
+        fails); then the objects applied if not yet (within a failure's backoff only for a request); a scale
+        up for a request that found no pod; a scale to zero when every gateway was idle for `idle_timeout`."""
         entry = self.entry
+        await self._mark_if_active()
         if time.monotonic() < self.retry_at and not woken:
             return
-        if not self._applied:
-            if entry.chart is None:
-                start = entry.replicas if entry.starts_on_boot else 0
-                await self.deployer.apply(entry, replicas_if_created=start, created_by="gateway")
-            self._applied = True
+        if not self._applied and entry.chart is None:
+            start = entry.replicas if entry.starts_on_boot else 0
+            await self.deployer.apply(entry, replicas_if_created=start, created_by="gateway")
+        self._applied = True
         if woken:
-            found = await self.deployer.deployment(entry)
-            if found is None:
-                raise DeployError("its Deployment does not exist (install its chart)", server_id=entry.id)
-            if not (found.get("spec") or {}).get("replicas"):
-                want = max(1, entry.replicas)
-                log.info("server %r: a request found no pod: scaling to %d", entry.id, want)
-                await self.deployer.scale(entry, want)
-                await self._mark(time.time())
-        if self.error is not None:
-            self.error, self.retry_at = None, 0.0
+            await self._scale_up()
+        self.error = None
         if self.not_ready is None:
-            self._backoff = BACKOFF
-        if entry.idle_timeout is None:
+            self.retry_at = 0.0
+        if self._still_idle():
+            await self._scale_down_if_idle()
+
+    async def _scale_up(self) -> None:
+        """A request found no serving pod: the Deployment at `replicas` (at least 1), marked active first
+        (so no gateway reading it between the two scales it back down). A Deployment that is gone (deleted
+        by hand, or by a removal that raced a re-add) is applied again."""
+        entry = self.entry
+        found = await self.deployer.deployment(entry)
+        if found is None and entry.chart is None:
+            await self.deployer.apply(entry, replicas_if_created=0, created_by="gateway")
+            found = await self.deployer.deployment(entry)
+        if found is None:
+            raise DeployError(
+                "no Deployment labelled for it: install its chart with `mcpfleet deploy`", server_id=entry.id
+            )
+        if not (found.get("spec") or {}).get("replicas"):
+            want = max(1, entry.replicas)
+            await self._mark(time.time())
+            log.info("server %r: a request found no pod: scaling to %d", entry.id, want)
+            await self.deployer.scale(entry, want)
+
+    async def _mark_if_active(self) -> None:
+        """Write the activity mark when this gateway served or holds requests and the last mark is older
+        than `idle_timeout / 4` (30 s at most). A failure is logged and tried again next round."""
+        if self.entry.idle_timeout is None:
             return
         now = time.time()
-        every = min(MARK_EVERY_MAX, entry.idle_timeout / 4)
         active = self._inflight > 0 or self._last_request_wall > self._marked
-        if active and now - self._marked >= every:
-            await self._mark(self._last_request_wall if not self._inflight else now)
-        elif not self._inflight and time.monotonic() - self._last_request > entry.idle_timeout:
-            await self._scale_down_if_idle(now)
+        if not active or now - self._marked < self._mark_every:
+            return
+        try:
+            await self._mark(now if self._inflight else self._last_request_wall)
+            self._mark_failing = ""
+        except DeployError as exc:
+            if exc.message != self._mark_failing:
+                log.warning("server %r: its activity mark could not be written: %s", self.entry.id, exc.message)
+            self._mark_failing = exc.message
 
     async def _mark(self, when: float) -> None:
         await self.deployer.annotate(self.entry, manifests.LAST_REQUEST, f"{when:.3f}")
         self._marked = time.time()
 
-    async def _scale_down_if_idle(self, now: float) -> None:
+    def _still_idle(self) -> bool:
+        idle_timeout = self.entry.idle_timeout
+        return idle_timeout is not None and not self._inflight and time.monotonic() - self._last_request > idle_timeout
+
+    async def _scale_down_if_idle(self) -> None:
+        """Scale to zero when no gateway served a request for `idle_timeout`: this gateway's own clock, and the
+        shared mark. Two reads `QUIET` seconds apart must find the Deployment unchanged (any gateway's mark
+        meanwhile changes it), and the scale carries the `resourceVersion` read, so a mark written after the
+        second read makes it a conflict. Checked at most every `idle_timeout / 4`, and not while the source
+        lists no pod (nothing to scale down: no API call for an idle server at zero)."""
         entry = self.entry
         assert entry.idle_timeout is not None
-        found = await self.deployer.deployment(entry)
-        if found is None or not (found.get("spec") or {}).get("replicas"):
+        if not self._listed_any or time.monotonic() - self._idle_checked < self._mark_every:
             return
-        metadata = found.get("metadata") or {}
+        self._idle_checked = time.monotonic()
+        first = await self.deployer.deployment(entry)
+        if first is None or not (first.get("spec") or {}).get("replicas") or not self._idle_by_mark(first):
+            return
+        await anyio.sleep(QUIET)
+        second = await self.deployer.deployment(entry)
+        version = ((second or {}).get("metadata") or {}).get("resourceVersion")
+        if second is None or version != (first.get("metadata") or {}).get("resourceVersion"):
+            return  # it changed meanwhile: maybe another gateway's mark; decided again later
+        if not self._still_idle():
+            return  # a request came here meanwhile
         try:
-            shared = float((metadata.get("annotations") or {}).get(manifests.LAST_REQUEST) or 0)
-        except ValueError:
-            shared = 0.0
-        if now - shared <= entry.idle_timeout:
-            return  # another gateway served a request within idle_timeout
-        try:
-            await self.deployer.scale(entry, 0, resource_version=metadata.get("resourceVersion"))
+            await self.deployer.scale(entry, 0, resource_version=version)
         except ConflictError:
-            return  # it changed since it was read: maybe another gateway's mark; the next round decides
+            return
         self.scaled_to_zero += 1
         log.info(
             "server %r: no request through any gateway for %g s (idle_timeout): scaled to zero",
@@ -225,26 +276,57 @@ class ScaleController:
             entry.idle_timeout,
         )
 
+    def _idle_by_mark(self, deployment: dict[str, Any]) -> bool:
+        assert self.entry.idle_timeout is not None
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        try:
+            shared = float(annotations.get(manifests.LAST_REQUEST) or 0)
+        except ValueError:
+            shared = 0.0
+        return time.time() - shared > self.entry.idle_timeout
+
     async def wake(self) -> None:
-        """A request found no serving pod: scale up once (in the controller's task) and wait for a serving
-        endpoint, up to `timeouts.startup` + 5 s. DeployError if the scale failed (at once within the
-        backoff of an earlier failure) or no pod was ready in time."""
+        """A request found no serving pod: have the controller's task scale up (again each round while none
+        serves, in case another gateway scaled down meanwhile) and wait for a serving endpoint, up to
+        `timeouts.startup` + 5 s. DeployError if the scale failed, or no pod was ready in time; within the
+        backoff of such a failure (1 s doubling to 60 s), at once."""
         self._last_request = time.monotonic()
         self._last_request_wall = time.time()
         failed = self.error or self.not_ready
         if failed is not None and time.monotonic() < self.retry_at:
-            raise copy.copy(failed)  # within the backoff of a failure: at once, no new wait
-        done = self._round_done
-        self._woken = True
-        self._kick.set()
+            raise copy.copy(failed)  # a fresh one each time: the one kept must not gather tracebacks
         within = self.entry.timeouts.startup + WAKE_MARGIN
         with anyio.move_on_after(within):
-            await done.wait()
-            if self.error is not None:
-                raise copy.copy(self.error)
-            await self._serving.wait()
+            while not self._serving.is_set():
+                done = self._round_done
+                self._woken = True
+                self._kick.set()
+                await done.wait()
+                if self.error is not None:
+                    raise copy.copy(self.error)
+                with anyio.move_on_after(RECONCILE_INTERVAL):
+                    await self._serving.wait()
             return
-        raise DeployError(f"no pod was ready within {within:g} s (setting: timeouts.startup)", server_id=self.entry.id)
+        reason = await self._reason()
+        self.not_ready = DeployError(
+            f"no pod was ready within {within:g} s (setting: timeouts.startup){reason}; see `mcpfleet status"
+            f" {self.entry.id}` and `mcpfleet logs {self.entry.id}`",
+            server_id=self.entry.id,
+        )
+        self.retry_at = time.monotonic() + self._backoff
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+        raise copy.copy(self.not_ready)
+
+    async def _reason(self) -> str:
+        """The Deployment's own word on why no pod is ready (a failing condition's message), if it has one."""
+        try:
+            found = await self.deployer.deployment(self.entry)
+        except DeployError:
+            return ""
+        for condition in ((found or {}).get("status") or {}).get("conditions") or []:
+            if condition.get("status") == "False" and condition.get("message"):
+                return f" ({condition['message']})"
+        return ""
 
     def _failed(self, exc: DeployError) -> None:
         self.error = exc

@@ -13,6 +13,7 @@ Nothing here creates a namespace: a namespace that does not exist is an error na
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +31,8 @@ MERGE = "application/merge-patch+json"
 CREATED_BY = "mcpfleet.io/created-by"  # annotation: `gateway` on objects a gateway created (it removes them)
 READY_POLL = 0.25  # seconds between checks of a Deployment's ready replicas, doubling up to:
 READY_POLL_MAX = 2.0
-REMOVED_KINDS = ("Deployment", "Service", "Secret")
+REMOVED_KINDS = ("Deployment", "Service")  # listed by label; a server's Secret is deleted by its name
+ACTIVITY_MANAGER = "mcpfleet-activity"  # the field manager of the activity mark
 
 
 class KubernetesDeployer:
@@ -168,8 +170,11 @@ class KubernetesDeployer:
         changes = []
         for body in manifests.objects(entry, namespace=namespace, project=self.project):
             kind, name = body["kind"], body["metadata"]["name"]
-            existing = await self.cluster.request("GET", KINDS[kind], namespace, name, missing_ok=True)
             shown = _masked(body)
+            if kind == "Secret":  # never read back (RBAC grants no get on Secrets): applied either way
+                changes.append(Change("update", kind, name, entry.id, "server-side apply", shown))
+                continue
+            existing = await self.cluster.request("GET", KINDS[kind], namespace, name, missing_ok=True)
             if existing is None:
                 changes.append(Change("create", kind, name, entry.id, f"in namespace {namespace}", shown))
             else:
@@ -201,13 +206,17 @@ class KubernetesDeployer:
             digest = manifests.secret_digest(entry, stored["metadata"]["uid"])
             deployment["spec"]["template"]["metadata"].setdefault("annotations", {})[manifests.SECRET_DIGEST] = digest
         if existing is None:
+            # Created by an apply of `mcpfleet` (which then owns every field it wrote, so a field dropped
+            # from the entry later is removed), then `spec.replicas` and the created-by annotation are handed
+            # to `mcpfleet-scale` (it applies them too, then `mcpfleet` applies without them): no later apply
+            # of the entry undoes a scale, and who made the Deployment stays recorded (`down(created_by=)`).
             deployment["spec"]["replicas"] = replicas_if_created
-            # Set at create by the scale field manager, so no later apply removes it; who made the Deployment
-            # made the server's objects (`down(created_by=)` reads it).
             deployment["metadata"]["annotations"][CREATED_BY] = created_by
-            existing = await self.cluster.request(
-                "POST", kind, namespace, body=deployment, query={"fieldManager": manifests.SCALE_MANAGER}
-            )
+            existing = await self._apply(deployment)
+            await self._apply(_scale_part(deployment), manager=manifests.SCALE_MANAGER)
+            del deployment["spec"]["replicas"]
+            del deployment["metadata"]["annotations"][CREATED_BY]
+            existing = await self._apply(deployment)
             if secret is not None:  # now that its owner exists
                 secret["metadata"]["ownerReferences"] = [_owner(existing)]
                 await self._apply(secret)
@@ -219,7 +228,8 @@ class KubernetesDeployer:
         await self._apply(service)
         return dict(existing)
 
-    async def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _apply(self, body: dict[str, Any], *, manager: str = manifests.FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply of `body` as field `manager`, forced (mcpfleet owns what it declares)."""
         metadata = body["metadata"]
         result: dict[str, Any] = await self.cluster.request(
             "PATCH",
@@ -228,7 +238,7 @@ class KubernetesDeployer:
             metadata["name"],
             body=body,
             content_type=APPLY,
-            query={"fieldManager": manifests.FIELD_MANAGER, "force": "true"},
+            query={"fieldManager": manager, "force": "true"},
         )
         return result
 
@@ -273,6 +283,7 @@ class KubernetesDeployer:
             found["metadata"]["name"],
             body={"metadata": {"annotations": {key: value}}},
             content_type=MERGE,
+            query={"fieldManager": ACTIVITY_MANAGER},
         )
 
     async def up(
@@ -290,18 +301,24 @@ class KubernetesDeployer:
         return await self.status(entry.id, entry)
 
     async def wait_ready(self, entry: KubernetesServer, want: int, *, progress: Progress | None = None) -> None:
+        """Wait until the Deployment's rollout is complete, as `kubectl rollout status` judges it: the
+        controller saw the last change (`observedGeneration`), `want` pods run the present template and are
+        available, and no old one is left. Bounded by `timeouts.startup` (at least 60 s for image pulls);
+        DeployError naming the Deployment's own reason when it gives one."""
         within = max(60.0, entry.timeouts.startup)
         deadline = time.monotonic() + within
         pause = READY_POLL
         told = -1
         while True:
             found = await self.deployment(entry)
-            status = (found or {}).get("status") or {}
-            ready = int(status.get("readyReplicas") or 0)
+            if found is None:
+                raise DeployError("its Deployment is gone", server_id=entry.id)
+            status = found.get("status") or {}
+            ready = int(status.get("availableReplicas") or status.get("readyReplicas") or 0)
             if ready != told and progress is not None:
                 progress(f"{entry.id}: {ready}/{want} pods ready")
                 told = ready
-            if ready >= want and int(status.get("replicas") or 0) <= max(want, ready):
+            if _rolled_out(found, want):
                 return
             if time.monotonic() > deadline:
                 reason = _condition_message(status)
@@ -313,13 +330,22 @@ class KubernetesDeployer:
             pause = min(READY_POLL_MAX, pause * 2)
 
     async def plan_down(self, server_id: str | None = None, entry: KubernetesServer | None = None) -> list[Change]:
+        """What `down` would delete: the labelled Deployments and Services, and each of their servers' Secret
+        (by its name: the gateway may not list Secrets, whose list would show their data)."""
         namespace = await self.namespace(entry)
         changes = []
+        servers: set[str] = set()
         for kind in REMOVED_KINDS:
             for item in await self._labelled(kind, namespace, self._removal_selector(server_id)):
                 metadata = item["metadata"]
                 owner = (metadata.get("labels") or {}).get(manifests.SERVER)
                 changes.append(Change("remove", kind, metadata["name"], owner, f"in namespace {namespace}"))
+                servers.add(owner or "")
+        if entry is not None and entry.secret_env:
+            servers.add(entry.id)
+        for owner in sorted(servers - {""}):
+            name = manifests.secret_name(self.project, owner)
+            changes.append(Change("remove", "Secret", name, owner, f"in namespace {namespace}, if it exists"))
         return changes
 
     async def down(
@@ -335,7 +361,7 @@ class KubernetesDeployer:
                 return []
         changes = []
         for change in await self.plan_down(server_id, entry):
-            await self.cluster.request(
+            deleted = await self.cluster.request(
                 "DELETE",
                 KINDS[change.kind],
                 namespace,
@@ -343,11 +369,27 @@ class KubernetesDeployer:
                 body={"propagationPolicy": "Background"},
                 missing_ok=True,
             )
-            changes.append(change)
+            if deleted is not None:  # None: it was not there (a Secret of a server without secret_env)
+                changes.append(dataclasses.replace(change, reason=change.reason.removesuffix(", if it exists")))
         return changes
 
     def _removal_selector(self, server_id: str | None) -> dict[str, str]:
         return {manifests.MANAGED_BY: manifests.MANAGER, **manifests.selector(self.project, server_id)}
+
+
+def _scale_part(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The fields `mcpfleet-scale` owns on a Deployment: `spec.replicas` and the created-by annotation."""
+    metadata = deployment["metadata"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "annotations": {CREATED_BY: metadata["annotations"][CREATED_BY]},
+        },
+        "spec": {"replicas": deployment["spec"]["replicas"]},
+    }
 
 
 def _owner(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -384,6 +426,15 @@ def _exit_code(status: dict[str, Any]) -> int | None:
         if terminated and terminated.get("exitCode") is not None:
             return int(terminated["exitCode"])
     return None
+
+
+def _rolled_out(deployment: dict[str, Any], want: int) -> bool:
+    metadata, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+    if int(status.get("observedGeneration") or 0) < int(metadata.get("generation") or 0):
+        return False
+    updated = int(status.get("updatedReplicas") or 0)
+    available = int(status.get("availableReplicas") or status.get("readyReplicas") or 0)
+    return updated >= want and available >= want and int(status.get("replicas") or 0) <= want
 
 
 def _condition_message(status: dict[str, Any]) -> str:

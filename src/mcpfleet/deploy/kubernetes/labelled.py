@@ -13,7 +13,7 @@ alone. The gateway neither scales nor deletes what it discovers.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,15 +135,11 @@ class LabelledServices:
                 found[server_id] = old  # the same source: its watch goes on
                 continue
             source = EndpointSliceSource(
-                self.cluster, _const(namespace), _named(name), port_name or manifests.PORT_NAME
+                self.cluster, _named(namespace), _named(name), port_name or manifests.PORT_NAME
             )
             found[server_id] = Labelled(entry, source, namespace, name)
         self._found[namespace] = found
         self._changed.set()
-
-
-def _const(value: str) -> Callable[[], str]:
-    return lambda: value
 
 
 def _named(name: str) -> Any:

@@ -19,18 +19,28 @@ DISCOVERY: tuple[Rule, ...] = (
 )
 
 # Creating, scaling (to zero and back) and deleting the servers it deploys (`deployer: true` in the chart).
+# Objects are written by server-side apply (a PATCH); an apply that creates the object also needs `create`
+# (the API server checks both), so `create` is granted though no POST is made. Secrets are written and
+# deleted by name, never read: `get` or `list` on Secrets would show every Secret's data in the namespace.
 DEPLOYER: tuple[Rule, ...] = (
     ("apps", "deployments", ("get", "list", "create", "patch", "delete")),
-    ("apps", "deployments/scale", ("get", "patch", "update")),
-    ("", "services", ("get", "list", "create", "patch", "delete")),
-    ("", "secrets", ("get", "list", "create", "patch", "delete")),
+    ("apps", "deployments/scale", ("update",)),
+    ("", "services", ("create", "patch", "delete")),
+    ("", "secrets", ("create", "patch", "delete")),
+)
+
+# Verbs granted though a run may show no request with them: `create` is checked on an apply that creates.
+IMPLIED: tuple[Rule, ...] = (
+    ("apps", "deployments", ("create",)),
+    ("", "services", ("create",)),
+    ("", "secrets", ("create",)),
 )
 
 # `discovery: labels`: Services labelled for mcpfleet that the registry does not list.
 LABELLED_SERVICES: tuple[Rule, ...] = (("", "services", ("list", "watch")),)
 
-# What the CLI adds for `status` and `logs` (not the gateway's).
-INSPECT: tuple[Rule, ...] = (("", "pods", ("list",)), ("", "pods/log", ("get",)))
+# What the CLI adds: `status` and `logs` read pods, `deploy`'s plan reads the Service (not the gateway's).
+INSPECT: tuple[Rule, ...] = (("", "pods", ("list",)), ("", "pods/log", ("get",)), ("", "services", ("get",)))
 
 GATEWAY: tuple[Rule, ...] = DISCOVERY + DEPLOYER
 

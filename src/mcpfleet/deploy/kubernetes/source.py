@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -87,7 +87,7 @@ class EndpointSliceSource:
     def __init__(
         self,
         cluster: Cluster,
-        namespace: Callable[[], str],
+        namespace: Callable[[], Awaitable[str]],
         service: Callable[[], Any],
         port_name: str,
         *,
@@ -102,7 +102,7 @@ class EndpointSliceSource:
     async def watch(self) -> AsyncIterator[tuple[ReplicaAddress, ...]]:
         last: tuple[ReplicaAddress, ...] | None = None
         selector = {"labelSelector": f"{SERVICE_NAME}={await self.service()}"}
-        async for slices in self.cluster.follow(KINDS["EndpointSlice"], self.namespace(), selector):
+        async for slices in self.cluster.follow(KINDS["EndpointSlice"], await self.namespace(), selector):
             current = replica_set(slices.values(), self.port_name)
             if current != last:
                 last = current
