@@ -4,6 +4,7 @@ the labels the gateway finds its Service by; the printed objects are the chart's
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,14 @@ def test_a_chart_entry_without_helm_is_one_line(tmp_path: Path) -> None:
     env = {"HELM": "", "PATH": os.path.dirname(os.environ.get("PYTHON", "/usr/bin/python3"))}
     done = run_cli("deploy", "time", "--registry", str(registry), "--dry-run", env=env)
     assert done.returncode == 2 and "helm" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_replicas_null_leaves_the_count_to_whoever_scales(tmp_path: Path) -> None:
+    """`replicas: null` renders no `spec.replicas`: a Helm 4 upgrade (server-side apply) then takes no count
+    back from a gateway that scaled the server to zero, or from `mcpfleet scale`."""
+    values = tmp_path / "values.yaml"
+    values.write_text("replicas: null\n")
+    argv = [str(helm_path()), "template", "t", str(ROOT / "charts" / "mcp-server"), "-f", str(values)]
+    rendered = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    (deployment,) = [o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "Deployment"]
+    assert "replicas" not in deployment["spec"]

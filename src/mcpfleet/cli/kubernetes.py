@@ -58,6 +58,15 @@ class Cluster:
 
         return _run(go)
 
+    def namespace_of(self, entry: KubernetesServer) -> str:
+        """The namespace the gateway and the deployer use for `entry` (the kubeconfig context's when neither
+        --namespace nor the entry names one): where helm must install a chart entry."""
+
+        async def find(deployer: KubernetesDeployer) -> str:
+            return await deployer.namespace(entry)
+
+        return self.run(find)
+
     def namespace_offline(self, entry: KubernetesServer) -> str:
         """The namespace for a dry run, which asks no cluster: --namespace, the entry's, else `default`."""
         return self.namespace or entry.namespace or "default"
@@ -128,10 +137,12 @@ def scale(entry: KubernetesServer, replicas: int, *, dry_run: bool, where: Clust
 def _deploy_chart(entry: KubernetesServer, replicas: int | None, *, dry_run: bool, where: Cluster, json_: bool) -> None:
     assert entry.chart is not None
     release = manifests.object_name(where.project, entry.id)
-    namespace = where.namespace_offline(entry)
+    namespace = where.namespace_offline(entry) if dry_run else where.namespace_of(entry)
     values = dict(entry.values)
     if replicas is not None:
         values["replicas"] = replicas
+    elif entry.idle_timeout is not None and _is_mcp_server_chart(entry.chart):
+        values.setdefault("replicas", None)  # a gateway scales it: an upgrade must not take the count back
     if _is_mcp_server_chart(entry.chart):  # the labels the gateway finds the chart's Service by
         values.setdefault("server", entry.id)
         values.setdefault("project", where.project)
@@ -241,7 +252,7 @@ def remove(
     release is uninstalled with helm first."""
     if entry is not None and entry.chart is not None and not dry_run:
         release = manifests.object_name(where.project, entry.id)
-        argv = where.helm("uninstall", release, "--namespace", where.namespace_offline(entry), "--ignore-not-found")
+        argv = where.helm("uninstall", release, "--namespace", where.namespace_of(entry), "--ignore-not-found")
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise DeployError(f"helm uninstall failed: {done.stderr.strip()}", server_id=entry.id)

@@ -27,6 +27,7 @@ import anyio.abc
 
 from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
+from mcpfleet.deploy.kubernetes.controller import place
 from mcpfleet.errors import GatewayError, RegistryError
 from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
@@ -155,21 +156,31 @@ class Gateway:
 
     async def _discover_labelled(self) -> None:
         """`gateway.discovery: labels`: serve the labelled Services no entry lists (deploy/kubernetes/labelled.py)."""
-        from mcpfleet.deploy.kubernetes.labelled import LabelledServices
+        from mcpfleet.deploy.kubernetes.labelled import Labelled, LabelledServices
 
         namespaces = self._snapshot.gateway.discovery_namespaces
         watcher = LabelledServices(self.deployments.cluster, namespaces)
+        sources: dict[str, ReplicaSource] = {}
+
+        def found(servers: dict[str, Labelled]) -> None:
+            # A server whose Service changed gets a new runtime (following the new source): out, then in.
+            moved = {i for i, labelled in servers.items() if i in sources and sources[i] is not labelled.source}
+            if moved:
+                self._discovered = {i: e for i, e in self._discovered.items() if i not in moved}
+                self._swap(self._file_registry)
+            for server_id in set(sources) - set(servers):
+                self.replica_sources.pop(server_id, None)
+            sources.clear()
+            for server_id, labelled in servers.items():
+                sources[server_id] = self.replica_sources[server_id] = labelled.source
+            self._discovered = {server_id: labelled.entry for server_id, labelled in servers.items()}
+            log.info("discovered servers (labelled Services): %s", sorted(servers) or "none")
+            self._swap(self._file_registry)
+
         while True:
             try:
-                async for found in watcher.watch():
-                    for server_id in set(self._discovered) - set(found):
-                        self.replica_sources.pop(server_id, None)
-                    for server_id, labelled in found.items():
-                        self.replica_sources[server_id] = labelled.source
-                    self._discovered = {server_id: labelled.entry for server_id, labelled in found.items()}
-                    log.info("discovered servers (labelled Services): %s", sorted(found) or "none")
-                    self.apply(self._file_registry)
-            except Exception as exc:  # discovery failing must not take the gateway down
+                await watcher.run(found)
+            except Exception as exc:  # no API configuration, or a fault of ours: the gateway goes on without it
                 log.warning("discovery of labelled Services failed (%s); trying again in 5 s", exc)
                 await anyio.sleep(5)
 
@@ -238,25 +249,35 @@ class Gateway:
         (`ServerRuntime.configure`); removed ones, and ones whose type or transport changed, drain. `fresh` is
         the registry file's; servers discovery found are added under ids the file does not use."""
         self._file_registry = fresh
+        for warning in fresh.warnings:
+            log.warning("registry: %s", warning)
+        self.reload_error = []
+        self.reloads["ok"] += 1
+        self._swap(fresh)
+
+    def _swap(self, fresh: Registry) -> None:
+        """Make `fresh` (the registry file's, plus the servers discovery found) the snapshot in force."""
         extra = {i: e for i, e in self._discovered.items() if i not in fresh.servers and i not in fresh.failed}
         if extra:
             fresh = fresh.model_copy(update={"servers": {**extra, **fresh.servers}})
         old = self._snapshot
         self._snapshot = fresh
-        for warning in fresh.warnings:
-            log.warning("registry: %s", warning)
         self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
         for notice in self.policy.notices():
             log.warning("%s", notice)
         self.generation += 1
-        self.reload_error = []
-        self.reloads["ok"] += 1
         size = fresh.gateway.max_message_bytes
         for server_id, runtime in list(self._runtimes.items()):
             entry = fresh.servers.get(server_id)
             before = old.servers.get(server_id)
             if entry is not None and backend(entry) != backend(before):
                 entry = None  # into or out of a backend: the runtime drains and another takes the entry
+            elif (
+                isinstance(entry, KubernetesServer)
+                and isinstance(before, KubernetesServer)
+                and place(entry) != place(before)
+            ):
+                entry = None  # its objects or replicas are elsewhere now: a new runtime watches there
             elif (
                 isinstance(entry, DockerServer)
                 and entry.stdio
@@ -287,7 +308,7 @@ class Gateway:
         removed = sorted(set(old.servers) - set(fresh.servers))
         changed = sorted(i for i in set(fresh.servers) & set(old.servers) if fresh.servers[i] != old.servers[i])
         log.info(
-            "registry reloaded (generation %d): %d server(s), added %s, changed %s, removed %s",
+            "servers in force (generation %d): %d, added %s, changed %s, removed %s",
             self.generation,
             len(fresh.servers),
             added or "none",

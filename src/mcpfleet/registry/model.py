@@ -619,6 +619,14 @@ class KubernetesServer(_ContainerEntry):
             raise ValueError("'values' and 'chart_version' are for 'chart' entries")
         if self.chart is not None and self.port is None:
             raise ValueError("a 'chart' entry needs the 'port' its Service serves MCP on")
+        if self.stdio:
+            carried = {"mode", "min", "max"}  # what `mcpfleet adapter` takes (deploy/container.py)
+            dropped = sorted(set(self.pool.model_fields_set) - carried)
+            if dropped:
+                raise ValueError(
+                    f"pool.{dropped[0]} is not carried to the pods' `mcpfleet adapter`, which takes pool.mode,"
+                    " pool.min and pool.max: leave it out of a kubernetes entry"
+                )
         if self.image is not None and self.port is None and self.command is None:
             raise ValueError(
                 "a stdio server (no 'port') needs 'command': each pod runs it behind `mcpfleet adapter`, which"

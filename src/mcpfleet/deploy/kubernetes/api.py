@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import anyio
 
 from mcpfleet.errors import DeployError
 
@@ -85,12 +86,23 @@ class Cluster:
         self.context = context
         self.default_namespace = "default"
         self._client: Any = None
+        self._connecting = anyio.Lock()
 
     async def client(self) -> Any:
-        """The `ApiClient`, configured on first use. ClusterUnavailableError names what is missing."""
-        if self._client is None:
-            self._client = await self._connect()
-        return self._client
+        """The `ApiClient`, configured on first use (once, whoever asks first). ClusterUnavailableError names
+        what is missing."""
+        async with self._connecting:
+            if self._client is None:
+                self._client = await self._connect()
+            return self._client
+
+    async def reconnect(self) -> None:
+        """Read the configuration again on the next call: credentials expire (exec and OIDC tokens of a
+        kubeconfig are not refreshed by the client); the service account's token file is re-read anyway."""
+        async with self._connecting:
+            client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def _connect(self) -> Any:
         from kubernetes_asyncio import client, config
@@ -141,15 +153,28 @@ class Cluster:
         missing_ok: bool = False,
         within: float = REQUEST_TIMEOUT,
     ) -> Any:
-        """One call; its JSON answer (None for a 404 with `missing_ok`). Errors as the module says."""
+        """One call; its JSON answer (None for a 404 with `missing_ok`). Errors as the module says; a 401
+        reads the configuration again and tries once more (an expired token)."""
         verb = _verb(method, name, query)
-        async with self._call(method, kind, namespace, name, subresource, query, body, content_type, within) as answer:
-            if answer.status == 404 and missing_ok:
-                return None
-            text = await answer.text()
-            if answer.status >= 400:
-                raise _refused(answer.status, text, verb, kind, namespace, name, subresource)
-            return json.loads(text) if text else None
+        for attempt in (1, 2):
+            async with self._call(
+                method, kind, namespace, name, subresource, query, body, content_type, within
+            ) as answer:
+                if answer.status == 401 and attempt == 1:
+                    await self.reconnect()
+                    continue
+                if answer.status == 404 and missing_ok:
+                    return None
+                text = await _read(answer, verb, kind, namespace)
+                if answer.status >= 400:
+                    raise _refused(answer.status, text, verb, kind, namespace, name, subresource)
+                try:
+                    return json.loads(text) if text else None
+                except ValueError:
+                    raise ClusterUnavailableError(
+                        f"the Kubernetes API answered {verb} {kind.resource} in {namespace!r} with no JSON"
+                    ) from None
+        raise AssertionError("unreachable")
 
     async def request_text(
         self, kind: Kind, namespace: str, name: str, subresource: str, query: Mapping[str, Any]
@@ -190,7 +215,11 @@ class Cluster:
                     return  # the server ended it (timeoutSeconds, or it restarted): the caller resumes
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    log.warning("a watch of %s in %r sent a line that is not JSON: resuming", kind.resource, namespace)
+                    return
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise _refused(
@@ -285,6 +314,17 @@ class _Answer:
     async def __aexit__(self, *exc: object) -> None:
         if self.response is not None:
             self.response.release()
+
+
+async def _read(answer: Any, verb: str, kind: Kind, namespace: str) -> str:
+    """An answer's body; a connection that breaks while it is read is ClusterUnavailableError."""
+    try:
+        text: str = await answer.text()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise ClusterUnavailableError(
+            f"the Kubernetes API's answer to {verb} {kind.resource} in {namespace!r} broke off ({exc})"
+        ) from None
+    return text
 
 
 def _exists(path: str) -> bool:

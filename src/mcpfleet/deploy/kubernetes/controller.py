@@ -49,6 +49,12 @@ MARK_EVERY_MAX = 30.0  # seconds: the activity mark is written at most this ofte
 QUIET = RECONCILE_INTERVAL * 2 + 1
 
 
+def place(entry: KubernetesServer) -> tuple[object, ...]:
+    """Where a kubernetes entry's objects and replicas are. A reload that changes it gets a new runtime and
+    controller (a new watch), and the old one deletes what a gateway created in the old place."""
+    return (entry.namespace, entry.image is None, entry.chart, entry.discovery)
+
+
 class ScaleController:
     """Keeps one kubernetes entry: `run()` until cancelled. Implements `deploy.base.Deployment`."""
 
@@ -132,9 +138,10 @@ class ScaleController:
         self._removed = True
 
     def hand_over(self, successor: Any) -> None:
-        """The entry came back while this controller's runtime drained: its objects are the successor's
-        now, so this one deletes nothing when it ends."""
-        self._removed = False
+        """The entry came back while this controller's runtime drained: when the successor keeps its objects
+        in the same place, they are the successor's now, and this one deletes nothing when it ends."""
+        if isinstance(successor, ScaleController) and place(successor.entry) == place(self.entry):
+            self._removed = False
 
     def describe(self) -> dict[str, Any]:
         entry = self.entry

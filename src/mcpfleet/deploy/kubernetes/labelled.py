@@ -13,7 +13,7 @@ alone. The gateway neither scales nor deletes what it discovers.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +70,8 @@ def entry_of(service: Mapping[str, Any], namespace: str) -> tuple[str, HttpServe
 
 
 class LabelledServices:
-    """Watches labelled Services in `namespaces` (empty: the default namespace) and yields every discovered
-    server by id, first as found, then after each change. The API failing is retried with backoff."""
+    """Watches labelled Services in `namespaces` (empty: the default namespace) and tells every discovered
+    server by id (`run`)."""
 
     def __init__(self, cluster: Cluster, namespaces: tuple[str, ...]) -> None:
         self.cluster = cluster
@@ -79,7 +79,10 @@ class LabelledServices:
         self._found: dict[str, dict[str, Labelled]] = {}  # namespace -> id -> server
         self._changed = anyio.Event()
 
-    async def watch(self) -> AsyncIterator[dict[str, Labelled]]:
+    async def run(self, found: Callable[[dict[str, Labelled]], None]) -> None:
+        """Until cancelled: tell `found` every discovered server by id, first as found, then after each
+        change. The API failing is retried per namespace with backoff (1 s doubling to 60 s); the servers
+        found stay meanwhile."""
         await self.cluster.client()
         namespaces = self.namespaces or (self.cluster.default_namespace,)
         last: dict[str, tuple[str, HttpServer]] | None = None
@@ -91,12 +94,12 @@ class LabelledServices:
                 self._changed = anyio.Event()
                 merged: dict[str, Labelled] = {}
                 for namespace in namespaces:
-                    for server_id, found in self._found.get(namespace, {}).items():
-                        merged.setdefault(server_id, found)
+                    for server_id, labelled in self._found.get(namespace, {}).items():
+                        merged.setdefault(server_id, labelled)
                 shape = {i: (f.service, f.entry) for i, f in merged.items()}
                 if shape != last:
                     last = shape
-                    yield merged
+                    found(merged)
 
     async def _follow(self, namespace: str) -> None:
         backoff = 1.0

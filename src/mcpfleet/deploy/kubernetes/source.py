@@ -28,6 +28,8 @@ log = logging.getLogger("mcpfleet.kubernetes")
 
 SERVICE_NAME = "kubernetes.io/service-name"  # the label EndpointSlices carry (their Service)
 DNS_INTERVAL = 30.0  # seconds between DNS lookups
+# getaddrinfo's "no such name" and "no address": a headless Service whose pods are all gone has no record.
+_NO_RECORDS = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 def replica_set(slices: Iterable[Mapping[str, Any]], port_name: str) -> tuple[ReplicaAddress, ...]:
@@ -136,14 +138,21 @@ class DnsSource:
         while True:
             try:
                 infos = await anyio.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                if exc.errno not in _NO_RECORDS:
+                    log.warning("DNS lookup of %s failed (%s): keeping %d replica(s)", self.host, exc, len(last or ()))
+                    await anyio.sleep(self.interval)
+                    continue
+                infos = []  # the name has no record: a headless Service with no ready pod (scaled to zero)
             except OSError as exc:
                 log.warning("DNS lookup of %s failed (%s): keeping %d replica(s)", self.host, exc, len(last or ()))
-            else:
-                urls = sorted({base_url(str(info[4][0]), self.port) for info in infos})
-                current = tuple(ReplicaAddress(url) for url in urls)
-                if current != last:
-                    last = current
-                    if self.listed is not None:
-                        self.listed(current)
-                    yield current
+                await anyio.sleep(self.interval)
+                continue
+            urls = sorted({base_url(str(info[4][0]), self.port) for info in infos})
+            current = tuple(ReplicaAddress(url) for url in urls)
+            if current != last:
+                last = current
+                if self.listed is not None:
+                    self.listed(current)
+                yield current
             await anyio.sleep(self.interval)
