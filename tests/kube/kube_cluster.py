@@ -218,10 +218,9 @@ class PodRun:
         try:
             return await self.process.wait()
         finally:
-            probe.cancel()
+            await cancelled(probe)
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(pump, 2.0)
-            await asyncio.gather(probe, return_exceptions=True)
             self.kube.close_log(self.namespace, self.name)
 
     async def _pump(self, process: asyncio.subprocess.Process) -> None:
@@ -342,8 +341,7 @@ class PodRun:
                 await asyncio.wait_for(self.process.wait(), min(seconds * scale, grace * scale))
         await self.kill(signal.SIGTERM, wait=max(deadline - asyncio.get_running_loop().time(), 0.05))
         await self.kill(signal.SIGKILL, wait=5.0)
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        await cancelled(self.task)
         pod = self.kube.find("pods", self.namespace, self.name)
         if pod is not None and pod["metadata"]["uid"] == self.uid:
             self.kube.delete("pods", self.namespace, self.name, grace_period=0)
@@ -358,6 +356,14 @@ class PodRun:
             os.killpg(process.pid, sig)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), wait)
+
+
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it ended. Python 3.11's `asyncio.wait_for` can swallow a cancellation that
+    arrives as its inner wait completes (gh-86296), so a loop of them may go on: cancel again until it ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
 
 
 def bindable(ip: str, port: int) -> bool:
@@ -416,8 +422,7 @@ class Cluster:
         """Stop the controllers, kill every pod process and wait for it (bounded); pods stay in the store."""
         try:
             if self._loop is not None:
-                self._loop.cancel()
-                await asyncio.gather(self._loop, return_exceptions=True)
+                await cancelled(self._loop)
             runs = list(self._runs.values())
             for run in runs:
                 run.terminating = True
@@ -425,9 +430,8 @@ class Cluster:
                     if task is not None:
                         task.cancel()
             await asyncio.gather(*(run.kill(signal.SIGKILL, wait=5.0) for run in runs), return_exceptions=True)
-            await asyncio.gather(
-                *(t for run in runs for t in (run.task, run.stop_task) if t is not None), return_exceptions=True
-            )
+            tasks = [t for run in runs for t in (run.task, run.stop_task) if t is not None]
+            await asyncio.gather(*(cancelled(t) for t in tasks), return_exceptions=True)
             self._runs.clear()
             self._ips.clear()
         finally:

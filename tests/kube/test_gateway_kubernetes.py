@@ -594,3 +594,44 @@ def test_labelled_services_are_served_only_when_the_registry_allows(kube_api: Ku
                 await until(gone, 60)
 
     run(main)
+
+
+def test_many_servers_share_one_watch_per_namespace(kube_api: KubeApi, tmp_path: Path) -> None:
+    """120 kubernetes servers in one namespace: the gateway holds one EndpointSlice watch there (a watch per
+    server took the API client's 100 connections, and every other call waited), creates every server's
+    objects, and routes to the last one once it has a pod (bench/kubernetes.py found the fault)."""
+    project = "many"
+    count = 120
+    registry = tmp_path / "registry.yaml"
+    body = f"{{type: k8s, image: {DEMO}, port: 8080, namespace: {NS}, start: on_demand}}"
+    registry.write_text(registry_text(**{f"s{i}": body for i in range(count)}))
+
+    async def main() -> None:
+        async with kube_api() as kube, Cluster(kube, IMAGES) as cluster:
+            kube.create("namespaces", {"metadata": {"name": NS}})
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+            async with gateways(1, registry, kubeconfig, project) as (gateway,):
+                await gateway.started()
+                selector = f"{manifests.PROJECT}={project}"
+                await cluster.wait_for(lambda: len(kube.list("services", NS, selector)) == count, 120, "every Service")
+                assert len(kube.list("deployments", NS, selector)) == count
+                assert kube.open_watches <= 2  # the namespace's slices (and nothing per server)
+                last = f"s{count - 1}"
+                (pod_name,) = await cluster.wait_for(lambda: wake_and_name(kube, project, last), 60, "a pod")
+                assert await one_call(gateway.mcp(last)) == pod_name
+
+    run(main)
+
+
+def wake_and_name(kube: KubeEmulator, project: str, server_id: str) -> list[str]:
+    """Scale `server_id` to one pod (as a request would), and its ready pods' names once there are."""
+    name = manifests.object_name(project, server_id)
+    if not replicas_of(kube, project, server_id):
+        kube.patch("deployments", NS, name, {"spec": {"replicas": 1}})
+    return [
+        p["metadata"]["name"]
+        for p in kube.list("pods", NS, f"{manifests.SERVER}={server_id}")
+        if any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in p.get("status", {}).get("conditions", [])
+        )
+    ]

@@ -121,6 +121,7 @@ class Gateway:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._reap_idle_sessions)
+        self._task_group.start_soon(self.deployments.run)
         self._task_group.start_soon(self._maintain_pools)
         if any(isinstance(s, DockerServer) and s.stdio for s in self._snapshot.servers.values()):
             self._task_group.start_soon(self._collect_orphans)
@@ -159,7 +160,7 @@ class Gateway:
         from mcpfleet.deploy.kubernetes.labelled import Labelled, LabelledServices
 
         namespaces = self._snapshot.gateway.discovery_namespaces
-        watcher = LabelledServices(self.deployments.cluster, namespaces)
+        watcher = LabelledServices(self.deployments.cluster, namespaces, self.deployments.slice_hub)
         sources: dict[str, ReplicaSource] = {}
 
         def found(servers: dict[str, Labelled]) -> None:

@@ -18,9 +18,12 @@ use; a backend that does not answer fails only its entries' requests (503 with t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable
+
+import anyio
 
 from mcpfleet.deploy.docker import spec
 from mcpfleet.deploy.docker.attach import ContainerProcess, owner_id
@@ -30,6 +33,7 @@ from mcpfleet.deploy.docker.engine import Engine
 from mcpfleet.deploy.kubernetes.api import Cluster
 from mcpfleet.deploy.kubernetes.controller import ScaleController
 from mcpfleet.deploy.kubernetes.deployer import KubernetesDeployer
+from mcpfleet.deploy.kubernetes.source import SliceHub
 from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, KubernetesServer, Server, StdioServer
 
@@ -101,11 +105,28 @@ class Deployments:
         self.deployer = DockerDeployer(self.engine, spec.project_name(project))
         self.cluster = Cluster()
         self.kubernetes = KubernetesDeployer(self.cluster, self.deployer.project)
+        self._hubs: dict[str, SliceHub] = {}
+        self._start, self._starting = anyio.create_memory_object_stream[SliceHub](math.inf)
 
     def controller(self, entry: DockerServer | KubernetesServer) -> ReplicaController | ScaleController:
         if isinstance(entry, KubernetesServer):
-            return ScaleController(self.kubernetes, entry)
+            return ScaleController(self.kubernetes, entry, self.slice_hub)
         return ReplicaController(self.deployer, entry)
+
+    def slice_hub(self, namespace: str) -> SliceHub:
+        """The one watch of `namespace`'s EndpointSlices that every kubernetes server there shares; started
+        by `run` on first use."""
+        hub = self._hubs.get(namespace)
+        if hub is None:
+            hub = self._hubs[namespace] = SliceHub(self.cluster, namespace)
+            self._start.send_nowait(hub)
+        return hub
+
+    async def run(self) -> None:
+        """Run the shared watches (`slice_hub`) until cancelled: a task of the gateway's group."""
+        async with anyio.create_task_group() as tg, self._starting:
+            async for hub in self._starting:
+                tg.start_soon(hub.run)
 
     def containers(self, entry: DockerServer, current: Callable[[], Server | None]) -> Callable[[int], Backend]:
         """How a docker stdio entry's processes start: each a container (`ContainerProcess`) of the entry in

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -32,7 +33,7 @@ from mcpfleet.deploy.container import container_spec
 from mcpfleet.deploy.kubernetes import manifests
 from mcpfleet.deploy.kubernetes.api import ConflictError
 from mcpfleet.deploy.kubernetes.deployer import KubernetesDeployer
-from mcpfleet.deploy.kubernetes.source import DnsSource, EndpointSliceSource
+from mcpfleet.deploy.kubernetes.source import DnsSource, EndpointSliceSource, SliceHub
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import KubernetesServer
 from mcpfleet.replicas.source import ReplicaAddress, ReplicaSource
@@ -60,9 +61,10 @@ class ScaleController:
 
     drains = True  # a terminating pod serves its sessions until it is gone
 
-    def __init__(self, deployer: KubernetesDeployer, entry: KubernetesServer) -> None:
+    def __init__(self, deployer: KubernetesDeployer, entry: KubernetesServer, hubs: Callable[[str], SliceHub]) -> None:
         self.deployer = deployer
         self.entry = entry
+        self.hubs = hubs
         self.error: DeployError | None = None  # the last failed apply or scale, until one succeeds
         self.not_ready: DeployError | None = None  # no pod was ready in time after a wake, until one is
         self.retry_at = 0.0
@@ -87,7 +89,7 @@ class ScaleController:
         if entry.discovery == "dns":
             return _DnsLater(self)
         return EndpointSliceSource(
-            self.deployer.cluster,
+            self.hubs,
             lambda: self.deployer.namespace(self.entry),
             lambda: self.deployer.service_name(self.entry),
             manifests.PORT_NAME,

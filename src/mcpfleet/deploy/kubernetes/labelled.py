@@ -21,7 +21,7 @@ import anyio
 
 from mcpfleet.deploy.kubernetes import manifests
 from mcpfleet.deploy.kubernetes.api import KINDS, Cluster
-from mcpfleet.deploy.kubernetes.source import EndpointSliceSource
+from mcpfleet.deploy.kubernetes.source import EndpointSliceSource, SliceHub
 from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, Endpoint, HttpServer
 
 log = logging.getLogger("mcpfleet.kubernetes")
@@ -73,8 +73,9 @@ class LabelledServices:
     """Watches labelled Services in `namespaces` (empty: the default namespace) and tells every discovered
     server by id (`run`)."""
 
-    def __init__(self, cluster: Cluster, namespaces: tuple[str, ...]) -> None:
+    def __init__(self, cluster: Cluster, namespaces: tuple[str, ...], hubs: Callable[[str], SliceHub]) -> None:
         self.cluster = cluster
+        self.hubs = hubs
         self.namespaces = namespaces
         self._found: dict[str, dict[str, Labelled]] = {}  # namespace -> id -> server
         self._changed = anyio.Event()
@@ -137,9 +138,7 @@ class LabelledServices:
             if old is not None and old.service == name and old.entry == entry:
                 found[server_id] = old  # the same source: its watch goes on
                 continue
-            source = EndpointSliceSource(
-                self.cluster, _named(namespace), _named(name), port_name or manifests.PORT_NAME
-            )
+            source = EndpointSliceSource(self.hubs, _named(namespace), _named(name), port_name or manifests.PORT_NAME)
             found[server_id] = Labelled(entry, source, namespace, name)
         self._found[namespace] = found
         self._changed.set()

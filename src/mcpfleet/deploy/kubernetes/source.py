@@ -1,11 +1,11 @@
 """The replicas of a `kubernetes` entry: the ready endpoints of its headless Service (Plan Document, section 11).
 
-`EndpointSliceSource` lists the Service's EndpointSlices (`discovery.k8s.io/v1`, label
-`kubernetes.io/service-name`), then watches them from the list's `resourceVersion`; a watch that ends
-(`timeoutSeconds`, a cut connection) is opened again from the last version seen, and a 410 Gone (the version
-is too old) lists afresh. The replica set is the union of all the Service's slices (`replica_set`), so a
-change to any slice yields the whole set again. An API server that does not answer fails the watch: the
-gateway keeps routing to the set it has and watches again after its backoff.
+`EndpointSliceSource` is the set of one Service's ready endpoints (`replica_set`: the union of all its
+slices, label `kubernetes.io/service-name`), read from its namespace's `SliceHub`: one list of every
+EndpointSlice there, then one watch from the list's `resourceVersion`, shared by all the servers of the
+namespace. A watch that ends (`timeoutSeconds`, a cut connection) is opened again from the last version
+seen, a 410 Gone lists afresh (`Cluster.follow`); an API server that does not answer keeps the slices last
+seen, so the gateway keeps routing by them, and the hub tries again with backoff.
 
 `DnsSource` is the option for a gateway that may not watch: the headless Service's A/AAAA records, every
 30 s. It sees no `terminating` state, so a pod going away is noticed only when its record is gone.
@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 from mcpfleet.deploy.kubernetes.api import KINDS, Cluster
+from mcpfleet.errors import DeployError
 from mcpfleet.replicas.source import ReplicaAddress
 
 log = logging.getLogger("mcpfleet.kubernetes")
@@ -81,35 +82,85 @@ def base_url(address: str, port: int) -> str:
     return f"http://[{ip}]:{port}" if ip.version == 6 else f"http://{ip}:{port}"
 
 
+class SliceHub:
+    """Every EndpointSlice of one namespace, from one list-and-watch shared by the sources of all the servers
+    there (`run`, in the gateway's task group). A watch per server would hold an API connection each: the
+    client's pool (100) would be taken by 100 servers' watches and every other call would wait.
+
+    The API failing keeps the slices last seen (the gateway routes by them); the watch starts again after a
+    backoff (1 s doubling to 60 s) and lists afresh."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.slices: Mapping[str, Mapping[str, Any]] = {}
+        self.listed = False  # a first list arrived
+        self._changed = anyio.Event()
+
+    def of(self, service: str) -> list[Mapping[str, Any]]:
+        """The slices of `service` (their `kubernetes.io/service-name` label)."""
+        return [
+            s
+            for s in self.slices.values()
+            if ((s.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME) == service
+        ]
+
+    def changed(self) -> anyio.Event:
+        """Set at the next change (take it before reading, so no change between is missed)."""
+        return self._changed
+
+    async def run(self) -> None:
+        backoff = 1.0
+        failing = ""
+        while True:
+            try:
+                selector = {"labelSelector": SERVICE_NAME}
+                async for found in self.cluster.follow(KINDS["EndpointSlice"], self.namespace, selector):
+                    self.slices, self.listed = found, True
+                    backoff, failing = 1.0, ""
+                    self._changed.set()
+                    self._changed = anyio.Event()
+            except DeployError as exc:
+                if exc.message != failing:
+                    log.warning("EndpointSlices in %r: %s (again in %g s)", self.namespace, exc.message, backoff)
+                failing = exc.message
+                await anyio.sleep(backoff)
+                backoff = min(60.0, backoff * 2)
+
+
 class EndpointSliceSource:
-    """The replica set of one Service: `namespace`, and `service()` its name (a callable: a `chart` entry's
-    Service is found by its labels once the chart is installed). `listed` is told each set, for the
-    controller that waits for a ready pod after scaling up."""
+    """The replica set of one Service: `namespace()` and `service()` (async: a `chart` entry's Service is found
+    by its labels) name it, `hubs(namespace)` gives the namespace's shared `SliceHub`. `listed` is told each
+    set, for the controller that waits for a ready pod after scaling up."""
 
     def __init__(
         self,
-        cluster: Cluster,
+        hubs: Callable[[str], SliceHub],
         namespace: Callable[[], Awaitable[str]],
-        service: Callable[[], Any],
+        service: Callable[[], Awaitable[str]],
         port_name: str,
         *,
         listed: Callable[[tuple[ReplicaAddress, ...]], None] | None = None,
     ) -> None:
-        self.cluster = cluster
+        self.hubs = hubs
         self.namespace = namespace
         self.service = service
         self.port_name = port_name
         self.listed = listed
 
     async def watch(self) -> AsyncIterator[tuple[ReplicaAddress, ...]]:
+        hub = self.hubs(await self.namespace())
+        name = await self.service()
         last: tuple[ReplicaAddress, ...] | None = None
-        selector = {"labelSelector": f"{SERVICE_NAME}={await self.service()}"}
-        async for slices in self.cluster.follow(KINDS["EndpointSlice"], await self.namespace(), selector):
-            current = replica_set(slices.values(), self.port_name)
-            if current != last:
-                last = current
-                self._tell(current)
-                yield current
+        while True:
+            changed = hub.changed()
+            if hub.listed:
+                current = replica_set(hub.of(name), self.port_name)
+                if current != last:
+                    last = current
+                    self._tell(current)
+                    yield current
+            await changed.wait()
 
     def _tell(self, current: tuple[ReplicaAddress, ...]) -> None:
         if self.listed is not None:
