@@ -245,7 +245,7 @@ def _capabilities(spec: ContainerSpec) -> dict[str, Any]:
 
 
 def readiness(spec: ContainerSpec) -> dict[str, Any]:
-    timing = {"periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 1}
+    timing = {"periodSeconds": 1, "failureThreshold": 3, "timeoutSeconds": 1}
     if spec.entrypoint is not None and tuple(spec.entrypoint[:2]) == ("mcpfleet", "adapter"):
         return {"httpGet": {"path": "/readyz", "port": PORT_NAME}, **timing}
     return {"tcpSocket": {"port": PORT_NAME}, **timing}
