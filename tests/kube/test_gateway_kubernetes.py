@@ -214,7 +214,7 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
     registry = tmp_path / "registry.yaml"
     entry = (
         f"{{type: k8s, image: {DEMO}, port: 8080, replicas: 1, namespace: {NS}, idle_timeout: 4,"
-        " secret_env: {TOKEN: s3cret}, timeouts: {startup: 60, drain: 5}}"
+        " env: {GREETING: hi}, secret_env: {TOKEN: s3cret}, timeouts: {startup: 60, drain: 5}}"
     )
     registry.write_text(registry_text(demo=entry))
 

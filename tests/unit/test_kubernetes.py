@@ -92,9 +92,14 @@ def test_docker_and_kubernetes_read_the_same_fields_the_same_way() -> None:
     assert body["Cmd"] == container["args"] == ["http", "--port", "8080"]
     assert body["Image"] == container["image"] == "mcpfleet/demo:dev"
     assert "T=s3cret" in body["Env"] and "A=1" in body["Env"]
-    # Kubernetes: the secret value is in the Secret only; the literal of the same name is left out.
-    assert container["env"] == [{"name": "A", "value": "1"}]
-    assert container["envFrom"] == [{"secretRef": {"name": manifests.secret_name("p", "s")}}]
+    # Kubernetes: settings in a ConfigMap, the secret value in the Secret only (it wins: read last); the
+    # literal of the same name is left out of the ConfigMap; no value in the pod template.
+    assert "env" not in container
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": manifests.config_name("p", "s")}},
+        {"secretRef": {"name": manifests.secret_name("p", "s")}},
+    ]
+    assert manifests.config_map(kube, namespace="n", project="p")["data"] == {"A": "1"}
     assert body["HostConfig"]["Memory"] == 256 * 2**20 and container["resources"]["limits"] == {"memory": "256Mi"}
     assert body["HostConfig"]["NanoCpus"] == 5 * 10**8 and container["resources"]["requests"]["cpu"] == "500m"
     assert "cpu" not in container["resources"]["limits"]  # a CPU limit would throttle tool calls

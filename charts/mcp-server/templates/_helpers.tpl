@@ -9,6 +9,22 @@ Names and labels. They follow mcpfleet.deploy.kubernetes.manifests: a change the
 {{- end }}
 
 {{/* The Secret of secretEnv: manifests.secret_name. */}}
+{{/* The ConfigMap of the non-secret environment (`env` less the names `secretEnv` sets); manifests.config_name. */}}
+{{- define "mcp-server.configName" -}}
+{{- printf "%s-config" (regexReplaceAll "-+$" (include "mcp-server.fullname" . | trunc 56) "") -}}
+{{- end }}
+
+{{/* `env` less the names `secretEnv` sets (the Secret wins), as JSON: manifests.config_env. */}}
+{{- define "mcp-server.configEnv" -}}
+{{- $env := dict -}}
+{{- range $name, $value := .Values.env -}}
+{{- if not (hasKey $.Values.secretEnv $name) -}}
+{{- $_ := set $env $name ($value | toString) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $env -}}
+{{- end }}
+
 {{- define "mcp-server.secretName" -}}
 {{- printf "%s-env" (regexReplaceAll "-+$" (include "mcp-server.fullname" . | trunc 57) "") -}}
 {{- end }}

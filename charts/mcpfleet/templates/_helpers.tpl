@@ -75,6 +75,9 @@ DISCOVERY always; DEPLOYER with deployer: true; LABELLED_SERVICES with discovery
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch, delete]
 {{- end }}
 {{- if .Values.discovery.labels }}
 # rbac.LABELLED_SERVICES: Services labelled for mcpfleet that the registry does not list.

@@ -59,6 +59,7 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps/v1", "deployments"),
     "Service": Kind("v1", "services"),
     "Secret": Kind("v1", "secrets"),
+    "ConfigMap": Kind("v1", "configmaps"),
     "Pod": Kind("v1", "pods"),
     "EndpointSlice": Kind("discovery.k8s.io/v1", "endpointslices"),
 }

@@ -31,7 +31,7 @@ MERGE = "application/merge-patch+json"
 CREATED_BY = "mcpfleet.io/created-by"  # annotation: `gateway` on objects a gateway created (it removes them)
 READY_POLL = 0.25  # seconds between checks of a Deployment's ready replicas, doubling up to:
 READY_POLL_MAX = 2.0
-REMOVED_KINDS = ("Deployment", "Service")  # listed by label; a server's Secret is deleted by its name
+REMOVED_KINDS = ("Deployment", "Service")  # listed by label; a server's Secret and ConfigMap by their names
 ACTIVITY_MANAGER = "mcpfleet-activity"  # the field manager of the activity mark
 
 
@@ -171,7 +171,7 @@ class KubernetesDeployer:
         for body in manifests.objects(entry, namespace=namespace, project=self.project):
             kind, name = body["kind"], body["metadata"]["name"]
             shown = _masked(body)
-            if kind == "Secret":  # never read back (RBAC grants no get on Secrets): applied either way
+            if kind in ("Secret", "ConfigMap"):  # never read back (no get granted): applied either way
                 changes.append(Change("update", kind, name, entry.id, "server-side apply", shown))
                 continue
             existing = await self.cluster.request("GET", KINDS[kind], namespace, name, missing_ok=True)
@@ -199,12 +199,15 @@ class KubernetesDeployer:
         kind = KINDS["Deployment"]
         existing = await self.cluster.request("GET", kind, namespace, name, missing_ok=True)
         secret = bodies.get("Secret")
-        if secret is not None:
+        first = [b for b in (secret, bodies.get("ConfigMap")) if b is not None]  # what the pods read, before them
+        for body in first:
             if existing is not None:
-                secret["metadata"]["ownerReferences"] = [_owner(existing)]
-            stored = await self._apply(secret)
-            digest = manifests.secret_digest(entry, stored["metadata"]["uid"])
-            deployment["spec"]["template"]["metadata"].setdefault("annotations", {})[manifests.SECRET_DIGEST] = digest
+                body["metadata"]["ownerReferences"] = [_owner(existing)]
+            stored = await self._apply(body)
+            if body is secret:
+                digest = manifests.secret_digest(entry, stored["metadata"]["uid"])
+                template = deployment["spec"]["template"]["metadata"]
+                template.setdefault("annotations", {})[manifests.SECRET_DIGEST] = digest
         if existing is None:
             # Created by an apply of `mcpfleet` (which then owns every field it wrote, so a field dropped
             # from the entry later is removed), then `spec.replicas` and the created-by annotation are handed
@@ -217,9 +220,9 @@ class KubernetesDeployer:
             del deployment["spec"]["replicas"]
             del deployment["metadata"]["annotations"][CREATED_BY]
             existing = await self._apply(deployment)
-            if secret is not None:  # now that its owner exists
-                secret["metadata"]["ownerReferences"] = [_owner(existing)]
-                await self._apply(secret)
+            for body in first:  # now that their owner exists
+                body["metadata"]["ownerReferences"] = [_owner(existing)]
+                await self._apply(body)
         else:
             del deployment["spec"]["replicas"]
             existing = await self._apply(deployment)
@@ -341,11 +344,14 @@ class KubernetesDeployer:
                 owner = (metadata.get("labels") or {}).get(manifests.SERVER)
                 changes.append(Change("remove", kind, metadata["name"], owner, f"in namespace {namespace}"))
                 servers.add(owner or "")
-        if entry is not None and entry.secret_env:
+        if entry is not None and (entry.secret_env or entry.env):
             servers.add(entry.id)
         for owner in sorted(servers - {""}):
-            name = manifests.secret_name(self.project, owner)
-            changes.append(Change("remove", "Secret", name, owner, f"in namespace {namespace}, if it exists"))
+            for kind, name in (
+                ("Secret", manifests.secret_name(self.project, owner)),
+                ("ConfigMap", manifests.config_name(self.project, owner)),
+            ):
+                changes.append(Change("remove", kind, name, owner, f"in namespace {namespace}, if it exists"))
         return changes
 
     async def down(

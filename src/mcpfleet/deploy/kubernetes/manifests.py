@@ -28,6 +28,7 @@ MANAGER = "mcpfleet"
 PROJECT = "mcpfleet.io/project"
 SERVER = "mcpfleet.io/server"
 SERVER_ID = "mcpfleet.io/server-id"  # annotation: the registry id as written (the label value is the same)
+CONFIG_CHECKSUM = "checksum/config"  # pod template: changes with the ConfigMap's data (as Helm charts do it)
 SECRET_DIGEST = "mcpfleet.io/secret-digest"  # pod template: changes with the Secret's data, rolling the pods
 LAST_REQUEST = "mcpfleet.io/last-request"  # annotation: when a gateway last saw traffic (Plan 12.4)
 PORT_NAME = "mcp"
@@ -53,6 +54,10 @@ def object_name(project: str, server_id: str) -> str:
         return name
     suffix = hashlib.sha256(wanted.encode()).hexdigest()[:6]
     return f"{name[:56].rstrip('-')}-{suffix}"
+
+
+def config_name(project: str, server_id: str) -> str:
+    return f"{object_name(project, server_id)[:56].rstrip('-')}-config"
 
 
 def secret_name(project: str, server_id: str) -> str:
@@ -86,10 +91,13 @@ def label_selector(match: dict[str, str]) -> str:
 
 def objects(entry: KubernetesServer, *, namespace: str, project: str) -> list[dict[str, Any]]:
     """The objects of `entry`, in the order they are applied: the Secret (when `secret_env` is set), the
-    Deployment (`spec.replicas` = the entry's `replicas`), the headless Service."""
+    ConfigMap (when `env` is), the Deployment (`spec.replicas` = the entry's `replicas`), the headless
+    Service."""
     found = []
     if entry.secret_env:
         found.append(secret(entry, namespace=namespace, project=project))
+    if config_env(entry):
+        found.append(config_map(entry, namespace=namespace, project=project))
     found.append(deployment(entry, namespace=namespace, project=project))
     found.append(service(entry, namespace=namespace, project=project))
     return found
@@ -110,6 +118,32 @@ def secret_digest(entry: KubernetesServer, key: str) -> str:
     cannot test guesses of a value against it (a plain hash, as Helm charts use, would let them)."""
     data = json.dumps(sorted(entry.secret_env.items())).encode()
     return hmac.new(key.encode(), data, hashlib.sha256).hexdigest()[:12]
+
+
+def config_env(entry: KubernetesServer) -> dict[str, str]:
+    """The non-secret environment, by name: `env` less the names `secret_env` sets (the Secret wins)."""
+    return {key: value for key, value in sorted(entry.env.items()) if key not in entry.secret_env}
+
+
+def config_map(entry: KubernetesServer, *, namespace: str, project: str) -> dict[str, Any]:
+    """The ConfigMap holding the non-secret settings (`env`); the pod reads it with `envFrom`, before the
+    Secret (a later source wins on a clash)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(entry, namespace, project, config_name(project, entry.id)),
+        "data": config_env(entry),
+    }
+
+
+def config_digest(entry: KubernetesServer) -> str:
+    """12 hex digits of SHA-256 of the ConfigMap's data (not secret) as JSON: in the pod template, so a changed
+    setting rolls the pods out (Kubernetes does not restart pods when a ConfigMap they read changes). The
+    JSON is spelled as Helm's `toJson` spells it (Go: sorted keys, no spaces, `<`, `>`, `&` escaped), so the
+    chart renders the same value."""
+    text = json.dumps(config_env(entry), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def secret(entry: KubernetesServer, *, namespace: str, project: str) -> dict[str, Any]:
@@ -180,13 +214,22 @@ def pod_template(entry: KubernetesServer, *, project: str) -> dict[str, Any]:
         "enableServiceLinks": False,
         "securityContext": _pod_security(spec),
         "terminationGracePeriodSeconds": termination_grace(entry),
-        "containers": [container(spec, secret=secret_name(project, entry.id) if entry.secret_env else None)],
+        "containers": [
+            container(
+                spec,
+                secret=secret_name(project, entry.id) if entry.secret_env else None,
+                config=config_name(project, entry.id) if config_env(entry) else None,
+            )
+        ],
     }
     if entry.service_account is not None:
         pod["serviceAccountName"] = entry.service_account
     if spec.security.read_only:
         pod["volumes"] = [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}]
-    return {"metadata": {"labels": labels(project, entry.id)}, "spec": pod}
+    metadata: dict[str, Any] = {"labels": labels(project, entry.id)}
+    if config_env(entry):
+        metadata["annotations"] = {CONFIG_CHECKSUM: config_digest(entry)}
+    return {"metadata": metadata, "spec": pod}
 
 
 def _pod_security(spec: ContainerSpec) -> dict[str, Any]:
@@ -199,11 +242,10 @@ def _pod_security(spec: ContainerSpec) -> dict[str, Any]:
     return found
 
 
-def container(spec: ContainerSpec, *, secret: str | None) -> dict[str, Any]:
-    """The container of a pod. `env` as literal values sorted by name, as Helm renders a map (a key
-    `secret_env` also sets is left to the Secret, which `envFrom` reads: literal `env` would win otherwise);
-    literal values, not a ConfigMap, so a changed value is a changed pod template and rolls the pods, and the
-    gateway needs no ConfigMap permission. An empty `command` or `args` is left out (the API drops it too).
+def container(spec: ContainerSpec, *, secret: str | None, config: str | None = None) -> dict[str, Any]:
+    """The container of a pod. Its environment comes from the ConfigMap `config` (`env`) and then the Secret
+    `secret` (`secret_env`), both with `envFrom`: no value is written in the pod template. An empty
+    `command` or `args` is left out (the API drops it too).
     CPU is requested, never limited (a CPU limit throttles tool calls); memory is requested and limited alike.
     Ready when the port accepts TCP (an MCP endpoint answers a GET with 400 or 405, which an httpGet probe
     counts as a failure); the adapter has `/readyz`, which turns 503 as soon as it drains."""
@@ -224,11 +266,10 @@ def container(spec: ContainerSpec, *, secret: str | None) -> dict[str, Any]:
         found["command"] = list(spec.entrypoint)
     if spec.args:
         found["args"] = list(spec.args)
-    env = [{"name": key, "value": value} for key, value in sorted(spec.env.items()) if key not in spec.secret_env]
-    if env:
-        found["env"] = env
-    if secret is not None:
-        found["envFrom"] = [{"secretRef": {"name": secret}}]
+    sources = [{"configMapRef": {"name": config}}] if config is not None else []
+    sources += [{"secretRef": {"name": secret}}] if secret is not None else []
+    if sources:
+        found["envFrom"] = sources
     found_resources = resources(spec)
     if found_resources:
         found["resources"] = found_resources

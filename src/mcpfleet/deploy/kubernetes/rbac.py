@@ -27,6 +27,7 @@ DEPLOYER: tuple[Rule, ...] = (
     ("apps", "deployments/scale", ("update",)),
     ("", "services", ("create", "patch", "delete")),
     ("", "secrets", ("create", "patch", "delete")),
+    ("", "configmaps", ("create", "patch", "delete")),
 )
 
 # Verbs granted though a run may show no request with them: `create` is checked on an apply that creates.
@@ -34,6 +35,7 @@ IMPLIED: tuple[Rule, ...] = (
     ("apps", "deployments", ("create",)),
     ("", "services", ("create",)),
     ("", "secrets", ("create",)),
+    ("", "configmaps", ("create",)),
 )
 
 # `discovery: labels`: Services labelled for mcpfleet that the registry does not list.
