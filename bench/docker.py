@@ -52,9 +52,10 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway import (
-    CLIENT_INFO,
     HANDSHAKE_VERSION,
     HOST,
+    INITIALIZE,
+    INITIALIZED,
     REPO,
     Child,
     PhaseResult,
@@ -89,15 +90,6 @@ LEASE_TARGETS = ("docker-warm", "docker-cold", "local-warm", "local-cold")
 CONCURRENCY = (1, 16)
 SETTLE = 2.5  # seconds with no container before a cold round: longer than the controller's reconcile (2 s)
 BUILD_TIMEOUT = 900.0
-INITIALIZE = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {"protocolVersion": HANDSHAKE_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO},
-    }
-).encode()
-INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 JSON_ACCEPT = {"accept": "application/json"}
 
 

@@ -59,6 +59,16 @@ META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 CLIENT_INFO = {"name": "mcpfleet-bench", "version": "0.1.0"}
+# A raw 2025-11-25 handshake, for the benchmarks that time a first answer with plain HTTP.
+INITIALIZE = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": HANDSHAKE_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO},
+    }
+).encode()
+INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_HEAD = 64 * 1024
 MAX_BODY = 4 * 1024 * 1024

@@ -75,9 +75,10 @@ from kube_cluster import Cluster, is_ready  # noqa: E402
 from kube_emulator import KubeEmulator, running_kube  # noqa: E402
 
 from gateway import (  # noqa: E402
-    CLIENT_INFO,
     HANDSHAKE_VERSION,
     HOST,
+    INITIALIZE,
+    INITIALIZED,
     REPO,
     Child,
     RawConnection,
@@ -99,15 +100,6 @@ DEMO = "mcpfleet/demo:dev"
 PARTS = ("slice", "cold", "memory")
 JSON_ACCEPT = {"accept": "application/json"}
 MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-INITIALIZE = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {"protocolVersion": HANDSHAKE_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO},
-    }
-).encode()
-INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 WHOAMI = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}'
 LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
