@@ -31,6 +31,7 @@ from mcpfleet.deploy.docker import spec
 from mcpfleet.deploy.docker.deployer import DockerDeployer
 from mcpfleet.deploy.docker.engine import REQUEST_TIMEOUT
 from mcpfleet.deploy.docker.source import DockerSource
+from mcpfleet.deploy.rounds import Rounds
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import DockerServer
 
@@ -53,11 +54,8 @@ class ReplicaController:
         self.error: DeployError | None = None  # the last failed start, until one succeeds
         self.retry_at = 0.0
         self._backoff = BACKOFF
-        self._kick = anyio.Event()  # run a round now
-        self._round_done = anyio.Event()  # set when the next round ends (a waker waits for it)
-        self._woken = False  # a request asked for a replica since the last round began
-        self._running = False
-        self._stopped = anyio.Event()
+        self.rounds = Rounds(RECONCILE_INTERVAL, f"server {entry.id!r}: keeping its replicas")
+        self._failing = ""  # the last round's failure, logged once while it repeats
         self._inflight = 0
         self._last_request = time.monotonic()
         self._started = False  # the first round ran (on_boot decided)
@@ -81,7 +79,7 @@ class ReplicaController:
         self._new_count = self._new_count or entry.replicas != old.replicas
         if spec.spec_digest(entry) != spec.spec_digest(old):
             self.error, self.retry_at, self._backoff = None, 0.0, BACKOFF
-        self._kick.set()
+        self.rounds.kick()
 
     def describe(self) -> dict[str, Any]:
         """The entry's image and start policy, the replicas it started, and the last failed start."""
@@ -118,32 +116,20 @@ class ReplicaController:
     async def run(self) -> None:
         """A round every RECONCILE_INTERVAL seconds, and at once when told (`configure`, `wake`). A failure is
         logged (once while it repeats); none ends the loop."""
-        self._running = True
-        failing = ""
-        try:
-            while True:
-                done, self._round_done = self._round_done, anyio.Event()
-                woken, self._woken = self._woken, False
-                try:
-                    await self.reconcile(woken)
-                    if failing:
-                        log.info("server %r: the Docker engine answers again", self.entry.id)
-                    failing = ""
-                except DeployError as exc:
-                    if woken:
-                        self._failed(exc)
-                    if exc.message != failing:
-                        log.error("server %r: %s (tried again in %g s)", self.entry.id, exc.message, RECONCILE_INTERVAL)
-                    failing = exc.message
-                except Exception:  # a fault of ours: the gateway's other work must go on
-                    log.exception("server %r: keeping its replicas failed; trying again", self.entry.id)
-                finally:
-                    done.set()
-                with anyio.move_on_after(RECONCILE_INTERVAL):
-                    await self._kick.wait()
-                self._kick = anyio.Event()
-        finally:
-            self._stopped.set()
+        await self.rounds.run(self._round, self._round_failed)
+
+    async def _round(self, woken: bool) -> None:
+        await self.reconcile(woken)
+        if self._failing:
+            log.info("server %r: the Docker engine answers again", self.entry.id)
+        self._failing = ""
+
+    def _round_failed(self, exc: DeployError, woken: bool) -> None:
+        if woken:
+            self._failed(exc)
+        if exc.message != self._failing:
+            log.error("server %r: %s (tried again in %g s)", self.entry.id, exc.message, RECONCILE_INTERVAL)
+        self._failing = exc.message
 
     async def reconcile(self, woken: bool = False) -> None:
         """One round: scale to zero when idle, start replicas for a request that found none (`woken`), else
@@ -190,9 +176,7 @@ class ReplicaController:
         self._last_request = time.monotonic()
         if self.error is not None and time.monotonic() < self.retry_at:
             raise copy.copy(self.error)  # a fresh one each time: the one kept must not gather tracebacks
-        done = self._round_done
-        self._woken = True
-        self._kick.set()
+        done = self.rounds.ask()
         within = self.entry.timeouts.startup + WAKE_MARGIN
         with anyio.move_on_after(within):
             await done.wait()
@@ -234,9 +218,9 @@ class ReplicaController:
         """After `run` was cancelled: wait for it to unwind (its start removes what it made), then remove the
         containers this controller started. Shielded and bounded: it runs while the gateway stops."""
         with anyio.CancelScope(shield=True):
-            if self._running:
+            if self.rounds.running:
                 with anyio.move_on_after(REQUEST_TIMEOUT):
-                    await self._stopped.wait()
+                    await self.rounds.stopped.wait()
             try:
                 mine = [r.id for r in await self.deployer.replicas(self.entry) if r.name in self.made]
             except DeployError as exc:

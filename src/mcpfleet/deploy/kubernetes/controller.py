@@ -34,6 +34,7 @@ from mcpfleet.deploy.kubernetes import manifests
 from mcpfleet.deploy.kubernetes.api import ConflictError
 from mcpfleet.deploy.kubernetes.deployer import KubernetesDeployer
 from mcpfleet.deploy.kubernetes.source import DnsSource, EndpointSliceSource, SliceHub
+from mcpfleet.deploy.rounds import Rounds
 from mcpfleet.errors import DeployError
 from mcpfleet.registry.model import KubernetesServer
 from mcpfleet.replicas.source import ReplicaAddress, ReplicaSource
@@ -71,9 +72,8 @@ class ScaleController:
         self._backoff = BACKOFF
         self._applied = False
         self._removed = False
-        self._kick = anyio.Event()
-        self._round_done = anyio.Event()
-        self._woken = False
+        self.rounds = Rounds(RECONCILE_INTERVAL, f"server {entry.id!r}: keeping its Deployment")
+        self._failing = ""  # the last round's failure, logged once while it repeats
         self._serving = anyio.Event()  # set while the source lists a serving replica
         self._listed_any = False  # the source's last set had a replica (serving or draining)
         self._inflight = 0
@@ -117,7 +117,7 @@ class ScaleController:
         self._last_request = time.monotonic()
         self._last_request_wall = time.time()
         if self.entry.idle_timeout is not None and self._last_request_wall - self._marked >= self._mark_every:
-            self._kick.set()  # the first request after a quiet spell is marked now, not at the next round
+            self.rounds.kick()  # the first request after a quiet spell is marked now, not at the next round
 
     def request_ended(self) -> None:
         self._inflight -= 1
@@ -133,7 +133,7 @@ class ScaleController:
         self.entry = entry
         self._applied = False
         self.error, self.retry_at, self._backoff = None, 0.0, BACKOFF
-        self._kick.set()
+        self.rounds.kick()
 
     def removed(self) -> None:
         """The entry left the registry: `aclose` deletes the objects a gateway created for it."""
@@ -169,25 +169,19 @@ class ScaleController:
     # --- the loop ------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        failing = ""
-        while True:
-            done, self._round_done = self._round_done, anyio.Event()
-            woken, self._woken = self._woken, False
-            try:
-                await self.reconcile(woken)
-                failing = ""
-            except DeployError as exc:
-                self._failed(exc)
-                if exc.message != failing:
-                    log.error("server %r: %s (tried again in %g s)", self.entry.id, exc.message, self._backoff)
-                failing = exc.message
-            except Exception:  # a fault of ours: the gateway's other work must go on
-                log.exception("server %r: keeping its Deployment failed; trying again", self.entry.id)
-            finally:
-                done.set()
-            with anyio.move_on_after(RECONCILE_INTERVAL):
-                await self._kick.wait()
-            self._kick = anyio.Event()
+        """A round every RECONCILE_INTERVAL seconds, and at once when told (`configure`, `wake`, the first
+        request after a quiet spell). A failure backs off and is logged once while it repeats."""
+        await self.rounds.run(self._round, self._round_failed)
+
+    async def _round(self, woken: bool) -> None:
+        await self.reconcile(woken)
+        self._failing = ""
+
+    def _round_failed(self, exc: DeployError, woken: bool) -> None:
+        self._failed(exc)
+        if exc.message != self._failing:
+            log.error("server %r: %s (tried again in %g s)", self.entry.id, exc.message, self._backoff)
+        self._failing = exc.message
 
     async def reconcile(self, woken: bool = False) -> None:
         """One round: the activity mark first (it must never lapse while requests come, whatever else
@@ -307,10 +301,7 @@ class ScaleController:
         within = self.entry.timeouts.startup + WAKE_MARGIN
         with anyio.move_on_after(within):
             while not self._serving.is_set():
-                done = self._round_done
-                self._woken = True
-                self._kick.set()
-                await done.wait()
+                await self.rounds.ask().wait()
                 if self.error is not None:
                     raise copy.copy(self.error)
                 with anyio.move_on_after(RECONCILE_INTERVAL):
