@@ -190,6 +190,22 @@ def cli(*args: str, kubeconfig: Path, registry: Path, project: str) -> subproces
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
+def follow_logs(kubeconfig: Path, registry: Path, project: str) -> tuple[int, str]:
+    """`mcpfleet logs web --follow` until its first line, then Ctrl-C: (exit code, that line)."""
+    env = {**os.environ, "NO_COLOR": "1", "MCPFLEET_PROJECT": project}
+    argv = [sys.executable, "-m", "mcpfleet", "logs", "web", "--follow", "--registry", str(registry)]
+    argv += ["--kubeconfig", str(kubeconfig)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=30), first
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
 async def acli(*args: str, kubeconfig: Path, registry: Path, project: str) -> subprocess.CompletedProcess[str]:
     return await anyio.to_thread.run_sync(lambda: cli(*args, kubeconfig=kubeconfig, registry=registry, project=project))
 
@@ -374,6 +390,8 @@ def test_cli_deploy_status_logs_remove(kube_api: KubeApi, tmp_path: Path) -> Non
             assert status.returncode == 0 and status.stdout.count('"running"') == 2
             logs = await acli("logs", "web", "--tail", "5", **where)
             assert logs.returncode == 0 and "mcpfleet-demo" in logs.stdout
+            followed = await anyio.to_thread.run_sync(lambda: follow_logs(kubeconfig, registry, project))
+            assert followed[0] == 0 and "mcpfleet-demo" in followed[1]  # Ctrl-C ends --follow: exit 0
 
             removed = await acli("remove", "--all", "--backend", "kubernetes", **where)
             assert removed.returncode == 0 and "Deployment" in removed.stdout

@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -236,11 +236,11 @@ def status(server_id: str | None, entry: KubernetesServer | None, *, where: Clus
 def logs(entry: KubernetesServer, *, tail: int | None, follow: bool, where: Cluster, json_: bool) -> None:
     """Every pod's log lines, each after its pod's name; --follow until Ctrl-C."""
 
+    def show(pod: str, line: str) -> None:
+        output.plain(json.dumps({"pod": pod, "line": line}, ensure_ascii=False) if json_ else f"{pod} | {line}")
+
     async def work(deployer: KubernetesDeployer) -> None:
-        lines: AsyncIterator[tuple[str, str]] = deployer.logs(entry, tail=tail, follow=follow)
-        async for pod, line in lines:
-            shown = json.dumps({"pod": pod, "line": line}, ensure_ascii=False) if json_ else f"{pod} | {line}"
-            output.plain(shown)
+        await deployer.logs(entry, tail=tail, follow=follow, line=show)
 
     where.run(work)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -126,9 +126,11 @@ class KubernetesDeployer:
             )
         return sorted(found, key=lambda r: (r.server_id, r.name))
 
-    async def logs(self, entry: KubernetesServer, *, tail: int | None, follow: bool) -> AsyncIterator[tuple[str, str]]:
-        """`(pod name, line)` for every log line of every pod of `entry`; with `follow`, the pods' streams
-        merged as lines come, until each ends or the caller stops."""
+    async def logs(
+        self, entry: KubernetesServer, *, tail: int | None, follow: bool, line: Callable[[str, str], None]
+    ) -> None:
+        """Tell `line(pod name, text)` every log line of every pod of `entry`; with `follow`, the pods'
+        streams as lines come, until each ends or the caller is cancelled."""
         namespace = await self.namespace(entry)
         query: dict[str, Any] = {"container": manifests.CONTAINER}
         if tail is not None:
@@ -137,29 +139,19 @@ class KubernetesDeployer:
         if not follow:
             for pod in pods:
                 text = await self.cluster.request_text(KINDS["Pod"], namespace, pod, "log", query)
-                for line in text.splitlines():
-                    yield pod, line
+                for each in text.splitlines():
+                    line(pod, each)
             return
-        send, receive = anyio.create_memory_object_stream[tuple[str, str]](100)
 
         async def stream(pod: str) -> None:
-            async for line in self.cluster.stream_lines(
+            async for each in self.cluster.stream_lines(
                 KINDS["Pod"], namespace, pod, "log", {**query, "follow": "true"}
             ):
-                await send.send((pod, line))
+                line(pod, each)
 
-        async with anyio.create_task_group() as tg, send, receive:
-
-            async def all_streams() -> None:
-                async with anyio.create_task_group() as streams:
-                    for pod in pods:
-                        streams.start_soon(stream, pod)
-                await send.aclose()
-
-            tg.start_soon(all_streams)
-            async for item in receive:
-                yield item
-            tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as tg:
+            for pod in pods:
+                tg.start_soon(stream, pod)
 
     # --- changing --------------------------------------------------------------------------------------
 
