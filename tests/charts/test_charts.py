@@ -7,6 +7,7 @@ the gateway loads, with no secret value in it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -119,3 +120,24 @@ def test_gateway_pods_are_what_mcp_server_network_policies_admit() -> None:
     [rule] = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": "mcp", "protocol": "TCP"}]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mcpfleet"}}}]
+
+
+@pytest.mark.parametrize(
+    ("registry", "named"),
+    [
+        ({"gateway": {"discovery": "labels"}, "servers": {}}, "set discovery.labels: true"),
+        ({"gateway": {"discovery_namespaces": ["tools"]}, "servers": {}}, 'discovery_namespaces names "tools"'),
+        (
+            {"servers": {"web": {"type": "k8s", "image": "a/b:1", "port": 8080, "namespace": "other"}}},
+            'registry.servers.web.namespace is "other"',
+        ),
+    ],
+)
+def test_a_registry_the_role_does_not_allow_fails_the_install(
+    registry: dict[str, Any], named: str, tmp_path: Path
+) -> None:
+    """What the gateway would do that its Role does not allow fails at install, naming the value to change."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"registry": registry}))
+    done = helm("template", "x", GATEWAY, "--values", values, check=False)
+    assert done.returncode != 0 and named in done.stderr, done.stderr

@@ -59,6 +59,7 @@ def test_kubernetes_entry_fields_and_defaults() -> None:
         ("{type: k8s, image: i, port: 80, resources: {memory: 100m}}", "thousandths of a byte"),
         ("{type: k8s, image: 'http://x/y', port: 80}", "not an image reference"),
         ("{type: k8s, image: i, command: [x], pool: {max_lifetime: 60}}", "pool.max_lifetime is not carried"),
+        ("{type: k8s, chart: ./c, port: 80, env: {A: b}}", "a 'chart' entry's pods are the chart's"),
     ],
 )
 def test_each_kubernetes_field_is_checked(text: str, expected: str) -> None:

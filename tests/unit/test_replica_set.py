@@ -177,3 +177,18 @@ def test_a_lower_drain_shortens_the_drains_under_way_and_a_higher_one_does_not_l
     balancer.update(addresses("a"), drain=600)  # raised again: b's drain stays 3 s
     clock.now += 4
     assert balancer.replica("http://b") is None
+
+
+def test_a_terminating_replica_drains_while_listed_and_goes_when_it_is_no_longer_listed() -> None:
+    """A backend's replicas (`gone=0`): listed but not serving (a terminating pod) drains for `drain`; no longer
+    listed (the pod is gone) goes at once, rather than being kept for `timeouts.drain`."""
+    clock = Clock()
+    balancer = make("round_robin", "a", "b", clock=clock)
+    terminating = [ReplicaAddress("http://a"), ReplicaAddress("http://b", serving=False)]
+    balancer.update(terminating, drain=600, gone=0)
+    clock.now += 1
+    balancer.expire_drains()
+    assert balancer.replica("http://b") is not None  # still listed: its sessions are served
+    assert [r.url for r in balancer.candidates()] == ["http://a"]  # but it gets no new ones
+    balancer.update(addresses("a"), drain=600, gone=0)  # the pod is gone from the slice
+    assert [r.url for r in balancer.expire_drains()] == ["http://b"]

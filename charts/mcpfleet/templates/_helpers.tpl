@@ -106,3 +106,27 @@ DISCOVERY always; DEPLOYER with deployer: true; LABELLED_SERVICES with discovery
 {{- $_ := set $registry "servers" (default dict $registry.servers) -}}
 {{- toYaml $registry -}}
 {{- end }}
+
+{{/*
+Checks of the registry against the Role: what the gateway would do that the RBAC here does not allow fails the
+install, naming the value to change (the gateway would otherwise get 403s at run time).
+*/}}
+{{- define "mcpfleet.checks" -}}
+{{- $managed := include "mcpfleet.managedNamespaces" . | fromJsonArray -}}
+{{- $gateway := default dict .Values.registry.gateway -}}
+{{- if and (eq (toString (default "none" $gateway.discovery)) "labels") (not .Values.discovery.labels) -}}
+{{- fail "registry.gateway.discovery is labels: set discovery.labels: true, so the Role may list and watch Services" -}}
+{{- end -}}
+{{- range $namespace := default list $gateway.discovery_namespaces -}}
+{{- if not (has $namespace $managed) -}}
+{{- fail (printf "registry.gateway.discovery_namespaces names %q: add it to managedNamespaces, so the gateway gets a Role there" $namespace) -}}
+{{- end -}}
+{{- end -}}
+{{- range $id, $server := default dict .Values.registry.servers -}}
+{{- if and (kindIs "map" $server) (has (toString $server.type) (list "kubernetes" "k8s")) $server.namespace -}}
+{{- if not (has $server.namespace $managed) -}}
+{{- fail (printf "registry.servers.%s.namespace is %q: add it to managedNamespaces, so the gateway gets a Role there" $id $server.namespace) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end }}

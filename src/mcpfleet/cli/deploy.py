@@ -247,6 +247,7 @@ class _Kube:
         return any(v is not None for v in (self.namespace, self.kubeconfig, self.context))
 
     def cluster(self, project: str) -> kubernetes.Cluster:
+        """The cluster options, checked (UsageError: exit 2)."""
         return kubernetes.Cluster(project, self.namespace, self.kubeconfig, self.context)
 
 
@@ -440,7 +441,10 @@ def logs(
     scope = _scope(registry, project)
     try:
         if scope.backend_of(server, kube.backend, kube.given) == "kubernetes":
-            entry = scope.kubernetes_entry(server) or KubernetesServer(id=server, image="unknown", port=8080)
+            entry = scope.kubernetes_entry(server)
+            if entry is None:
+                scope.check_named(server)  # an id the registry does not name: exit 2 (unless pods show it)
+                entry = KubernetesServer(id=server, image="unknown", port=8080)
             with contextlib.suppress(KeyboardInterrupt):
                 kubernetes.logs(entry, tail=tail, follow=follow, where=kube.cluster(scope.project), json_=json_)
             return

@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,18 @@ class Cluster:
     namespace: str | None = None
     kubeconfig: str | None = None
     context: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.namespace is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.namespace):
+            raise UsageError(
+                f"--namespace {self.namespace!r} is not a Kubernetes namespace name: lowercase letters, digits and"
+                " '-', starting and ending with a letter or digit"
+            )
+        if not self.project[-1:].isalnum():
+            raise UsageError(
+                f"project {self.project!r} ends with {self.project[-1:]!r}: Kubernetes labels carry it, and a label"
+                " value must end with a letter or digit (set by --project or $MCPFLEET_PROJECT)"
+            )
 
     def run(self, work: Callable[[KubernetesDeployer], Awaitable[T]]) -> T:
         """Run `work` with a deployer; errors become one `error:` line and exit 2 or 3."""
@@ -158,13 +172,21 @@ def _deploy_chart(entry: KubernetesServer, replicas: int | None, *, dry_run: boo
                 "upgrade", "--install", release, entry.chart, "--namespace", namespace, "-f", file.name, *version
             )
             argv += ["--wait", "--timeout", timeout]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        done = _helm_run(argv, entry)
     if done.returncode != 0:
         raise DeployError(f"helm failed ({' '.join(argv[:3])}...): {done.stderr.strip()}", server_id=entry.id)
     if json_:
         output.print_json({"server": entry.id, "release": release, "dry_run": dry_run, "helm": done.stdout})
     else:
         output.plain(done.stdout.rstrip())
+
+
+def _helm_run(argv: list[str], entry: KubernetesServer) -> subprocess.CompletedProcess[str]:
+    """Run helm; a binary that cannot run is one line naming it (exit 2)."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise UsageError(f"helm {argv[0]!r} cannot run ({exc.strerror}): put helm on the PATH or set $HELM") from None
 
 
 def _is_mcp_server_chart(chart: str) -> bool:
@@ -239,10 +261,14 @@ def logs(entry: KubernetesServer, *, tail: int | None, follow: bool, where: Clus
     def show(pod: str, line: str) -> None:
         output.plain(json.dumps({"pod": pod, "line": line}, ensure_ascii=False) if json_ else f"{pod} | {line}")
 
-    async def work(deployer: KubernetesDeployer) -> None:
+    async def work(deployer: KubernetesDeployer) -> bool:
+        if not await deployer.status(entry.id, entry):
+            return False
         await deployer.logs(entry, tail=tail, follow=follow, line=show)
+        return True
 
-    where.run(work)
+    if not where.run(work):
+        output.plain(f"no pods of server {entry.id!r} in project {where.project!r}", stream=sys.stderr)
 
 
 def remove(
@@ -253,7 +279,7 @@ def remove(
     if entry is not None and entry.chart is not None and not dry_run:
         release = manifests.object_name(where.project, entry.id)
         argv = where.helm("uninstall", release, "--namespace", where.namespace_of(entry), "--ignore-not-found")
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        done = _helm_run(argv, entry)
         if done.returncode != 0:
             raise DeployError(f"helm uninstall failed: {done.stderr.strip()}", server_id=entry.id)
 

@@ -256,9 +256,14 @@ class ServerRuntime:
         end is `maintain`'s: connections closed, bridged sessions ended)."""
         assert self.balancer is not None
         before = {r.url for r in self.balancer.replicas}
-        # A container that left is gone (or stopping): nothing is left to drain to; a terminating pod serves on.
-        drain = 0.0 if self.deployment is not None and not self.deployment.drains else self.server.timeouts.drain
-        self.balancer.update(addresses, drain)
+        # A replica a backend runs that is no longer listed is gone: nothing is left to drain to. One still
+        # listed but not serving drains: a terminating pod serves its sessions on (a container does not).
+        drain = self.server.timeouts.drain
+        gone = None
+        if self.deployment is not None:
+            gone = 0.0
+            drain = drain if self.deployment.drains else 0.0
+        self.balancer.update(addresses, drain, gone)
         after = {r.url for r in self.balancer.replicas}
         self._replica_set_changed.set()
         self._replica_set_changed = anyio.Event()

@@ -619,6 +619,14 @@ class KubernetesServer(_ContainerEntry):
             raise ValueError("'values' and 'chart_version' are for 'chart' entries")
         if self.chart is not None and self.port is None:
             raise ValueError("a 'chart' entry needs the 'port' its Service serves MCP on")
+        if self.chart is not None:
+            pod_fields = {"command", "args", "env", "secret_env", "resources", "security", "pull", "service_account"}
+            given = sorted(pod_fields & self.model_fields_set)
+            if given:
+                raise ValueError(
+                    f"{', '.join(repr(f) for f in given)}: a 'chart' entry's pods are the chart's; set them in"
+                    " 'values' (replicas, start, idle_timeout and timeouts still apply: the gateway scales it)"
+                )
         if self.stdio:
             carried = {"mode", "min", "max"}  # what `mcpfleet adapter` takes (deploy/container.py)
             dropped = sorted(set(self.pool.model_fields_set) - carried)

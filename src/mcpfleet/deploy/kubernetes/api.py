@@ -113,8 +113,8 @@ class Cluster:
         path = self.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
         if not in_cluster and not _exists(path or "~/.kube/config"):
             raise ClusterUnavailableError(
-                f"the kubeconfig {path or '~/.kube/config'} does not exist (give --kubeconfig and --context, set"
-                " KUBECONFIG, or run in a cluster)"
+                f"the kubeconfig {path or '~/.kube/config'} does not exist (CLI: --kubeconfig and --context;"
+                " gateway: KUBECONFIG; or run in a cluster)"
             )
         try:
             if in_cluster and not (path and _exists(path)):
@@ -127,9 +127,11 @@ class Cluster:
                 self.default_namespace = (context.get("context") or {}).get("namespace") or "default"
         except (config.ConfigException, OSError, TypeError, ValueError) as exc:
             where = path or "~/.kube/config"
+            known = _contexts(path)
+            hint = f"; its contexts: {', '.join(known)}" if self.context and known else ""
             raise ClusterUnavailableError(
-                f"no Kubernetes configuration could be loaded from {where}: {exc} (give --kubeconfig and"
-                " --context, set KUBECONFIG, or run in a cluster)"
+                f"no Kubernetes configuration could be loaded from {where}: {exc}{hint} (CLI: --kubeconfig and"
+                " --context; gateway: KUBECONFIG; or run in a cluster)"
             ) from None
         return client.ApiClient(configuration)
 
@@ -328,6 +330,18 @@ async def _read(answer: Any, verb: str, kind: Kind, namespace: str) -> str:
     return text
 
 
+def _contexts(path: str | None) -> list[str]:
+    """The context names a kubeconfig holds (empty when it cannot be read)."""
+    try:
+        import yaml
+
+        with open(os.path.expanduser(path or "~/.kube/config")) as file:
+            document = yaml.safe_load(file) or {}
+        return [str(c.get("name")) for c in document.get("contexts") or [] if isinstance(c, dict)]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def _exists(path: str) -> bool:
     return os.path.exists(os.path.expanduser(path))
 
@@ -374,6 +388,11 @@ def _refused(
     if status == 401:
         return ClusterUnavailableError(f"the Kubernetes API refused our credentials ({message}): check the kubeconfig")
     if status == 404:
+        if "namespaces" in message and "not found" in message:
+            return DeployError(
+                f"{verb} {target}: namespace {namespace!r} does not exist; mcpfleet never creates namespaces:"
+                f" create it (kubectl create namespace {namespace}), or set 'namespace' / --namespace"
+            )
         return DeployError(f"{verb} {target}: not found ({message})")
     if status == 409:
         return ConflictError(f"{verb} {target}: conflict ({message})")

@@ -221,6 +221,8 @@ class ScaleController:
             await self._mark(time.time())
             log.info("server %r: a request found no pod: scaling to %d", entry.id, want)
             await self.deployer.scale(entry, want)
+        if isinstance(self.source, _DnsLater):
+            self.source.refresh()  # DNS is polled: look again now
 
     async def _mark_if_active(self) -> None:
         """Write the activity mark when this gateway served or holds requests and the last mark is older
@@ -353,12 +355,18 @@ class _DnsLater:
 
     def __init__(self, controller: ScaleController) -> None:
         self.controller = controller
+        self.source: DnsSource | None = None
+
+    def refresh(self) -> None:
+        if self.source is not None:
+            self.source.refresh()
 
     async def watch(self) -> Any:
         controller = self.controller
         service = await controller.deployer.service_name(controller.entry)
         port = container_spec(controller.entry).port if controller.entry.image else controller.entry.port
         assert port is not None
-        source = DnsSource(f"{service}.{controller._namespace}.svc", port, listed=controller._listed)
+        namespace = await controller.deployer.namespace(controller.entry)
+        source = self.source = DnsSource(f"{service}.{namespace}.svc", port, listed=controller._listed)
         async for found in source.watch():
             yield found

@@ -109,6 +109,8 @@ class KubernetesDeployer:
             state = "terminating" if metadata.get("deletionTimestamp") else (status.get("phase") or "Pending").lower()
             if state == "running" and not ready:
                 state = "starting"
+            if (reason := _waiting_reason(status)) and not ready:
+                state = f"{state} ({reason})"
             ip = status.get("podIP")
             port = _container_port(pod)
             found.append(
@@ -316,13 +318,22 @@ class KubernetesDeployer:
             if _rolled_out(found, want):
                 return
             if time.monotonic() > deadline:
-                reason = _condition_message(status)
+                reason = _condition_message(status) + await self._pod_reasons(entry)
+                setting = "timeouts.startup" if within == entry.timeouts.startup else "timeouts.startup, at least 60 s"
                 raise DeployError(
-                    f"{ready} of {want} pods ready after {within:g} s (setting: timeouts.startup){reason}",
-                    server_id=entry.id,
+                    f"{ready} of {want} pods ready after {within:g} s ({setting}){reason}", server_id=entry.id
                 )
             await anyio.sleep(pause)
             pause = min(READY_POLL_MAX, pause * 2)
+
+    async def _pod_reasons(self, entry: KubernetesServer) -> str:
+        """Why the pods wait, as their containers say (`ErrImagePull: ...`), when this client may list pods."""
+        try:
+            pods = await self.status(entry.id, entry)
+        except DeployError:
+            return ""
+        waiting = sorted({p.state.partition(" (")[2].rstrip(")") for p in pods if " (" in p.state})
+        return f"; pods: {', '.join(waiting)}" if waiting else ""
 
     async def plan_down(self, server_id: str | None = None, entry: KubernetesServer | None = None) -> list[Change]:
         """What `down` would delete: the labelled Deployments and Services, and each of their servers' Secret
@@ -433,6 +444,15 @@ def _rolled_out(deployment: dict[str, Any], want: int) -> bool:
     updated = int(status.get("updatedReplicas") or 0)
     available = int(status.get("availableReplicas") or status.get("readyReplicas") or 0)
     return updated >= want and available >= want and int(status.get("replicas") or 0) <= want
+
+
+def _waiting_reason(status: dict[str, Any]) -> str:
+    """A waiting container's reason (`ErrImagePull`, `CrashLoopBackOff`, `CreateContainerConfigError`)."""
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return str(waiting["reason"])
+    return ""
 
 
 def _condition_message(status: dict[str, Any]) -> str:

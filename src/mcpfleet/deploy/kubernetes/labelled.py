@@ -2,7 +2,8 @@
 (Plan Document, section 11). A team adds a server by labelling its Service; the gateway's configuration is not
 touched. Off unless the registry turns it on: discovery then adds servers, which it otherwise never does.
 
-A Service is picked up when it carries `mcpfleet.io/server: <id>` (a valid server id) in one of
+A Service is picked up when it carries `mcpfleet.io/server: <id>` (a valid server id), was not made by
+mcpfleet itself (`app.kubernetes.io/managed-by` other than `mcpfleet`: those belong to registry entries), in one of
 `gateway.discovery_namespaces` (default: the namespace of the kubeconfig context, or the gateway's own in a
 cluster). It is served as an `http` entry at `/<id>/mcp` whose replicas are its EndpointSlices' endpoints
 (`EndpointSliceSource`, at the Service's port named `mcp`, or its only port), at the path the annotation
@@ -114,7 +115,9 @@ class LabelledServices:
                 backoff = min(60.0, backoff * 2)
 
     async def _list_and_watch(self, namespace: str) -> None:
-        async for services in self.cluster.follow(KINDS["Service"], namespace, {"labelSelector": manifests.SERVER}):
+        # Services mcpfleet made (managed-by=mcpfleet) belong to registry entries, this gateway's or another's.
+        query = {"labelSelector": f"{manifests.SERVER},{manifests.MANAGED_BY}!={manifests.MANAGER}"}
+        async for services in self.cluster.follow(KINDS["Service"], namespace, query):
             self._publish(namespace, services)
 
     def _publish(self, namespace: str, services: Mapping[str, Mapping[str, Any]]) -> None:

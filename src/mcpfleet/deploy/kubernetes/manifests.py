@@ -207,7 +207,7 @@ def termination_grace(entry: KubernetesServer) -> int:
 def pod_template(entry: KubernetesServer, *, project: str) -> dict[str, Any]:
     """The pod: one container `mcp` (`container_spec`), non-root, no service account token unless the entry
     names a service account, a RuntimeDefault seccomp profile, a `preStop` sleep so the gateway sees the pod
-    terminating before SIGTERM, and `terminationGracePeriodSeconds` = that sleep + `timeouts.shutdown` x 3."""
+    terminating before SIGTERM, and `terminationGracePeriodSeconds` (`termination_grace`)."""
     spec = container_spec(entry)
     pod: dict[str, Any] = {
         "automountServiceAccountToken": entry.service_account is not None,

@@ -169,7 +169,10 @@ class EndpointSliceSource:
 
 class DnsSource:
     """The replica set from a headless Service's DNS name (`<service>.<namespace>.svc`): every A and AAAA
-    record, at `port`, looked up every `interval` seconds. A lookup that fails keeps the last set."""
+    record, at `port`, looked up every `interval` seconds, and every second while there is none (a cold start
+    is seen within a second of its pod turning ready) or at once when told (`refresh`). A name with no record
+    is an empty set (a headless Service with no ready pod), said once in the log in case the name cannot be
+    resolved from where the gateway runs; a lookup that fails otherwise keeps the last set."""
 
     def __init__(
         self,
@@ -183,22 +186,37 @@ class DnsSource:
         self.port = port
         self.interval = interval
         self.listed = listed
+        self._refresh = anyio.Event()
+
+    def refresh(self) -> None:
+        """Look the name up again now (a scale-up was asked for)."""
+        self._refresh.set()
 
     async def watch(self) -> AsyncIterator[tuple[ReplicaAddress, ...]]:
         last: tuple[ReplicaAddress, ...] | None = None
+        told_empty = False
         while True:
             try:
                 infos = await anyio.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
             except socket.gaierror as exc:
                 if exc.errno not in _NO_RECORDS:
                     log.warning("DNS lookup of %s failed (%s): keeping %d replica(s)", self.host, exc, len(last or ()))
-                    await anyio.sleep(self.interval)
+                    await self._pause(self.interval)
                     continue
-                infos = []  # the name has no record: a headless Service with no ready pod (scaled to zero)
+                infos = []
+                if not told_empty:
+                    log.warning(
+                        "DNS name %s has no record: no ready pod, or the name does not resolve from here (the gateway"
+                        " must run in the cluster for discovery: dns)",
+                        self.host,
+                    )
+                    told_empty = True
             except OSError as exc:
                 log.warning("DNS lookup of %s failed (%s): keeping %d replica(s)", self.host, exc, len(last or ()))
-                await anyio.sleep(self.interval)
+                await self._pause(self.interval)
                 continue
+            if infos:
+                told_empty = False
             urls = sorted({base_url(str(info[4][0]), self.port) for info in infos})
             current = tuple(ReplicaAddress(url) for url in urls)
             if current != last:
@@ -206,4 +224,9 @@ class DnsSource:
                 if self.listed is not None:
                     self.listed(current)
                 yield current
-            await anyio.sleep(self.interval)
+            await self._pause(self.interval if current else min(1.0, self.interval))
+
+    async def _pause(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._refresh.wait()
+        self._refresh = anyio.Event()

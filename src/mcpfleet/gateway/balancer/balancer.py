@@ -56,12 +56,14 @@ class Balancer:
         self.backoff = backoff
         self.max_backoff = max_backoff
 
-    def update(self, addresses: Sequence[ReplicaAddress], drain: float) -> None:
+    def update(self, addresses: Sequence[ReplicaAddress], drain: float, gone: float | None = None) -> None:
         """Make the serving set `addresses` (those with `serving` set). Replicas that leave it drain for
-        `drain` seconds; a draining one that comes back serves again with its state. The strategy starts
-        afresh only when members or weights changed (a source that resends the same set moves nothing).
-        Drains that ended are collected by `expire_drains`."""
+        `drain` seconds (`gone`, when given, for those no longer listed at all: a pod or container that is
+        gone has nothing left to drain to); a draining one that comes back serves again with its state. The
+        strategy starts afresh only when members or weights changed (a source that resends the same set moves
+        nothing). Drains that ended are collected by `expire_drains`."""
         now = self.clock()
+        listed = {a.url for a in addresses}
         wanted = {a.url: a for a in addresses if a.serving}
         before = [(r.url, r.weight) for r in self.replicas]
         current = {r.url: r for r in self.replicas}
@@ -77,7 +79,8 @@ class Balancer:
                 self.draining[replica.url] = replica
         for replica in self.draining.values():  # a shorter drain (a reload lowered it) applies to those under way
             if replica.draining_until is not None:
-                replica.draining_until = min(replica.draining_until, now + drain)
+                left = gone if gone is not None and replica.url not in listed else drain
+                replica.draining_until = min(replica.draining_until, now + left)
         self.replicas = serving
         if [(r.url, r.weight) for r in serving] != before:
             self.strategy.reset(serving)
