@@ -47,7 +47,9 @@ from mcpfleet.replicas import ReplicaSource
 log = logging.getLogger("mcpfleet.gateway")
 
 STATUS_PATHS = frozenset({"healthz", "readyz", "servers", "metrics"})
-NOTHING_TO_RELOAD = "nothing to reload: the gateway serves the built-in demo registry"
+NOTHING_TO_RELOAD = (
+    "nothing to reload: this gateway serves no registry file (the built-in demo registry, or an adapter)"
+)
 ENTRY_FAILED = -32018  # the entry is in the registry but could not be loaded (an unset ${VAR}): 503
 REAP_INTERVAL = 5.0
 POOL_INTERVAL = 1.0
