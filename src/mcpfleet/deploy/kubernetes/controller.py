@@ -96,11 +96,6 @@ class ScaleController:
             listed=self._listed,
         )
 
-    @property
-    def _namespace(self) -> str:
-        override = self.deployer.namespace_override
-        return override or self.entry.namespace or self.deployer.cluster.default_namespace
-
     def _listed(self, replicas: tuple[ReplicaAddress, ...]) -> None:
         self._listed_any = bool(replicas)
         if any(r.serving for r in replicas):
@@ -151,7 +146,7 @@ class ScaleController:
         return {
             "backend": "kubernetes",
             "project": self.deployer.project,
-            "namespace": self._namespace,
+            "namespace": self.deployer.namespace_known(entry),
             "image": entry.image,
             "chart": entry.chart,
             "discovery": entry.discovery,

@@ -52,6 +52,10 @@ class KubernetesDeployer:
     async def namespace(self, entry: KubernetesServer | None = None) -> str:
         """Where `entry` lives: `--namespace`, else its `namespace`, else the context's (or the pod's)."""
         await self.cluster.client()  # the default namespace is known once the configuration is read
+        return self.namespace_known(entry)
+
+    def namespace_known(self, entry: KubernetesServer | None = None) -> str:
+        """`namespace(entry)` as far as it is known now (`default` before the configuration is read)."""
         if self.namespace_override is not None:
             return self.namespace_override
         if entry is not None and entry.namespace is not None:

@@ -93,17 +93,13 @@ class SliceHub:
     def __init__(self, cluster: Cluster, namespace: str) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.slices: Mapping[str, Mapping[str, Any]] = {}
+        self._by_service: dict[str, list[Mapping[str, Any]]] = {}
         self.listed = False  # a first list arrived
         self._changed = anyio.Event()
 
     def of(self, service: str) -> list[Mapping[str, Any]]:
         """The slices of `service` (their `kubernetes.io/service-name` label)."""
-        return [
-            s
-            for s in self.slices.values()
-            if ((s.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME) == service
-        ]
+        return self._by_service.get(service, [])
 
     def changed(self) -> anyio.Event:
         """Set at the next change (take it before reading, so no change between is missed)."""
@@ -116,7 +112,12 @@ class SliceHub:
             try:
                 selector = {"labelSelector": SERVICE_NAME}
                 async for found in self.cluster.follow(KINDS["EndpointSlice"], self.namespace, selector):
-                    self.slices, self.listed = found, True
+                    # Grouped once per change: every server of the namespace reads its own slices after it.
+                    grouped: dict[str, list[Mapping[str, Any]]] = {}
+                    for item in found.values():
+                        service = ((item.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME, "")
+                        grouped.setdefault(service, []).append(item)
+                    self._by_service, self.listed = grouped, True
                     backoff, failing = 1.0, ""
                     self._changed.set()
                     self._changed = anyio.Event()
@@ -198,8 +199,8 @@ class DnsSource:
         while True:
             try:
                 infos = await anyio.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                if exc.errno not in _NO_RECORDS:
+            except OSError as exc:
+                if not (isinstance(exc, socket.gaierror) and exc.errno in _NO_RECORDS):
                     log.warning("DNS lookup of %s failed (%s): keeping %d replica(s)", self.host, exc, len(last or ()))
                     await self._pause(self.interval)
                     continue
@@ -211,10 +212,6 @@ class DnsSource:
                         self.host,
                     )
                     told_empty = True
-            except OSError as exc:
-                log.warning("DNS lookup of %s failed (%s): keeping %d replica(s)", self.host, exc, len(last or ()))
-                await self._pause(self.interval)
-                continue
             if infos:
                 told_empty = False
             urls = sorted({base_url(str(info[4][0]), self.port) for info in infos})
