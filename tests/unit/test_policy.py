@@ -19,10 +19,12 @@ import pytest
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Message, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.policy import (
+    ANONYMOUS,
     IDENTITY,
     Authentication,
     BodyLimit,
     Cors,
+    Credentials,
     HostOriginGuard,
     Identity,
     Policy,
@@ -416,7 +418,7 @@ class Tokens:
 
 
 def authenticated(inner: Inner, tokens: Tokens) -> App:
-    return bounded(Authentication(inner, tokens))
+    return bounded(Authentication(inner, lambda: Credentials(tokens, consumes=False)))
 
 
 @pytest.mark.parametrize(
@@ -453,7 +455,7 @@ def test_good_credentials_reach_the_app_with_the_identity_in_the_scope() -> None
 def test_probes_are_not_authenticated(path: str) -> None:
     inner, tokens = Inner(), Tokens({})
     assert serve(authenticated(inner, tokens), http_scope(method="GET", path=path)).status == 200
-    assert tokens.calls == 0 and IDENTITY not in inner.scopes[0]
+    assert tokens.calls == 0 and inner.scopes[0][IDENTITY] == ANONYMOUS
 
 
 @pytest.mark.parametrize("path", ["/servers", "/metrics", "/", "/admin/reload", "/healthz/", "/local/mcp"])
@@ -477,7 +479,7 @@ def test_the_whole_stack_in_the_gateways_order() -> None:
     inner, tokens = Inner(), Tokens({"admin-token": "admin"})
     policy = LOOPBACK
     stack = Cors(
-        bounded(HostOriginGuard(BodyLimit(Authentication(inner, tokens), lambda: 1024), lambda: policy)),
+        bounded(HostOriginGuard(BodyLimit(Authentication(inner, lambda: Credentials(tokens, consumes=False)), lambda: 1024), lambda: policy)),
         lambda: policy,
     )
     refused = serve(stack, http_scope([("host", "localhost"), ("origin", "https://evil.example")]), never)

@@ -102,6 +102,10 @@ DISCOVERY always; DEPLOYER with deployer: true; LABELLED_SERVICES with discovery
 {{- /* /readyz answers 503 for 5 s after SIGTERM while the gateway still serves (Plan 9.15) */ -}}
 {{- $_ := set $gateway "shutdown_delay" 5 -}}
 {{- end -}}
+{{- if not (hasKey $gateway "auth") -}}
+{{- /* The pod listens on the pod network: with no gateway.auth the chart says so on purpose (NOTES warns) */ -}}
+{{- $_ := set $gateway "auth" (dict "anonymous" true) -}}
+{{- end -}}
 {{- $_ := set $registry "gateway" $gateway -}}
 {{- $_ := set $registry "servers" (default dict $registry.servers) -}}
 {{- toYaml $registry -}}

@@ -42,7 +42,7 @@ from mcpfleet.gateway.sealing import KEYS_ENV
 from mcpfleet.gateway.serve import Listener, serve
 from mcpfleet.process import child_environment, resolve_program
 from mcpfleet.registry import Registry
-from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, Pool, StdioServer
+from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, Auth, Pool, StdioServer
 from mcpfleet.registry.model import Gateway as GatewaySettings
 
 DEFAULT_PATH = "/mcp"
@@ -114,6 +114,9 @@ class Adapter:
                 port=port,
                 allowed_hosts=tuple(allowed_hosts),
                 allowed_origins=tuple(allowed_origins),
+                # Reached only by the gateway that fronts it, which authenticates callers (and, in a
+                # cluster, the chart's NetworkPolicy): a pod's adapter asks for no credentials of its own.
+                auth=Auth(anonymous=True),
                 **given,
             )
             entry = StdioServer(

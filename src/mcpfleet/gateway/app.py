@@ -28,20 +28,35 @@ import anyio.abc
 from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.deploy.kubernetes.controller import place
-from mcpfleet.errors import GatewayError, RegistryError
+from mcpfleet.errors import GatewayError, RegistryError, UsageError
 from mcpfleet.gateway import status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, backend, deployed, served_form
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
-from mcpfleet.gateway.policy import Authentication, Authenticator, BodyLimit, Cors, HostOriginGuard, Policy, check_path
+from mcpfleet.gateway.policy import (
+    GRANT,
+    IDENTITY,
+    Access,
+    Authentication,
+    Authenticator,
+    BodyLimit,
+    Cors,
+    Credentials,
+    HostOriginGuard,
+    Policy,
+    TokenValidator,
+    check_path,
+    credentials,
+)
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
+from mcpfleet.gateway.urls import base_url
 from mcpfleet.registry import Registry, load_registry
-from mcpfleet.registry.model import DockerServer, HttpServer, KubernetesServer, Server, StdioServer
+from mcpfleet.registry.model import Auth, DockerServer, HttpServer, KubernetesServer, Server, StdioServer
 from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -75,7 +90,9 @@ class Gateway:
         authenticator: Authenticator | None = None,
     ) -> None:
         """`replica_sources`: server id -> where its replicas come from, in place of the entry's `endpoints`
-        (discovery; see mcpfleet.replicas). `authenticator`: who may call (policy/auth.py); None: anyone."""
+        (discovery; see mcpfleet.replicas). `authenticator`: who may call (policy/auth.py), in place of
+        `gateway.auth`. Raises `UsageError` when the registry asks for no credentials on a bind that is not
+        loopback without `gateway.auth.anonymous` (section 9.16)."""
         self._snapshot = registry
         self._file_registry = registry  # the registry file's; `_snapshot` adds the servers discovery found
         self._discovered: dict[str, Server] = {}
@@ -92,6 +109,12 @@ class Gateway:
         self.sessions = SessionTable(Sealer.from_settings(settings.session_keys, settings.session_max_age))
         self._bind_host = host or registry.gateway.host
         self.policy = Policy.create(self._bind_host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins)
+        self._fixed_credentials = Credentials(authenticator, consumes=False) if authenticator is not None else None
+        if self._fixed_credentials is None and (problem := self._open_door(registry.gateway.auth)):
+            raise UsageError(problem)
+        self._validator: TokenValidator | None = None
+        self.credentials = self._credentials(registry.gateway.auth)
+        self.access = Access(registry.gateway.access)
         for notice in self.policy.notices():
             log.warning("%s", notice)
         self.reload_error: list[str] = []
@@ -105,7 +128,7 @@ class Gateway:
         self._reload_lock = anyio.Lock()
         self.ready = False
         self.metrics = Metrics(self.status)
-        self._stack = self._layers(authenticator)
+        self._stack = self._layers()
         # The Docker backend of `docker` entries; its engine connection is made on first use.
         self.deployments = Deployments()
 
@@ -244,6 +267,11 @@ class Gateway:
                 self.reloads["rejected"] += 1
                 log.exception("registry reload failed; the registry in force stays")
                 return False
+            if self._fixed_credentials is None and (problem := self._open_door(fresh.gateway.auth)):
+                self.reload_error = [f"{self.registry_path}: gateway.auth: {problem}"]
+                self.reloads["rejected"] += 1
+                log.error("registry reload rejected; the registry in force stays: %s", problem)
+                return False
             self.apply(fresh)
             return True
 
@@ -268,6 +296,10 @@ class Gateway:
         self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
         for notice in self.policy.notices():
             log.warning("%s", notice)
+        if fresh.gateway.auth != old.gateway.auth:
+            self.credentials = self._credentials(fresh.gateway.auth)
+        if fresh.gateway.access != old.gateway.access:
+            self.access = Access(fresh.gateway.access)
         self.generation += 1
         size = fresh.gateway.max_message_bytes
         for server_id, runtime in list(self._runtimes.items()):
@@ -391,11 +423,33 @@ class Gateway:
 
     # --- ASGI ------------------------------------------------------------------------------------------
 
-    def _layers(self, authenticator: Authenticator | None) -> App:
+    def _open_door(self, auth: Auth) -> str | None:
+        """Why `auth` may not serve on this bind: no credentials asked, not loopback, not said on purpose."""
+        if auth.required or auth.anonymous or self.policy.loopback:
+            return None
+        return (
+            f"the gateway listens on {self._bind_host}, beyond this machine, and asks callers for no credentials:"
+            " set gateway.auth.api_keys or gateway.auth.jwt, or gateway.auth.anonymous: true if something in"
+            " front of it authenticates (docs/security.md)"
+        )
+
+    def _credentials(self, auth: Auth) -> Credentials | None:
+        """The credentials `auth` asks for; the JWT key set is kept while its settings stay the same."""
+        if self._fixed_credentials is not None:
+            return self._fixed_credentials
+        if auth.jwt is None:
+            self._validator = None
+        elif self._validator is None or self._validator.settings != auth.jwt:
+            self._validator = TokenValidator(auth.jwt)
+        return credentials(auth, self.base_url, self._validator)
+
+    def base_url(self, scope: Scope) -> str:
+        """The gateway's URL as this request reached it (`urls.base_url`, `gateway.public_url` first)."""
+        return base_url(scope, self._snapshot.gateway.public_url, self._bind_host)
+
+    def _layers(self) -> App:
         """The request policy around the router, built once; each layer reads the settings in force."""
-        app: App = self._endpoint
-        if authenticator is not None:
-            app = Authentication(app, authenticator)
+        app: App = Authentication(self._endpoint, lambda: self.credentials)
         app = BodyLimit(app, lambda: self._snapshot.gateway.max_message_bytes)
         app = HostOriginGuard(app, lambda: self.policy)
         return Cors(ErrorBoundary(app, self.metrics.error), lambda: self.policy)
@@ -426,6 +480,7 @@ class Gateway:
             raise GatewayError(404, -32601, "WebSocket endpoints are /<server-id>/ws")
         if "mcp" not in scope.get("subprotocols", []):
             raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
+        scope[GRANT] = self.access.check(scope[IDENTITY], segments[0])
         await receive()  # websocket.connect
         # Taken again after the await, from the registry in force: a reload may have retired the first one.
         runtime = self._runtime(segments[0])
@@ -455,6 +510,7 @@ class Gateway:
             )
         if first not in snapshot.servers and first not in self._draining:
             raise GatewayError.unknown_server(first, sorted(snapshot.servers))
+        scope[GRANT] = self.access.check(scope[IDENTITY], first)
         scope["mcpfleet.server"] = first
         rest = raw_path[len(first.encode()) + 1 :].decode("latin-1") or "/"
         started = time.monotonic()
@@ -489,10 +545,8 @@ class Gateway:
 
     def index(self, scope: Scope) -> dict[str, Any]:
         """`GET /`: every server and its URLs as this request reached the gateway (its scheme, its Host)."""
-        secure = scope.get("scheme") in ("https", "wss")
-        host = header(scope, b"host") or f"{self._bind_host}:{scope.get('server', ('', 0))[1]}"
-        base = f"{'https' if secure else 'http'}://{host}{str(scope.get('root_path', '')).rstrip('/')}"
-        ws_base = ("wss" if secure else "ws") + base[base.index(":") :]
+        base = self.base_url(scope)
+        ws_base = "ws" + base[len("http") :]  # http -> ws, https -> wss
         servers = [
             {
                 "id": server_id,

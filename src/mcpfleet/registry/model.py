@@ -9,6 +9,8 @@ located at that field. Defaults are filled in here, so the normalized form is co
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args
@@ -654,6 +656,186 @@ SERVER_TYPES: dict[str, type[_Entry]] = {
 }
 
 
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+PRINCIPAL_KINDS = ("key", "sub", "group", "scope")
+
+
+class ApiKey(_Model):
+    """One static API key: `name` (what logs, audit lines and `access` rules call its holder), the key's
+    SHA-256 (`sha256`, lowercase hex) or the key itself (`key`, usually `${VAR}`: hashed at load and never
+    kept), and `groups` it belongs to. Clients send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+
+    name: str
+    sha256: str | None = None
+    key: str | None = Field(default=None, exclude=True, repr=False)
+    groups: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _KEY_NAME.fullmatch(name):
+            raise ValueError(f"{name!r}: a key name is letters, digits, '.', '_', '@' and '-' (at most 128)")
+        return name
+
+    @model_validator(mode="after")
+    def _hashed(self) -> ApiKey:
+        if (self.sha256 is None) == (self.key is None):
+            raise ValueError("give exactly one of 'sha256' (the key's SHA-256, hex) or 'key' (the key, e.g. ${VAR})")
+        if self.key is not None:
+            if len(self.key) < 16:
+                raise ValueError("the key is shorter than 16 characters: make it long and random")
+            digest = hashlib.sha256(self.key.encode()).hexdigest()
+            object.__setattr__(self, "sha256", digest)
+            object.__setattr__(self, "key", None)
+        elif not _SHA256.fullmatch(str(self.sha256)):
+            raise ValueError("'sha256' is the key's SHA-256 as 64 lowercase hex digits (sha256sum prints it)")
+        return self
+
+
+class Jwt(_Model):
+    """Bearer JWTs from an OAuth 2.0 / OIDC issuer, validated against its JWKS (RFC 7519, RFC 9068).
+
+    `issuer`: the `iss` every token must carry. `jwks_url`: the issuer's key set; none: read from the issuer's
+    `/.well-known/openid-configuration`, else `/.well-known/oauth-authorization-server` (RFC 8414).
+    `audience`: accepted `aud` values; none: the server's own URL at the gateway (`<public_url>/<id>/mcp`,
+    the RFC 8707 resource the MCP authorization spec has clients ask for) or that URL without `/mcp`.
+    `algorithms`: asymmetric ones only. `leeway`: clock skew allowed on `exp`, `nbf`, `iat`, in seconds.
+    `groups_claim`, `scopes_claim`: where groups and scopes are read (a list, or a space-separated string).
+    `jwks_refresh`: the key set is fetched again this often, and at once (at most every `jwks_min_refresh`
+    seconds) when a token names a key id it does not hold: key rotation needs no restart.
+    """
+
+    issuer: str
+    jwks_url: str | None = None
+    audience: tuple[str, ...] = ()
+    algorithms: tuple[
+        Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"], ...
+    ] = (
+        "RS256",
+        "ES256",
+    )
+    leeway: Annotated[float, Field(ge=0, le=600)] = 60.0
+    groups_claim: str = "groups"
+    scopes_claim: str = "scope"
+    jwks_refresh: Seconds = 300.0
+    jwks_min_refresh: Annotated[float, Field(ge=0)] = 10.0
+    required_scopes: tuple[str, ...] = ()
+
+    @field_validator("issuer", "jwks_url")
+    @classmethod
+    def _https(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1") or str(parts.hostname).startswith("127.")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError(f"{url!r}: an issuer and its key set are reached over https (http only on loopback)")
+        return url
+
+
+class Auth(_Model):
+    """Who may call the gateway (section 9.16 of the Plan Document). With neither `api_keys` nor `jwt`, nobody
+    is asked for credentials: allowed on a loopback bind, and elsewhere only with `anonymous: true` (a proxy in
+    front authenticates). `/healthz` and `/readyz` are always open; `open` lists what else is (`metrics`:
+    `/metrics`; `servers`: `/servers` and the status page `/`)."""
+
+    api_keys: tuple[ApiKey, ...] = ()
+    jwt: Jwt | None = None
+    anonymous: bool = False
+    open: tuple[Literal["metrics", "servers"], ...] = ()
+    # RFC 9728 `authorization_servers` advertised in the protected-resource metadata; none: the JWT issuer.
+    authorization_servers: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> bool:
+        return bool(self.api_keys) or self.jwt is not None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Auth:
+        names = [key.name for key in self.api_keys]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"api key name {dupes[0]!r} is used twice: names identify keys in logs and rules")
+        digests = [key.sha256 for key in self.api_keys]
+        if len(set(digests)) != len(digests):
+            raise ValueError("two api keys have the same value: each holder needs a key of its own")
+        if self.anonymous and self.required:
+            raise ValueError("'anonymous: true' serves callers without credentials: leave out api_keys and jwt")
+        return self
+
+
+class AccessRule(_Model):
+    """Who may reach what. `principals`: `key:<name>` (an API key), `sub:<subject>` (a JWT's `sub`),
+    `group:<name>`, `scope:<scope>`, `*` (anyone the gateway let in, anonymous callers included).
+    `servers`: server ids, `*` and `?` globs allowed. `tools`: tool names (globs) these principals may list
+    and call on those servers; none: every tool."""
+
+    principals: tuple[str, ...]
+    servers: tuple[str, ...] = ("*",)
+    tools: tuple[str, ...] | None = None
+
+    @field_validator("principals")
+    @classmethod
+    def _principals(cls, principals: tuple[str, ...]) -> tuple[str, ...]:
+        if not principals:
+            raise ValueError("name at least one principal ('*' for anyone)")
+        for principal in principals:
+            kind, sep, name = principal.partition(":")
+            if principal != "*" and (not sep or kind not in PRINCIPAL_KINDS or not name):
+                raise ValueError(
+                    f"{principal!r} is not a principal: write key:<name>, sub:<subject>, group:<name>,"
+                    " scope:<scope> or '*'"
+                )
+        return principals
+
+
+class RateLimit(_Model):
+    """A token bucket: `rps` requests per second on average, up to `burst` at once (default: `rps`, at least 1)."""
+
+    rps: Annotated[float, Field(gt=0)]
+    burst: Annotated[int, Field(ge=1)] | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.burst if self.burst is not None else max(1, int(self.rps))
+
+
+class Limits(_Model):
+    """Per-caller and per-server bounds (section 9.17). A caller is its principal; an anonymous caller is its
+    address (the client's, through `trusted_proxies`). Over a rate: 429 with `Retry-After`; over the session
+    cap: 429 on `initialize`. `max_stream_duration`: an event stream (a GET stream, a POST answered with a
+    stream, a WebSocket, a legacy SSE stream) is ended after this long; clients reconnect and resume."""
+
+    sessions_per_principal: Annotated[int, Field(ge=1)] | None = 1000
+    rate_per_principal: RateLimit | None = None
+    rate_per_server: RateLimit | None = None
+    max_stream_duration: Seconds | None = 86400.0
+
+
+class Logging(_Model):
+    """`format`: `json` (one object a line: time, level, logger, message, request and session ids) or `text`.
+    `audit`: one line per tool call (principal, server, tool, outcome, duration); `audit_arguments` adds the
+    call's arguments (off: they may hold personal data or secrets)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    audit: bool = True
+    audit_arguments: bool = False
+
+
+class Tracing(_Model):
+    """OpenTelemetry (`pip install 'mcpfleet[otel]'`): a span per client request and per upstream call, W3C
+    `traceparent` to HTTP backends and in `_meta` to stdio ones. `exporter`: `otlp` (OTLP/HTTP to
+    `endpoint`, default `$OTEL_EXPORTER_OTLP_ENDPOINT` or http://localhost:4318), `console`, or `none`."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+    endpoint: str | None = None
+    service_name: str = "mcpfleet"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
 class Gateway(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
@@ -676,6 +858,49 @@ class Gateway(_Model):
     # `discovery_namespaces` (default: the kubeconfig context's, or the gateway's own in a cluster). Read at start.
     discovery: Literal["none", "labels"] = "none"
     discovery_namespaces: tuple[str, ...] = ()
+    # The gateway's URL as clients reach it (scheme, host, optional path prefix): the `resource` of each
+    # server's protected-resource metadata and the default JWT audience. None: the request's scheme and Host.
+    public_url: str | None = None
+    auth: Auth = Auth()
+    access: tuple[AccessRule, ...] = ()
+    limits: Limits = Limits()
+    # Peers (addresses or CIDR networks) whose `Forwarded` / `X-Forwarded-*` headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
+    logging: Logging = Logging()
+    tracing: Tracing = Tracing()
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"{url!r}: public_url is http(s)://host[:port][/prefix], no query or fragment")
+        return url.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: tuple[str, ...]) -> tuple[str, ...]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or CIDR network (10.0.0.0/8, ::1)") from None
+        return proxies
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> Gateway:
+        names = {key.name for key in self.auth.api_keys}
+        for rule in self.access:
+            for principal in rule.principals:
+                kind, _, name = principal.partition(":")
+                if kind == "key" and name not in names:
+                    raise ValueError(
+                        f"access: {principal!r} names no key in gateway.auth.api_keys"
+                        f" (keys: {', '.join(sorted(names)) or 'none'})"
+                    )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 Outermost first, as a request meets them:
 
-    Cors(ErrorBoundary(HostOriginGuard(BodyLimit([Authentication](router)))))
+    Cors(ErrorBoundary(HostOriginGuard(BodyLimit(Authentication(router)))))
 
 - `Cors` (`cors.py`): answers the preflights of allowed origins and adds the CORS headers to every answer
   for them, the gateway's errors included; it checks Host and Origin itself, so a refusal gets none.
@@ -10,7 +10,9 @@ Outermost first, as a request meets them:
   in the metrics; a refused WebSocket handshake gets the same status and body.
 - `HostOriginGuard` (`hosts.py`): DNS-rebinding protection, 421 for a Host, 403 for an Origin.
 - `BodyLimit` (`limits.py`): `gateway.max_message_bytes`, 413 on a declared length before any byte is read.
-- `Authentication` (`auth.py`): the seat for an `Authenticator`; left out when none is configured.
+- `Authentication` (`auth.py`): the `Credentials` in force (`credentials.py`: API keys, and JWTs checked by
+  `tokens.py`); with none, every caller is `ANONYMOUS`. The router then applies `access.py` (`gateway.access`)
+  once it knows the server id, and leaves the caller's `Grant` in the scope for the tool filter.
 
 Layers refuse by raising `GatewayError`, never by answering, so every refusal goes out in one shape and is
 counted once. Each reads the settings in force through a callable the gateway gives it (a reload swaps the
@@ -19,22 +21,42 @@ request never sees two policies. The path escape check (`paths.py`) is applied b
 segments it returns.
 """
 
-from mcpfleet.gateway.policy.auth import IDENTITY, Authentication, Authenticator, Identity, forbidden, unauthorized
+from mcpfleet.gateway.policy.access import GRANT, Access, Grant
+from mcpfleet.gateway.policy.auth import (
+    ANONYMOUS,
+    IDENTITY,
+    Authentication,
+    Authenticator,
+    Credentials,
+    Identity,
+    forbidden,
+    unauthorized,
+)
 from mcpfleet.gateway.policy.cors import Cors
+from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, credentials
 from mcpfleet.gateway.policy.hosts import HostOriginGuard, Policy, single_header
 from mcpfleet.gateway.policy.limits import BodyLimit
 from mcpfleet.gateway.policy.paths import check_path
+from mcpfleet.gateway.policy.tokens import TokenValidator
 
 __all__ = [
+    "ANONYMOUS",
+    "GRANT",
     "IDENTITY",
+    "Access",
     "Authentication",
     "Authenticator",
     "BodyLimit",
     "Cors",
+    "Credentials",
+    "GatewayAuthenticator",
+    "Grant",
     "HostOriginGuard",
     "Identity",
     "Policy",
+    "TokenValidator",
     "check_path",
+    "credentials",
     "forbidden",
     "single_header",
     "unauthorized",

@@ -1,25 +1,28 @@
 """Authentication: the seat where a request's credentials are checked before it is routed.
 
-An `Authenticator` is given the request's ASGI scope (its headers: `Authorization`, a cookie, a client
+An `Authenticator` is given the request's ASGI scope (its headers: `Authorization`, `X-API-Key`, a client
 certificate's fields in a server's extension) and returns the caller's `Identity`, or raises a 401 or 403
 `GatewayError` carrying a `WWW-Authenticate` challenge (`unauthorized`, `forbidden`). The identity is left
-in the scope under `IDENTITY` for what runs inside. WebSocket handshakes are authenticated like HTTP
-requests, and refused with the same status, body and challenge.
+in the scope under `IDENTITY` for what runs inside (access rules, limits, logs, the audit line). WebSocket
+handshakes are authenticated like HTTP requests, and refused with the same status, body and challenge.
 
-No authenticator is configured by default, and then the gateway leaves this layer out of its stack: no
-cost at all. Probes (`/healthz`, `/readyz`) are never authenticated: a load balancer or a kubelet has no
-credentials. A CORS preflight from an allowed origin is answered before this layer (a browser sends no
-credentials with it). Everything else is authenticated: the MCP routes, `/`, `/servers`, `/metrics` and
-`/admin/reload` (which also answers loopback clients only).
+The layer reads the `Credentials` in force through a callable (a reload swaps them); with none, every
+caller is `ANONYMOUS` and nothing else happens. Probes (`/healthz`, `/readyz`) are never authenticated: a
+load balancer or a kubelet has no credentials; nor are the OAuth protected-resource metadata documents
+(`/.well-known/...`), which tell a client how to get credentials. `gateway.auth.open` opens `/metrics`, and
+`/servers` with the status page `/`. A CORS preflight from an allowed origin is answered before this layer
+(a browser sends no credentials with it). Everything else is authenticated: the MCP routes, `/`,
+`/servers`, `/metrics` and `/admin/reload` (which also answers loopback clients only).
 
-Not yet (issue 12): the gateway has no authenticator of its own to configure, and a request that passes
-goes upstream with its headers, `Authorization` included: an authenticator that consumes a gateway-only
-credential must not be plugged in before that header is stripped.
+A credential the gateway checked is the gateway's: its header is taken out of the request before anything
+is forwarded, so a backend never sees a caller's gateway key or token (RFC 9700 section 2.7 and the MCP
+authorization spec's "token passthrough" rule). Per-server upstream credentials come from the entry's
+`headers` and `secret_env`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,14 +31,39 @@ from mcpfleet.gateway.asgi import App, Receive, Scope, Send
 
 IDENTITY = "mcpfleet.identity"  # the scope key the layer leaves the caller's identity under
 PROBES = frozenset({"/healthz", "/readyz"})
+METADATA_PREFIX = "/.well-known/"  # RFC 9728 / RFC 8414 documents: how to get credentials, so never behind them
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key"})
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: `subject` as the credential names it (a token's `sub`, a user name, a client id)."""
+    """Who is calling. `subject`: as the credential names it (an API key's name, a token's `sub`).
+    `kind`: `key`, `jwt`, `anonymous`, or what a custom authenticator says. `groups` and `scopes`: from the
+    key's entry or the token's claims. `claims`: the validated token's claims (never the token itself)."""
 
     subject: str
     claims: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "custom"
+    groups: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+
+    @property
+    def principal(self) -> str:
+        """The one name logs, audit lines and limits use: `key:<name>`, `sub:<subject>`, `anonymous`."""
+        if self.kind == "key":
+            return f"key:{self.subject}"
+        if self.kind == "anonymous":
+            return "anonymous"
+        return f"sub:{self.subject}"
+
+    @property
+    def principals(self) -> frozenset[str]:
+        """Every name an `access` rule may use for this caller (section 9.16)."""
+        names = {self.principal, *(f"group:{g}" for g in self.groups), *(f"scope:{s}" for s in self.scopes)}
+        return frozenset(names)
+
+
+ANONYMOUS = Identity("anonymous", kind="anonymous")
 
 
 class Authenticator(Protocol):
@@ -43,6 +71,17 @@ class Authenticator(Protocol):
         """The caller of this request or handshake; raises `unauthorized(...)` (no or bad credentials) or
         `forbidden(...)` (good credentials without the right to call). Called once per request."""
         ...
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The authentication in force: who checks, and which paths need no credentials besides the probes.
+    `consumes`: the checked credential headers are removed from the request (the gateway's own
+    authenticators); a custom one plugged in by code keeps them."""
+
+    authenticator: Authenticator
+    open_paths: frozenset[str] = PROBES
+    consumes: bool = True
 
 
 def unauthorized(message: str, challenge: str = "Bearer") -> GatewayError:
@@ -56,12 +95,18 @@ def forbidden(message: str, challenge: str = 'Bearer error="insufficient_scope"'
 
 
 class Authentication:
-    def __init__(self, app: App, authenticator: Authenticator, *, open_paths: frozenset[str] = PROBES) -> None:
+    def __init__(self, app: App, credentials: Callable[[], Credentials | None]) -> None:
         self.app = app
-        self.authenticator = authenticator
-        self.open_paths = open_paths
+        self.credentials = credentials
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"] not in self.open_paths:
-            scope[IDENTITY] = await self.authenticator.authenticate(scope)
+        if scope["type"] in ("http", "websocket"):
+            credentials = self.credentials()
+            path = scope["path"]
+            if credentials is None or path in credentials.open_paths or path.startswith(METADATA_PREFIX):
+                scope[IDENTITY] = ANONYMOUS
+            else:
+                scope[IDENTITY] = await credentials.authenticator.authenticate(scope)
+                if credentials.consumes:
+                    scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in CREDENTIAL_HEADERS]
         await self.app(scope, receive, send)

@@ -1,0 +1,88 @@
+"""Authorization: which callers may reach which servers, and which of their tools (`gateway.access`).
+
+With no rules, every caller the authentication let in reaches every server and every tool. With rules, a
+caller reaches a server only when a rule names one of its principals (`Identity.principals`: `key:<name>`,
+`sub:<subject>`, `group:<g>`, `scope:<s>`; `*` is anyone) and the server id (globs allowed); everything
+else is refused with 403 before the request is routed. The tools it may list and call there are the union
+of those rules' `tools` (globs); a rule without `tools` allows all of them.
+
+A `Grant` is what a request carries inward (`scope[GRANT]`): the server routes filter `tools/list`
+answers and refuse `tools/call` of a tool not granted (`Grant.allows`), on every route. Decisions are cached
+by (principals, server id): the same caller on the same server costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.policy.auth import Identity
+from mcpfleet.registry.model import AccessRule
+
+GRANT = "mcpfleet.grant"  # the scope key a request's Grant is left under
+CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one caller may do on one server. `tools`: tool-name globs it may list and call; None: all."""
+
+    tools: tuple[str, ...] | None = None
+
+    def allows(self, tool: str) -> bool:
+        """Whether the tool `tool` may be listed and called."""
+        return self.tools is None or any(fnmatchcase(tool, pattern) for pattern in self.tools)
+
+
+EVERYTHING = Grant()
+
+
+class Access:
+    """The decisions of one `gateway.access` list (a reload makes a new one)."""
+
+    def __init__(self, rules: Sequence[AccessRule]) -> None:
+        self.rules = tuple(rules)
+        self._cache: dict[tuple[frozenset[str], str], Grant | None] = {}
+
+    def grant(self, identity: Identity, server_id: str) -> Grant | None:
+        """What `identity` may do on `server_id`; None: it may not reach it."""
+        if not self.rules:
+            return EVERYTHING
+        principals = identity.principals
+        cache_key = (principals, server_id)
+        try:
+            return self._cache[cache_key]
+        except KeyError:
+            pass
+        tools: list[str] = []
+        everything = False
+        matched = False
+        for rule in self.rules:
+            if not any(p == "*" or p in principals for p in rule.principals):
+                continue
+            if not any(fnmatchcase(server_id, pattern) for pattern in rule.servers):
+                continue
+            matched = True
+            if rule.tools is None:
+                everything = True
+            else:
+                tools.extend(t for t in rule.tools if t not in tools)
+        decided = (EVERYTHING if everything else Grant(tuple(tools))) if matched else None
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[cache_key] = decided
+        return decided
+
+    def check(self, identity: Identity, server_id: str) -> Grant:
+        """`grant`, or a 403 naming the caller and the server."""
+        decided = self.grant(identity, server_id)
+        if decided is None:
+            raise GatewayError(
+                403,
+                -32600,
+                f"{identity.principal} may not use server {server_id!r} (setting: gateway.access)",
+                headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+            )
+        return decided

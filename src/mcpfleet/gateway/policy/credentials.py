@@ -1,0 +1,112 @@
+"""The gateway's own authenticator, built from `gateway.auth`: static API keys and bearer JWTs.
+
+A caller sends one credential: `Authorization: Bearer <key or token>` or `X-API-Key: <key>`. A key is
+hashed (SHA-256) and compared with every configured key's hash in constant time (`hmac.compare_digest`, all
+of them, so the time says nothing of which or how much matched); a bearer value shaped like a JWT is
+validated by `tokens.TokenValidator` when `gateway.auth.jwt` is set. The audience a token must name is the
+URL of the server it calls at the gateway (`urls.server_url`), or the gateway's base for the status routes.
+
+Every 401 carries `WWW-Authenticate: Bearer` with, when JWTs are accepted, `resource_metadata` pointing at
+this server's protected-resource metadata (RFC 9728 section 5.1; the MCP authorization spec's discovery),
+so an MCP client can find the issuer and get a token on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+
+from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.asgi import Scope
+from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, unauthorized
+from mcpfleet.gateway.policy.tokens import TokenValidator
+from mcpfleet.gateway.urls import metadata_url
+from mcpfleet.registry.model import Auth
+
+STATUS_SEGMENTS = frozenset({"", "healthz", "readyz", "servers", "metrics", "admin"})
+OPEN_PATHS = {"metrics": ("/metrics",), "servers": ("/servers", "/")}
+
+
+class GatewayAuthenticator:
+    """`authenticate(scope)` for one `gateway.auth` setting. `base(scope)`: the gateway's public base URL
+    for a request (`urls.base_url` with the settings in force)."""
+
+    def __init__(self, auth: Auth, base: Callable[[Scope], str], validator: TokenValidator | None = None) -> None:
+        self.auth = auth
+        self.base = base
+        self.keys = [(key.name, bytes.fromhex(str(key.sha256)), frozenset(key.groups)) for key in auth.api_keys]
+        self.validator = validator
+
+    def _challenge(self, scope: Scope, error: str | None = None) -> str:
+        parts = ['Bearer realm="mcpfleet"']
+        if error:
+            parts.append(f'error="{error}"')
+        server = _server_id(scope)
+        if self.validator is not None and server is not None:
+            parts.append(f'resource_metadata="{metadata_url(self.base(scope), server)}"')
+        return ", ".join(parts)
+
+    async def authenticate(self, scope: Scope) -> Identity:
+        value = _credential(scope)
+        if value is None:
+            kinds = " or ".join(k for k, on in (("an API key", self.keys), ("a bearer token", self.validator)) if on)
+            raise unauthorized(
+                f"this gateway needs credentials: {kinds} (Authorization: Bearer ...)", self._challenge(scope)
+            )
+        if self.keys:
+            digest = hashlib.sha256(value.encode()).digest()
+            found: tuple[str, bytes, frozenset[str]] | None = None
+            for key in self.keys:  # every key is compared: the time does not tell which matched
+                if hmac.compare_digest(digest, key[1]):
+                    found = key
+            if found is not None:
+                return Identity(found[0], kind="key", groups=found[2])
+        if self.validator is not None and value.count(".") == 2:
+            try:
+                return await self.validator.validate(value, self._audiences(scope))
+            except GatewayError as error:
+                if error.status == 401:
+                    challenge = self._challenge(scope, "invalid_token")
+                    raise unauthorized(error.message, challenge) from None
+                raise
+        what = "API key" if self.keys and not self.validator else "credential"
+        raise unauthorized(f"the {what} is not valid here", self._challenge(scope, "invalid_token"))
+
+    def _audiences(self, scope: Scope) -> list[str]:
+        base = self.base(scope)
+        server = _server_id(scope)
+        if server is None:
+            return [base, base + "/"]
+        return [f"{base}/{server}/mcp", f"{base}/{server}"]
+
+
+def credentials(auth: Auth, base: Callable[[Scope], str], validator: TokenValidator | None) -> Credentials | None:
+    """The `Credentials` for `gateway.auth`; None when it asks for none (anonymous callers)."""
+    if not auth.required:
+        return None
+    open_paths = PROBES.union(*(OPEN_PATHS[name] for name in auth.open))
+    return Credentials(GatewayAuthenticator(auth, base, validator), open_paths)
+
+
+def _credential(scope: Scope) -> str | None:
+    found: list[tuple[bytes, bytes]] = [(k, v) for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")]
+    if not found:
+        return None
+    if len(found) > 1:
+        names = sorted({k.decode() for k, _ in found})
+        raise GatewayError(400, -32600, f"the request carries {len(found)} credentials ({', '.join(names)}): send one")
+    name, raw = found[0]
+    value = raw.decode("latin-1").strip()
+    if name == b"authorization":
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("the Authorization header must be 'Bearer <key or token>'", 'Bearer realm="mcpfleet"')
+        value = token.strip()
+    return value or None
+
+
+def _server_id(scope: Scope) -> str | None:
+    """The server id a request's path names, None for the gateway's own routes."""
+    segment = str(scope.get("path", "/")).lstrip("/").split("/", 1)[0]
+    return None if segment in STATUS_SEGMENTS else segment
