@@ -246,3 +246,16 @@ def test_a_reload_that_would_drop_credentials_off_loopback_is_rejected(tmp_path:
             del os.environ["OPS_KEY"]
 
     anyio.run(run)
+
+
+def test_metrics_and_servers_open_only_when_configured(served: Served) -> None:
+    ops = {"authorization": f"Bearer {OPS_KEY}"}
+    with httpx2.Client(timeout=TIMEOUT) as http:
+        assert [http.get(f"{served.url}{p}").status_code for p in ("/metrics", "/servers", "/")] == [401, 401, 401]
+        served.registry.write_text(served.registry.read_text().replace("  auth:\n", "  auth:\n    open: [metrics]\n"))
+        assert http.post(f"{served.url}/admin/reload", headers=ops).json()["reloaded"] is True
+        assert [http.get(f"{served.url}{p}").status_code for p in ("/metrics", "/servers", "/")] == [200, 401, 401]
+        served.registry.write_text(served.registry.read_text().replace("open: [metrics]", "open: [servers]"))
+        assert http.post(f"{served.url}/admin/reload", headers=ops).json()["reloaded"] is True
+        assert [http.get(f"{served.url}{p}").status_code for p in ("/metrics", "/servers", "/")] == [401, 200, 200]
+        assert http.post(f"{served.url}/local/mcp", json=INIT, headers=ACCEPT).status_code == 401
