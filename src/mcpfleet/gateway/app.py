@@ -29,7 +29,7 @@ from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.deploy.kubernetes.controller import place
 from mcpfleet.errors import GatewayError, RegistryError
-from mcpfleet.gateway import status
+from mcpfleet.gateway import page, status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, backend, deployed, served_form
 from mcpfleet.gateway.exchange import Exchange
@@ -440,8 +440,9 @@ class Gateway:
         if len(segments) == 1 and first in STATUS_PATHS:
             await self._status(first, send)
             return
-        if segments == [""] and scope["method"] in ("GET", "HEAD"):
-            await respond(send, 200, json.dumps(self.index(scope), indent=2).encode())
+        if segments == [""] and scope["method"] in ("GET", "HEAD"):  # the status page, or its JSON
+            recent = self.metrics.recent
+            await page.serve(scope, send, lambda: page.document(self.index(scope), self.describe(), recent))
             return
         if first == "admin":
             await self._admin(scope, segments, receive, send)

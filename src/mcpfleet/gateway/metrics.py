@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mcpfleet.gateway.recorder import Recorder
 from mcpfleet.gateway.status import GatewayView
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -63,13 +64,18 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(view))
+        self.recent = Recorder()  # the last minutes, for the status page
 
     def observe(self, server: str, method: str, started: float) -> None:
+        now = time.monotonic()
         self.requests.labels(server, method).inc()
-        self.duration.labels(server).observe(time.monotonic() - started)
+        self.duration.labels(server).observe(now - started)
+        self.recent.observe(server, now - started, now)
 
-    def error(self, server: str, code: int, status: int) -> None:
+    def error(self, server: str, code: int, status: int, message: str = "") -> None:
+        """An error the gateway answered itself (`ErrorBoundary`); `message` is the one the client got."""
         self.errors.labels(server, ERROR_KINDS.get(code, str(code)), str(status)).inc()
+        self.recent.error(server, code, status, message)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
