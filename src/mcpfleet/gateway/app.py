@@ -104,7 +104,7 @@ class Gateway:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._reload_lock = anyio.Lock()
         self.ready = False
-        self.metrics = Metrics(self.status)
+        self.metrics = Metrics(self.status, lambda: self.ready)
         self._stack = self._layers(authenticator)
         # The Docker backend of `docker` entries; its engine connection is made on first use.
         self.deployments = Deployments()

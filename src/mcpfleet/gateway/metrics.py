@@ -40,9 +40,10 @@ ERROR_KINDS = {
 
 
 class Metrics:
-    """`view`: reads the gateway's state (status.GatewayView), at each scrape."""
+    """`view`: reads the gateway's state (status.GatewayView), at each scrape; `ready`: whether `/readyz`
+    answers 200 (`mcpfleet_ready`)."""
 
-    def __init__(self, view: Callable[[], GatewayView]) -> None:
+    def __init__(self, view: Callable[[], GatewayView], ready: Callable[[], bool] = lambda: True) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "mcpfleet_requests",
@@ -63,7 +64,7 @@ class Metrics:
             ["server", "kind", "status"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(view))
+        self.registry.register(_StateCollector(view, ready))
         self.recent = Recorder()  # the last minutes, for the status page
 
     def observe(self, server: str, method: str, started: float) -> None:
@@ -82,8 +83,9 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, view: Callable[[], GatewayView]) -> None:
+    def __init__(self, view: Callable[[], GatewayView], ready: Callable[[], bool]) -> None:
         self.view = view
+        self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
         view = self.view()
@@ -180,6 +182,8 @@ class _StateCollector(Collector):
             reloads.add_metric([outcome], count)
         generation = GaugeMetricFamily("mcpfleet_registry_generation", "Registry snapshots loaded so far.")
         generation.add_metric([], view.generation)
+        ready = GaugeMetricFamily("mcpfleet_ready", "1 while /readyz answers 200 (0: starting, or shutting down).")
+        ready.add_metric([], 1 if self.ready() else 0)
         yield from (
             in_flight,
             healthy,
@@ -196,4 +200,5 @@ class _StateCollector(Collector):
             sessions,
             reloads,
             generation,
+            ready,
         )
