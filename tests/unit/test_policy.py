@@ -132,7 +132,7 @@ class Counted:
     def __init__(self) -> None:
         self.errors: list[tuple[str, int, int]] = []
 
-    def __call__(self, server: str, code: int, status: int) -> None:
+    def __call__(self, server: str, code: int, status: int, message: str) -> None:
         self.errors.append((server, code, status))
 
 
@@ -479,7 +479,12 @@ def test_the_whole_stack_in_the_gateways_order() -> None:
     inner, tokens = Inner(), Tokens({"admin-token": "admin"})
     policy = LOOPBACK
     stack = Cors(
-        bounded(HostOriginGuard(BodyLimit(Authentication(inner, lambda: Credentials(tokens, consumes=False)), lambda: 1024), lambda: policy)),
+        bounded(
+            HostOriginGuard(
+                BodyLimit(Authentication(inner, lambda: Credentials(tokens, consumes=False)), lambda: 1024),
+                lambda: policy,
+            )
+        ),
         lambda: policy,
     )
     refused = serve(stack, http_scope([("host", "localhost"), ("origin", "https://evil.example")]), never)

@@ -29,7 +29,7 @@ from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.deploy.kubernetes.controller import place
 from mcpfleet.errors import GatewayError, RegistryError, UsageError
-from mcpfleet.gateway import status
+from mcpfleet.gateway import page, status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, backend, deployed, served_form
 from mcpfleet.gateway.exchange import Exchange
@@ -127,7 +127,7 @@ class Gateway:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._reload_lock = anyio.Lock()
         self.ready = False
-        self.metrics = Metrics(self.status)
+        self.metrics = Metrics(self.status, lambda: self.ready)
         self._stack = self._layers()
         # The Docker backend of `docker` entries; its engine connection is made on first use.
         self.deployments = Deployments()
@@ -495,8 +495,9 @@ class Gateway:
         if len(segments) == 1 and first in STATUS_PATHS:
             await self._status(first, send)
             return
-        if segments == [""] and scope["method"] in ("GET", "HEAD"):
-            await respond(send, 200, json.dumps(self.index(scope), indent=2).encode())
+        if segments == [""] and scope["method"] in ("GET", "HEAD"):  # the status page, or its JSON
+            recent = self.metrics.recent
+            await page.serve(scope, send, lambda: page.document(self.index(scope), self.describe(), recent))
             return
         if first == "admin":
             await self._admin(scope, segments, receive, send)

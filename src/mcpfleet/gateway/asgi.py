@@ -74,16 +74,16 @@ class ErrorBoundary:
     the layers and routes inside raise only before they take `websocket.connect`.
     """
 
-    def __init__(self, app: App, count: Callable[[str, int, int], None]) -> None:
+    def __init__(self, app: App, count: Callable[[str, int, int, str], None]) -> None:
         self.app = app
-        self.count = count  # (server id or "-", JSON-RPC code, HTTP status)
+        self.count = count  # (server id or "-", JSON-RPC code, HTTP status, message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             try:
                 await self.app(scope, receive, send)
             except GatewayError as exc:
-                self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
+                self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message)
                 await _refuse_handshake(scope, receive, send, exc)
             return
         if scope["type"] != "http":
@@ -99,7 +99,7 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, tracked)
         except GatewayError as exc:
-            self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status)
+            self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message)
             if not started:
                 _, request_id = single_request(scope.get("mcpfleet.body", b""))
                 await respond_error(send, exc, request_id)

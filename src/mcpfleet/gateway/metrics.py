@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mcpfleet.gateway.recorder import Recorder
 from mcpfleet.gateway.status import GatewayView
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -39,9 +40,10 @@ ERROR_KINDS = {
 
 
 class Metrics:
-    """`view`: reads the gateway's state (status.GatewayView), at each scrape."""
+    """`view`: reads the gateway's state (status.GatewayView), at each scrape; `ready`: whether `/readyz`
+    answers 200 (`mcpfleet_ready`)."""
 
-    def __init__(self, view: Callable[[], GatewayView]) -> None:
+    def __init__(self, view: Callable[[], GatewayView], ready: Callable[[], bool] = lambda: True) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "mcpfleet_requests",
@@ -62,22 +64,28 @@ class Metrics:
             ["server", "kind", "status"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(view))
+        self.registry.register(_StateCollector(view, ready))
+        self.recent = Recorder()  # the last minutes, for the status page
 
     def observe(self, server: str, method: str, started: float) -> None:
+        now = time.monotonic()
         self.requests.labels(server, method).inc()
-        self.duration.labels(server).observe(time.monotonic() - started)
+        self.duration.labels(server).observe(now - started)
+        self.recent.observe(server, now - started, now)
 
-    def error(self, server: str, code: int, status: int) -> None:
+    def error(self, server: str, code: int, status: int, message: str = "") -> None:
+        """An error the gateway answered itself (`ErrorBoundary`); `message` is the one the client got."""
         self.errors.labels(server, ERROR_KINDS.get(code, str(code)), str(status)).inc()
+        self.recent.error(server, code, status, message)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _StateCollector(Collector):
-    def __init__(self, view: Callable[[], GatewayView]) -> None:
+    def __init__(self, view: Callable[[], GatewayView], ready: Callable[[], bool]) -> None:
         self.view = view
+        self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
         view = self.view()
@@ -174,6 +182,8 @@ class _StateCollector(Collector):
             reloads.add_metric([outcome], count)
         generation = GaugeMetricFamily("mcpfleet_registry_generation", "Registry snapshots loaded so far.")
         generation.add_metric([], view.generation)
+        ready = GaugeMetricFamily("mcpfleet_ready", "1 while /readyz answers 200 (0: starting, or shutting down).")
+        ready.add_metric([], 1 if self.ready() else 0)
         yield from (
             in_flight,
             healthy,
@@ -190,4 +200,5 @@ class _StateCollector(Collector):
             sessions,
             reloads,
             generation,
+            ready,
         )
