@@ -389,7 +389,9 @@ anyio.run(main)
 @pytest.fixture
 def public_gateway(tmp_path: Path) -> Iterator[RunningGateway]:
     registry = tmp_path / "public.yaml"
-    registry.write_text(f"servers:\n  local: {{command: {DEMO_STDIO}}}\n")
+    # Off loopback a gateway asks for credentials unless told not to (docs/security.md): the Host rules are the
+    # same either way, so this one serves anonymous callers.
+    registry.write_text(f"gateway: {{auth: {{anonymous: true}}}}\nservers:\n  local: {{command: {DEMO_STDIO}}}\n")
     port = free_port()
     with running([sys.executable, "-c", PUBLIC_BIND, str(registry), str(port)], port) as url:
         yield RunningGateway(url, registry)
@@ -409,7 +411,9 @@ def test_a_public_bind_takes_ip_literals_and_listed_names_only(public_gateway: R
     problems += refusals(port, f"10.1.2.3:{port}", "http://localhost:3000", 403)
     assert not problems, "\n".join(problems)
     # Listing a name lets it in, from the next request after a reload.
-    gw.registry.write_text(gw.registry.read_text() + "gateway: {allowed_hosts: ['pod-10-1-2-3.anything']}\n")
+    gw.registry.write_text(
+        gw.registry.read_text().replace("gateway: {", "gateway: {allowed_hosts: ['pod-10-1-2-3.anything'], ")
+    )
     with httpx2.Client(timeout=TIMEOUT) as client:
         assert client.post(f"{gw.url}/admin/reload").json()["reloaded"] is True
         session_and_call(client, gw.mcp("local"), f"pod-10-1-2-3.anything:{port}", None)
