@@ -29,7 +29,7 @@ from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.deploy.kubernetes.controller import place
 from mcpfleet.errors import GatewayError, RegistryError, UsageError
-from mcpfleet.gateway import page, status
+from mcpfleet.gateway import oauth, page, status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, backend, deployed, served_form
 from mcpfleet.gateway.exchange import Exchange
@@ -443,6 +443,11 @@ class Gateway:
             self._validator = TokenValidator(auth.jwt)
         return credentials(auth, self.base_url, self._validator)
 
+    def _replica_urls(self, server_id: str) -> list[str]:
+        """The URLs of a server's replicas in service (none before its runtime starts)."""
+        runtime = self._runtimes.get(server_id)
+        return [r.url for r in runtime.balancer.replicas] if runtime is not None and runtime.balancer else []
+
     def base_url(self, scope: Scope) -> str:
         """The gateway's URL as this request reached it (`urls.base_url`, `gateway.public_url` first)."""
         return base_url(scope, self._snapshot.gateway.public_url, self._bind_host)
@@ -501,6 +506,11 @@ class Gateway:
             return
         if first == "admin":
             await self._admin(scope, segments, receive, send)
+            return
+        if first == ".well-known":  # OAuth discovery (oauth.py): open to all, like the probes
+            await oauth.answer(
+                scope, send, segments[1:], self._snapshot, self.base_url(scope), self.credentials, self._replica_urls
+            )
             return
         snapshot = self._snapshot
         if first in snapshot.failed:

@@ -30,6 +30,7 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import App, Receive, Scope, Send
 
 IDENTITY = "mcpfleet.identity"  # the scope key the layer leaves the caller's identity under
+CONSUMED = "mcpfleet.consumed"  # set when the layer took the caller's credential out of the request
 PROBES = frozenset({"/healthz", "/readyz"})
 METADATA_PREFIX = "/.well-known/"  # RFC 9728 / RFC 8414 documents: how to get credentials, so never behind them
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key"})
@@ -109,4 +110,5 @@ class Authentication:
                 scope[IDENTITY] = await credentials.authenticator.authenticate(scope)
                 if credentials.consumes:
                     scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in CREDENTIAL_HEADERS]
+                    scope[CONSUMED] = True
         await self.app(scope, receive, send)

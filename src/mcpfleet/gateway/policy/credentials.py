@@ -6,9 +6,15 @@ of them, so the time says nothing of which or how much matched); a bearer value 
 validated by `tokens.TokenValidator` when `gateway.auth.jwt` is set. The audience a token must name is the
 URL of the server it calls at the gateway (`urls.server_url`), or the gateway's base for the status routes.
 
-Every 401 carries `WWW-Authenticate: Bearer` with, when JWTs are accepted, `resource_metadata` pointing at
-this server's protected-resource metadata (RFC 9728 section 5.1; the MCP authorization spec's discovery),
-so an MCP client can find the issuer and get a token on its own.
+A token is for a server when its `aud` names the server's URL at the gateway, `<base>/<id>`, or a URL below
+it (`<base>/<id>/mcp`, `<base>/<id>/sse`: RFC 8707 resources are hierarchical, as the MCP SDK's client
+treats them); the status routes take `<base>` itself. `jwt.audience` replaces both with fixed values.
+
+Every 401, and a 403 for a missing scope, carries `WWW-Authenticate: Bearer` with, when JWTs are accepted,
+`resource_metadata` pointing at this server's protected-resource metadata (RFC 9728 section 5.1; the MCP
+authorization spec's discovery; `oauth.py` serves it): the document of `<base>/<id>/mcp` for a request on
+`/<id>/mcp`, of `<base>/<id>` for any other path of the server, so that the `resource` a client reads there
+is its own URL or a parent of it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from collections.abc import Callable
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Scope
-from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, unauthorized
+from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, forbidden, unauthorized
 from mcpfleet.gateway.policy.tokens import TokenValidator
-from mcpfleet.gateway.urls import metadata_url
+from mcpfleet.gateway.urls import metadata_url, server_url
 from mcpfleet.registry.model import Auth
 
 STATUS_SEGMENTS = frozenset({"", "healthz", "readyz", "servers", "metrics", "admin"})
@@ -38,17 +44,25 @@ class GatewayAuthenticator:
         self.keys = [(key.name, bytes.fromhex(str(key.sha256)), frozenset(key.groups)) for key in auth.api_keys]
         self.validator = validator
 
-    def _challenge(self, scope: Scope, error: str | None = None) -> str:
+    def _challenge(self, scope: Scope, error: str | None = None, *extra: str) -> str:
         parts = ['Bearer realm="mcpfleet"']
         if error:
             parts.append(f'error="{error}"')
+        parts.extend(extra)
         server = _server_id(scope)
         if self.validator is not None and server is not None:
-            parts.append(f'resource_metadata="{metadata_url(self.base(scope), server)}"')
+            rest = str(scope.get("path", "/"))[len(server) + 1 :]
+            url = metadata_url(self.base(scope), server, "/mcp" if rest == "/mcp" else "")
+            parts.append(f'resource_metadata="{url}"')
         return ", ".join(parts)
 
     async def authenticate(self, scope: Scope) -> Identity:
-        value = _credential(scope)
+        try:
+            value = _credential(scope)
+        except GatewayError as error:
+            if error.status == 401:
+                raise unauthorized(error.message, self._challenge(scope, "invalid_request")) from None
+            raise
         if value is None:
             kinds = " or ".join(k for k, on in (("an API key", self.keys), ("a bearer token", self.validator)) if on)
             raise unauthorized(
@@ -63,22 +77,21 @@ class GatewayAuthenticator:
             if found is not None:
                 return Identity(found[0], kind="key", groups=found[2])
         if self.validator is not None and value.count(".") == 2:
+            base = self.base(scope)
+            server = _server_id(scope)
+            audiences, below = ([base, base + "/"], None) if server is None else ([], server_url(base, server, ""))
             try:
-                return await self.validator.validate(value, self._audiences(scope))
+                return await self.validator.validate(value, audiences, below=below)
             except GatewayError as error:
                 if error.status == 401:
-                    challenge = self._challenge(scope, "invalid_token")
-                    raise unauthorized(error.message, challenge) from None
+                    raise unauthorized(error.message, self._challenge(scope, "invalid_token")) from None
+                if error.status == 403:
+                    wanted = " ".join(self.auth.jwt.required_scopes) if self.auth.jwt else ""
+                    challenge = self._challenge(scope, "insufficient_scope", f'scope="{wanted}"')
+                    raise forbidden(error.message, challenge) from None
                 raise
         what = "API key" if self.keys and not self.validator else "credential"
         raise unauthorized(f"the {what} is not valid here", self._challenge(scope, "invalid_token"))
-
-    def _audiences(self, scope: Scope) -> list[str]:
-        base = self.base(scope)
-        server = _server_id(scope)
-        if server is None:
-            return [base, base + "/"]
-        return [f"{base}/{server}/mcp", f"{base}/{server}"]
 
 
 def credentials(auth: Auth, base: Callable[[Scope], str], validator: TokenValidator | None) -> Credentials | None:

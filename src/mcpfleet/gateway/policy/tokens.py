@@ -1,25 +1,30 @@
 """Bearer JWTs validated against an issuer's JSON Web Key Set, with PyJWT (RFC 7519, RFC 7517, RFC 9068).
 
-`KeySet` holds the issuer's keys: fetched on first use (the `jwks_uri` read from the issuer's
-`/.well-known/openid-configuration`, else `/.well-known/oauth-authorization-server`, when `jwt.jwks_url` is
-not given), again every `jwt.jwks_refresh` seconds, and at once when a token names a key id the set does not
-hold (at most every `jwt.jwks_min_refresh` seconds, so forged key ids cannot make the gateway hammer the
-issuer). A failed fetch keeps the keys it had; with none at all, the request gets 503 (the gateway cannot
-tell good tokens from bad), not 401.
+`KeySet` holds the issuer's keys: fetched on first use (the `jwks_uri` read from the issuer's OpenID
+Connect discovery document, `<issuer>/.well-known/openid-configuration`, else its RFC 8414 metadata,
+`<origin>/.well-known/oauth-authorization-server<issuer path>`, when `jwt.jwks_url` is not given), again
+every `jwt.jwks_refresh` seconds, and at once when a token names a key id the set does not hold. Fetches,
+failed ones included, are at least `jwt.jwks_min_refresh` seconds apart, so neither forged key ids nor an
+issuer that is down make the gateway hammer it or keep requests waiting on it. A failed fetch keeps the keys
+it had; with none at all, the request gets 503 with `Retry-After` (the gateway cannot tell good tokens from
+bad), not 401.
 
-`TokenValidator.validate(token, audiences)` checks the signature with an allowed asymmetric algorithm (never
-`none`, never HMAC: a public key must not double as a shared secret), `iss`, `exp` (required), `nbf`, `iat`
-with `jwt.leeway` seconds of clock skew, and that `aud` names one of `audiences`; then `jwt.required_scopes`.
-Every refusal is one `unauthorized` error whose message says what was wrong with the token, never the token.
+`TokenValidator.validate(token, audiences, below=...)` checks the signature with an allowed asymmetric
+algorithm (never `none`, never HMAC: a public key must not double as a shared secret), `iss`, `exp`
+(required), `nbf`, `iat` with `jwt.leeway` seconds of clock skew, and that `aud` names one of `audiences` or
+a URL at or below `below` (RFC 8707 resources are hierarchical); then `jwt.required_scopes`. Every refusal
+is one `unauthorized` error whose message says what was wrong with the token, never the token.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -36,8 +41,8 @@ MAX_DOCUMENT = 1 << 20  # a key set or discovery document larger than 1 MiB is r
 
 
 class KeySetUnavailable(GatewayError):
-    def __init__(self, message: str) -> None:
-        super().__init__(503, -32603, message, headers={"Retry-After": "5"})
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(503, -32603, message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class KeySet:
@@ -46,32 +51,45 @@ class KeySet:
     def __init__(self, settings: Jwt) -> None:
         self.settings = settings
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._data: dict[str, dict[str, Any]] = {}  # each key's JWK, for algorithms other than its default
+        self._for_algorithm: dict[tuple[str, str], jwt.PyJWK] = {}
         self._fetched = float("-inf")  # monotonic time of the last fetch attempt
         self._loaded = float("-inf")  # of the last good one
         self._lock = anyio.Lock()
         self.jwks_url = settings.jwks_url
         self.last_error: str | None = None
 
-    async def key(self, kid: str | None) -> jwt.PyJWK:
-        """The key that signed a token with header `kid` (None: the set's only key); raises `unauthorized`
-        for an unknown key id, `KeySetUnavailable` when no key set could ever be fetched."""
+    async def key(self, kid: str | None, algorithm: str | None = None) -> jwt.PyJWK:
+        """The key that signed a token with header `kid` (None: the set's only key), for the token's
+        `algorithm` (a JWK without `alg` serves any algorithm of its key type); raises `unauthorized` for an
+        unknown key id, `KeySetUnavailable` when no key set could be fetched yet."""
         now = time.monotonic()
         stale = now - self._loaded > self.settings.jwks_refresh
         unknown = kid is not None and kid not in self._keys
-        if stale or (unknown and now - self._fetched >= self.settings.jwks_min_refresh):
+        if (stale or unknown) and now - self._fetched >= self.settings.jwks_min_refresh:
             await self._refresh(now)
         if not self._keys:
+            wait = self.settings.jwks_min_refresh - (time.monotonic() - self._fetched)
             raise KeySetUnavailable(
-                f"the issuer's key set could not be fetched ({self.last_error}); setting: gateway.auth.jwt"
+                f"the issuer's key set could not be fetched ({self.last_error}); setting: gateway.auth.jwt", wait
             )
         if kid is None:
-            if len(self._keys) == 1:
-                return next(iter(self._keys.values()))
-            raise unauthorized("the token names no key id ('kid') and the issuer has several keys", _challenge())
+            if len(self._keys) != 1:
+                raise unauthorized("the token names no key id ('kid') and the issuer has several keys", _challenge())
+            kid = next(iter(self._keys))
         found = self._keys.get(kid)
         if found is None:
             raise unauthorized(f"the token is signed with key {kid!r}, which the issuer does not list", _challenge())
-        return found
+        if algorithm is None or algorithm == found.algorithm_name or "alg" in self._data[kid]:
+            return found  # a key bound to another algorithm than the token's is refused by PyJWT
+        cached = self._for_algorithm.get((kid, algorithm))
+        if cached is None:
+            try:
+                cached = jwt.PyJWK(self._data[kid], algorithm)
+            except jwt.PyJWKError:
+                raise unauthorized(f"key {kid!r} cannot verify {algorithm}", _challenge()) from None
+            self._for_algorithm[(kid, algorithm)] = cached
+        return cached
 
     async def _refresh(self, started: float) -> None:
         async with self._lock:
@@ -84,14 +102,18 @@ class KeySet:
                         self.jwks_url = await self._discover(client)
                     document = await _get_json(client, self.jwks_url)
                 keys: dict[str, jwt.PyJWK] = {}
-                for index, data in enumerate(document.get("keys", [])):
-                    if not isinstance(data, dict) or data.get("use", "sig") != "sig":
-                        continue
+                data_by_kid: dict[str, dict[str, Any]] = {}
+                listed = document.get("keys")
+                for index, data in enumerate(listed if isinstance(listed, list) else []):
+                    if not isinstance(data, dict) or data.get("use", "sig") != "sig" or "d" in data:
+                        continue  # encryption keys, and private keys an issuer should never publish
                     try:
                         key = jwt.PyJWK.from_dict(data)
-                    except jwt.PyJWKError:  # a key type or algorithm this build does not know: others still count
-                        continue
-                    keys[str(data.get("kid", f"#{index}"))] = key
+                    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                        continue  # a key type or algorithm this build does not know: the others still count
+                    kid = str(data.get("kid", f"#{index}"))
+                    keys[kid] = key
+                    data_by_kid[kid] = data
                 if not keys:
                     raise ValueError(f"{self.jwks_url} lists no usable signing key")
             except (httpx2.HTTPError, ValueError, OSError) as exc:
@@ -99,33 +121,50 @@ class KeySet:
                 log.warning("JWT key set not refreshed (the keys held stay in use): %s", self.last_error)
                 return
             self._keys = keys
+            self._data = data_by_kid
+            self._for_algorithm = {}
             self._loaded = self._fetched
             self.last_error = None
 
     async def _discover(self, client: httpx2.AsyncClient) -> str:
-        issuer = self.settings.issuer.rstrip("/")
         problems = []
-        for suffix in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+        for url in discovery_urls(self.settings.issuer):
             try:
-                document = await _get_json(client, issuer + suffix)
+                document = await _get_json(client, url)
             except (httpx2.HTTPError, ValueError) as exc:
-                problems.append(f"{issuer + suffix}: {exc}")
+                problems.append(f"{url}: {exc}")
                 continue
             uri = document.get("jwks_uri")
             if isinstance(uri, str) and uri.startswith(("https://", "http://")):
                 return uri
-            problems.append(f"{issuer + suffix}: no 'jwks_uri'")
+            problems.append(f"{url}: no 'jwks_uri'")
         raise ValueError("; ".join(problems) + " (set gateway.auth.jwt.jwks_url)")
 
 
+def discovery_urls(issuer: str) -> list[str]:
+    """Where an issuer's metadata is: OpenID Connect Discovery 1.0 section 4 (`<issuer>/.well-known/
+    openid-configuration`), then RFC 8414 section 3.1 (the well-known segment between host and path)."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    return [
+        f"{issuer.rstrip('/')}/.well-known/openid-configuration",
+        f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{path}",
+    ]
+
+
 async def _get_json(client: httpx2.AsyncClient, url: str) -> dict[str, Any]:
-    response = await client.get(url, headers={"Accept": "application/json"})
-    if response.status_code != 200:
-        raise ValueError(f"{url} answered {response.status_code}")
-    if len(response.content) > MAX_DOCUMENT:
-        raise ValueError(f"{url}: the document is larger than {MAX_DOCUMENT} bytes")
+    chunks: list[bytes] = []
+    async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+        if response.status_code != 200:
+            raise ValueError(f"{url} answered {response.status_code}")
+        size = 0
+        async for chunk in response.aiter_bytes():  # read up to the bound, never a whole endless answer
+            size += len(chunk)
+            if size > MAX_DOCUMENT:
+                raise ValueError(f"{url}: the document is larger than {MAX_DOCUMENT} bytes")
+            chunks.append(chunk)
     try:
-        document = json.loads(response.content)
+        document = json.loads(b"".join(chunks))
     except ValueError:
         raise ValueError(f"{url} did not answer JSON") from None
     if not isinstance(document, dict):
@@ -147,9 +186,11 @@ class TokenValidator:
         self.settings = settings
         self.keys = KeySet(settings)
 
-    async def validate(self, token: str, audiences: Collection[str]) -> Identity:
-        """The identity a valid token names; raises `unauthorized` (401) for a bad or expired token or one
-        for another audience, `forbidden` (403) when it lacks `jwt.required_scopes`."""
+    async def validate(self, token: str, audiences: Collection[str], *, below: str | None = None) -> Identity:
+        """The identity a valid token names: its `aud` (a string or a list) must name one of `audiences`, or
+        `below` or a URL under it (`below` + "/..."), unless `jwt.audience` is set, which replaces both.
+        Raises `unauthorized` (401) for a bad or expired token or one for another audience, `forbidden`
+        (403) when it lacks `jwt.required_scopes`, `KeySetUnavailable` (503) when no keys are held."""
         settings = self.settings
         try:
             header = jwt.get_unverified_header(token)
@@ -163,25 +204,20 @@ class TokenValidator:
                 _challenge(),
             )
         kid = header.get("kid")
-        key = await self.keys.key(kid if isinstance(kid, str) else None)
-        audience = list(settings.audience) or list(audiences)
+        key = await self.keys.key(kid if isinstance(kid, str) else None, algorithm)
+        exact = list(settings.audience) or list(audiences)
+        parent = None if settings.audience else below
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[algorithm],
-                audience=audience,
                 issuer=settings.issuer,
                 leeway=settings.leeway,
-                options={"require": ["exp", "iss", "aud"], "strict_aud": False},
+                options={"require": ["exp", "iss", "aud"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError:
             raise unauthorized("the token has expired", _challenge(description="the token has expired")) from None
-        except jwt.InvalidAudienceError:
-            raise unauthorized(
-                f"the token is not for this server (its 'aud' must name {audience[0]})",
-                _challenge(description="wrong audience"),
-            ) from None
         except jwt.InvalidIssuerError:
             raise unauthorized(f"the token is not from {settings.issuer}", _challenge()) from None
         except jwt.ImmatureSignatureError:
@@ -190,6 +226,11 @@ class TokenValidator:
             raise unauthorized(f"the token has no {exc.claim!r} claim", _challenge()) from None
         except jwt.InvalidTokenError as exc:
             raise unauthorized(f"the token is invalid: {exc}", _challenge()) from None
+        if not _audience_matches(claims.get("aud"), exact, parent):
+            raise unauthorized(
+                f"the token is not for this server (its 'aud' must name {parent or exact[0]})",
+                _challenge(description="wrong audience"),
+            )
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise unauthorized("the token has no 'sub' claim", _challenge())
@@ -203,6 +244,18 @@ class TokenValidator:
         return Identity(
             subject, _public_claims(claims), kind="jwt", groups=_names(claims.get(settings.groups_claim)), scopes=scopes
         )
+
+
+def _audience_matches(aud: Any, exact: Collection[str], below: str | None) -> bool:
+    """Whether a token's `aud` (RFC 7519 section 4.1.3: a string or a list of strings) names one of `exact`,
+    or `below` or a URL under it."""
+    names = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+    for name in names:
+        if name in exact:
+            return True
+        if below is not None and (name == below or name.startswith(below.rstrip("/") + "/")):
+            return True
+    return False
 
 
 def _names(value: Any) -> frozenset[str]:

@@ -37,6 +37,7 @@ from mcp.shared.message import SessionMessage
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Scope, header
+from mcpfleet.gateway.oauth import refused_credential
 from mcpfleet.gateway.protocol import (
     SSE_FRAMING,
     TOO_LARGE,
@@ -255,6 +256,14 @@ class _BoundedAnswers(httpx2.AsyncBaseTransport):
         assert isinstance(response.stream, httpx2.AsyncByteStream)
         kind = response.headers.get("content-type", "")
         body = request.content if request.method == "POST" else b""
+        if response.status_code in (401, 403) and (challenge := response.headers.get("www-authenticate")):
+            # A bridged connection carries only the entry's headers: no client can answer this challenge.
+            await response.aclose()
+            whose = "the bridged connection, which carries only the entry's headers"
+            message = refused_credential(self._server_id, response.status_code, challenge, whose)
+            log.warning("%s", message)
+            error = error_response(single_request(body)[1], UNDELIVERED, message)
+            return httpx2.Response(502, headers=[(b"content-type", b"application/json")], content=error)
         if kind.startswith("text/event-stream"):
             stream = _BoundedEvents(response.stream, self._limit, body, self._server_id)
             return httpx2.Response(
@@ -361,6 +370,10 @@ class SseBackend:
             )
             response = await self._stack.enter_async_context(stream)
             kind = response.headers.get("content-type", "")
+            if response.status_code in (401, 403) and (challenge := response.headers.get("www-authenticate")):
+                whose = "the bridged connection, which carries only the entry's headers"
+                message = refused_credential(self.server.id, response.status_code, challenge, whose)
+                raise GatewayError(502, -32603, message)
             if response.status_code != 200 or not kind.startswith("text/event-stream"):
                 raise self._unreachable(
                     f"answered {response.status_code} ({kind or 'no content type'}), not an event stream"

@@ -29,6 +29,7 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.oauth import backend_challenge
 from mcpfleet.gateway.pinning import METHODS, rewrite_events, unwrap, wrap
 from mcpfleet.gateway.protocol import (
     HOP_BY_HOP_PREFIXES,
@@ -299,6 +300,7 @@ class HttpUpstream:
             whole = await self._read_json(response, replica, idle, limit, rewrite)
         try:
             headers = without(response.headers, NOT_FORWARDED_DOWN, HOP_BY_HOP_PREFIXES)
+            headers = backend_challenge(exchange, response.status, headers)  # challenges point at the gateway
             upstream_session = response.header(SESSION_HEADER)
             ok = 200 <= response.status < 300
             if session is None and initialize and ok and upstream_session:
