@@ -1,6 +1,9 @@
 """The gateway's own authenticator, built from `gateway.auth`: static API keys and bearer JWTs.
 
-A caller sends one credential: `Authorization: Bearer <key or token>` or `X-API-Key: <key>`. A key is
+A caller sends one credential: `Authorization: Bearer <key or token>` or `X-API-Key: <key>`; a browser
+(which cannot send a bearer credential when it opens a page) may send an API key as the password of HTTP
+Basic authentication (RFC 7617; the user name is not checked), and a browser asking for the status page
+`/` without credentials is challenged with `Basic`, so it asks its user for them. A key is
 hashed (SHA-256) and compared with every configured key's hash in constant time (`hmac.compare_digest`, all
 of them, so the time says nothing of which or how much matched); a bearer value shaped like a JWT is
 validated by `tokens.TokenValidator` when `gateway.auth.jwt` is set. The audience a token must name is the
@@ -19,12 +22,14 @@ is its own URL or a parent of it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Callable
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import Scope
+from mcpfleet.gateway.asgi import Scope, header
 from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, forbidden, unauthorized
 from mcpfleet.gateway.policy.tokens import TokenValidator
 from mcpfleet.gateway.urls import metadata_url, server_url
@@ -65,9 +70,9 @@ class GatewayAuthenticator:
             raise
         if value is None:
             kinds = " or ".join(k for k, on in (("an API key", self.keys), ("a bearer token", self.validator)) if on)
-            raise unauthorized(
-                f"this gateway needs credentials: {kinds} (Authorization: Bearer ...)", self._challenge(scope)
-            )
+            page = self.keys and scope.get("path") == "/" and "text/html" in (header(scope, b"accept") or "")
+            challenge = 'Basic realm="mcpfleet", charset="UTF-8"' if page else self._challenge(scope)
+            raise unauthorized(f"this gateway needs credentials: {kinds} (Authorization: Bearer ...)", challenge)
         if self.keys:
             digest = hashlib.sha256(value.encode()).digest()
             found: tuple[str, bytes, frozenset[str]] | None = None
@@ -113,10 +118,28 @@ def _credential(scope: Scope) -> str | None:
     value = raw.decode("latin-1").strip()
     if name == b"authorization":
         scheme, _, token = value.partition(" ")
+        if scheme.lower() == "basic" and token.strip():
+            return _basic_password(token.strip())
         if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized("the Authorization header must be 'Bearer <key or token>'", 'Bearer realm="mcpfleet"')
+            raise unauthorized(
+                "the Authorization header must be 'Bearer <key or token>' (or Basic with an API key as the password)",
+                'Bearer realm="mcpfleet"',
+            )
         value = token.strip()
     return value or None
+
+
+def _basic_password(encoded: str) -> str | None:
+    """The password of RFC 7617 credentials (`base64(user:password)`, UTF-8)."""
+    malformed = unauthorized("the Basic credentials are not base64 of 'user:password'", 'Bearer realm="mcpfleet"')
+    try:
+        user_pass = base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise malformed from None
+    _, colon, password = user_pass.partition(":")
+    if not colon:
+        raise malformed
+    return password or None
 
 
 def _server_id(scope: Scope) -> str | None:
