@@ -51,6 +51,8 @@ enabled = False  # checked once per request; False: no OpenTelemetry call is mad
 INSTALL = "pip install 'mcpfleet[otel]'"
 CONTEXT_HEADERS = frozenset({b"traceparent", b"tracestate"})
 ROUTES = frozenset({"/mcp", "/sse", "/messages/", "/ws"})  # the gateway's own routes under /<id>
+# MCP semantic conventions: a call's span is named `<method> <target>`; the target's attribute.
+TARGETS = {"tools/call": "gen_ai.tool.name", "prompts/get": "gen_ai.prompt.name"}
 STATUS_ROUTES = frozenset({"/", "/healthz", "/readyz", "/servers", "/metrics", "/admin/reload"})
 
 _propagator = TraceContextTextMapPropagator()
@@ -186,10 +188,12 @@ def _name(span: trace.Span, scope: Any, method: str, path: str) -> None:
     if not span.is_recording():
         return
     server = scope.get("mcpfleet.server")
-    mcp_method = None
+    mcp_method = mcp_name = None
     for name, value in scope.get("headers", ()):
         if name == b"mcp-method":
             mcp_method = value.decode("latin-1")
+        elif name == b"mcp-name":
+            mcp_name = value.decode("latin-1")
     route = None
     if server is not None:
         span.set_attribute("mcp.server.id", str(server))
@@ -199,9 +203,11 @@ def _name(span: trace.Span, scope: Any, method: str, path: str) -> None:
         route = path
     if route is not None:
         span.set_attribute("http.route", route)
-    if mcp_method:
+    if mcp_method:  # 2026-07-28: the method, and the tool's or prompt's name, are headers
         span.set_attribute("mcp.method.name", mcp_method)
-        span.update_name(mcp_method)
+        if mcp_name and mcp_method in TARGETS:
+            span.set_attribute(TARGETS[mcp_method], mcp_name)
+        span.update_name(f"{mcp_method} {mcp_name}" if mcp_name and mcp_method in TARGETS else mcp_method)
     elif getattr(span, "name", method) == method and route is not None:  # not named by a relayed call
         span.update_name(f"{method} {route}")
 
@@ -226,15 +232,24 @@ def http_call(headers: list[tuple[bytes, bytes]], method: str, url: str) -> trac
 
 
 def http_answered(span: trace.Span, status: int) -> None:
+    """The backend's answer started with `status`: the CLIENT span ends."""
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
         span.set_status(StatusCode.ERROR)
-    span.end()  # a second end (with the request) is ignored
+    _end(span)
 
 
 def http_failed(span: trace.Span, exc: BaseException) -> None:
+    """Nothing was answered (connection refused, timeout, cancelled): the CLIENT span ends in error."""
     span.set_attribute("error.type", type(exc).__name__)
-    span.set_status(StatusCode.ERROR, str(exc)[:200])
+    span.set_status(StatusCode.ERROR)
+    _end(span)
+
+
+def _end(span: trace.Span) -> None:
+    request = _REQUEST.get()
+    if request is not None and span in request.client_spans:
+        request.client_spans.remove(span)
     span.end()
 
 
@@ -264,9 +279,9 @@ def inject_meta(data: bytes) -> bytes:
     attributes: dict[str, Any] = {"mcp.method.name": method, "jsonrpc.request.id": str(message["id"])}
     name = method
     target = (params or {}).get("name")
-    if method in ("tools/call", "prompts/get") and isinstance(target, str):
+    if method in TARGETS and isinstance(target, str):
         name = f"{method} {target}"
-        attributes["gen_ai.tool.name" if method == "tools/call" else "gen_ai.prompt.name"] = target
+        attributes[TARGETS[method]] = target
     if not request.client_spans and request.span.is_recording():  # the client request is this call
         request.span.update_name(name)
         request.span.set_attributes(attributes)
