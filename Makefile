@@ -11,7 +11,7 @@ HELM := build/tools/helm
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade 'pip==26.3'
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,otel]'
 	touch $@
 
 # helm and kubectl for the chart tests (scripts/fetch-helm.sh says where they come from).

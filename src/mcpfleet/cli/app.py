@@ -38,7 +38,7 @@ from mcpfleet.errors import (
     leaf_error,
 )
 from mcpfleet.registry import HttpServer, Registry, load_registry, normalized
-from mcpfleet.registry.model import DockerServer, KubernetesServer, StdioServer
+from mcpfleet.registry.model import DockerServer, KubernetesServer, Logging, StdioServer
 from mcpfleet.registry.render import mask_url
 
 app = typer.Typer(
@@ -480,6 +480,7 @@ def serve(
     The banner with the URLs is printed once the address is bound, with the real port (the system's choice
     for --port 0). Exits 4 when it cannot listen there.
     """
+    from mcpfleet.gateway import tracing
     from mcpfleet.gateway.app import file_digest
     from mcpfleet.gateway.serve import bind
     from mcpfleet.gateway.serve import serve as run_gateway
@@ -493,10 +494,15 @@ def serve(
         digest = file_digest(Path(path))
         loaded = load_registry(path)
         listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
+        _log_to_stderr(loaded.gateway.logging)
+        try:
+            tracing.setup(loaded.gateway.tracing)  # exit 2 when it is asked for and the extra is missing
+        except McpfleetError:
+            listener.close()
+            raise
     except McpfleetError as exc:
         _fail(exc)
     try:
-        _log_to_stderr()
         scheme = "https" if tls_certfile else "http"
         base = f"{scheme}://{f'[{listener.host}]' if ':' in listener.host else listener.host}:{listener.port}"
         count = len(loaded.servers)
@@ -524,6 +530,7 @@ def serve(
         _fail(exc)
     finally:
         listener.close()
+        tracing.shutdown()  # the spans not yet exported go out (bounded by the exporter's timeout)
 
 
 def _check_tls(certfile: Path | None, keyfile: Path | None) -> None:
@@ -550,13 +557,12 @@ def _fail(exc: McpfleetError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
-def _log_to_stderr() -> None:
-    """The gateway's log lines (`serve`, `adapter`): INFO and above, without the libraries' per-request ones."""
-    import logging
+def _log_to_stderr(settings: Logging | None = None) -> None:
+    """The gateway's log lines (`serve`, `adapter`) on stderr as `gateway.logging` says (gateway/logs.py):
+    text at INFO by default, without the libraries' per-request lines."""
+    from mcpfleet.gateway import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx2", "httpcore2", "mcp", "watchfiles"):  # per-request INFO lines cost CPU
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logs.configure(settings or Logging())
 
 
 # --- adapter ------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from mcpfleet import __version__
 from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.deploy.kubernetes.controller import place
 from mcpfleet.errors import GatewayError, RegistryError, UsageError
-from mcpfleet.gateway import oauth, page, status
+from mcpfleet.gateway import logs, oauth, page, status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, backend, deployed, served_form
 from mcpfleet.gateway.exchange import Exchange
@@ -50,6 +50,7 @@ from mcpfleet.gateway.policy import (
     check_path,
     credentials,
 )
+from mcpfleet.gateway.policy.context import Correlation
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
@@ -300,6 +301,7 @@ class Gateway:
             self.credentials = self._credentials(fresh.gateway.auth)
         if fresh.gateway.access != old.gateway.access:
             self.access = Access(fresh.gateway.access)
+        logs.reconfigure(old.gateway, fresh.gateway)
         self.generation += 1
         size = fresh.gateway.max_message_bytes
         for server_id, runtime in list(self._runtimes.items()):
@@ -457,7 +459,7 @@ class Gateway:
         app: App = Authentication(self._endpoint, lambda: self.credentials)
         app = BodyLimit(app, lambda: self._snapshot.gateway.max_message_bytes)
         app = HostOriginGuard(app, lambda: self.policy)
-        return Cors(ErrorBoundary(app, self.metrics.error), lambda: self.policy)
+        return Correlation(Cors(ErrorBoundary(app, self.metrics.error), lambda: self.policy))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -170,6 +170,7 @@ async def serve(
             port=listener.port,
             lifespan="off",
             log_level="warning",
+            log_config=None,  # uvicorn's loggers go through the process's one handler (gateway/logs.py)
             ssl_certfile=tls_certfile,
             ssl_keyfile=tls_keyfile,
             timeout_graceful_shutdown=25,  # manifests.DRAIN_SECONDS: the pods' grace period counts on it

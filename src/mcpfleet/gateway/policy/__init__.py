@@ -2,8 +2,11 @@
 
 Outermost first, as a request meets them:
 
-    Cors(ErrorBoundary(HostOriginGuard(BodyLimit(Authentication(router)))))
+    Correlation(Cors(ErrorBoundary(HostOriginGuard(BodyLimit(Authentication(router))))))
 
+- `Correlation` (`context.py`, imported from there: it reads `gateway/logs.py` and `gateway/tracing.py`):
+  the request id (`X-Request-Id`, taken or made, echoed), the request's fields for every log line, and with
+  tracing on the request's SERVER span. It refuses nothing.
 - `Cors` (`cors.py`): answers the preflights of allowed origins and adds the CORS headers to every answer
   for them, the gateway's errors included; it checks Host and Origin itself, so a refusal gets none.
 - `ErrorBoundary` (`asgi.py`): a `GatewayError` raised inside becomes the one JSON-RPC error answer, counted

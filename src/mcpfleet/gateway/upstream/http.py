@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import anyio
 
 from mcpfleet.errors import GatewayError
+from mcpfleet.gateway import tracing
 from mcpfleet.gateway.asgi import send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
@@ -264,8 +265,17 @@ class HttpUpstream:
         headers.extend(gateway_set)
         target = path + ("?" + exchange.query.decode("latin-1") if exchange.query else "")
         first_byte = None if exchange.method in _STANDING_STREAM else self.server.timeouts.first_byte
-        with self._as_gateway_errors(replica, "response", self.server.timeouts.first_byte, "timeouts.first_byte"):
-            return await self._pool(replica).request(exchange.method, target, headers, body, first_byte)
+        span = tracing.http_call(headers, exchange.method, replica + target) if tracing.enabled else None
+        try:
+            with self._as_gateway_errors(replica, "response", self.server.timeouts.first_byte, "timeouts.first_byte"):
+                response = await self._pool(replica).request(exchange.method, target, headers, body, first_byte)
+        except BaseException as exc:
+            if span is not None:
+                tracing.http_failed(span, exc)
+            raise
+        if span is not None:
+            tracing.http_answered(span, response.status)
+        return response
 
     @contextlib.contextmanager
     def _as_gateway_errors(self, replica: str, what: str, seconds: float, setting: str) -> Iterator[None]:

@@ -18,6 +18,7 @@ import anyio.abc
 
 from mcpfleet.errors import DeployError, GatewayError, ServerStartError
 from mcpfleet.framing import MessageTooLarge
+from mcpfleet.gateway import tracing
 from mcpfleet.gateway.protocol import TOO_LARGE, Message, error_response, message_kind, parse_message, too_large
 from mcpfleet.gateway.upstream.backend import Backend, ProcessBackend
 from mcpfleet.registry.model import HttpServer, StdioServer
@@ -132,6 +133,8 @@ class Link:
     async def send(self, data: bytes) -> None:
         if not self._running or self.closed.is_set():
             raise self.ended(self.exit_detail or "not running")
+        if tracing.enabled:
+            data = tracing.inject_meta(data)
         try:
             await self.backend.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):

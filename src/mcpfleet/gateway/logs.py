@@ -1,0 +1,188 @@
+"""The gateway's log lines: one handler on stderr, text or JSON (`gateway.logging`), and the request fields
+every line logged while serving a request carries.
+
+Fields come from one context variable, `REQUEST`, set by the `Correlation` layer (`policy/context.py`) for
+each request and read by `ContextFilter` when a line is emitted, so every `log.info(...)` on the request path
+gets them without passing anything along; a line costs nothing until it is logged, and a request that logs
+nothing costs one `ContextVar.set`. The fields (docs/operations.md, "Logs"):
+
+- `request_id`: the client's `X-Request-Id` when it is a sane token (1 to 128 of `[A-Za-z0-9._-]`), else one
+  the gateway made (the trace id when tracing is on);
+- `session_id`: the first 16 hex digits of the SHA-256 of the request's `Mcp-Session-Id` (or legacy
+  `?session_id=`): a session id is a bearer capability (http ones are sealed records), so it is never logged;
+- `server`: the server id once the router knows it; `principal`: the caller (`Identity.principal`) once the
+  authentication layer knows it.
+
+JSON (python-json-logger): one object a line with `time` (RFC 3339, UTC, milliseconds), `level`, `logger`,
+`message`, the fields above when present, `exc_info` for a traceback, and `audit` (the object an audit line
+passes as `extra={"audit": {...}}`) nested as it is. Text: `time level logger [request_id]: message`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+from urllib.parse import parse_qs
+
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
+from mcpfleet.gateway.policy.auth import IDENTITY
+from mcpfleet.registry.model import Gateway, Logging
+
+log = logging.getLogger("mcpfleet.gateway")
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Libraries that log a line per request at INFO (CPU on the hot path): WARNING unless `level: debug`.
+CHATTY = ("httpx2", "httpcore2", "mcp", "watchfiles")
+UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT_IN_REQUEST = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+SESSION_DIGEST_HEX = 16
+
+
+def session_digest(session_id: str) -> str:
+    """What logs show of a session id: the first 16 hex digits of its SHA-256 (stable, not reversible)."""
+    return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()[:SESSION_DIGEST_HEX]
+
+
+class RequestContext:
+    """The request a line is logged for: its id, and its ASGI scope, read only when a line is emitted (the
+    server id and the identity are put there by the router and the authentication layer as they learn them)."""
+
+    __slots__ = ("_session", "request_id", "scope")
+
+    def __init__(self, request_id: str, scope: Any) -> None:
+        self.request_id = request_id
+        self.scope = scope
+        self._session: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        """`request_id`, and `session_id`, `server`, `principal` when known."""
+        fields = {"request_id": self.request_id}
+        session = self.session_id()
+        if session is not None:
+            fields["session_id"] = session
+        server = self.scope.get("mcpfleet.server")
+        if server is not None:
+            fields["server"] = str(server)
+        identity = self.scope.get(IDENTITY)
+        if identity is not None:
+            fields["principal"] = str(identity.principal)
+        return fields
+
+    def session_id(self) -> str | None:
+        if self._session is None:
+            token = None
+            for name, value in self.scope.get("headers", ()):
+                if name == b"mcp-session-id":
+                    token = value.decode("latin-1")
+                    break
+            if token is None and b"session_id=" in self.scope.get("query_string", b""):  # legacy /messages/
+                query = parse_qs(self.scope["query_string"].decode("latin-1"))
+                token = query.get("session_id", [None])[0]
+            self._session = session_digest(token) if token else ""
+        return self._session or None
+
+
+REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("mcpfleet_request", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served in this task, if any."""
+    context = REQUEST.get()
+    return context.request_id if context is not None else None
+
+
+class ContextFilter(logging.Filter):
+    """Copies the request fields onto every record emitted while a request is served (a handler's filter, so
+    records of every logger, uvicorn's included, pass it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = REQUEST.get()
+        if context is not None:
+            for name, value in context.fields().items():
+                setattr(record, name, value)
+        return True
+
+
+class JsonFormatter(_LibraryJsonFormatter):
+    """One JSON object a line: `time`, `level`, `logger`, `message`, then the record's extra fields."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            # uvicorn's coloured copy of its message; python-json-logger's own list covers the rest.
+            reserved_attrs=[*_reserved(), "color_message"],
+            json_ensure_ascii=False,
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {"time": None, **log_data}
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        log_data["time"] = rfc3339(record.created)
+        super().add_fields(log_data, record, message_dict)
+
+
+def _reserved() -> list[str]:
+    from pythonjsonlogger.core import RESERVED_ATTRS
+
+    return list(RESERVED_ATTRS)
+
+
+def rfc3339(created: float) -> str:
+    """`2026-11-29T10:04:05.123Z`: RFC 3339, UTC, milliseconds."""
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger: message`, with `[request_id]` before the colon on lines logged for a request."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._in_request = logging.Formatter(TEXT_FORMAT_IN_REQUEST)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "request_id", None) is not None:
+            return self._in_request.format(record)
+        return super().format(record)
+
+
+_handler: logging.Handler | None = None
+
+
+def configure(settings: Logging, stream: TextIO | None = None) -> None:
+    """Send every log line of the process (the gateway's, uvicorn's, the libraries') to `stream` (stderr)
+    through one handler, in the format and at the level of `settings` (`gateway.logging`). Called again (a
+    reload), it changes the format and level in place."""
+    global _handler
+    root = logging.getLogger()
+    if _handler is None:
+        _handler = logging.StreamHandler(stream or sys.stderr)
+        _handler.addFilter(ContextFilter())
+        root.addHandler(_handler)
+    _handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
+    level = LEVELS[settings.level]
+    root.setLevel(level)
+    for name in UVICORN:  # through the same handler (uvicorn's own config would give them handlers of their own)
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if level <= logging.DEBUG else logging.WARNING)
+
+
+def reconfigure(old: Gateway, new: Gateway) -> None:
+    """A reload: new `gateway.logging` settings apply at once (when this process's logging is ours, i.e.
+    `configure` ran); `gateway.tracing` is read at start only, which a line says."""
+    if new.logging != old.logging and _handler is not None:
+        configure(new.logging)
+        log.info("gateway.logging applied: format %s, level %s", new.logging.format, new.logging.level)
+    if new.tracing != old.tracing:
+        log.warning("gateway.tracing changed: it applies when the gateway starts again")

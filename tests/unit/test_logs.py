@@ -1,0 +1,185 @@
+"""Log lines: the JSON and text formats, the request fields the `Correlation` layer gives every line logged
+while a request is served, and the request id rules (taken when sane, made otherwise, echoed, sent inward)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from mcpfleet.gateway import logs
+from mcpfleet.gateway.asgi import Message, Receive, Scope, Send
+from mcpfleet.gateway.policy import IDENTITY, Identity
+from mcpfleet.gateway.policy.context import Correlation
+from mcpfleet.registry.model import Logging
+
+SEALED = "AXlkf_2xgtWn2UDpqmgDJajdAAKHQ1TipkgfqZEJ9C3qmEPTw-tHjGMl5__33RmodSSI6KZ1D8zXjOfTf1TpMAjyzQ"
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[io.StringIO, logging.Handler]]:
+    """A handler like the one `logs.configure` installs, on a string, on the `mcpfleet` logger."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.ContextFilter())
+    logger = logging.getLogger("mcpfleet")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream, handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def http_scope(headers: list[tuple[bytes, bytes]], path: str = "/local/mcp", query: bytes = b"") -> Scope:
+    return {"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": query}
+
+
+async def serve(scope: Scope, inner: Any) -> list[Message]:
+    """Run `Correlation(inner)` on `scope`; the messages it sent."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await Correlation(inner)(scope, receive, send)
+    return sent
+
+
+def test_json_lines_carry_the_request_fields_and_never_the_session_id(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    stream, handler = captured
+    handler.setFormatter(logs.JsonFormatter())
+    log = logging.getLogger("mcpfleet.gateway")
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[IDENTITY] = Identity("alice", kind="key")
+        scope["mcpfleet.server"] = "local"
+        log.info("served %s", "it")
+        logging.getLogger("mcpfleet.audit").info("tools/call", extra={"audit": {"tool": "echo", "outcome": "ok"}})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-request-id", b"upstream")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    headers = [(b"x-request-id", b"abc-123.X_y"), (b"mcp-session-id", SEALED.encode())]
+    sent = anyio.run(serve, http_scope(headers), inner)
+    log.info("after the request")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 3
+    first, audit, after = lines
+    assert list(first)[:4] == ["time", "level", "logger", "message"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert first["level"] == "INFO" and first["logger"] == "mcpfleet.gateway" and first["message"] == "served it"
+    digest = logs.session_digest(SEALED)
+    assert len(digest) == 16 and SEALED not in stream.getvalue()
+    expected = {"request_id": "abc-123.X_y", "session_id": digest, "server": "local", "principal": "key:alice"}
+    assert {k: first[k] for k in expected} == expected
+    assert audit["audit"] == {"tool": "echo", "outcome": "ok"} and audit["logger"] == "mcpfleet.audit"
+    assert audit["request_id"] == "abc-123.X_y"
+    assert "request_id" not in after and "server" not in after  # outside any request
+    # The client's sane id is the answer's, in place of the one the backend sent.
+    assert [v for k, v in sent[0]["headers"] if k == b"x-request-id"] == [b"abc-123.X_y"]
+
+
+@pytest.mark.parametrize(
+    "given", [None, b"", b"has space", b"x" * 129, b"semi;colon", "caf\u00e9".encode(), b"a\r\nSet-Cookie: x=1"]
+)
+def test_a_missing_or_insane_request_id_is_replaced_everywhere(given: bytes | None) -> None:
+    seen: dict[str, Any] = {}
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen["inward"] = [v for k, v in scope["headers"] if k == b"x-request-id"]
+        seen["logged"] = logs.current_request_id()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+
+    headers = [(b"x-request-id", given)] if given is not None else []
+    sent = anyio.run(serve, http_scope([(b"host", b"gw"), *headers]), inner)
+    made = seen["logged"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert seen["inward"] == [made.encode()]  # one header, the gateway's: what an HTTP backend receives
+    assert [v for k, v in sent[0]["headers"] if k == b"x-request-id"] == [made.encode()]
+    assert logs.current_request_id() is None
+
+
+def test_each_request_gets_its_own_id_and_the_longest_sane_one_is_kept() -> None:
+    ids: list[str | None] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        ids.append(logs.current_request_id())
+
+    for _ in range(3):
+        anyio.run(serve, http_scope([]), inner)
+    anyio.run(serve, http_scope([(b"x-request-id", b"y" * 128)]), inner)
+    assert len(set(ids)) == 4 and ids[-1] == "y" * 128
+
+
+def test_legacy_sse_sessions_are_logged_by_digest(captured: tuple[io.StringIO, logging.Handler]) -> None:
+    stream, handler = captured
+    handler.setFormatter(logs.JsonFormatter())
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        logging.getLogger("mcpfleet.gateway").warning("message posted")
+
+    anyio.run(serve, http_scope([], "/local/messages/", b"session_id=" + SEALED.encode()), inner)
+    line = json.loads(stream.getvalue())
+    assert line["session_id"] == logs.session_digest(SEALED) and SEALED not in stream.getvalue()
+
+
+def test_text_lines_gain_the_request_id_where_there_is_one(captured: tuple[io.StringIO, logging.Handler]) -> None:
+    stream, handler = captured
+    handler.setFormatter(logs.TextFormatter())
+    log = logging.getLogger("mcpfleet.gateway")
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        log.info("inside")
+
+    anyio.run(serve, http_scope([(b"x-request-id", b"req-7")]), inner)
+    log.info("outside")
+    inside, outside = stream.getvalue().splitlines()
+    assert re.fullmatch(r"\S+ \S+ INFO mcpfleet.gateway \[req-7\]: inside", inside)
+    assert re.fullmatch(r"\S+ \S+ INFO mcpfleet.gateway: outside", outside)
+
+
+def test_configure_puts_every_logger_through_one_handler_and_reload_applies() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logs._handler)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_state = (list(uvicorn_error.handlers), uvicorn_error.propagate)
+    try:
+        logs._handler = None
+        uvicorn_error.addHandler(logging.StreamHandler(io.StringIO()))  # as uvicorn's own config would
+        uvicorn_error.propagate = False
+        logs.configure(Logging(format="json", level="warning"), stream)
+        logging.getLogger("mcpfleet.gateway").info("not at warning")
+        uvicorn_error.warning("from uvicorn")
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [(line["logger"], line["message"]) for line in lines] == [("uvicorn.error", "from uvicorn")]
+        logs.reconfigure(_gateway("json"), _gateway("text"))
+        logging.getLogger("mcpfleet.gateway").info("now text")
+        assert stream.getvalue().splitlines()[-1].endswith("INFO mcpfleet.gateway: now text")
+    finally:
+        if logs._handler is not None:
+            root.removeHandler(logs._handler)
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+        logs._handler = before[2]
+        uvicorn_error.handlers[:] = uvicorn_state[0]
+        uvicorn_error.propagate = uvicorn_state[1]
+
+
+def _gateway(form: str) -> Any:
+    from mcpfleet.registry.model import Gateway
+
+    return Gateway.model_validate({"logging": {"format": form}})
