@@ -19,6 +19,7 @@ request, an error event for that request takes its place. Events are cut at thei
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,10 +27,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import anyio
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.asgi import send_chunk, stream_body
+from mcpfleet.gateway.asgi import respond, send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import METHODS, rewrite_events, unwrap, wrap
+from mcpfleet.gateway.policy.tools import ToolGuard, closing, may_name_tools
 from mcpfleet.gateway.protocol import (
     HOP_BY_HOP_PREFIXES,
     NOT_FORWARDED_DOWN,
@@ -42,6 +44,7 @@ from mcpfleet.gateway.protocol import (
     Oversized,
     answered_request,
     forwarded_for,
+    sse_event,
     too_large,
     too_large_event,
     without,
@@ -55,6 +58,7 @@ from mcpfleet.registry.render import mask_url
 log = logging.getLogger("mcpfleet.gateway.http")
 
 _STANDING_STREAM = frozenset({"GET"})
+JSON_CONTENT = (b"content-type", b"application/json")
 DEFAULT_MAX_MESSAGE_BYTES: int = Gateway().max_message_bytes
 
 
@@ -84,7 +88,10 @@ class HttpUpstream:
         if self.draining:
             raise Unreachable("the server is draining")
         initialize = exchange.method == "POST" and b'"initialize"' in exchange.body
-        await self.forward(exchange, self.server.path, initialize=initialize, key=key)
+        guard, screened = await self._screen(exchange, None)
+        if screened is not None:
+            with closing(guard):
+                await self.forward(screened, self.server.path, initialize=initialize, key=key, guard=guard)
 
     def holds(self, session: Session) -> bool:
         """An http session whose replica serves or still drains here (none once the upstream closed)."""
@@ -94,7 +101,29 @@ class HttpUpstream:
 
     async def serve(self, exchange: Exchange, token: str, session: Session) -> None:
         assert isinstance(session, HttpSession)
-        await self.forward(exchange, self.server.path, token, session)
+        guard, screened = await self._screen(exchange, token)
+        if screened is not None:
+            with closing(guard):
+                await self.forward(screened, self.server.path, token, session, guard=guard)
+
+    async def _screen(self, exchange: Exchange, token: str | None) -> tuple[ToolGuard | None, Exchange | None]:
+        """The request's tool guard (policy/tools.py; None: nothing to see) and the request to send on, where
+        a batch has lost its denied calls; None when only denied calls were left: they are answered here
+        (200, their JSON-RPC errors) and nothing goes to the server. A body is looked into only when it could
+        name a tools method (`may_name_tools`), so other requests cost two byte scans."""
+        body = exchange.body
+        if exchange.method != "POST" or not may_name_tools(body):
+            return None, exchange
+        guard = ToolGuard.for_exchange(exchange, token)
+        if guard is None:
+            return None, exchange
+        screened, own_answer = guard.screen_body(body)
+        if own_answer is not None:
+            await respond(exchange.send, 200, own_answer, [(SESSION_HEADER, token.encode())] if token else [])
+            return guard, None
+        if screened is not body:
+            exchange = dataclasses.replace(exchange, body=screened)
+        return guard, exchange
 
     def drain(self) -> None:
         self.draining = True
@@ -158,10 +187,12 @@ class HttpUpstream:
         *,
         initialize: bool = False,
         key: str | None = None,
+        guard: ToolGuard | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back. Raises Unreachable when nothing was sent.
         `path`: the server's MCP path, or any other path of the server (forwarded as it is). `key`: the
-        request's routing key (`balancer.hash_header`), for strategies that read one.
+        request's routing key (`balancer.hash_header`), for strategies that read one. `guard`: the request's
+        tool filter and audit line, shown the answer.
 
         New work goes to the balancer's pick; when nothing could be sent there (connection refused or not
         established in time) the next replica is tried, since the server cannot have seen the request.
@@ -219,6 +250,7 @@ class HttpUpstream:
                     initialize,
                     rewrite,
                     bounded=path == self.server.path,
+                    guard=guard,
                 )
             finally:
                 self.balancer.finished(replica, time.monotonic() - started if timed else None)
@@ -227,6 +259,8 @@ class HttpUpstream:
         if session is not None and session_token is not None:
             sessions.drop(session_token)  # its replica is gone: the client initializes again elsewhere
             raise GatewayError.session_not_found()
+        if guard is not None:
+            guard.forget()  # nothing was sent: the entry's command may take the request (and audit it there)
         raise Unreachable("; ".join(failures) or "no replica serves")
 
     def _pin_states(
@@ -289,14 +323,30 @@ class HttpUpstream:
         rewrite: Callable[[bytes], bytes] | None = None,
         *,
         bounded: bool = False,
+        guard: ToolGuard | None = None,
     ) -> None:
-        """Stream the answer to the client. `bounded`: an answer on the MCP path, held to the size limit."""
+        """Stream the answer to the client. `bounded`: an answer on the MCP path, held to the size limit.
+        `guard`: the request's tool filter and audit line, which sees the answers it waits for (and adds the
+        gateway's answers to denied calls of a batch)."""
         idle = None if exchange.method in _STANDING_STREAM else self.server.timeouts.idle_stream
         streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
         limit = self.max_message_bytes if bounded else None
-        whole: bytes | None = None
-        if not streaming and (rewrite is not None or limit is not None):
-            whole = await self._read_json(response, replica, idle, limit, rewrite)
+        status = response.status
+        if guard is not None and not (guard.pending or guard.refusals):
+            guard = None  # nothing to see in this answer
+        if guard is not None and guard.refusals and status == 202:
+            # What was sent on needed no answer: the gateway's answers to the denied calls are the answer.
+            await response.aclose()
+            whole: bytes | None = b"[" + b",".join(guard.take_refusals()) + b"]"
+            status, streaming = 200, False
+        else:
+            whole = None
+        json_rewrite = rewrite
+        if guard is not None and not streaming and whole is None:
+            seen = guard.answer_body
+            json_rewrite = seen if rewrite is None else (lambda answer: rewrite(seen(answer)))
+        if not streaming and whole is None and (json_rewrite is not None or limit is not None):
+            whole = await self._read_json(response, replica, idle, limit, json_rewrite)
         try:
             headers = without(response.headers, NOT_FORWARDED_DOWN, HOP_BY_HOP_PREFIXES)
             upstream_session = response.header(SESSION_HEADER)
@@ -313,17 +363,23 @@ class HttpUpstream:
                 headers.append((b"x-accel-buffering", b"no"))
             elif whole is not None:
                 headers.append((b"content-length", str(len(whole)).encode()))
+                if status != response.status:
+                    headers = [(k, v) for k, v in headers if k != b"content-type"] + [JSON_CONTENT]
             elif (length := response.header(b"content-length")) is not None:
                 headers.append((b"content-length", length))
-            await exchange.send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await exchange.send({"type": "http.response.start", "status": status, "headers": headers})
             if streaming:
                 # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
                 events = response.body(idle)
                 if limit is not None:
                     events = self._bounded_events(events, limit, exchange)
-                await stream_body(
+                if guard is not None:
+                    events = _watched_events(events, guard)
+                completed = await stream_body(
                     exchange.receive, exchange.send, rewrite_events(events, rewrite) if rewrite else events
                 )
+                if guard is not None:
+                    guard.client_left = not completed
             elif whole is not None:
                 await send_chunk(exchange.send, whole, more=False)
             else:
@@ -335,6 +391,8 @@ class HttpUpstream:
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
+        if guard is not None and status >= 400:
+            guard.close("error")  # an HTTP error answered the calls, whatever its body names
 
     async def _read_json(
         self,
@@ -403,3 +461,12 @@ class HttpUpstream:
             "its request gets an error" if answers else "it answers no request and is dropped",
         )
         return too_large_event(request_id, self.server.id, event.size, limit) if answers else None
+
+
+async def _watched_events(runs: AsyncIterator[bytes], guard: ToolGuard) -> AsyncIterator[bytes]:
+    """An answer's event stream (runs of whole events) with `guard` seeing the answers it waits for: the
+    gateway's answers to a batch's denied calls go first; once nothing is awaited, runs pass as they are."""
+    for refusal in guard.take_refusals():
+        yield sse_event(refusal)
+    async for run in runs:
+        yield guard.answer_events(run)
