@@ -227,8 +227,8 @@ def test_a_principal_without_a_rule_for_the_server_gets_403(fleet: RunningGatewa
             assert message == "key:outsider may not use server 'local' (setting: gateway.access)"
             allowed = await http.post(fleet.mcp("web"), json=INIT, headers=ACCEPT | outsider)
             assert allowed.status_code == 200
+        ws_url = f"{fleet.url.replace('http://', 'ws://')}/local/ws"
         with pytest.raises(InvalidStatus) as handshake:
-            ws_url = f"{fleet.url.replace('http://', 'ws://')}/local/ws"
             async with connect(ws_url, subprotocols=["mcp"], additional_headers=outsider, open_timeout=30):
                 pass
         assert handshake.value.response.status_code == 403
