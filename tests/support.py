@@ -51,13 +51,21 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, tim
 
 
 @contextlib.contextmanager
-def running(argv: list[str], port: int, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
+def running(
+    argv: list[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    output: Path | None = None,
+) -> Iterator[str]:
     """Run a server process until the block ends; yields its base URL on 127.0.0.1.
 
-    Its output goes to a temporary file, never to an unread pipe (a full pipe would stall the server), and
-    the file's tail is printed when the server fails to start or the block fails.
+    Its output goes to a file (`output`, which the test may read meanwhile, else a temporary one), never to
+    an unread pipe (a full pipe would stall the server), and the file's tail is printed when the server
+    fails to start or the block fails.
     """
-    with tempfile.TemporaryFile() as log:
+    with output.open("w+b") if output is not None else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for_port(port, process)
@@ -137,6 +145,7 @@ async def until(check: Callable[[], Awaitable[Any]], within: float = 20.0, inter
 class RunningGateway:
     url: str
     registry: Path
+    log: Path | None = None  # the gateway's output (stdout and stderr), as it is written
 
     def mcp(self, server_id: str) -> str:
         return f"{self.url}/{server_id}/mcp"
