@@ -75,6 +75,8 @@ def emit(
     with_arguments: bool = False,
 ) -> None:
     """Write one audit record (see the module's table); `arguments` only when `with_arguments`."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     fields: dict[str, Any] = {
         "principal": principal,
         "server": server,

@@ -38,7 +38,7 @@ from mcpfleet.gateway import audit
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.policy.access import EVERYTHING, GRANT, Grant
 from mcpfleet.gateway.policy.auth import ANONYMOUS, IDENTITY
-from mcpfleet.gateway.protocol import Message, dumps, error_response, id_key, map_event_data
+from mcpfleet.gateway.protocol import Message, dumps, error_response, map_event_data
 from mcpfleet.registry.model import Logging
 
 DENIED = -32602  # JSON-RPC "Invalid params": what an MCP server answers for a tool it does not offer
@@ -114,7 +114,7 @@ class ToolGuard:
         tool = (_tool_name(message) or "?") if method == CALL else ""
         arguments = _arguments(message) if method == CALL and self.with_arguments else None
         started = time.monotonic()
-        self.pending[key if key is not None else id_key(message["id"])] = Expected(
+        self.pending[key if key is not None else _key(message["id"])] = Expected(
             method, tool, message["id"], arguments, started
         )
 
@@ -189,7 +189,7 @@ class ToolGuard:
         for index, item in enumerate(items):
             if not isinstance(item, dict) or "method" in item or ("result" not in item and "error" not in item):
                 continue
-            expected = self.pending.pop(id_key(item.get("id")), None)
+            expected = self.pending.pop(_key(item.get("id")), None)
             if expected is not None and (new := self._answered(expected, item)) is not None:
                 items[index] = new
                 changed = True
@@ -285,6 +285,12 @@ class ToolGuard:
             arguments=expected.arguments,
             with_arguments=self.with_arguments,
         )
+
+
+def _key(request_id: Any) -> str:
+    """The key of an id read from the wire, where this guard reads both the request and the answer (the
+    passthrough): JSON's scalars parse to values whose `repr` keeps 1, 1.0, "1" and true apart."""
+    return repr(request_id)
 
 
 def _tool_name(message: dict[str, Any]) -> str | None:

@@ -371,10 +371,8 @@ class HttpUpstream:
             if streaming:
                 # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
                 events = response.body(idle)
-                if limit is not None:
-                    events = self._bounded_events(events, limit, exchange)
-                if guard is not None:
-                    events = _watched_events(events, guard)
+                if limit is not None:  # the MCP path: the only one with a guard
+                    events = self._bounded_events(events, limit, exchange, guard)
                 completed = await stream_body(
                     exchange.receive, exchange.send, rewrite_events(events, rewrite) if rewrite else events
                 )
@@ -436,18 +434,21 @@ class HttpUpstream:
                     await response.aclose()
 
     async def _bounded_events(
-        self, chunks: AsyncIterator[bytes], limit: int, exchange: Exchange
+        self, chunks: AsyncIterator[bytes], limit: int, exchange: Exchange, guard: ToolGuard | None = None
     ) -> AsyncIterator[bytes]:
         """The event stream, whole events as they complete; an event over the limit gives way to an error
         for the request it answered, or, if it answered none (a notification, a request to the client), to
-        nothing."""
+        nothing. `guard` sees the runs of whole events (the answers it waits for; once none is awaited a run
+        costs it one test), and its answers to a batch's denied calls go first."""
         meter = EventMeter(limit + SSE_FRAMING)
+        if guard is not None:
+            for refusal in guard.take_refusals():
+                yield sse_event(refusal)
         async for chunk in chunks:
             for piece in meter.feed(chunk):
-                if isinstance(piece, bytes):
-                    yield piece
-                elif (instead := self._in_place_of(piece, limit, exchange.body)) is not None:
-                    yield instead
+                run = piece if isinstance(piece, bytes) else self._in_place_of(piece, limit, exchange.body)
+                if run is not None:
+                    yield run if guard is None else guard.answer_events(run)
         if rest := meter.flush():
             yield rest
 
@@ -461,12 +462,3 @@ class HttpUpstream:
             "its request gets an error" if answers else "it answers no request and is dropped",
         )
         return too_large_event(request_id, self.server.id, event.size, limit) if answers else None
-
-
-async def _watched_events(runs: AsyncIterator[bytes], guard: ToolGuard) -> AsyncIterator[bytes]:
-    """An answer's event stream (runs of whole events) with `guard` seeing the answers it waits for: the
-    gateway's answers to a batch's denied calls go first; once nothing is awaited, runs pass as they are."""
-    for refusal in guard.take_refusals():
-        yield sse_event(refusal)
-    async for run in runs:
-        yield guard.answer_events(run)
