@@ -14,6 +14,10 @@ whose length says it is larger gets 502 with a JSON-RPC error naming the setting
 event larger than the limit (plus SSE_FRAMING) is dropped before any byte of it goes out; if it answered a
 request, an error event for that request takes its place. Events are cut at their boundaries as they pass
 (`protocol.EventMeter`), so a chunk of whole events costs one `endswith`.
+
+A POST on the MCP path whose body could name a tools method passes the request's tool guard
+(policy/tools.py): denied calls are answered here, `tools/list` answers filtered and `tools/call` answers
+audited as they pass (a JSON answer read whole, an event stream in the runs the meter cuts).
 """
 
 from __future__ import annotations
