@@ -89,7 +89,8 @@ def gateway(tmp_path: Path) -> Iterator[Callable[[str], RunningGateway]]:
             registry.write_text(registry_text)
             port = free_port()
             argv = [sys.executable, "-m", "mcpfleet", "serve", "--registry", str(registry), "--port", str(port)]
-            return RunningGateway(stack.enter_context(running(argv, port)), registry)
+            log = tmp_path / f"gateway-{count}.log"
+            return RunningGateway(stack.enter_context(running(argv, port, output=log)), registry, log)
 
         yield start
 

@@ -61,11 +61,11 @@ def running(
 ) -> Iterator[str]:
     """Run a server process until the block ends; yields its base URL on 127.0.0.1.
 
-    Its output goes to a temporary file (`output`, if given, kept for the test to read once the block ended),
-    never to an unread pipe (a full pipe would stall the server), and the file's tail is printed when the
-    server fails to start or the block fails.
+    Its output goes to a file (`output`, which the test may read meanwhile, else a temporary one), never to
+    an unread pipe (a full pipe would stall the server), and the file's tail is printed when the server
+    fails to start or the block fails.
     """
-    with open(output, "w+b") if output is not None else tempfile.TemporaryFile() as log:
+    with output.open("w+b") if output is not None else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for_port(port, process)
@@ -145,6 +145,7 @@ async def until(check: Callable[[], Awaitable[Any]], within: float = 20.0, inter
 class RunningGateway:
     url: str
     registry: Path
+    log: Path | None = None  # the gateway's output (stdout and stderr), as it is written
 
     def mcp(self, server_id: str) -> str:
         return f"{self.url}/{server_id}/mcp"

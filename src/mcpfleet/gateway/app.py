@@ -494,7 +494,10 @@ class Gateway:
         if runtime is None:
             await send({"type": "websocket.close", "code": 1011, "reason": "the server left the registry"})
             return
-        await runtime.websocket(receive, send, self._snapshot.gateway.max_message_bytes, scope=scope)
+        settings = self._snapshot.gateway
+        await runtime.websocket(
+            receive, send, settings.max_message_bytes, scope=scope, logging_settings=settings.logging
+        )
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path, segments = self._target(scope)

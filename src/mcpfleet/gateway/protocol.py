@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -318,6 +318,36 @@ def events(run: bytes) -> list[tuple[str, bytes]]:
         if data:
             found.append((kind, b"\n".join(data)))
     return found
+
+
+def map_event_data(run: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    """`run` (whole events, as `EventMeter` lets them out) with `change` applied to the data of each event.
+    An event whose data `change` returns as it is (the same object) keeps its bytes; a changed one keeps its
+    other fields (`event`, `id`, `retry`) and carries the new data on `data:` lines. Bytes after the last
+    boundary (an unfinished event) pass as they are."""
+    out: list[bytes] = []
+    start = 0
+    for match in EVENT_END.finditer(run):
+        out.append(_changed_event(run[start : match.start()], change) + match.group())
+        start = match.end()
+    if not out:
+        return run
+    out.append(run[start:])
+    return b"".join(out)
+
+
+def _changed_event(event: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    lines = _LINE_END.split(event)
+    data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+    if not data:
+        return event
+    joined = b"\n".join(data)
+    new = change(joined)
+    if new is joined:
+        return event
+    newline = b"\r\n" if b"\r\n" in event else b"\n"
+    kept = [line for line in lines if not line.startswith(b"data:")]
+    return newline.join([*kept, *(b"data: " + line for line in new.split(b"\n"))])
 
 
 _SCALAR = rb'-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|"(?:[^"\\]|\\.)*"|true|false|null'

@@ -45,6 +45,7 @@ from mcpfleet.gateway.asgi import (
 )
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.policy.tools import ToolGuard, closing
 from mcpfleet.gateway.protocol import parse_body
 from mcpfleet.gateway.session import Session, SessionTable, close_all
 from mcpfleet.gateway.streams import legacy_event_stream, websocket_session
@@ -58,8 +59,8 @@ from mcpfleet.gateway.upstream.backend import (
 )
 from mcpfleet.gateway.upstream.base import Unreachable, Upstream
 from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream
-from mcpfleet.gateway.upstream.relay import RelayUpstream, SharedSession, StdioSession
-from mcpfleet.registry.model import Endpoint, HttpServer, Server, StdioServer
+from mcpfleet.gateway.upstream.relay import Outbox, RelayUpstream, SharedSession, StdioSession
+from mcpfleet.registry.model import Endpoint, HttpServer, Logging, Server, StdioServer
 from mcpfleet.registry.render import mask_url
 from mcpfleet.replicas import ReplicaAddress, ReplicaSource
 
@@ -74,6 +75,14 @@ FOLLOW_BACKOFF = 1.0  # seconds before a failed replica source is watched again,
 FOLLOW_BACKOFF_MAX = 60.0
 RETIRE_FINISH = 5.0  # seconds requests get to unwind once a retired runtime closed their upstreams
 NO_REPLICA = -32011  # a deployment backend could not start a replica (engine down, image missing, exits)
+
+
+def watch_tools(session: StdioSession, box: Outbox, guard: ToolGuard | None) -> ToolGuard | None:
+    """A message-stream client's session: its requests pass `guard`, and the answers on `box` too."""
+    if guard is not None:
+        session.guard = guard
+        box.watch = guard.answer
+    return guard
 
 
 def static_addresses(server: HttpServer) -> tuple[ReplicaAddress, ...]:
@@ -523,8 +532,13 @@ class ServerRuntime:
         token = self.sessions.issue(session)
         prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
         endpoint = f"{prefix}/{self.server.id}{MESSAGES_PATH}?session_id={token}"
+        # The stream's opener decides what the session's POSTs may call and see (they name its id).
+        guard = watch_tools(session, box, ToolGuard.for_exchange(exchange, token))
         try:
-            await legacy_event_stream(exchange, box, endpoint, exchange.snapshot.gateway.keepalive_interval)
+            with closing(guard):
+                await legacy_event_stream(exchange, box, endpoint, exchange.snapshot.gateway.keepalive_interval)
+                if guard is not None:
+                    guard.client_left = True  # the stream ends when its client goes away
         finally:
             self.sessions.drop(token)
             with anyio.CancelScope(shield=True):
@@ -539,9 +553,18 @@ class ServerRuntime:
         await session.bridge(messages, session.standing)
         await respond(exchange.send, 202, b"Accepted", content_type=b"text/plain")
 
-    async def websocket(self, receive: Receive, send: Send, max_frame: int, *, scope: Scope | None = None) -> None:
+    async def websocket(
+        self,
+        receive: Receive,
+        send: Send,
+        max_frame: int,
+        *,
+        scope: Scope | None = None,
+        logging_settings: Logging | None = None,
+    ) -> None:
         """One WebSocket connection = one session: text frames in, text frames out, one message each.
-        `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection."""
+        `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection and its `Grant` and
+        `Identity` (the tool filter, the audit line). `logging_settings`: `gateway.logging` in force."""
         self.inflight += 1
         if self.deployment is not None:
             self.deployment.request_started()
@@ -558,8 +581,12 @@ class ServerRuntime:
             self._done()
             await send({"type": "websocket.close", "code": 1011, "reason": exc.message[:120]})
             return
+        guard = watch_tools(session, box, ToolGuard.of(scope, self.server.id, logging_settings or Logging()))
         try:
-            await websocket_session(receive, send, session, box, max_frame)
+            with closing(guard):
+                await websocket_session(receive, send, session, box, max_frame)
+                if guard is not None:
+                    guard.client_left = True  # a socket the session ended leaves no call to wait for
         finally:
             with anyio.CancelScope(shield=True):
                 await session.aclose()

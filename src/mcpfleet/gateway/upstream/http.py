@@ -14,11 +14,16 @@ whose length says it is larger gets 502 with a JSON-RPC error naming the setting
 event larger than the limit (plus SSE_FRAMING) is dropped before any byte of it goes out; if it answered a
 request, an error event for that request takes its place. Events are cut at their boundaries as they pass
 (`protocol.EventMeter`), so a chunk of whole events costs one `endswith`.
+
+A POST on the MCP path whose body could name a tools method passes the request's tool guard
+(policy/tools.py): denied calls are answered here, `tools/list` answers filtered and `tools/call` answers
+audited as they pass (a JSON answer read whole, an event stream in the runs the meter cuts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,11 +32,12 @@ import anyio
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway import tracing
-from mcpfleet.gateway.asgi import send_chunk, stream_body
+from mcpfleet.gateway.asgi import respond, send_chunk, stream_body
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.oauth import backend_challenge
 from mcpfleet.gateway.pinning import METHODS, rewrite_events, unwrap, wrap
+from mcpfleet.gateway.policy.tools import ToolGuard, closing, may_name_tools
 from mcpfleet.gateway.protocol import (
     HOP_BY_HOP_PREFIXES,
     NOT_FORWARDED_DOWN,
@@ -44,6 +50,7 @@ from mcpfleet.gateway.protocol import (
     Oversized,
     answered_request,
     forwarded_for,
+    sse_event,
     too_large,
     too_large_event,
     without,
@@ -57,6 +64,7 @@ from mcpfleet.registry.render import mask_url
 log = logging.getLogger("mcpfleet.gateway.http")
 
 _STANDING_STREAM = frozenset({"GET"})
+JSON_CONTENT = (b"content-type", b"application/json")
 DEFAULT_MAX_MESSAGE_BYTES: int = Gateway().max_message_bytes
 
 
@@ -86,7 +94,10 @@ class HttpUpstream:
         if self.draining:
             raise Unreachable("the server is draining")
         initialize = exchange.method == "POST" and b'"initialize"' in exchange.body
-        await self.forward(exchange, self.server.path, initialize=initialize, key=key)
+        guard, screened = await self._screen(exchange, None)
+        if screened is not None:
+            with closing(guard):
+                await self.forward(screened, self.server.path, initialize=initialize, key=key, guard=guard)
 
     def holds(self, session: Session) -> bool:
         """An http session whose replica serves or still drains here (none once the upstream closed)."""
@@ -96,7 +107,29 @@ class HttpUpstream:
 
     async def serve(self, exchange: Exchange, token: str, session: Session) -> None:
         assert isinstance(session, HttpSession)
-        await self.forward(exchange, self.server.path, token, session)
+        guard, screened = await self._screen(exchange, token)
+        if screened is not None:
+            with closing(guard):
+                await self.forward(screened, self.server.path, token, session, guard=guard)
+
+    async def _screen(self, exchange: Exchange, token: str | None) -> tuple[ToolGuard | None, Exchange | None]:
+        """The request's tool guard (policy/tools.py; None: nothing to see) and the request to send on, where
+        a batch has lost its denied calls; None when only denied calls were left: they are answered here
+        (200, their JSON-RPC errors) and nothing goes to the server. A body is looked into only when it could
+        name a tools method (`may_name_tools`), so other requests cost two byte scans."""
+        body = exchange.body
+        if exchange.method != "POST" or not may_name_tools(body):
+            return None, exchange
+        guard = ToolGuard.for_exchange(exchange, token)
+        if guard is None:
+            return None, exchange
+        screened, own_answer = guard.screen_body(body)
+        if own_answer is not None:
+            await respond(exchange.send, 200, own_answer, [(SESSION_HEADER, token.encode())] if token else [])
+            return guard, None
+        if screened is not body:
+            exchange = dataclasses.replace(exchange, body=screened)
+        return guard, exchange
 
     def drain(self) -> None:
         self.draining = True
@@ -160,10 +193,12 @@ class HttpUpstream:
         *,
         initialize: bool = False,
         key: str | None = None,
+        guard: ToolGuard | None = None,
     ) -> None:
         """Send the request upstream and stream the answer back. Raises Unreachable when nothing was sent.
         `path`: the server's MCP path, or any other path of the server (forwarded as it is). `key`: the
-        request's routing key (`balancer.hash_header`), for strategies that read one.
+        request's routing key (`balancer.hash_header`), for strategies that read one. `guard`: the request's
+        tool filter and audit line, shown the answer.
 
         New work goes to the balancer's pick; when nothing could be sent there (connection refused or not
         established in time) the next replica is tried, since the server cannot have seen the request.
@@ -221,6 +256,7 @@ class HttpUpstream:
                     initialize,
                     rewrite,
                     bounded=path == self.server.path,
+                    guard=guard,
                 )
             finally:
                 self.balancer.finished(replica, time.monotonic() - started if timed else None)
@@ -229,6 +265,8 @@ class HttpUpstream:
         if session is not None and session_token is not None:
             sessions.drop(session_token)  # its replica is gone: the client initializes again elsewhere
             raise GatewayError.session_not_found()
+        if guard is not None:
+            guard.forget()  # nothing was sent: the entry's command may take the request (and audit it there)
         raise Unreachable("; ".join(failures) or "no replica serves")
 
     def _pin_states(
@@ -300,14 +338,30 @@ class HttpUpstream:
         rewrite: Callable[[bytes], bytes] | None = None,
         *,
         bounded: bool = False,
+        guard: ToolGuard | None = None,
     ) -> None:
-        """Stream the answer to the client. `bounded`: an answer on the MCP path, held to the size limit."""
+        """Stream the answer to the client. `bounded`: an answer on the MCP path, held to the size limit.
+        `guard`: the request's tool filter and audit line, which sees the answers it waits for (and adds the
+        gateway's answers to denied calls of a batch)."""
         idle = None if exchange.method in _STANDING_STREAM else self.server.timeouts.idle_stream
         streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
         limit = self.max_message_bytes if bounded else None
-        whole: bytes | None = None
-        if not streaming and (rewrite is not None or limit is not None):
-            whole = await self._read_json(response, replica, idle, limit, rewrite)
+        status = response.status
+        if guard is not None and not (guard.pending or guard.refusals):
+            guard = None  # nothing to see in this answer
+        if guard is not None and guard.refusals and status == 202:
+            # What was sent on needed no answer: the gateway's answers to the denied calls are the answer.
+            await response.aclose()
+            whole: bytes | None = b"[" + b",".join(guard.take_refusals()) + b"]"
+            status, streaming = 200, False
+        else:
+            whole = None
+        json_rewrite = rewrite
+        if guard is not None and not streaming and whole is None:
+            seen = guard.answer_body
+            json_rewrite = seen if rewrite is None else (lambda answer: rewrite(seen(answer)))
+        if not streaming and whole is None and (json_rewrite is not None or limit is not None):
+            whole = await self._read_json(response, replica, idle, limit, json_rewrite)
         try:
             headers = without(response.headers, NOT_FORWARDED_DOWN, HOP_BY_HOP_PREFIXES)
             headers = backend_challenge(exchange, response.status, headers)  # challenges point at the gateway
@@ -325,17 +379,21 @@ class HttpUpstream:
                 headers.append((b"x-accel-buffering", b"no"))
             elif whole is not None:
                 headers.append((b"content-length", str(len(whole)).encode()))
+                if status != response.status:
+                    headers = [(k, v) for k, v in headers if k != b"content-type"] + [JSON_CONTENT]
             elif (length := response.header(b"content-length")) is not None:
                 headers.append((b"content-length", length))
-            await exchange.send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await exchange.send({"type": "http.response.start", "status": status, "headers": headers})
             if streaming:
                 # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
                 events = response.body(idle)
-                if limit is not None:
-                    events = self._bounded_events(events, limit, exchange)
-                await stream_body(
+                if limit is not None:  # the MCP path: the only one with a guard
+                    events = self._bounded_events(events, limit, exchange, guard)
+                completed = await stream_body(
                     exchange.receive, exchange.send, rewrite_events(events, rewrite) if rewrite else events
                 )
+                if guard is not None:
+                    guard.client_left = not completed
             elif whole is not None:
                 await send_chunk(exchange.send, whole, more=False)
             else:
@@ -347,6 +405,8 @@ class HttpUpstream:
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
+        if guard is not None and status >= 400:
+            guard.close("error")  # an HTTP error answered the calls, whatever its body names
 
     async def _read_json(
         self,
@@ -390,18 +450,21 @@ class HttpUpstream:
                     await response.aclose()
 
     async def _bounded_events(
-        self, chunks: AsyncIterator[bytes], limit: int, exchange: Exchange
+        self, chunks: AsyncIterator[bytes], limit: int, exchange: Exchange, guard: ToolGuard | None = None
     ) -> AsyncIterator[bytes]:
         """The event stream, whole events as they complete; an event over the limit gives way to an error
         for the request it answered, or, if it answered none (a notification, a request to the client), to
-        nothing."""
+        nothing. `guard` sees the runs of whole events (the answers it waits for; once none is awaited a run
+        costs it one test), and its answers to a batch's denied calls go first."""
         meter = EventMeter(limit + SSE_FRAMING)
+        if guard is not None:
+            for refusal in guard.take_refusals():
+                yield sse_event(refusal)
         async for chunk in chunks:
             for piece in meter.feed(chunk):
-                if isinstance(piece, bytes):
-                    yield piece
-                elif (instead := self._in_place_of(piece, limit, exchange.body)) is not None:
-                    yield instead
+                run = piece if isinstance(piece, bytes) else self._in_place_of(piece, limit, exchange.body)
+                if run is not None:
+                    yield run if guard is None else guard.answer_events(run)
         if rest := meter.flush():
             yield rest
 

@@ -85,6 +85,9 @@ class Outbox:
     ) -> None:
         self.waiting = waiting  # ids whose responses end this stream; None for the standing GET stream
         self.transform = transform  # applied to the responses that end it
+        # Sees each response with the key it answers before it goes out: the tool filter and the audit line
+        # (policy/tools.py, `ToolGuard.answer`); may return it changed.
+        self.watch: Callable[[bytes, str], bytes] | None = None
         self.journal = journal  # when set, events carry ids and are kept for resumption
         self.stream = journal.new_stream() if journal is not None else 0
         self.delivered = 0  # messages delivered to this stream so far
@@ -118,8 +121,11 @@ class Outbox:
                 yield sse_event(item, self.event_id(self.taken))
 
     def deliver(self, message: bytes, answered: str | None = None) -> None:
-        if answered is not None and self.transform is not None:
-            message = self.transform(message)
+        if answered is not None:
+            if self.watch is not None:
+                message = self.watch(message, answered)
+            if self.transform is not None:
+                message = self.transform(message)
         self.delivered += 1
         if self.journal is not None:
             self.journal.record(self.stream, self.delivered, message)
@@ -149,6 +155,15 @@ class Outbox:
         self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
         if self.finished:
             self._send.close()
+
+
+def closed_outbox(*messages: bytes) -> Outbox:
+    """An outbox that holds `messages` and nothing more: answers the gateway gives itself."""
+    box = Outbox()
+    for message in messages:
+        box.deliver(message)
+    box.close()
+    return box
 
 
 async def next_message(box: Outbox) -> bytes | None:

@@ -20,6 +20,7 @@ import anyio
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Headers, respond, start_event_stream, stream_body
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.policy.tools import ToolGuard, closing
 from mcpfleet.gateway.protocol import (
     LAST_EVENT_ID,
     SESSION_HEADER,
@@ -111,15 +112,20 @@ class Serving(PoolServing):
         if await delete_or_stream(exchange, token, session, self._sessions):
             return
         messages, batch = parse_body(exchange.body)
-        box = await session.post(messages, streamed=accepts(exchange.header(b"accept") or "", "text/event-stream"))
-        if box is None:
-            await respond(exchange.send, 202, b"")
-            return
-        completed = False
-        try:
-            completed = await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
-        finally:
-            session.release(box, completed=completed)
+        guard = ToolGuard.for_exchange(exchange, token)
+        with closing(guard):
+            streamed = accepts(exchange.header(b"accept") or "", "text/event-stream")
+            box = await session.post(messages, streamed=streamed, guard=guard)
+            if box is None:
+                await respond(exchange.send, 202, b"")
+                return
+            completed = False
+            try:
+                completed = await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+            finally:
+                session.release(box, completed=completed)
+                if guard is not None:
+                    guard.client_left = not completed
 
     async def open_bridge(self) -> tuple[StdioSession, Outbox]:
         """A session for a message-stream client: one connection, every message on one outbox."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.policy.tools import ToolGuard
 from mcpfleet.gateway.protocol import IdMap, Message, dumps, error_response, id_key, parse_message
 from mcpfleet.gateway.upstream.backend import Backend
 from mcpfleet.gateway.upstream.relay.link import EXITED, Link
@@ -55,6 +56,7 @@ class StdioSession(Link):
         self.leased = False  # given to a client (not a warm process): counts until its process ends
         self.journal: Journal | None = None  # Streamable HTTP sessions: event ids and resumption
         self.primes = False  # negotiated 2025-11-25 or later: streams open with a priming event
+        self.guard: ToolGuard | None = None  # message-stream clients: the connection's tool filter and audit line
 
     def resumable(self, version: Any, grace: float = DETACHED_GRACE) -> None:
         """The session was initialized over Streamable HTTP at `version`: give its streams event ids. A
@@ -101,21 +103,36 @@ class StdioSession(Link):
         if self._standing is not None:
             self._standing.close()
 
-    async def post(self, messages: list[Message], *, streamed: bool = True) -> Outbox | None:
+    async def post(
+        self, messages: list[Message], *, streamed: bool = True, guard: ToolGuard | None = None
+    ) -> Outbox | None:
         """Write messages to the process; the outbox that will carry the answers, or None if none are due.
-        `streamed`: the answers go out as an event stream (only those get event ids and the journal)."""
+        `streamed`: the answers go out as an event stream (only those get event ids and the journal).
+        `guard`: the request's tool filter and audit line (policy/tools.py)."""
         requests = [m for m in messages if m.is_request]
         box = None
         if requests:
             box = self._outbox({m.id_key for m in requests}) if streamed else Outbox({m.id_key for m in requests})
+            if guard is not None:
+                box.watch = guard.answer
             for m in requests:
                 self._pending[m.id_key] = box
                 if (token := m.progress_token()) is not None:
                     self._progress[id_key(token)] = box
             self._posts.append(box)
         for m in messages:
-            await self.send(m.raw)
+            if guard is None or not self._refused(m, guard):
+                await self.send(m.raw)
         return box
+
+    def _refused(self, message: Message, guard: ToolGuard) -> bool:
+        """Whether `guard` refuses `message` (a denied `tools/call`): its answer then goes the way the
+        server's would, and the message goes nowhere."""
+        refusal = guard.screen(message)
+        if refusal is None:
+            return False
+        self.dispatch(Message(json.loads(refusal), refusal))
+        return True
 
     def release(self, box: Outbox, *, completed: bool = True) -> None:
         """The client stream of `box` ended. If it ended early and can be resumed, later answers are kept
@@ -140,14 +157,17 @@ class StdioSession(Link):
         box.close()
 
     async def bridge(self, messages: list[Message], box: Outbox) -> None:
-        """For message-stream clients (legacy SSE, WebSocket): everything for this session goes to `box`."""
+        """For message-stream clients (legacy SSE, WebSocket): everything for this session goes to `box`,
+        through the connection's tool guard (`guard`) if it has one."""
         for m in messages:
             if m.is_request:
                 self._pending[m.id_key] = box
                 if (token := m.progress_token()) is not None:
                     self._progress[id_key(token)] = box
+        guard = self.guard
         for m in messages:
-            await self.send(m.raw)
+            if guard is None or not self._refused(m, guard):
+                await self.send(m.raw)
 
     @property
     def idle(self) -> bool:

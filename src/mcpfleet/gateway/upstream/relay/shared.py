@@ -21,8 +21,9 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import respond
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import unwrap, wrap
+from mcpfleet.gateway.policy.tools import ToolGuard, closing
 from mcpfleet.gateway.protocol import SESSION_HEADER, Message, dumps, id_key, parse_body
-from mcpfleet.gateway.upstream.relay.outbox import Outbox
+from mcpfleet.gateway.upstream.relay.outbox import Outbox, closed_outbox
 from mcpfleet.gateway.upstream.relay.serving import PoolServing, answer_post, delete_or_stream
 from mcpfleet.gateway.upstream.relay.sessions import SharedProcess, SharedSession
 from mcpfleet.gateway.upstream.relay.starts import MODERN, SHARED
@@ -45,6 +46,10 @@ class SharedServing(PoolServing):
         if batch or len(messages) != 1:
             raise GatewayError.invalid_request("2026-07-28 requests are single JSON-RPC messages, not batches")
         message = messages[0]
+        guard = ToolGuard.for_exchange(exchange)
+        if guard is not None and (refusal := guard.check(message.data)) is not None:
+            await answer_post(exchange, [refusal], closed_outbox(), [], batch=False)
+            return
         shared = await self._modern_process(record, self._pool.deadline())
         if not message.is_request:
             # A client's `notifications/cancelled` names its own request id, which on a shared process may be
@@ -66,12 +71,19 @@ class SharedServing(PoolServing):
         upstream_id, data = shared.ids.outgoing(message, box)
         assert box.waiting is not None
         box.waiting.add(id_key(upstream_id))
-        try:
-            await shared.send(data)
-            completed = await answer_post(exchange, [], box, [], batch=False)
-        finally:
-            leftover = shared.ids.forget(box)
-            box.close()
+        completed = False
+        with closing(guard):
+            if guard is not None:
+                box.watch = guard.answer
+                guard.expect(message.data, id_key(upstream_id))
+            try:
+                await shared.send(data)
+                completed = await answer_post(exchange, [], box, [], batch=False)
+            finally:
+                leftover = shared.ids.forget(box)
+                box.close()
+                if guard is not None:
+                    guard.client_left = not completed
         if not completed and leftover and not shared.closed.is_set():
             # At 2026-07-28 a client that goes away cancels its request.
             with contextlib.suppress(GatewayError):
@@ -158,11 +170,21 @@ class SharedServing(PoolServing):
         messages, batch = parse_body(exchange.body)
         box = Outbox(set())
         assert box.waiting is not None
+        guard = ToolGuard.for_exchange(exchange, token)
+        if guard is not None:
+            box.watch = guard.answer
         mine: list[str] = []
+        refused = False
         for message in messages:
             if message.is_request:
+                if guard is not None and (refusal := guard.check(message.data)) is not None:
+                    box.deliver(refusal)  # answered here, in the answer's place; the process never sees it
+                    refused = True
+                    continue
                 upstream_id, data = process.ids.outgoing(message, box)
                 box.waiting.add(id_key(upstream_id))
+                if guard is not None:
+                    guard.expect(message.data, id_key(upstream_id))
                 session.upstream_ids[message.id_key] = upstream_id
                 mine.append(message.id_key)
             elif message.method == "notifications/initialized" or message.is_response:
@@ -177,11 +199,16 @@ class SharedServing(PoolServing):
                 data = message.raw
             await process.send(data)
         if not box.waiting:
-            await respond(exchange.send, 202, b"")
-            return
+            if not refused:
+                await respond(exchange.send, 202, b"")
+                return
+            box.close()  # only the gateway's own answers
         session.in_flight += 1
         try:
-            await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+            with closing(guard):
+                completed = await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+                if guard is not None:
+                    guard.client_left = not completed
         finally:
             session.in_flight -= 1
             process.ids.forget(box)

@@ -1,0 +1,236 @@
+"""Tool access (`gateway.access` rules with `tools`) on every route, with the official SDK client.
+
+One gateway, two API keys: `ci` may list and call only `echo` and `who*`, `admin` everything, and `outsider`
+reaches only the server `web`. Through each client transport (Streamable HTTP at 2025-11-25 and at
+2026-07-28, WebSocket, legacy HTTP+SSE) and each kind of backend (stdio in session mode, stdio in pool mode
+`shared`, a Streamable HTTP server answering with event streams, the same answering JSON, a legacy-SSE-only
+server), `ci` sees only its tools and a call of another one gets the JSON-RPC error without reaching the
+server, while `admin` sees and calls everything. A principal no rule lets reach a server gets 403, on HTTP
+and on the WebSocket handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from mcpfleet.client.websocket import websocket_client
+
+from support import ACCEPT, INIT, RunningGateway, free_port, rpc_messages, running
+
+DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
+KEYS = {"ci": "ci-key-0123456789abcdef", "admin": "admin-key-0123456789abcdef", "outsider": "outsider-0123456789abcdef"}
+CI_TOOLS = {"echo", "whoami"}  # the demo tools matching `echo` and `who*`
+DENIED = -32602
+# The demo server answering JSON rather than event streams (the SDK's `json_response`).
+JSON_DEMO = """
+import sys
+
+import uvicorn
+
+from mcpfleet.demo.server import build_server
+
+app = build_server(replica="json", transport="http").streamable_http_app(host="127.0.0.1", json_response=True)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def registry(web: str, web_json: str) -> str:
+    keys = "".join(f"      - {{name: {name}, key: {key}}}\n" for name, key in KEYS.items())
+    return (
+        "gateway:\n"
+        "  auth:\n"
+        "    api_keys:\n"
+        f"{keys}"
+        "  access:\n"
+        "    - {principals: ['key:admin'], servers: ['*']}\n"
+        "    - {principals: ['key:ci'], servers: ['*'], tools: [echo, 'who*']}\n"
+        "    - {principals: ['key:outsider'], servers: [web]}\n"
+        "servers:\n"
+        f"  local: {{command: {DEMO_STDIO}}}\n"
+        f"  shared: {{command: {DEMO_STDIO}, stateless: true, pool: {{mode: shared}}}}\n"
+        f"  web: {{endpoint: '{web}'}}\n"
+        f"  webjson: {{endpoint: '{web_json}'}}\n"
+        f"  old: {{url: '{web}/sse'}}\n"
+    )
+
+
+@pytest.fixture
+def fleet(
+    tmp_path: Path, gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
+) -> Iterator[RunningGateway]:
+    """The gateway with its servers: the demo over stdio (session and shared mode), over HTTP answering
+    with event streams (also reached as a legacy SSE server) and answering JSON."""
+    script = tmp_path / "json_demo.py"
+    script.write_text(JSON_DEMO)
+    port = free_port()
+    with running([sys.executable, str(script), str(port)], port) as web_json:
+        yield gateway(registry(demo_http("web"), web_json))
+
+
+@contextlib.asynccontextmanager
+async def session(gw: RunningGateway, server_id: str, transport: str, mode: str, key: str) -> AsyncIterator[Client]:
+    """An SDK client session through `transport`, presenting the API key of `key`."""
+    bearer = {"authorization": f"Bearer {KEYS[key]}"}
+    async with contextlib.AsyncExitStack() as stack:
+        target: Any
+        if transport == "streamable-http":
+            http = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer, timeout=60))
+            target = streamable_http_client(gw.mcp(server_id), http_client=http)
+        elif transport == "sse":
+            target = sse_client(f"{gw.url}/{server_id}/sse", headers=bearer, timeout=60)
+        else:
+            ws_url = f"{gw.url.replace('http://', 'ws://')}/{server_id}/ws"
+            target = websocket_client(ws_url, headers=list(bearer.items()))
+        yield await stack.enter_async_context(Client(target, mode=mode))
+
+
+async def check(gw: RunningGateway, server_id: str, transport: str, mode: str) -> None:
+    where = (server_id, transport, mode)
+    async with session(gw, server_id, transport, mode, "ci") as client:
+        listed = {tool.name for tool in (await client.list_tools()).tools}
+        assert listed == CI_TOOLS, where
+        echo = await client.call_tool("echo", {"text": "allowed"})
+        assert echo.content[0].text == "allowed", where  # type: ignore[union-attr]
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool("countdown", {"start": 1, "interval": 0})
+        assert denied.value.code == DENIED, where
+        assert denied.value.error.message == (
+            f"tool 'countdown' is not allowed for key:ci on server '{server_id}' (setting: gateway.access)"
+        ), where
+        # The session goes on after a refusal.
+        assert (await client.call_tool("whoami", {})).structured_content is not None, where
+    async with session(gw, server_id, transport, mode, "admin") as client:
+        listed = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"echo", "whoami", "countdown", "fail", "stats", "sleep"} <= listed, where
+        counted = await client.call_tool("countdown", {"start": 2, "interval": 0})
+        assert counted.content[0].text == "counted down from 2", where  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("transport", "mode", "servers"),
+    [
+        ("streamable-http", "legacy", ("local", "shared", "web", "webjson", "old")),
+        ("streamable-http", "auto", ("local", "shared", "web", "webjson")),  # 2026-07-28
+        ("websocket", "legacy", ("local", "shared", "web", "old")),
+        ("sse", "legacy", ("local", "web")),
+    ],
+)
+def test_a_restricted_key_sees_and_calls_only_its_tools_on_every_route(
+    fleet: RunningGateway, transport: str, mode: str, servers: tuple[str, ...]
+) -> None:
+    async def run() -> None:
+        for server_id in servers:
+            await check(fleet, server_id, transport, mode)
+
+    anyio.run(run)
+
+
+def test_the_2026_revision_is_what_auto_mode_speaks(fleet: RunningGateway) -> None:
+    """The `auto` rows above test 2026-07-28 only if the client negotiates it through the gateway."""
+
+    async def run() -> list[str]:
+        versions = []
+        for server_id in ("local", "web"):
+            async with session(fleet, server_id, "streamable-http", "auto", "ci") as client:
+                versions.append(client.protocol_version)
+        return versions
+
+    assert anyio.run(run) == ["2026-07-28", "2026-07-28"]
+
+
+def test_a_batch_keeps_its_allowed_requests_and_refuses_the_denied_call(fleet: RunningGateway) -> None:
+    """2025-03-26 allows batches: on the relay (session and shared mode) the allowed requests are answered by
+    the server and the denied call by the gateway, in one answer. (The SDK's HTTP server takes no batches,
+    so the passthrough's merge is tested in tests/unit/test_tools.py.)"""
+
+    async def run() -> None:
+        init = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}}
+        headers = ACCEPT | {"authorization": f"Bearer {KEYS['ci']}"}
+        async with httpx2.AsyncClient(timeout=60) as http:
+            for server_id in ("local", "shared"):
+                opened = await http.post(fleet.mcp(server_id), json=init, headers=headers)
+                assert opened.status_code == 200, (server_id, opened.text)
+                in_session = headers | {
+                    "mcp-session-id": opened.headers["mcp-session-id"],
+                    "mcp-protocol-version": "2025-03-26",
+                }
+                await http.post(
+                    fleet.mcp(server_id),
+                    json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    headers=in_session,
+                )
+                batch = [
+                    {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                    {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "fail", "arguments": {}}},
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 4,
+                        "method": "tools/call",
+                        "params": {"name": "echo", "arguments": {"text": "b"}},
+                    },
+                ]
+                answer = await http.post(fleet.mcp(server_id), json=batch, headers=in_session)
+                assert answer.status_code == 200, (server_id, answer.text)
+                by_id = {m["id"]: m for m in rpc_messages(answer)}
+                assert {t["name"] for t in by_id[2]["result"]["tools"]} == CI_TOOLS, server_id
+                assert by_id[3]["error"]["code"] == DENIED, server_id
+                assert by_id[4]["result"]["content"][0]["text"] == "b", server_id
+                # A batch of denied calls only is answered by the gateway alone.
+                only = await http.post(fleet.mcp(server_id), json=batch[1:2], headers=in_session)
+                assert [m["error"]["code"] for m in rpc_messages(only)] == [DENIED], server_id
+
+    anyio.run(run)
+
+
+def test_a_denied_call_written_with_escapes_is_still_denied(fleet: RunningGateway) -> None:
+    """The passthrough parses a body only when it could name a tools method: an escaped method name counts."""
+
+    async def run() -> None:
+        headers = ACCEPT | {"authorization": f"Bearer {KEYS['ci']}", "mcp-protocol-version": "2026-07-28"}
+        body = (
+            b'{"jsonrpc":"2.0","id":7,"method":"tools\\/call","params":{"name":"count\\u0064own",'
+            b'"arguments":{"start":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}'
+        )
+        async with httpx2.AsyncClient(timeout=60) as http:
+            answer = await http.post(
+                fleet.mcp("web"),
+                content=body,
+                headers=headers | {"mcp-method": "tools/call", "mcp-name": "countdown"},
+            )
+        assert answer.status_code == 200, answer.text
+        assert rpc_messages(answer)[0]["error"]["code"] == DENIED
+
+    anyio.run(run)
+
+
+def test_a_principal_without_a_rule_for_the_server_gets_403(fleet: RunningGateway) -> None:
+    async def run() -> None:
+        outsider = {"authorization": f"Bearer {KEYS['outsider']}"}
+        async with httpx2.AsyncClient(timeout=60) as http:
+            refused = await http.post(fleet.mcp("local"), json=INIT, headers=ACCEPT | outsider)
+            assert refused.status_code == 403
+            message = refused.json()["error"]["message"]
+            assert message == "key:outsider may not use server 'local' (setting: gateway.access)"
+            allowed = await http.post(fleet.mcp("web"), json=INIT, headers=ACCEPT | outsider)
+            assert allowed.status_code == 200
+        ws_url = f"{fleet.url.replace('http://', 'ws://')}/local/ws"
+        with pytest.raises(InvalidStatus) as handshake:
+            async with connect(ws_url, subprotocols=["mcp"], additional_headers=outsider, open_timeout=30):
+                pass
+        assert handshake.value.response.status_code == 403
+
+    anyio.run(run)
