@@ -25,6 +25,7 @@ import pytest
 import uvicorn
 
 from mcpfleet.gateway.app import Gateway
+from mcpfleet.gateway.logs import session_digest
 from mcpfleet.registry import load_registry
 
 from support import ACCEPT, INIT, RunningGateway, rpc_messages, wait_for
@@ -32,7 +33,7 @@ from support import ACCEPT, INIT, RunningGateway, rpc_messages, wait_for
 DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 CI_KEY = "ci-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
-LINE = re.compile(r"mcpfleet\.audit: tool call (\S+) -> (\S+)/(\S+) (\S+) (\d+\.\d) ms$")
+LINE = re.compile(r"mcpfleet\.audit(?: \[[^\]]*\])?: tool call (\S+) -> (\S+)/(\S+) (\S+) (\d+\.\d) ms$")
 
 
 def registry(web: str | None = None, *, audit: bool = True, arguments: bool = False) -> str:
@@ -165,7 +166,7 @@ def test_the_records_fields(tmp_path: Path, arguments: bool) -> None:
     ]
     for record, (request, outcome) in zip(seen.audit, [*CALLS, CALLS[0]], strict=True):
         assert record["server"] == "local"
-        assert record["session"] == (admin if record["principal"] == "key:admin" else ci)
+        assert record["session"] == session_digest(admin if record["principal"] == "key:admin" else ci)
         assert isinstance(record["duration_ms"], float) and record["duration_ms"] >= 0
         assert (record["duration_ms"] == 0) == (outcome == "denied")
         if arguments:

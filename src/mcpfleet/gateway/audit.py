@@ -11,7 +11,7 @@ Records go to the logger `mcpfleet.audit` at INFO. The message reads in the text
 | `tool` | the tool name the call named (`?` when it named none) |
 | `outcome` | see OUTCOMES |
 | `duration_ms` | from the request leaving the gateway to its answer (0 for `denied`), milliseconds |
-| `session` | the gateway's session id, or None (2026-07-28 requests, WebSocket connections) |
+| `session` | a digest of the gateway's session id (`logs.session_digest`), or None (2026-07-28, WebSocket) |
 | `request_id` | the JSON-RPC id as the client sent it |
 | `arguments` | the call's arguments, only with `gateway.logging.audit_arguments: true` |
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Literal
+
+from mcpfleet.gateway.logs import session_digest
 
 log = logging.getLogger("mcpfleet.audit")
 
@@ -83,7 +85,7 @@ def emit(
         "tool": tool,
         "outcome": outcome,
         "duration_ms": round(duration_ms, 3),
-        "session": session,
+        "session": session_digest(session) if session is not None else None,  # never the id: it is a capability
         "request_id": request_id,
     }
     if with_arguments:
