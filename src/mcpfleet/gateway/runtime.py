@@ -539,9 +539,18 @@ class ServerRuntime:
         await session.bridge(messages, session.standing)
         await respond(exchange.send, 202, b"Accepted", content_type=b"text/plain")
 
-    async def websocket(self, receive: Receive, send: Send, max_frame: int, *, scope: Scope | None = None) -> None:
+    async def websocket(
+        self,
+        receive: Receive,
+        send: Send,
+        max_frame: int,
+        *,
+        scope: Scope | None = None,
+        max_duration: float | None = None,
+    ) -> None:
         """One WebSocket connection = one session: text frames in, text frames out, one message each.
-        `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection."""
+        `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection. `max_duration`:
+        the connection is closed (1001) after this many seconds (`gateway.limits.max_stream_duration`)."""
         self.inflight += 1
         if self.deployment is not None:
             self.deployment.request_started()
@@ -559,7 +568,7 @@ class ServerRuntime:
             await send({"type": "websocket.close", "code": 1011, "reason": exc.message[:120]})
             return
         try:
-            await websocket_session(receive, send, session, box, max_frame)
+            await websocket_session(receive, send, session, box, max_frame, max_duration)
         finally:
             with anyio.CancelScope(shield=True):
                 await session.aclose()

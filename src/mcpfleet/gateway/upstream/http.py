@@ -322,7 +322,10 @@ class HttpUpstream:
                 if limit is not None:
                     events = self._bounded_events(events, limit, exchange)
                 await stream_body(
-                    exchange.receive, exchange.send, rewrite_events(events, rewrite) if rewrite else events
+                    exchange.receive,
+                    exchange.send,
+                    rewrite_events(events, rewrite) if rewrite else events,
+                    exchange.max_stream_duration,
                 )
             elif whole is not None:
                 await send_chunk(exchange.send, whole, more=False)
