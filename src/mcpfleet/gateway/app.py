@@ -38,6 +38,7 @@ from mcpfleet.gateway.metrics import Metrics
 from mcpfleet.gateway.policy import (
     GRANT,
     IDENTITY,
+    PEER,
     Access,
     Authentication,
     Authenticator,
@@ -46,12 +47,13 @@ from mcpfleet.gateway.policy import (
     Credentials,
     HostOriginGuard,
     Policy,
+    Quotas,
     TokenValidator,
+    TrustedProxies,
     check_path,
     credentials,
+    may_open_session,
 )
-from mcpfleet.gateway.policy.proxies import PEER, TrustedProxies
-from mcpfleet.gateway.policy.quotas import Quotas, may_open_session
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
