@@ -337,3 +337,37 @@ def test_networks_cover_ipv6_and_single_addresses() -> None:
     nets = networks(("::1", "192.0.2.0/24"))
     assert ipaddress.ip_address("::1") in nets[0]
     assert json.dumps([str(n) for n in nets]) == '["::1/128", "192.0.2.0/24"]'
+
+
+def test_websocket_messages_over_the_rate_are_answered_or_dropped_never_responses() -> None:
+    q = quotas(Clock())  # the clock stands still: no refill
+    limits = Limits(rate_per_principal=RateLimit(rps=1, burst=1))
+    frames = [
+        '{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}',  # takes the one token: passed on
+        '{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}',  # over: answered here
+        '{"jsonrpc": "2.0", "method": "notifications/progress"}',  # over: dropped
+        '[{"jsonrpc": "2.0", "id": 3, "method": "ping"}]',  # a batch, over: one error, id null
+        '{"jsonrpc": "2.0", "id": 9, "result": {}}',  # the answer to the server's request: passed on
+        "not json",  # the pump's to answer: passed on
+    ]
+    incoming = [{"type": "websocket.receive", "text": text} for text in frames]
+    incoming.append({"type": "websocket.disconnect"})
+    answered: list[dict[str, Any]] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        answered.append(json.loads(message["text"]))
+
+    async def main() -> list[Message]:
+        metered = q.metered(receive, send, scope(KEY_A), "s", limits)
+        passed = []
+        while (message := await metered())["type"] != "websocket.disconnect":
+            passed.append(message)
+        return passed
+
+    passed = anyio.run(main)
+    assert [m["text"] for m in passed] == [frames[0], frames[4], frames[5]]
+    assert [a["id"] for a in answered] == [2, None]
+    assert all(a["error"]["code"] == LIMITED and a["error"]["data"]["retryAfter"] >= 1 for a in answered)

@@ -29,6 +29,7 @@ the next request; buckets keep their tokens across one (capped at the new `burst
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from typing import Any
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Message, Receive, Scope, Send, header
 from mcpfleet.gateway.policy.auth import IDENTITY
-from mcpfleet.gateway.protocol import SESSION_HEADER, error_response, parse_message
+from mcpfleet.gateway.protocol import SESSION_HEADER, error_response
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.registry.model import Limits, RateLimit
 
@@ -153,8 +154,9 @@ class Quotas:
             raise refused
 
     def metered(self, receive: Receive, send: Send, scope: Scope, server_id: str, limits: Limits) -> Receive:
-        """A WebSocket's `receive` whose client requests are counted: one over a rate is answered on the
-        socket with its JSON-RPC error and not passed on; a notification over it is dropped."""
+        """A WebSocket's `receive` whose client messages are counted (a batch as one): a request over a rate
+        is answered on the socket with its JSON-RPC error and not passed on (a batch: one error, id null); a
+        notification over it is dropped; responses to the server's requests are never counted."""
         if limits.rate_per_principal is None and limits.rate_per_server is None:
             return receive
 
@@ -162,14 +164,20 @@ class Quotas:
             while True:
                 message = await receive()
                 text = message.get("text") if message["type"] == "websocket.receive" else None
-                parsed = parse_message(text.encode()) if isinstance(text, str) else None
-                if parsed is None or not parsed.method:  # not JSON-RPC (the pump answers it), or a response
-                    return message
-                refused = self.refusal(scope, server_id, limits)
+                try:
+                    data = json.loads(text) if isinstance(text, str) else None
+                except ValueError:
+                    data = None
+                if isinstance(data, dict) and not isinstance(data.get("method"), str):
+                    return message  # a response to the server's own request: never held back
+                if not isinstance(data, dict | list):
+                    return message  # not JSON-RPC: the pump answers it
+                refused = self.refusal(scope, server_id, limits)  # a batch counts once
                 if refused is None:
                     return message
-                if parsed.is_request:
-                    answer = error_response(parsed.data.get("id"), refused.code, refused.message, _retry(refused))
+                if isinstance(data, list) or "id" in data:  # a notification over the limit is dropped
+                    request_id = data.get("id") if isinstance(data, dict) else None
+                    answer = error_response(request_id, refused.code, refused.message, _retry(refused))
                     await send({"type": "websocket.send", "text": answer.decode()})
 
         return counted
