@@ -172,7 +172,7 @@ class GatewayError(McpfleetError):
     """An error the gateway answers itself: an HTTP status and a JSON-RPC error body a person can act on.
 
     JSON-RPC codes: the standard ones where they fit (-32700 parse error, -32600 invalid request), and
-    -32010..-32019 (left to implementations by the spec) for what only a gateway can say.
+    -32009..-32019 (left to implementations by the spec) for what only a gateway can say.
     """
 
     exit_code = 3

@@ -38,6 +38,7 @@ from mcpfleet.gateway.metrics import Metrics
 from mcpfleet.gateway.policy import (
     GRANT,
     IDENTITY,
+    PEER,
     Access,
     Authentication,
     Authenticator,
@@ -46,9 +47,12 @@ from mcpfleet.gateway.policy import (
     Credentials,
     HostOriginGuard,
     Policy,
+    Quotas,
     TokenValidator,
+    TrustedProxies,
     check_path,
     credentials,
+    may_open_session,
 )
 from mcpfleet.gateway.policy.context import Correlation
 from mcpfleet.gateway.runtime import ServerRuntime
@@ -108,6 +112,7 @@ class Gateway:
         self.loaded_digest = loaded_digest
         settings = registry.gateway
         self.sessions = SessionTable(Sealer.from_settings(settings.session_keys, settings.session_max_age))
+        self.quotas = Quotas(self.sessions)  # gateway.limits: rates and session slots (policy/quotas.py)
         self._bind_host = host or registry.gateway.host
         self.policy = Policy.create(self._bind_host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins)
         self._fixed_credentials = Credentials(authenticator, consumes=False) if authenticator is not None else None
@@ -459,6 +464,7 @@ class Gateway:
         app: App = Authentication(self._endpoint, lambda: self.credentials)
         app = BodyLimit(app, lambda: self._snapshot.gateway.max_message_bytes)
         app = HostOriginGuard(app, lambda: self.policy)
+        app = TrustedProxies(app, lambda: self._snapshot.gateway.trusted_proxies)
         return Correlation(Cors(ErrorBoundary(app, self.metrics.error), lambda: self.policy))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -488,16 +494,23 @@ class Gateway:
         if "mcp" not in scope.get("subprotocols", []):
             raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
         scope[GRANT] = self.access.check(scope[IDENTITY], segments[0])
-        await receive()  # websocket.connect
-        # Taken again after the await, from the registry in force: a reload may have retired the first one.
-        runtime = self._runtime(segments[0])
-        if runtime is None:
-            await send({"type": "websocket.close", "code": 1011, "reason": "the server left the registry"})
-            return
-        settings = self._snapshot.gateway
-        await runtime.websocket(
-            receive, send, settings.max_message_bytes, scope=scope, logging_settings=settings.logging
-        )
+        limits = self._snapshot.gateway.limits
+        self.quotas.admit(scope, segments[0], limits)
+        with self.quotas.session_slot(scope, segments[0], limits, send):  # the connection is the session
+            await receive()  # websocket.connect
+            # Taken again after the await, from the registry in force: a reload may have retired the first one.
+            runtime = self._runtime(segments[0])
+            if runtime is None:
+                await send({"type": "websocket.close", "code": 1011, "reason": "the server left the registry"})
+                return
+            await runtime.websocket(
+                self.quotas.metered(receive, send, scope, segments[0], limits),
+                send,
+                self._snapshot.gateway.max_message_bytes,
+                scope=scope,
+                logging_settings=self._snapshot.gateway.logging,
+                max_duration=limits.max_stream_duration,
+            )
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path, segments = self._target(scope)
@@ -528,6 +541,8 @@ class Gateway:
             raise GatewayError.unknown_server(first, sorted(snapshot.servers))
         scope[GRANT] = self.access.check(scope[IDENTITY], first)
         scope["mcpfleet.server"] = first
+        limits = snapshot.gateway.limits
+        self.quotas.admit(scope, first, limits)  # 429 over gateway.limits.rate_per_principal / rate_per_server
         rest = raw_path[len(first.encode()) + 1 :].decode("latin-1") or "/"
         started = time.monotonic()
         try:
@@ -543,7 +558,9 @@ class Gateway:
                 runtime = self._draining_runtime(first, scope) or runtime
             if runtime is None:
                 raise GatewayError.unknown_server(first, sorted(snapshot.servers))
-            await runtime.handle(Exchange(scope, receive, send, snapshot, runtime.server, rest, body))
+            opens = may_open_session(scope, rest, body)
+            with self.quotas.session_slot(scope, first, limits, send) if opens else contextlib.nullcontext(send) as out:
+                await runtime.handle(Exchange(scope, receive, out, snapshot, runtime.server, rest, body))
         finally:
             self.metrics.observe(first, scope["method"], started)
 
@@ -595,7 +612,7 @@ class Gateway:
         return status.as_json(self.status())
 
     async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
-        client = scope.get("client")
+        client = scope.get(PEER) or scope.get("client")  # the TCP peer, whatever a trusted proxy said
         proxied = any(header(scope, name) is not None for name in (b"x-forwarded-for", b"forwarded", b"x-real-ip"))
         if not client or not _loopback_peer(client[0]) or proxied:
             # A request a proxy on this machine passed on comes from loopback too: it is not served.

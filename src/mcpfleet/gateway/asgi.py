@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -138,8 +139,13 @@ async def send_chunk(send: Send, data: bytes, more: bool = True) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": more})
 
 
-async def stream_body(receive: Receive, send: Send, chunks: AsyncIterator[bytes]) -> bool:
-    """Send `chunks` as the response body until they end or the client disconnects, whichever is first.
+async def stream_body(
+    receive: Receive, send: Send, chunks: AsyncIterator[bytes], max_duration: float | None = None
+) -> bool:
+    """Send `chunks` as the response body until they end, the client disconnects, or `max_duration`
+    seconds pass (`gateway.limits.max_stream_duration`), whichever is first; at that deadline the body is
+    ended cleanly, so an event-stream client reconnects (and resumes with `Last-Event-ID` where the route
+    keeps events).
 
     Returns True when the body was sent whole. Leaving early cancels the iteration, which closes whatever
     feeds it (an upstream response stream, say).
@@ -154,9 +160,13 @@ async def stream_body(receive: Receive, send: Send, chunks: AsyncIterator[bytes]
 
         tg.start_soon(watch_client)
         with contextlib.suppress(OSError):
-            async for chunk in chunks:
-                await send_chunk(send, chunk)
-            completed = True
-            await send_chunk(send, b"", more=False)
+            with anyio.move_on_after(math.inf if max_duration is None else max_duration) as deadline:
+                async for chunk in chunks:
+                    await send_chunk(send, chunk)
+                completed = True
+                await send_chunk(send, b"", more=False)
+            if deadline.cancelled_caught and not completed:
+                log.info("an event stream ended after %g s (setting: gateway.limits.max_stream_duration)", max_duration)
+                await send_chunk(send, b"", more=False)
         tg.cancel_scope.cancel()
     return completed

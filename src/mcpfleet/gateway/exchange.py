@@ -35,5 +35,10 @@ class Exchange:
     def query(self) -> bytes:
         return bytes(self.scope.get("query_string", b""))
 
+    @property
+    def max_stream_duration(self) -> float | None:
+        """How long an event stream answering this request may last (`gateway.limits.max_stream_duration`)."""
+        return self.snapshot.gateway.limits.max_stream_duration
+
     def header(self, name: bytes) -> str | None:
         return header(self.scope, name)

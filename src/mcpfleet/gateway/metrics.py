@@ -27,6 +27,8 @@ ERROR_KINDS = {
     -32700: "parse_error",
     -32600: "invalid_request",
     -32601: "not_found",
+    -32603: "internal_error",  # the gateway cannot check credentials now (no key set), an upstream refused its own
+    -32009: "limited",  # gateway.limits: a rate or the session cap
     -32010: "unknown_server",
     -32012: "unreachable",
     -32013: "start_failed",

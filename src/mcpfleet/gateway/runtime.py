@@ -561,10 +561,13 @@ class ServerRuntime:
         *,
         scope: Scope | None = None,
         logging_settings: Logging | None = None,
+        max_duration: float | None = None,
     ) -> None:
         """One WebSocket connection = one session: text frames in, text frames out, one message each.
         `scope`: the connection's, for the X-Forwarded-* headers of a bridged connection and its `Grant` and
-        `Identity` (the tool filter, the audit line). `logging_settings`: `gateway.logging` in force."""
+        `Identity` (the tool filter, the audit line). `logging_settings`: `gateway.logging` in force.
+        `max_duration`: the connection is closed (1001) after this many seconds
+        (`gateway.limits.max_stream_duration`)."""
         self.inflight += 1
         if self.deployment is not None:
             self.deployment.request_started()
@@ -584,7 +587,7 @@ class ServerRuntime:
         guard = watch_tools(session, box, ToolGuard.of(scope, self.server.id, logging_settings or Logging()))
         try:
             with closing(guard):
-                await websocket_session(receive, send, session, box, max_frame)
+                await websocket_session(receive, send, session, box, max_frame, max_duration)
                 if guard is not None:
                     guard.client_left = True  # a socket the session ended leaves no call to wait for
         finally:

@@ -175,8 +175,8 @@ async def serve(
             ssl_keyfile=tls_keyfile,
             timeout_graceful_shutdown=25,  # manifests.DRAIN_SECONDS: the pods' grace period counts on it
             ws="websockets-sansio",
-            # The client address is the TCP peer's: no proxy is trusted (its X-Forwarded-* are dropped and the
-            # gateway sets its own), until trusted proxies are a setting.
+            # Off: the gateway reads a proxy's Forwarded / X-Forwarded-* itself, from `gateway.trusted_proxies`
+            # only, reloadable (policy/proxies.py).
             proxy_headers=False,
             # uvicorn refuses larger frames itself; the gateway's own check (reloadable) applies below this.
             ws_max_size=registry.gateway.max_message_bytes + 1024,

@@ -11,6 +11,11 @@ records only successful initializations.
   receives it answers 404 naming the instance that holds it, never a hang.
 
 Unknown, ended, expired, forged or tampered ids get 404, so a spec-compliant client initializes again.
+
+A session may be charged to its caller's session slot (`charge`, policy/quotas.py,
+`gateway.limits.sessions_per_principal`): the slot goes back when the session leaves the table, or, for an
+`http` session, at its DELETE, the server's 404 (`drop`), or `expire` once no request named it for the idle
+timeout.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -75,6 +80,8 @@ class SessionTable:
         self.instance = instance or secrets.token_hex(4)
         self._local: dict[str, Session] = {}
         self._keys: dict[int, list[str]] = {}  # id(session) -> its keys: dropping a session is O(1)
+        self._charges: dict[int, Callable[[], None]] = {}  # id(session) -> what gives its caller's slot back
+        self._http_charges: dict[str, list[Any]] = {}  # http session id -> [give the slot back, last used]
 
     def issue(self, session: Session) -> str:
         if isinstance(session, HttpSession):
@@ -91,6 +98,8 @@ class SessionTable:
         if record is None or record.get("s") != server_id:
             return None
         if "u" in record:
+            if (charge := self._http_charges.get(token)) is not None:
+                charge[1] = time.monotonic()
             return HttpSession(server_id, str(record.get("r")), str(record["u"]))
         if record.get("g") != self.instance:
             raise GatewayError(
@@ -109,7 +118,28 @@ class SessionTable:
         session.last_used = time.monotonic()
         return session
 
+    def charge(self, token: str, server_id: str, release: Callable[[], None]) -> bool:
+        """Tie `release` to the session `token` names (a session slot, policy/quotas.py): called once, when
+        the session ends here. False (nothing tied) when `token` names no session of `server_id` here."""
+        record = self.sealer.open(token)
+        if record is None or record.get("s") != server_id:
+            return False
+        if "u" in record:
+            self._http_charges[token] = [release, time.monotonic()]
+            return True
+        session = self._local.get(str(record.get("k"))) if record.get("g") == self.instance else None
+        if session is None or id(session) in self._charges:
+            return False
+        self._charges[id(session)] = release
+        return True
+
+    def _release(self, session: Session) -> None:
+        if (release := self._charges.pop(id(session), None)) is not None:
+            release()
+
     def drop(self, token: str) -> Session | None:
+        if (charge := self._http_charges.pop(token, None)) is not None:
+            charge[0]()
         record = self.sealer.open(token)
         if record is None or "k" not in record or record.get("g") != self.instance:
             return None
@@ -119,11 +149,13 @@ class SessionTable:
             keys.remove(str(record["k"]))
             if not keys:
                 del self._keys[id(session)]
+                self._release(session)
         return session
 
     def drop_session(self, session: Session) -> None:
         for key in self._keys.pop(id(session), []):
             self._local.pop(key, None)
+        self._release(session)
 
     def idle(self, older_than: float) -> list[Session]:
         cutoff = time.monotonic() - older_than
@@ -135,6 +167,9 @@ class SessionTable:
         expired = [s for s in self.idle(idle_after) if s.idle]
         for session in expired:
             self.drop_session(session)
+        cutoff = time.monotonic() - idle_after
+        for token in [t for t, (_, used) in self._http_charges.items() if used < cutoff]:
+            self._http_charges.pop(token)[0]()  # an http session no request named for that long: uncounted
         await close_all(expired)
         return expired
 

@@ -7,6 +7,9 @@ the session goes; this module only pumps messages and ends the session with the 
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import anyio
 
 from mcpfleet.errors import GatewayError
@@ -15,12 +18,22 @@ from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.protocol import error_response, parse_body, sse_event
 from mcpfleet.gateway.upstream.relay import Outbox, StdioSession
 
+DURATION_CLOSE = 1001  # "going away" (RFC 6455 section 7.4.1): this connection ends, the client may open another
 
-async def websocket_session(receive: Receive, send: Send, session: StdioSession, box: Outbox, max_frame: int) -> None:
+
+async def websocket_session(
+    receive: Receive,
+    send: Send,
+    session: StdioSession,
+    box: Outbox,
+    max_frame: int,
+    max_duration: float | None = None,
+) -> None:
     """Accept the WebSocket (subprotocol `mcp`) and pump text frames both ways until either side ends: the
-    client (disconnect, a binary frame: 1003, a frame over `max_frame` characters: 1009) or the session (1011,
-    "the server went away"). A message the gateway cannot pass on is answered on the socket with a JSON-RPC
-    error. The caller ends the session afterwards."""
+    client (disconnect, a binary frame: 1003, a frame over `max_frame` characters: 1009), the session (1011,
+    "the server went away"), or `max_duration` seconds (`gateway.limits.max_stream_duration`: 1001, the
+    reason naming the setting). A message the gateway cannot pass on is answered on the socket with a
+    JSON-RPC error. The caller ends the session afterwards."""
     await send({"type": "websocket.accept", "subprotocol": "mcp"})
     async with anyio.create_task_group() as tg:
 
@@ -31,22 +44,29 @@ async def websocket_session(receive: Receive, send: Send, session: StdioSession,
             tg.cancel_scope.cancel()
 
         tg.start_soon(to_client)
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            text = message.get("text")
-            if text is None:
-                await send({"type": "websocket.close", "code": 1003, "reason": "text frames only"})
-                break
-            if len(text) > max_frame:
-                await send({"type": "websocket.close", "code": 1009, "reason": "frame over gateway.max_message_bytes"})
-                break
-            try:
-                messages, _ = parse_body(text.encode())
-                await session.bridge(messages, box)
-            except GatewayError as exc:
-                await send({"type": "websocket.send", "text": error_response(None, exc.code, exc.message).decode()})
+        with anyio.move_on_after(math.inf if max_duration is None else max_duration) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    await send({"type": "websocket.close", "code": 1003, "reason": "text frames only"})
+                    break
+                if len(text) > max_frame:
+                    reason = "frame over gateway.max_message_bytes"
+                    await send({"type": "websocket.close", "code": 1009, "reason": reason})
+                    break
+                try:
+                    messages, _ = parse_body(text.encode())
+                    await session.bridge(messages, box)
+                except GatewayError as exc:
+                    answer = error_response(None, exc.code, exc.message).decode()
+                    await send({"type": "websocket.send", "text": answer})
+        if deadline.cancelled_caught:
+            reason = f"open {max_duration:g} s (gateway.limits.max_stream_duration); connect again"
+            with contextlib.suppress(OSError):
+                await send({"type": "websocket.close", "code": DURATION_CLOSE, "reason": reason})
         tg.cancel_scope.cancel()
 
 
@@ -56,4 +76,4 @@ async def legacy_event_stream(exchange: Exchange, box: Outbox, endpoint: str, ke
     quiet, until the client goes away or the session ends."""
     await start_event_stream(exchange.send)
     await send_chunk(exchange.send, sse_event(endpoint.encode(), event="endpoint"))
-    await stream_body(exchange.receive, exchange.send, box.events(keepalive))
+    await stream_body(exchange.receive, exchange.send, box.events(keepalive), exchange.max_stream_duration)

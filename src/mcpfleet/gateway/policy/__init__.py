@@ -2,7 +2,7 @@
 
 Outermost first, as a request meets them:
 
-    Correlation(Cors(ErrorBoundary(HostOriginGuard(BodyLimit(Authentication(router))))))
+    Correlation(Cors(ErrorBoundary(TrustedProxies(HostOriginGuard(BodyLimit(Authentication(router)))))))
 
 - `Correlation` (`context.py`, imported from there: it reads `gateway/logs.py` and `gateway/tracing.py`):
   the request id (`X-Request-Id`, taken or made, echoed), the request's fields for every log line, and with
@@ -11,11 +11,15 @@ Outermost first, as a request meets them:
   for them, the gateway's errors included; it checks Host and Origin itself, so a refusal gets none.
 - `ErrorBoundary` (`asgi.py`): a `GatewayError` raised inside becomes the one JSON-RPC error answer, counted
   in the metrics; a refused WebSocket handshake gets the same status and body.
+- `TrustedProxies` (`proxies.py`): from a peer in `gateway.trusted_proxies` only, the client's address and
+  scheme from `Forwarded` / `X-Forwarded-For` / `-Proto`, before anything reads them (the peer is kept as
+  `PEER`). It never refuses.
 - `HostOriginGuard` (`hosts.py`): DNS-rebinding protection, 421 for a Host, 403 for an Origin.
 - `BodyLimit` (`limits.py`): `gateway.max_message_bytes`, 413 on a declared length before any byte is read.
 - `Authentication` (`auth.py`): the `Credentials` in force (`credentials.py`: API keys, and JWTs checked by
   `tokens.py`); with none, every caller is `ANONYMOUS`. The router then applies `access.py` (`gateway.access`)
-  once it knows the server id, and leaves the caller's `Grant` in the scope for the tool filter.
+  once it knows the server id, and leaves the caller's `Grant` in the scope for the tool filter; then
+  `quotas.py` (`gateway.limits`: rates per caller and per server, session slots per caller), 429.
 
 Layers refuse by raising `GatewayError`, never by answering, so every refusal goes out in one shape and is
 counted once. Each reads the settings in force through a callable the gateway gives it (a reload swaps the
@@ -40,12 +44,15 @@ from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, credential
 from mcpfleet.gateway.policy.hosts import HostOriginGuard, Policy, single_header
 from mcpfleet.gateway.policy.limits import BodyLimit
 from mcpfleet.gateway.policy.paths import check_path
+from mcpfleet.gateway.policy.proxies import PEER, TrustedProxies
+from mcpfleet.gateway.policy.quotas import Quotas, may_open_session
 from mcpfleet.gateway.policy.tokens import TokenValidator
 
 __all__ = [
     "ANONYMOUS",
     "GRANT",
     "IDENTITY",
+    "PEER",
     "Access",
     "Authentication",
     "Authenticator",
@@ -57,10 +64,13 @@ __all__ = [
     "HostOriginGuard",
     "Identity",
     "Policy",
+    "Quotas",
     "TokenValidator",
+    "TrustedProxies",
     "check_path",
     "credentials",
     "forbidden",
+    "may_open_session",
     "single_header",
     "unauthorized",
 ]

@@ -390,7 +390,10 @@ class HttpUpstream:
                 if limit is not None:  # the MCP path: the only one with a guard
                     events = self._bounded_events(events, limit, exchange, guard)
                 completed = await stream_body(
-                    exchange.receive, exchange.send, rewrite_events(events, rewrite) if rewrite else events
+                    exchange.receive,
+                    exchange.send,
+                    rewrite_events(events, rewrite) if rewrite else events,
+                    exchange.max_stream_duration,
                 )
                 if guard is not None:
                     guard.client_left = not completed

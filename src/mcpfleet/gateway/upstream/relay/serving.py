@@ -214,7 +214,7 @@ async def resume(exchange: Exchange, session: StdioSession, journal: Journal, la
     )
     completed = False
     try:
-        completed = await stream_body(exchange.receive, exchange.send, events())
+        completed = await stream_body(exchange.receive, exchange.send, events(), exchange.max_stream_duration)
     finally:
         if box is not None:
             session.release(box, completed=completed)
@@ -251,4 +251,4 @@ async def stream(exchange: Exchange, box: Outbox, headers: Headers, already: lis
         async for event in box.events(exchange.snapshot.gateway.keepalive_interval):
             yield event
 
-    return await stream_body(exchange.receive, exchange.send, events())
+    return await stream_body(exchange.receive, exchange.send, events(), exchange.max_stream_duration)
