@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mcpfleet.gateway.audit import outcome_of
+from mcpfleet.gateway.logs import session_digest
 from mcpfleet.gateway.policy.access import GRANT, Grant
 from mcpfleet.gateway.policy.auth import IDENTITY, Identity
 from mcpfleet.gateway.policy.tools import DENIED, ToolGuard, may_name_tools
@@ -86,7 +87,7 @@ def test_a_denied_call_gets_invalid_params_naming_the_setting(caplog: pytest.Log
         "tool": "countdown",
         "outcome": "denied",
         "duration_ms": 0.0,
-        "session": "s-1",
+        "session": session_digest("s-1"),
         "request_id": 5,
     }
 
