@@ -260,3 +260,51 @@ def test_metrics_and_servers_open_only_when_configured(served: Served) -> None:
         assert http.post(f"{served.url}/admin/reload", headers=ops).json()["reloaded"] is True
         assert [http.get(f"{served.url}{p}").status_code for p in ("/metrics", "/servers", "/")] == [401, 200, 200]
         assert http.post(f"{served.url}/local/mcp", json=INIT, headers=ACCEPT).status_code == 401
+
+
+def test_a_session_id_works_only_for_the_caller_who_opened_it(served: Served) -> None:
+    """A session id is bound to its opener's principal: another valid key naming it gets 404, on a held
+    (stdio) session, a sealed passthrough session and a legacy SSE session's messages endpoint."""
+    ops = {**ACCEPT, "authorization": f"Bearer {OPS_KEY}"}
+    reader = {**ACCEPT, "authorization": f"Bearer {READER_KEY}"}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    with httpx2.Client(timeout=TIMEOUT) as http:
+        # `web` is open to both keys; `local` only to ops, so reader is refused there before any session check.
+        for server_id, other, status in (("web", reader, 404), ("local", reader, 403)):
+            opened = http.post(f"{served.url}/{server_id}/mcp", json=INIT, headers=ops)
+            token = opened.headers["mcp-session-id"]
+            version = {"mcp-session-id": token, "mcp-protocol-version": "2025-11-25"}
+            assert http.post(f"{served.url}/{server_id}/mcp", json=listing, headers=ops | version).status_code == 200
+            stolen = http.post(f"{served.url}/{server_id}/mcp", json=listing, headers=other | version)
+            assert stolen.status_code == status, stolen.text
+            assert http.delete(f"{served.url}/{server_id}/mcp", headers=other | version).status_code == status
+            assert http.post(f"{served.url}/{server_id}/mcp", json=listing, headers=ops | version).status_code == 200
+    # A held session: the reload gives reader `local` too, then reader names ops' stdio session.
+    served.registry.write_text(served.registry.read_text().replace("servers: [web]", "servers: [web, local]"))
+    with httpx2.Client(timeout=TIMEOUT) as http:
+        assert http.post(f"{served.url}/admin/reload", headers=ops).json()["reloaded"] is True
+        opened = http.post(f"{served.url}/local/mcp", json=INIT, headers=ops)
+        version = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        stolen = http.post(f"{served.url}/local/mcp", json=listing, headers=reader | version)
+        assert stolen.status_code == 404, stolen.text
+        assert http.post(f"{served.url}/local/mcp", json=listing, headers=ops | version).status_code == 200
+
+    async def legacy() -> None:
+        async with Client(sse_client(f"{served.url}/local/sse", headers=dict(ops))) as client:
+            assert (await client.call_tool("echo", {"text": "mine"})).content[0].text == "mine"  # type: ignore[union-attr]
+        # The messages endpoint of an open stream, named by another caller.
+        async with (
+            httpx2.AsyncClient(timeout=TIMEOUT) as http,
+            http.stream("GET", f"{served.url}/local/sse", headers=ops) as stream,
+        ):
+            endpoint = ""
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    endpoint = line[len("data: ") :]
+                    break
+            assert "session_id=" in endpoint
+            stolen = await http.post(served.url + endpoint, json=INIT, headers=reader)
+            assert stolen.status_code == 404, stolen.text
+            assert (await http.post(served.url + endpoint, json=INIT, headers=ops)).status_code == 202
+
+    anyio.run(legacy)

@@ -53,6 +53,7 @@ from mcpfleet.gateway.policy import (
     check_path,
     credentials,
     may_open_session,
+    session_owner,
 )
 from mcpfleet.gateway.policy.context import Correlation
 from mcpfleet.gateway.runtime import ServerRuntime
@@ -422,7 +423,7 @@ class Gateway:
         if token is None:
             return None
         with contextlib.suppress(GatewayError):
-            session = self.sessions.get(token, server_id)
+            session = self.sessions.get(token, server_id, session_owner(scope))
             for runtime in self._draining.get(server_id, []):
                 if session is not None and runtime.owns(session):
                     return runtime

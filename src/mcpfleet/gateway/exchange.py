@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mcpfleet.gateway.asgi import Receive, Scope, Send, header
+from mcpfleet.gateway.policy.auth import session_owner
 from mcpfleet.gateway.protocol import SESSION_HEADER, VERSION_HEADER, is_modern
 from mcpfleet.registry.model import Registry, Server
 
@@ -39,6 +40,11 @@ class Exchange:
     def max_stream_duration(self) -> float | None:
         """How long an event stream answering this request may last (`gateway.limits.max_stream_duration`)."""
         return self.snapshot.gateway.limits.max_stream_duration
+
+    @property
+    def owner(self) -> str | None:
+        """The caller a session this request opens or names belongs to (`policy/auth.session_owner`)."""
+        return session_owner(self.scope)
 
     def header(self, name: bytes) -> str | None:
         return header(self.scope, name)

@@ -471,7 +471,7 @@ class ServerRuntime:
         passthrough while a replica takes it, else to the relay (the entry's command, or the bridge)."""
         token = exchange.session_id
         if token is not None:
-            session = self.sessions.get(token, self.server.id)
+            session = self.sessions.get(token, self.server.id, exchange.owner)
             upstream = self._holder(session) if session is not None else None
             if upstream is None or session is None:
                 raise GatewayError.session_not_found()
@@ -529,7 +529,7 @@ class ServerRuntime:
         relay = await self._bridge_relay()
         with opening_for(exchange.scope, self.routing_key(exchange.scope)):
             session, box = await relay.open_bridge()
-        token = self.sessions.issue(session)
+        token = self.sessions.issue(session, exchange.owner)
         prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
         endpoint = f"{prefix}/{self.server.id}{MESSAGES_PATH}?session_id={token}"
         # The stream's opener decides what the session's POSTs may call and see (they name its id).
@@ -546,7 +546,7 @@ class ServerRuntime:
 
     async def _legacy_message(self, exchange: Exchange) -> None:
         token = parse_qs(exchange.query.decode("latin-1")).get("session_id", [None])[0]
-        session = self.sessions.get(token, self.server.id) if token else None
+        session = self.sessions.get(token, self.server.id, exchange.owner) if token else None
         if not isinstance(session, StdioSession) or session.standing is None:
             raise GatewayError.session_not_found()
         messages, _ = parse_body(exchange.body)

@@ -11,6 +11,8 @@ records only successful initializations.
   receives it answers 404 naming the instance that holds it, never a hang.
 
 Unknown, ended, expired, forged or tampered ids get 404, so a spec-compliant client initializes again.
+So does an id named by another caller than the one who opened it: a session opened by an authenticated
+caller seals a digest of its principal (`owner`), and `get` with another owner finds nothing.
 
 A session may be charged to its caller's session slot (`charge`, policy/quotas.py,
 `gateway.limits.sessions_per_principal`): the slot goes back when the session leaves the table, or, for an
@@ -20,6 +22,7 @@ timeout.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -83,20 +86,25 @@ class SessionTable:
         self._charges: dict[int, Callable[[], None]] = {}  # id(session) -> what gives its caller's slot back
         self._http_charges: dict[str, list[Any]] = {}  # http session id -> [give the slot back, last used]
 
-    def issue(self, session: Session) -> str:
+    def issue(self, session: Session, owner: str | None = None) -> str:
+        """A new id for `session`, bound to `owner` (the opener's principal; None: anyone holding the id)."""
+        bound = {"p": _owner_digest(owner)} if owner is not None else {}
         if isinstance(session, HttpSession):
-            return self.sealer.seal({"s": session.server_id, "r": session.replica, "u": session.upstream_id})
+            record = {"s": session.server_id, "r": session.replica, "u": session.upstream_id}
+            return self.sealer.seal(record | bound)
         key = secrets.token_urlsafe(12)
         self._local[key] = session
         self._keys.setdefault(id(session), []).append(key)
-        return self.sealer.seal({"s": session.server_id, "g": self.instance, "k": key})
+        return self.sealer.seal({"s": session.server_id, "g": self.instance, "k": key} | bound)
 
-    def get(self, token: str, server_id: str) -> Session | None:
-        """The session `token` names for `server_id`; None when there is none (404). A session held by
-        another gateway instance raises a 404 that says so."""
+    def get(self, token: str, server_id: str, owner: str | None = None) -> Session | None:
+        """The session `token` names for `server_id` and `owner`; None when there is none (404). A session
+        held by another gateway instance raises a 404 that says so."""
         record = self.sealer.open(token)
         if record is None or record.get("s") != server_id:
             return None
+        if record.get("p") != (_owner_digest(owner) if owner is not None else None):
+            return None  # opened by another caller (or anonymously): not this caller's session
         if "u" in record:
             if (charge := self._http_charges.get(token)) is not None:
                 charge[1] = time.monotonic()
@@ -178,6 +186,10 @@ class SessionTable:
 
     def __len__(self) -> int:
         return len(self._local)
+
+
+def _owner_digest(owner: str) -> str:
+    return hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
 async def close_all(sessions: Iterable[Session], at_once: int = CLOSING_AT_ONCE) -> None:

@@ -37,6 +37,7 @@ from mcpfleet.gateway.policy.auth import (
     Credentials,
     Identity,
     forbidden,
+    session_owner,
     unauthorized,
 )
 from mcpfleet.gateway.policy.cors import Cors
@@ -71,6 +72,7 @@ __all__ = [
     "credentials",
     "forbidden",
     "may_open_session",
+    "session_owner",
     "single_header",
     "unauthorized",
 ]

@@ -67,6 +67,14 @@ class Identity:
 ANONYMOUS = Identity("anonymous", kind="anonymous")
 
 
+def session_owner(scope: Scope) -> str | None:
+    """Who a session opened by this request belongs to: the caller's principal, None for an anonymous one.
+    A session id is bound to it (session.py): another caller naming the id gets 404, as the MCP security
+    best practices ask ("bind session IDs to user-specific information")."""
+    identity: Identity | None = scope.get(IDENTITY)
+    return None if identity is None or identity.kind == "anonymous" else identity.principal
+
+
 class Authenticator(Protocol):
     async def authenticate(self, scope: Scope) -> Identity:
         """The caller of this request or handshake; raises `unauthorized(...)` (no or bad credentials) or

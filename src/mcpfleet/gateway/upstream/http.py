@@ -368,7 +368,7 @@ class HttpUpstream:
             upstream_session = response.header(SESSION_HEADER)
             ok = 200 <= response.status < 300
             if session is None and initialize and ok and upstream_session:
-                token = sessions.issue(HttpSession(self.server.id, replica, upstream_session.decode()))
+                token = sessions.issue(HttpSession(self.server.id, replica, upstream_session.decode()), exchange.owner)
                 headers.append((SESSION_HEADER, token.encode()))
             elif session is not None and session_token is not None:
                 if upstream_session:

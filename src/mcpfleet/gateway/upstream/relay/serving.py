@@ -93,7 +93,7 @@ class Serving(PoolServing):
                 raise session.ended(session.exit_detail, " before answering initialize")
             headers: Headers = []
             if answer is not None and "result" in answer.data:
-                headers.append((SESSION_HEADER, self._sessions.issue(session).encode()))
+                headers.append((SESSION_HEADER, self._sessions.issue(session, exchange.owner).encode()))
                 result = answer.data["result"]
                 grace = min(DETACHED_GRACE, exchange.snapshot.gateway.session_idle_timeout)
                 session.resumable(result.get("protocolVersion") if isinstance(result, dict) else None, grace)

@@ -131,7 +131,7 @@ class SharedServing(PoolServing):
             raise
         session = SharedSession(process, self._owner)
         process.sessions.add(session)
-        token = self._sessions.issue(session)
+        token = self._sessions.issue(session, exchange.owner)
         answer = dumps({"jsonrpc": "2.0", "id": message.data.get("id"), "result": result})
         box = Outbox()
         box.deliver(answer)
