@@ -11,13 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 # A Streamable HTTP client's request headers and a 2025-11-25 initialize, for tests that speak raw HTTP.
@@ -149,3 +150,20 @@ class RunningGateway:
 
     def mcp(self, server_id: str) -> str:
         return f"{self.url}/{server_id}/mcp"
+
+
+@contextlib.asynccontextmanager
+async def serving_in_process(app: Any, listening: socket.socket | None = None) -> AsyncIterator[str]:
+    """Serve the ASGI `app` (an entered `Gateway`, say) with uvicorn in this process until the block ends,
+    on `listening` (a socket already listening: nothing waits for uvicorn to start) or a new one on
+    127.0.0.1; yields its URL. In process, so the test sees the app's log records and spans."""
+    with contextlib.ExitStack() as stack:
+        if listening is None:
+            listening = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [listening])
+            try:
+                yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+            finally:
+                server.should_exit = True

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import re
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,13 +21,12 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-import uvicorn
 
 from mcpfleet.gateway.app import Gateway
 from mcpfleet.gateway.logs import session_digest
 from mcpfleet.registry import load_registry
 
-from support import ACCEPT, INIT, RunningGateway, rpc_messages, wait_for
+from support import ACCEPT, INIT, RunningGateway, rpc_messages, serving_in_process, wait_for
 
 DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 CI_KEY = "ci-key-0123456789abcdef"
@@ -113,16 +111,8 @@ def test_one_text_line_per_call_on_the_gateways_stderr(
 @contextlib.asynccontextmanager
 async def serving(path: Path) -> AsyncIterator[str]:
     """A Gateway on uvicorn in this process (so a handler here sees its records), until the block ends."""
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        port = listening.getsockname()[1]
-        async with Gateway(load_registry(path), registry_path=path) as app:
-            server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(server.serve, [listening])
-                try:
-                    yield f"http://127.0.0.1:{port}"
-                finally:
-                    server.should_exit = True
+    async with Gateway(load_registry(path), registry_path=path) as app, serving_in_process(app) as url:
+        yield url
 
 
 class Records(logging.Handler):

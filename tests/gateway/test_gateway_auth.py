@@ -8,7 +8,6 @@ challenge, before it reaches a server; with it, a session opens and a tool answe
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from websockets.asyncio.client import connect
@@ -27,7 +25,7 @@ from mcpfleet.gateway.asgi import Scope, header
 from mcpfleet.gateway.policy import Identity, unauthorized
 from mcpfleet.registry import load_registry
 
-from support import ACCEPT, INIT
+from support import ACCEPT, INIT, serving_in_process
 
 TOKEN = "s3cret"
 CHALLENGE = 'Bearer realm="mcpfleet"'
@@ -53,17 +51,11 @@ async def serving(tmp_path: Path, tokens: Tokens) -> AsyncIterator[str]:
     """A Gateway with `tokens` as its authenticator, on uvicorn on a free port, until the block ends."""
     registry = tmp_path / "registry.yaml"
     registry.write_text(f"servers:\n  local: {{command: [{sys.executable}, -m, mcpfleet.demo, stdio]}}\n")
-    # Listening from here on, so nothing waits for uvicorn to start.
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        port = listening.getsockname()[1]
-        async with Gateway(load_registry(registry), registry_path=registry, authenticator=tokens) as app:
-            server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(server.serve, [listening])
-                try:
-                    yield f"http://127.0.0.1:{port}"
-                finally:
-                    server.should_exit = True
+    async with (
+        Gateway(load_registry(registry), registry_path=registry, authenticator=tokens) as app,
+        serving_in_process(app) as url,
+    ):
+        yield url
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}"])

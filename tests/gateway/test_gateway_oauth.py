@@ -26,7 +26,6 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
@@ -39,7 +38,7 @@ from mcpfleet.gateway.app import Gateway
 from mcpfleet.registry import load_registry
 
 from authserver import AuthServer
-from support import ACCEPT, INIT, free_port, running, until
+from support import ACCEPT, INIT, free_port, running, serving_in_process, until
 
 ECHO = """
 import sys
@@ -126,14 +125,8 @@ async def gateway(tmp_path: Path, sock: socket.socket, registry: str) -> AsyncIt
     port = sock.getsockname()[1]
     path = tmp_path / f"registry-{port}.yaml"
     path.write_text(registry)
-    async with Gateway(load_registry(path), registry_path=path) as app:
-        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            try:
-                yield f"http://127.0.0.1:{port}"
-            finally:
-                server.should_exit = True
+    async with Gateway(load_registry(path), registry_path=path) as app, serving_in_process(app, sock) as url:
+        yield url
 
 
 def jwt_registry(issuer: str, echo: str, *, jwt: str = "", gateway: str = "", servers: str = "") -> str:

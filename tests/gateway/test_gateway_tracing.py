@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,6 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from opentelemetry.sdk.trace import ReadableSpan
@@ -34,7 +32,7 @@ from mcpfleet.gateway.app import Gateway
 from mcpfleet.registry import load_registry
 from mcpfleet.registry.model import Tracing
 
-from support import ACCEPT, INIT, free_port, running
+from support import ACCEPT, INIT, free_port, running, serving_in_process
 
 SERVER = """
 import sys
@@ -77,16 +75,8 @@ def memory() -> Iterator[InMemorySpanExporter]:
 
 @contextlib.asynccontextmanager
 async def serving(registry: Path) -> AsyncIterator[str]:
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        port = listening.getsockname()[1]
-        async with Gateway(load_registry(registry), registry_path=registry) as app:
-            server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(server.serve, [listening])
-                try:
-                    yield f"http://127.0.0.1:{port}"
-                finally:
-                    server.should_exit = True
+    async with Gateway(load_registry(registry), registry_path=registry) as app, serving_in_process(app) as url:
+        yield url
 
 
 def hexid(value: int, width: int) -> str:

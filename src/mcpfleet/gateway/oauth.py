@@ -43,12 +43,12 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Headers, Scope, Send, respond
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.policy.auth import CONSUMED, Credentials
+from mcpfleet.gateway.policy.tokens import fetch_json
 from mcpfleet.gateway.urls import base_url, metadata_url, server_url
 from mcpfleet.registry.model import Auth, HttpServer, Registry, Server
 
 PROTECTED_RESOURCE = "oauth-protected-resource"
 AUTHORIZATION_SERVER = frozenset({"oauth-authorization-server", "openid-configuration"})
-MAX_DOCUMENT = 1 << 20  # a backend's metadata document larger than 1 MiB is refused
 FETCH_TIMEOUT = 10.0
 # `resource_metadata="..."` or `resource_metadata=token` in a challenge (RFC 9110 section 11.2 auth-param).
 _RESOURCE_METADATA = re.compile(r'(resource_metadata\s*=\s*)("(?:[^"\\]|\\.)*"|[^\s,]+)', re.IGNORECASE)
@@ -196,30 +196,6 @@ async def _backend_document(server: Server, base: str, path: str, replicas: Sequ
         -32601,
         f"server {server.id!r} publishes no protected-resource metadata: it asks for no OAuth token",
     )
-
-
-async def fetch_json(
-    client: httpx2.AsyncClient, url: str, headers: Mapping[str, str] | None = None
-) -> tuple[int, dict[str, Any] | None]:
-    """GET `url`: its status, and the JSON object it answered with 200 (None otherwise). Read up to
-    MAX_DOCUMENT bytes; raises ValueError for a larger document or one that is not a JSON object."""
-    async with client.stream("GET", url, headers={**(headers or {}), "accept": "application/json"}) as response:
-        if response.status_code != 200:
-            return response.status_code, None
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_DOCUMENT:
-                raise ValueError(f"the document is larger than {MAX_DOCUMENT} bytes")
-            chunks.append(chunk)
-    try:
-        document = json.loads(b"".join(chunks))
-    except ValueError:
-        raise ValueError("the answer is not JSON") from None
-    if not isinstance(document, dict):
-        raise ValueError("the answer is not a JSON object")
-    return 200, document
 
 
 def refused_credential(server_id: str, status: int, challenge: str, whose: str) -> str:

@@ -37,7 +37,7 @@ from mcpfleet.registry.model import Jwt
 log = logging.getLogger("mcpfleet.gateway")
 
 FETCH_TIMEOUT = 10.0
-MAX_DOCUMENT = 1 << 20  # a key set or discovery document larger than 1 MiB is refused
+MAX_DOCUMENT = 1 << 20  # a key set, discovery or metadata document larger than 1 MiB is refused
 
 
 class KeySetUnavailable(GatewayError):
@@ -152,23 +152,37 @@ def discovery_urls(issuer: str) -> list[str]:
     ]
 
 
-async def _get_json(client: httpx2.AsyncClient, url: str) -> dict[str, Any]:
-    chunks: list[bytes] = []
-    async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+async def fetch_json(
+    client: httpx2.AsyncClient, url: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, Any] | None]:
+    """GET `url`: its status, and the JSON object it answered with 200 (None otherwise). Read up to
+    MAX_DOCUMENT bytes; raises ValueError for a larger document or one that is not a JSON object."""
+    async with client.stream("GET", url, headers={**(headers or {}), "accept": "application/json"}) as response:
         if response.status_code != 200:
-            raise ValueError(f"{url} answered {response.status_code}")
+            return response.status_code, None
+        chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():  # read up to the bound, never a whole endless answer
+        async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > MAX_DOCUMENT:
-                raise ValueError(f"{url}: the document is larger than {MAX_DOCUMENT} bytes")
+                raise ValueError(f"the document is larger than {MAX_DOCUMENT} bytes")
             chunks.append(chunk)
     try:
         document = json.loads(b"".join(chunks))
     except ValueError:
-        raise ValueError(f"{url} did not answer JSON") from None
+        raise ValueError("the answer is not JSON") from None
     if not isinstance(document, dict):
-        raise ValueError(f"{url} did not answer a JSON object")
+        raise ValueError("the answer is not a JSON object")
+    return 200, document
+
+
+async def _get_json(client: httpx2.AsyncClient, url: str) -> dict[str, Any]:
+    try:
+        status, document = await fetch_json(client, url)
+    except ValueError as exc:
+        raise ValueError(f"{url}: {exc}") from None
+    if document is None:
+        raise ValueError(f"{url} answered {status}")
     return document
 
 
