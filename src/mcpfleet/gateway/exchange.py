@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mcpfleet.gateway.asgi import Receive, Scope, Send, header
-from mcpfleet.gateway.policy.auth import session_owner
+from mcpfleet.gateway.identity import session_owner
 from mcpfleet.gateway.protocol import SESSION_HEADER, VERSION_HEADER, is_modern
 from mcpfleet.registry.model import Registry, Server
 

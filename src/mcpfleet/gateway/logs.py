@@ -30,7 +30,7 @@ from urllib.parse import parse_qs
 
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
-from mcpfleet.gateway.policy.auth import IDENTITY
+from mcpfleet.gateway.identity import IDENTITY
 from mcpfleet.registry.model import Gateway, Logging
 
 log = logging.getLogger("mcpfleet.gateway")
