@@ -297,14 +297,15 @@ def test_a_session_id_works_only_for_the_caller_who_opened_it(served: Served) ->
             httpx2.AsyncClient(timeout=TIMEOUT) as http,
             http.stream("GET", f"{served.url}/local/sse", headers=ops) as stream,
         ):
+            lines = stream.aiter_lines()  # read with anext: leaving an `async for` early closes the stream
             endpoint = ""
-            async for line in stream.aiter_lines():
-                if line.startswith("data: "):
-                    endpoint = line[len("data: ") :]
-                    break
+            while not endpoint.startswith("/"):
+                line = await anext(lines)
+                endpoint = line[len("data: ") :] if line.startswith("data: ") else ""
             assert "session_id=" in endpoint
             stolen = await http.post(served.url + endpoint, json=INIT, headers=reader)
             assert stolen.status_code == 404, stolen.text
-            assert (await http.post(served.url + endpoint, json=INIT, headers=ops)).status_code == 202
+            mine = await http.post(served.url + endpoint, json=INIT, headers=ops)
+            assert mine.status_code == 202, mine.text
 
     anyio.run(legacy)
