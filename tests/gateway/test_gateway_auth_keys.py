@@ -32,7 +32,7 @@ from mcpfleet.client.websocket import websocket_client
 from mcpfleet.gateway.app import Gateway
 from mcpfleet.registry import load_registry
 
-from support import ACCEPT, INIT, free_port, running
+from support import ACCEPT, INIT, free_port, run_cli, running
 from test_gateway_headers import SERVER as ECHO_HEADERS
 
 OPS_KEY = "ops-key-0123456789abcdef"
@@ -309,3 +309,22 @@ def test_a_session_id_works_only_for_the_caller_who_opened_it(served: Served) ->
             assert mine.status_code == 202, mine.text
 
     anyio.run(legacy)
+
+
+def test_the_cli_sends_mcpfleet_token_to_the_gateway(served: Served) -> None:
+    without = run_cli("call", "local", "echo", "-a", "text=hi", "--gateway", served.url, env={"MCPFLEET_TOKEN": ""})
+    assert without.returncode == 3, without.stderr
+    assert "requires authorization (HTTP 401" in without.stderr and "$MCPFLEET_TOKEN" in without.stderr
+    listed = run_cli("servers", "--gateway", served.url, env={"MCPFLEET_TOKEN": ""})
+    assert listed.returncode == 3 and "$MCPFLEET_TOKEN is not set" in listed.stderr, listed.stderr
+    wrong = run_cli("servers", "--gateway", served.url, env={"MCPFLEET_TOKEN": "not-a-key-of-this-gateway"})
+    assert wrong.returncode == 3 and "$MCPFLEET_TOKEN is refused" in wrong.stderr, wrong.stderr
+    for token in (OPS_KEY, f"  {OPS_KEY}\n"):
+        called = run_cli(
+            "call", "local", "echo", "-a", "text=hi", "--gateway", served.url, env={"MCPFLEET_TOKEN": token}
+        )
+        assert called.returncode == 0 and called.stdout.strip() == "hi", called.stderr
+    listed = run_cli("servers", "--gateway", served.url, env={"MCPFLEET_TOKEN": READER_KEY})
+    assert listed.returncode == 0 and "local" in listed.stdout and "web" in listed.stdout
+    for output in (without, listed, wrong):
+        assert OPS_KEY not in output.stdout + output.stderr

@@ -17,6 +17,9 @@ from mcpfleet.registry import Registry, Server, load_registry
 
 DEFAULT_REGISTRY = Path("mcpfleet.yaml")
 REGISTRY_ENV = "MCPFLEET_REGISTRY"
+# The credential sent to a gateway (an API key or a bearer token): from the environment only, so it is in
+# no shell history and no process list.
+TOKEN_ENV = "MCPFLEET_TOKEN"
 # The last segment of a server's URL on the gateway (`<base>/<id>/mcp`), and the gateway's own paths
 # (`<base>/servers`): a --gateway URL that ends in one of them is a URL people paste, not the base.
 SERVER_ROUTES = frozenset({"mcp", "sse", "ws", "messages"})
@@ -34,7 +37,7 @@ class Target:
 
     def server(self, server_id: str) -> Server:
         if self.gateway is not None:
-            return http_entry(server_id, f"{self.gateway}/{server_id}")
+            return http_entry(server_id, f"{self.gateway}/{server_id}", headers=gateway_headers())
         assert self.registry is not None
         if server_id in self.registry.failed:  # left out of the registry: an unset ${VAR}, say
             raise EntryError(server_id, self.registry.failed[server_id])
@@ -88,13 +91,25 @@ def registry_path(registry: Path | None, demo: bool) -> Path:
     )
 
 
+def gateway_headers() -> dict[str, str]:
+    """`Authorization: Bearer $MCPFLEET_TOKEN` when it is set: what a gateway with `gateway.auth` asks for."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def gateway_servers(gateway: str) -> list[dict[str, Any]]:
     """The server list a gateway publishes at /servers."""
     url = f"{gateway}/servers"
     try:
-        response = httpx2.get(url, timeout=10.0)
+        response = httpx2.get(url, headers=gateway_headers(), timeout=10.0)
     except httpx2.TransportError as exc:
         raise ServerUnreachableError(f"gateway {gateway} is unreachable: {exc}") from None
+    if response.status_code in (401, 403):
+        given = "is refused" if os.environ.get(TOKEN_ENV) else "is not set"
+        raise ServerUnreachableError(
+            f"gateway {url} answered HTTP {response.status_code}: it asks for credentials, and ${TOKEN_ENV} {given}"
+            f" (set it to an API key or a bearer token the gateway accepts)"
+        )
     if response.status_code != 200:
         raise ServerUnreachableError(f"gateway {url} answered HTTP {response.status_code}")
     servers: list[dict[str, Any]] = response.json().get("servers", [])

@@ -200,7 +200,8 @@ def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog
             return _NotStreamable()
         tried.add(url, f"HTTP {status}: {exc.error.message}" if status else exc.error.message)
         if status in (401, 403):
-            needs = f"server {server.id!r} at {mask_url(url)} requires authorization (HTTP {status})"
+            said = "" if bare else f": {exc.error.message}"
+            needs = f"server {server.id!r} at {mask_url(url)} requires authorization (HTTP {status}{said})"
             return ProtocolError(_named(needs, tried))
         answered = f" (HTTP {status})" if status else ""
         refused = f"server {server.id!r} at {mask_url(url)} refused the MCP handshake: {exc.error.message}{answered}"
@@ -355,8 +356,15 @@ async def pods_entry(server: KubernetesServer, project: str | None) -> HttpServe
     return _replicas(server, ready)
 
 
-def http_entry(server_id: str, base_url: str, *, path: str = "/mcp", sse_path: str = "/sse") -> HttpServer:
-    """An ad-hoc http entry, e.g. for a server behind a gateway at `<gateway>/<server-id>`."""
-    return HttpServer.model_validate(
-        {"id": server_id, "endpoints": [base_url.rstrip("/")], "path": path, "sse_path": sse_path}
-    )
+def http_entry(
+    server_id: str,
+    base_url: str,
+    *,
+    path: str = "/mcp",
+    sse_path: str = "/sse",
+    headers: dict[str, str] | None = None,
+) -> HttpServer:
+    """An ad-hoc http entry, e.g. for a server behind a gateway at `<gateway>/<server-id>`; `headers` go
+    with every request (the gateway's credential)."""
+    entry = {"id": server_id, "endpoints": [base_url.rstrip("/")], "path": path, "sse_path": sse_path}
+    return HttpServer.model_validate(entry | ({"headers": headers} if headers else {}))

@@ -72,7 +72,11 @@ class GatewayAuthenticator:
             kinds = " or ".join(k for k, on in (("an API key", self.keys), ("a bearer token", self.validator)) if on)
             page = self.keys and scope.get("path") == "/" and "text/html" in (header(scope, b"accept") or "")
             challenge = 'Basic realm="mcpfleet", charset="UTF-8"' if page else self._challenge(scope)
-            raise unauthorized(f"this gateway needs credentials: {kinds} (Authorization: Bearer ...)", challenge)
+            raise unauthorized(
+                f"this gateway needs credentials: {kinds} (Authorization: Bearer ...; the mcpfleet CLI sends"
+                " $MCPFLEET_TOKEN)",
+                challenge,
+            )
         if self.keys:
             digest = hashlib.sha256(value.encode()).digest()
             found: tuple[str, bytes, frozenset[str]] | None = None
