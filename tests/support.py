@@ -51,13 +51,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, tim
 
 
 @contextlib.contextmanager
-def running(argv: list[str], port: int, *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
+def running(
+    argv: list[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    output: Path | None = None,
+) -> Iterator[str]:
     """Run a server process until the block ends; yields its base URL on 127.0.0.1.
 
-    Its output goes to a temporary file, never to an unread pipe (a full pipe would stall the server), and
-    the file's tail is printed when the server fails to start or the block fails.
+    Its output goes to a file (`output`, else a temporary one), never to an unread pipe (a full pipe would
+    stall the server), and the file's tail is printed when the server fails to start or the block fails.
     """
-    with tempfile.TemporaryFile() as log:
+    with open(output, "w+b") if output is not None else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for_port(port, process)

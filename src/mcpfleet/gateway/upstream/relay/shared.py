@@ -21,9 +21,9 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import respond
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import unwrap, wrap
-from mcpfleet.gateway.protocol import SESSION_HEADER, Message, dumps, id_key, parse_body
+from mcpfleet.gateway.protocol import SESSION_HEADER, Message, dumps, id_key, parse_body, refuse_batch
 from mcpfleet.gateway.upstream.relay.outbox import Outbox
-from mcpfleet.gateway.upstream.relay.serving import PoolServing, answer_post, delete_or_stream
+from mcpfleet.gateway.upstream.relay.serving import PoolServing, answer_post, delete_or_stream, request_timeout
 from mcpfleet.gateway.upstream.relay.sessions import SharedProcess, SharedSession
 from mcpfleet.gateway.upstream.relay.starts import MODERN, SHARED
 from mcpfleet.gateway.upstream.relay.upkeep import worn
@@ -68,7 +68,8 @@ class SharedServing(PoolServing):
         box.waiting.add(id_key(upstream_id))
         try:
             await shared.send(data)
-            completed = await answer_post(exchange, [], box, [], batch=False)
+            idle = request_timeout(self.server, shared.ids.original)
+            completed = await answer_post(exchange, [], box, [], batch=False, idle=idle)
         finally:
             leftover = shared.ids.forget(box)
             box.close()
@@ -156,6 +157,8 @@ class SharedServing(PoolServing):
             self._sessions.drop(token)
             raise GatewayError.session_not_found()
         messages, batch = parse_body(exchange.body)
+        if batch and isinstance(process.init_result, dict):
+            refuse_batch(process.init_result.get("protocolVersion"))
         box = Outbox(set())
         assert box.waiting is not None
         mine: list[str] = []
@@ -181,7 +184,8 @@ class SharedServing(PoolServing):
             return
         session.in_flight += 1
         try:
-            await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+            idle = request_timeout(self.server, process.ids.original)
+            await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch, idle=idle)
         finally:
             session.in_flight -= 1
             process.ids.forget(box)
