@@ -3,7 +3,6 @@ where the gateway's errors become answers (`ErrorBoundary`)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -30,6 +29,18 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def only_header(scope: Scope, name: bytes) -> str | None:
+    """The value of a request header the gateway routes on, which may appear once: a second copy is refused
+    with 400, since which one the client meant (and which one a proxy in front read) cannot be known."""
+    found = None
+    for key, value in scope["headers"]:
+        if key == name:
+            if found is not None:
+                raise GatewayError.invalid_request(f"the {name.decode()} header may appear only once")
+            found = str(value.decode("latin-1"))
+    return found
 
 
 async def read_body(receive: Receive, limit: int | None = None) -> bytes:
@@ -148,9 +159,13 @@ async def stream_body(
     keeps events).
 
     Returns True when the body was sent whole. Leaving early cancels the iteration, which closes whatever
-    feeds it (an upstream response stream, say).
+    feeds it (an upstream response stream, say). An error of `chunks` (an upstream that went silent or closed
+    its stream) is raised as it is, once the watch on the client has stopped, for the caller to answer; the
+    response is then not finished. (Until issue 12 a TimeoutError, being an OSError, was taken for the
+    client going away and swallowed, and other errors came out in an ExceptionGroup nobody caught.)
     """
     completed = False
+    failure: Exception | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch_client() -> None:
@@ -159,7 +174,7 @@ async def stream_body(
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch_client)
-        with contextlib.suppress(OSError):
+        try:
             with anyio.move_on_after(math.inf if max_duration is None else max_duration) as deadline:
                 async for chunk in chunks:
                     await send_chunk(send, chunk)
@@ -168,5 +183,13 @@ async def stream_body(
             if deadline.cancelled_caught and not completed:
                 log.info("an event stream ended after %g s (setting: gateway.limits.max_stream_duration)", max_duration)
                 await send_chunk(send, b"", more=False)
+        except TimeoutError as exc:  # the source went silent (checked before OSError, which it is)
+            failure = exc
+        except OSError:  # the client went away
+            pass
+        except Exception as exc:
+            failure = exc
         tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return completed

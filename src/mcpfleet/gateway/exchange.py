@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mcpfleet.gateway.asgi import Receive, Scope, Send, header
+from mcpfleet.gateway.asgi import Receive, Scope, Send, header, only_header
 from mcpfleet.gateway.identity import session_owner
 from mcpfleet.gateway.protocol import SESSION_HEADER, VERSION_HEADER, is_modern
 from mcpfleet.registry.model import Registry, Server
@@ -26,11 +26,12 @@ class Exchange:
 
     @property
     def session_id(self) -> str | None:
-        return header(self.scope, SESSION_HEADER)
+        """`Mcp-Session-Id`; a 400 GatewayError when it is repeated (as for `MCP-Protocol-Version`)."""
+        return only_header(self.scope, SESSION_HEADER)
 
     @property
     def modern(self) -> bool:
-        return is_modern(header(self.scope, VERSION_HEADER))
+        return is_modern(only_header(self.scope, VERSION_HEADER))
 
     @property
     def query(self) -> bytes:

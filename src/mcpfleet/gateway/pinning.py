@@ -15,12 +15,11 @@ Only `input_required` results are rewritten (parsed and re-encoded); every other
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mcpfleet.gateway.protocol import dumps
+from mcpfleet.gateway.protocol import dumps, loads
 from mcpfleet.gateway.sealing import Sealer
 
 PREFIX = "mcpfleet1."
@@ -40,7 +39,7 @@ def wrap(sealer: Sealer, message: bytes, record: Record) -> bytes:
     if KEY not in message:
         return message
     try:
-        data = json.loads(message)
+        data = loads(message)
     except ValueError:
         return message
     result = data.get("result") if isinstance(data, dict) else None
@@ -62,7 +61,7 @@ def unwrap(sealer: Sealer, body: bytes) -> tuple[Record | None, bytes]:
     if KEY not in body:
         return None, body
     try:
-        data = json.loads(body)
+        data = loads(body)
     except ValueError:
         return None, body
     params = data.get("params") if isinstance(data, dict) else None

@@ -136,36 +136,115 @@ def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def loads(text: bytes | str) -> Any:
+    """JSON (RFC 8259) from a peer: ValueError for what is not JSON, including what Python's parser takes and
+    JSON does not (`NaN`, `Infinity`) and nesting too deep for it (which it raises as RecursionError)."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+# A `\uD800`-`\uDFFF` escape: where a string can hold a lone surrogate, which is not Unicode text.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_message(line: bytes) -> Message | None:
     """A message from a trusted peer (a stdio process); None for a line that is not a JSON-RPC object."""
     try:
-        data = json.loads(line)
+        data = loads(line)
     except ValueError:
         return None
     return Message(data, line) if isinstance(data, dict) else None
 
 
 def parse_body(body: bytes) -> tuple[list[Message], bool]:
-    """The messages of a POST body and whether it was a batch. Raises GatewayError 400 when malformed."""
+    """The messages of a POST body (or a WebSocket frame) and whether it was a batch.
+
+    Raises GatewayError 400: -32700 when the body is not JSON (RFC 8259: no `NaN`, no nesting deeper than the
+    parser's recursion limit) or a string in it is not Unicode text (a lone surrogate escape, which I-JSON,
+    RFC 7493, forbids and the SDK's HTTP server also refuses); -32600 when it is not a JSON-RPC 2.0 message or
+    a non-empty batch of them (`envelope_error`). A message the gateway passed on to a stdio server in any of
+    these shapes would get no answer from it (the SDK's stdio server drops what it cannot read), so the
+    client's request would wait for ever.
+    """
     try:
-        data = json.loads(body)
+        data = loads(body)
     except ValueError as exc:
         raise GatewayError.parse_error(f"the body is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        try:
+            dumps(data)
+        except UnicodeEncodeError:
+            raise GatewayError.parse_error(
+                "the body is not valid JSON text: a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)"
+            ) from None
     batch = isinstance(data, list)
     items = data if batch else [data]
-    if not items or not all(isinstance(item, dict) and item.get("jsonrpc") == "2.0" for item in items):
+    if not items:
         raise GatewayError.invalid_request("the body must be a JSON-RPC 2.0 message or a non-empty batch of them")
+    for item in items:
+        if (why := envelope_error(item)) is not None:
+            raise GatewayError.invalid_request(f"the body must be a JSON-RPC 2.0 message or a batch of them: {why}")
     # Each message must fit on one line for stdio; reuse the original bytes when they already do.
     if not batch and b"\n" not in body and b"\r" not in body:
         return [Message(items[0], body.strip())], False
     return [Message(item, dumps(item)) for item in items], batch
 
 
+def refuse_batch(version: Any) -> None:
+    """A batch in a session negotiated at 2025-06-18 or later gets -32600: that revision removed JSON-RPC
+    batching (`version`: the session's protocol version, None when unknown)."""
+    if isinstance(version, str) and version >= "2025-06-18":
+        raise GatewayError.invalid_request(
+            f"JSON-RPC batches are not part of MCP since 2025-06-18 (this session negotiated {version}): send"
+            " each message in a POST of its own"
+        )
+
+
+def envelope_error(item: Any) -> str | None:
+    """What makes `item` not a JSON-RPC 2.0 message as MCP uses them, or None: `jsonrpc` is "2.0"; a request
+    has a string `method`, an `id` that is a string or an integer (MCP's RequestId; both official SDKs refuse
+    other numbers, booleans and null) and `params`, if any, an object; a notification is the same without
+    `id`; a response has an `id` (or null, for an error about an unreadable request) and `result` or `error`."""
+    if not isinstance(item, dict):
+        return f"a message is a JSON object, not {type(item).__name__}"
+    if item.get("jsonrpc") != "2.0":
+        return '"jsonrpc" must be "2.0"'
+    if "method" in item:
+        if not isinstance(item["method"], str):
+            return '"method" must be a string'
+        if "params" in item and not isinstance(item["params"], dict):
+            return '"params" must be an object'
+        if "id" in item and not _request_id(item["id"]):
+            return 'a request\'s "id" must be a string or an integer'
+        return None
+    if "id" not in item or ("result" in item) == ("error" in item):
+        return 'a message has a "method" (a request or notification) or an "id" and "result" or "error" (a response)'
+    if item["id"] is not None and not _request_id(item["id"]):
+        return 'a response\'s "id" must be a string, an integer or null'
+    return None
+
+
+def _request_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def error_response(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
+    """A JSON-RPC error answer. Always encodable: a request id that is not Unicode text (a lone surrogate a
+    client sent) is written escaped, as JSON allows, rather than failing the answer."""
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
+    answer = {"jsonrpc": "2.0", "id": request_id, "error": error}
+    try:
+        return dumps(answer)
+    except UnicodeEncodeError:
+        return json.dumps(answer, separators=(",", ":")).encode()
 
 
 def is_initialize(messages: list[Message]) -> bool:
@@ -395,7 +474,7 @@ def answered_request(event: Oversized, request: bytes) -> tuple[bool, Any]:
 def single_request(body: bytes) -> tuple[bool, Any]:
     """Whether a POST body is one JSON-RPC request, and its id."""
     try:
-        data = json.loads(body) if body else None
+        data = loads(body) if body else None
     except ValueError:
         return False, None
     if isinstance(data, dict) and "method" in data and "id" in data:
@@ -532,6 +611,11 @@ class IdMap:
                 meta = {**meta, META_SUBSCRIPTION: original}
                 return owner, dumps({**message.data, "params": {**params, "_meta": meta}})
         return None
+
+    def original(self, upstream_key: str) -> Any:
+        """The id the client sent, for a request in flight by its process-side id key (None if not known)."""
+        entry = self._ids.get(int(upstream_key))
+        return None if entry is None else entry[1]
 
     def forget(self, owner: Any) -> list[int]:
         """Drop everything `owner` had in flight; returns the process-side ids, for cancellation."""

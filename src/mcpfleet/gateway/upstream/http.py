@@ -49,7 +49,9 @@ from mcpfleet.gateway.protocol import (
     EventMeter,
     Oversized,
     answered_request,
+    error_response,
     forwarded_for,
+    single_request,
     sse_event,
     too_large,
     too_large_event,
@@ -403,13 +405,30 @@ class HttpUpstream:
                 async for chunk in response.body(idle):
                     await send_chunk(exchange.send, chunk)
                 await send_chunk(exchange.send, b"", more=False)
-        except (TimeoutError, UpstreamClosed):
-            # The status line is already out: all that is left is to end the response.
+        except (TimeoutError, UpstreamClosed) as exc:
+            # The status line is already out: end the response, on an event stream with an error for the one
+            # request it was to answer, so the client is told why (not just that the stream ended).
+            if streaming and exchange.method == "POST":
+                await self._stream_failed(exchange, replica, exc, idle)
             await send_chunk(exchange.send, b"", more=False)
         finally:
             await response.aclose()
         if guard is not None and status >= 400:
             guard.close("error")  # an HTTP error answered the calls, whatever its body names
+
+    async def _stream_failed(self, exchange: Exchange, replica: str, exc: Exception, idle: float | None) -> None:
+        """The error event for the request of a POST whose answer stream went silent for `idle` seconds
+        (-32015, `timeouts.idle_stream`) or whose replica closed it before the end (-32012)."""
+        is_request, request_id = single_request(exchange.body)
+        if not is_request:
+            return
+        if isinstance(exc, TimeoutError):
+            error = GatewayError.timeout(self.server.id, "answer", idle or 0.0, "timeouts.idle_stream")
+        else:
+            error = GatewayError.unreachable(self.server.id, f"replica {mask_url(replica)} ended the answer stream")
+        log.warning("%s", error.message)
+        with contextlib.suppress(OSError):
+            await send_chunk(exchange.send, sse_event(error_response(request_id, error.code, error.message)))
 
     async def _read_json(
         self,

@@ -93,11 +93,26 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self._complete:
-            if exc is None and self._head is not None and self._head.done() and not self._head.exception():
+            if (
+                exc is None
+                and self._head is not None
+                and self._head.done()
+                and not self._head.exception()
+                and (self._delimited_by_close())
+            ):
                 self.on_message_complete()  # a body delimited by the end of the connection
             else:
                 self._fail(UpstreamClosed("the replica closed the connection" + (f": {exc}" if exc else "")))
         self._pool.forget(self)
+
+    def _delimited_by_close(self) -> bool:
+        """The body ends where the connection does (RFC 9112 6.3): it has no length and is not chunked. A
+        chunked or sized body cut short is a replica that went away (a killed replica mid-stream, issue 12),
+        not a complete answer."""
+        for name, value in self._headers:
+            if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+                return False
+        return True
 
     # --- httptools callbacks ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import anyio
 
@@ -74,6 +75,15 @@ class Journal:
         return any(now - box.detached_at < self.grace for box in self.detached.values())
 
 
+@dataclass(frozen=True)
+class Idle:
+    """How long the requests of a POST stream may wait with nothing arriving for them (`timeouts.idle_stream`,
+    in seconds), and the error answer that then takes the place of each one's answer, by its id key."""
+
+    seconds: float
+    error: Callable[[str], bytes]
+
+
 class Outbox:
     """Messages bound for one client stream: a POST's response stream or the session's GET stream."""
 
@@ -96,29 +106,61 @@ class Outbox:
         self.detached_at = 0.0
         self.finished = False
         self.prime = False  # open with a priming event (an id, no data): the client may resume from it
+        self.active_at = time.monotonic()  # its creation or last delivery: the idle clock of its requests
         self._send, self.receive = anyio.create_memory_object_stream[bytes](math.inf)
 
     def event_id(self, seq: int) -> str | None:
         return f"{self.stream}-{seq}" if self.journal is not None else None
 
-    async def events(self, keepalive: float) -> AsyncIterator[bytes]:
+    async def events(self, keepalive: float, idle: Idle | None = None) -> AsyncIterator[bytes]:
         """The messages as Server-Sent Events, with a `: keepalive` comment after `keepalive` seconds of
-        silence, so proxies and clients do not take a quiet stream for a dead one."""
+        silence, so proxies and clients do not take a quiet stream for a dead one. With `idle`, requests
+        still waiting after `idle.seconds` with nothing delivered get its error in place of their answers."""
         if self.prime:
             self.prime = False
             yield f"id: {self.stream}-0\ndata: \n\n".encode()
+        quiet_since = time.monotonic()
         while True:
+            wait = keepalive - (time.monotonic() - quiet_since)
+            if idle is not None and self.waiting:
+                wait = min(wait, idle.seconds - (time.monotonic() - self.active_at))
             item: bytes | None = None
-            with anyio.move_on_after(keepalive):
+            with anyio.move_on_after(max(wait, 0)):
                 try:
                     item = await self.receive.receive()
                 except anyio.EndOfStream:
                     return
-            if item is None:
-                yield KEEPALIVE
-            else:
+            now = time.monotonic()
+            if item is not None:
+                quiet_since = now
                 self.taken += 1
                 yield sse_event(item, self.event_id(self.taken))
+            elif not self.expire_if_idle(idle, now) and now - quiet_since >= keepalive:
+                quiet_since = now
+                yield KEEPALIVE
+
+    async def collect(self, idle: Idle | None = None) -> list[bytes]:
+        """Every message until the box closes (a POST answered as JSON), with `idle` as in `events`."""
+        items = []
+        while True:
+            wait = math.inf
+            if idle is not None and self.waiting:
+                wait = idle.seconds - (time.monotonic() - self.active_at)
+            with anyio.move_on_after(max(wait, 0)) as scope:
+                try:
+                    items.append(await self.receive.receive())
+                except anyio.EndOfStream:
+                    return items
+            if scope.cancelled_caught:
+                self.expire_if_idle(idle, time.monotonic())
+
+    def expire_if_idle(self, idle: Idle | None, now: float) -> bool:
+        """Answer the requests still waiting with `idle.error` if nothing came for them for `idle.seconds`."""
+        if idle is None or not self.waiting or now - self.active_at < idle.seconds:
+            return False
+        for key in list(self.waiting):
+            self.deliver(idle.error(key), answered=key)
+        return True
 
     def deliver(self, message: bytes, answered: str | None = None) -> None:
         if answered is not None:
@@ -127,6 +169,7 @@ class Outbox:
             if self.transform is not None:
                 message = self.transform(message)
         self.delivered += 1
+        self.active_at = time.monotonic()
         if self.journal is not None:
             self.journal.record(self.stream, self.delivered, message)
         if not self.detached:

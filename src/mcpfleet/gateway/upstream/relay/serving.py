@@ -9,11 +9,10 @@ resumes a stream from the session's journal (outbox.py). DELETE ends the session
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -26,12 +25,15 @@ from mcpfleet.gateway.protocol import (
     SESSION_HEADER,
     Message,
     accepts,
+    error_response,
+    loads,
     parse_body,
     parse_message,
+    refuse_batch,
     sse_event,
 )
 from mcpfleet.gateway.session import SessionTable
-from mcpfleet.gateway.upstream.relay.outbox import DETACHED_GRACE, Journal, Outbox, next_message
+from mcpfleet.gateway.upstream.relay.outbox import DETACHED_GRACE, Idle, Journal, Outbox, next_message
 from mcpfleet.gateway.upstream.relay.pool import Pool
 from mcpfleet.gateway.upstream.relay.sessions import SharedSession, StdioSession
 from mcpfleet.registry.model import HttpServer, StdioServer
@@ -112,6 +114,8 @@ class Serving(PoolServing):
         if await delete_or_stream(exchange, token, session, self._sessions):
             return
         messages, batch = parse_body(exchange.body)
+        if batch:
+            refuse_batch(session.version)
         guard = ToolGuard.for_exchange(exchange, token)
         with closing(guard):
             streamed = accepts(exchange.header(b"accept") or "", "text/event-stream")
@@ -121,7 +125,10 @@ class Serving(PoolServing):
                 return
             completed = False
             try:
-                completed = await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+                idle = request_timeout(self.server, loads)
+                completed = await answer_post(
+                    exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch, idle=idle
+                )
             finally:
                 session.release(box, completed=completed)
                 if guard is not None:
@@ -201,12 +208,13 @@ async def resume(exchange: Exchange, session: StdioSession, journal: Journal, la
             raise GatewayError(409, -32600, "this session already has a GET stream open")
     live = box or standing
     keepalive = exchange.snapshot.gateway.keepalive_interval
+    idle = request_timeout(session.server, loads)
 
     async def events() -> AsyncIterator[bytes]:
         for n, data in replay:
             yield sse_event(data, f"{stream}-{n}")
         if live is not None:
-            async for event in live.events(keepalive):
+            async for event in live.events(keepalive, idle):
                 yield event
 
     await start_event_stream(
@@ -222,33 +230,50 @@ async def resume(exchange: Exchange, session: StdioSession, journal: Journal, la
             session.close_standing(standing)
 
 
-async def answer_post(exchange: Exchange, already: list[bytes], box: Outbox, headers: Headers, *, batch: bool) -> bool:
-    """Answer a POST from `box`: an event stream when the client takes one, else JSON. True if complete."""
+def request_timeout(server: StdioServer | HttpServer, original_id: Callable[[str], Any]) -> Idle:
+    """`timeouts.idle_stream` for relayed requests: a request whose server sends nothing for it (no answer, no
+    progress, nothing on its stream) for that long gets -32015 in place of its answer, as a silent passthrough
+    stream does, rather than waiting for ever (a server that lost it, or stalled half-way through writing a
+    line). `original_id` turns a waiting id key into the id the client sent."""
+    seconds = server.timeouts.idle_stream
+
+    def error(key: str) -> bytes:
+        timeout = GatewayError.timeout(server.id, f"answer to request {key}", seconds, "timeouts.idle_stream")
+        return error_response(original_id(key), timeout.code, timeout.message)
+
+    return Idle(seconds, error)
+
+
+async def answer_post(
+    exchange: Exchange, already: list[bytes], box: Outbox, headers: Headers, *, batch: bool, idle: Idle | None = None
+) -> bool:
+    """Answer a POST from `box`: an event stream when the client takes one, else JSON. True if complete.
+    `idle`: how long its requests may wait with nothing arriving for them (`request_timeout`)."""
     accept = exchange.header(b"accept") or ""
     if accepts(accept, "text/event-stream"):
-        return await stream(exchange, box, headers, already)
+        return await stream(exchange, box, headers, already, idle)
     if not accepts(accept, "application/json"):
         raise GatewayError(406, -32600, "the client must accept application/json or text/event-stream")
     responses = list(already)
-    with contextlib.suppress(anyio.EndOfStream):
-        while True:
-            item = await box.receive.receive()
-            parsed = parse_message(item)
-            if parsed is not None and parsed.is_response:
-                responses.append(item)
+    for item in await box.collect(idle):
+        parsed = parse_message(item)
+        if parsed is not None and parsed.is_response:
+            responses.append(item)
     body = b"[" + b",".join(responses) + b"]" if batch else (responses[0] if responses else b"")
     await respond(exchange.send, 200, body, headers)
     return True
 
 
-async def stream(exchange: Exchange, box: Outbox, headers: Headers, already: list[bytes] | None = None) -> bool:
+async def stream(
+    exchange: Exchange, box: Outbox, headers: Headers, already: list[bytes] | None = None, idle: Idle | None = None
+) -> bool:
     """Relay `box` as Server-Sent Events until it closes or the client goes away. True if it closed."""
     await start_event_stream(exchange.send, headers)
 
     async def events() -> AsyncIterator[bytes]:
         for item in already or []:
             yield sse_event(item)
-        async for event in box.events(exchange.snapshot.gateway.keepalive_interval):
+        async for event in box.events(exchange.snapshot.gateway.keepalive_interval, idle):
             yield event
 
     return await stream_body(exchange.receive, exchange.send, events(), exchange.max_stream_duration)

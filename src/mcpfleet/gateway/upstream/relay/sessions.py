@@ -57,10 +57,12 @@ class StdioSession(Link):
         self.journal: Journal | None = None  # Streamable HTTP sessions: event ids and resumption
         self.primes = False  # negotiated 2025-11-25 or later: streams open with a priming event
         self.guard: ToolGuard | None = None  # message-stream clients: the connection's tool filter and audit line
+        self.version: Any = None  # the protocol version it negotiated (Streamable HTTP sessions)
 
     def resumable(self, version: Any, grace: float = DETACHED_GRACE) -> None:
         """The session was initialized over Streamable HTTP at `version`: give its streams event ids. A
         stream whose client went away keeps the session busy for `grace` seconds, for a resume."""
+        self.version = version
         self.journal = Journal()
         self.journal.grace = grace
         self.primes = isinstance(version, str) and version >= "2025-11-25"

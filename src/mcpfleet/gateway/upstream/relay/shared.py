@@ -22,9 +22,9 @@ from mcpfleet.gateway.asgi import respond
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.pinning import unwrap, wrap
 from mcpfleet.gateway.policy.tools import ToolGuard, closing
-from mcpfleet.gateway.protocol import SESSION_HEADER, Message, dumps, id_key, parse_body
+from mcpfleet.gateway.protocol import SESSION_HEADER, Message, dumps, id_key, parse_body, refuse_batch
 from mcpfleet.gateway.upstream.relay.outbox import Outbox, closed_outbox
-from mcpfleet.gateway.upstream.relay.serving import PoolServing, answer_post, delete_or_stream
+from mcpfleet.gateway.upstream.relay.serving import PoolServing, answer_post, delete_or_stream, request_timeout
 from mcpfleet.gateway.upstream.relay.sessions import SharedProcess, SharedSession
 from mcpfleet.gateway.upstream.relay.starts import MODERN, SHARED
 from mcpfleet.gateway.upstream.relay.upkeep import worn
@@ -78,7 +78,8 @@ class SharedServing(PoolServing):
                 guard.expect(message.data, id_key(upstream_id))
             try:
                 await shared.send(data)
-                completed = await answer_post(exchange, [], box, [], batch=False)
+                idle = request_timeout(self.server, shared.ids.original)
+                completed = await answer_post(exchange, [], box, [], batch=False, idle=idle)
             finally:
                 leftover = shared.ids.forget(box)
                 box.close()
@@ -168,6 +169,8 @@ class SharedServing(PoolServing):
             self._sessions.drop(token)
             raise GatewayError.session_not_found()
         messages, batch = parse_body(exchange.body)
+        if batch and isinstance(process.init_result, dict):
+            refuse_batch(process.init_result.get("protocolVersion"))
         box = Outbox(set())
         assert box.waiting is not None
         guard = ToolGuard.for_exchange(exchange, token)
@@ -205,8 +208,11 @@ class SharedServing(PoolServing):
             box.close()  # only the gateway's own answers
         session.in_flight += 1
         try:
+            idle = request_timeout(self.server, process.ids.original)
             with closing(guard):
-                completed = await answer_post(exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch)
+                completed = await answer_post(
+                    exchange, [], box, [(SESSION_HEADER, token.encode())], batch=batch, idle=idle
+                )
                 if guard is not None:
                     guard.client_left = not completed
         finally:
