@@ -232,7 +232,7 @@ def test_an_invalid_registry_pushed_under_load(
     good = f"servers:\n  web: {{endpoints: ['{a}/mcp', '{b}/mcp']}}\n  local: {{command: {DEMO}, pool: {{max: 16}}}}\n"
     invalid = [
         good.replace("endpoints:", "endpointz:"),  # an unknown field
-        good[: len(good) // 2],  # cut short mid-write
+        good[: good.index("local:") + len("local: {comm")],  # cut short mid-write (inside a mapping)
         "servers: [\n",  # not YAML
         good.replace("max: 16", "max: -1"),  # a value out of range
     ]
