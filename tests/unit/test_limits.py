@@ -23,7 +23,7 @@ from mcpfleet.gateway.policy.proxies import (
     networks,
     node,
 )
-from mcpfleet.gateway.policy.quotas import LIMITED, Buckets, Quotas, caller
+from mcpfleet.gateway.policy.quotas import LIMITED, Buckets, Quotas, caller, may_open_session, names_initialize
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import HttpSession, SessionTable
 from mcpfleet.registry.model import Limits, RateLimit
@@ -371,3 +371,31 @@ def test_websocket_messages_over_the_rate_are_answered_or_dropped_never_response
     assert [m["text"] for m in passed] == [frames[0], frames[4], frames[5]]
     assert [a["id"] for a in answered] == [2, None]
     assert all(a["error"]["code"] == LIMITED and a["error"]["data"]["retryAfter"] >= 1 for a in answered)
+
+
+@pytest.mark.parametrize(
+    ("body", "opens"),
+    [
+        (b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}', True),
+        (b'{"jsonrpc":"2.0","id":1,"method":"initi\\u0061lize","params":{}}', True),  # the same method name
+        (b'[{"jsonrpc":"2.0","id":1,"method":"\\u0069nitialize"}]', True),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"text":"caf\\u00e9"}}}', False),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', False),
+        (b"[" * 100_000 + b"\\", False),  # not JSON at all, however deep: the route answers it
+    ],
+)
+def test_an_initialize_is_recognised_however_it_is_spelt(body: bytes, opens: bool) -> None:
+    assert names_initialize(body) is opens
+    scope = {"type": "http", "method": "POST", "headers": []}
+    assert may_open_session(scope, "/mcp", body) is opens
+    assert may_open_session({**scope, "headers": [(b"mcp-session-id", b"x")]}, "/mcp", body) is False
+
+
+def test_shedding_looks_at_a_bounded_number_of_buckets() -> None:
+    now = [0.0]
+    buckets = Buckets(max_buckets=1000, clock=lambda: now[0])
+    rate = RateLimit(rps=1, burst=1)
+    for i in range(5000):  # a flood of callers, each taking its one token: none refills
+        buckets.take(f"k{i}", rate, now[0])
+    assert len(buckets) <= 1000
+    assert buckets.wait("k4999", rate, now[0]) > 0  # the newest are kept

@@ -29,6 +29,7 @@ the next request; buckets keep their tokens across one (capped at the new `burst
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -62,8 +63,23 @@ def may_open_session(scope: Scope, rest: str, body: bytes) -> bool:
     """Whether a request to a server's `rest` path may open a session: an `initialize` POSTed to the MCP
     path outside any session, or a legacy SSE stream (WebSockets are counted by the router itself)."""
     if rest == "/mcp":
-        return scope["method"] == "POST" and b'"initialize"' in body and header(scope, SESSION_HEADER) is None
+        return scope["method"] == "POST" and header(scope, SESSION_HEADER) is None and names_initialize(body)
     return rest == "/sse" and scope["method"] == "GET"
+
+
+def names_initialize(body: bytes) -> bool:
+    """Whether a body holds an `initialize` request: one byte scan, and a parse only when the body has an
+    escape (`"initi\\u0061lize"` is the same method name)."""
+    if b'"initialize"' in body:
+        return True
+    if b"\\" not in body:
+        return False
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return False  # not JSON: the route answers it, and opens nothing
+    messages = data if isinstance(data, list) else [data]
+    return any(isinstance(m, dict) and m.get("method") == "initialize" for m in messages)
 
 
 def limited(message: str, retry_after: float | None = None) -> GatewayError:
@@ -100,8 +116,8 @@ class Buckets:
 
     def _shed(self, rate: RateLimit, now: float) -> None:
         """Drop the oldest buckets that refilled completely (they tell nothing), then, still over the bound,
-        the oldest of all. Amortized O(1): each bucket is dropped once."""
-        for key in list(self._buckets)[: max(16, len(self._buckets) - self.max_buckets)]:
+        the oldest of all. At most 16 buckets looked at per new key once the bound is reached."""
+        for key in list(itertools.islice(self._buckets, max(16, len(self._buckets) - self.max_buckets))):
             if self._refilled(self._buckets[key], rate, now) >= rate.capacity:
                 del self._buckets[key]
         while len(self._buckets) > self.max_buckets:
@@ -166,7 +182,7 @@ class Quotas:
                 text = message.get("text") if message["type"] == "websocket.receive" else None
                 try:
                     data = json.loads(text) if isinstance(text, str) else None
-                except ValueError:
+                except (ValueError, RecursionError):
                     data = None
                 if isinstance(data, dict) and not isinstance(data.get("method"), str):
                     return message  # a response to the server's own request: never held back
