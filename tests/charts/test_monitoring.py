@@ -237,7 +237,7 @@ def test_the_dashboard_is_valid_with_unique_panel_ids_and_defined_variables() ->
 @pytest.mark.usefixtures("helm_available")
 def test_the_chart_ships_both_only_when_asked() -> None:
     kinds = {obj["kind"] for obj in documents(template(GATEWAY))}
-    assert "PrometheusRule" not in kinds and not [
+    assert "PrometheusRule" not in kinds and "ServiceMonitor" not in kinds and not [
         obj for obj in documents(template(GATEWAY)) if obj["metadata"]["name"].endswith("-dashboard")
     ]
     rendered = documents(
@@ -249,6 +249,9 @@ def test_the_chart_ships_both_only_when_asked() -> None:
                 "monitoring.dashboard.namespace=monitoring",
                 "monitoring.prometheusRule.enabled=true",
                 "monitoring.prometheusRule.labels.release=kps",
+                "monitoring.serviceMonitor.enabled=true",
+                "monitoring.serviceMonitor.bearerTokenSecret.name=scrape",
+                "monitoring.serviceMonitor.bearerTokenSecret.key=token",
             ],
         )
     )
@@ -260,3 +263,11 @@ def test_the_chart_ships_both_only_when_asked() -> None:
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == "tools"
     assert rule["metadata"]["labels"]["release"] == "kps"
     assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    monitor = next(obj for obj in rendered if obj["kind"] == "ServiceMonitor")
+    assert monitor["metadata"]["name"] == "r-mcpfleet"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["tools"]
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "scrape", "key": "token"}}
+    service = next(obj for obj in rendered if obj["kind"] == "Service" and obj["metadata"]["name"] == "r-mcpfleet")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()

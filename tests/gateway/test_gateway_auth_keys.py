@@ -145,7 +145,15 @@ def test_a_principal_reaches_only_the_servers_its_rules_name(served: Served) -> 
             message = answer.json()["error"]["message"]
             assert message == "key:reader may not use server 'local' (setting: gateway.access)"
             assert answer.headers["www-authenticate"] == 'Bearer error="insufficient_scope"'
-        assert http.get(f"{served.url}/servers", headers=reader).status_code == 200  # the gateway's own routes
+        # The gateway's own routes answer, showing the servers the caller may reach only.
+        for path, key in (("/servers", "servers"), ("/", "servers"), ("/", "traffic")):
+            for who, expected in ((reader, ["web"]), ({"authorization": f"Bearer {OPS_KEY}"}, ["local", "web"])):
+                document = http.get(f"{served.url}{path}", headers=who).json()
+                found = document[key]["servers"] if key == "traffic" else [s["id"] for s in document[key]]
+                if key != "traffic":
+                    assert sorted(found) == expected, (path, document)
+                else:
+                    assert set(found) - {"-"} <= set(expected), (path, document)  # -: the gateway's own routes
 
     async def run() -> None:
         with pytest.raises(InvalidStatus) as refused:
@@ -224,6 +232,10 @@ def test_off_loopback_a_gateway_without_credentials_does_not_start(tmp_path: Pat
     assert refused.returncode == 2, refused.stderr
     assert "asks callers for no credentials" in refused.stderr and "gateway.auth.anonymous" in refused.stderr
     assert "Traceback" not in refused.stderr
+    assert "(--host)" in refused.stderr and refused.stdout == ""  # refused before any banner
+    registry.write_text(f"gateway: {{host: 0.0.0.0}}\nservers:\n  local: {{command: {DEMO_STDIO}}}\n")
+    refused = subprocess.run([*argv[:-2], "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and f"(gateway.host in {registry})" in refused.stderr, refused.stderr
 
 
 def test_a_reload_that_would_drop_credentials_off_loopback_is_rejected(tmp_path: Path) -> None:
@@ -325,6 +337,6 @@ def test_the_cli_sends_mcpfleet_token_to_the_gateway(served: Served) -> None:
         )
         assert called.returncode == 0 and called.stdout.strip() == "hi", called.stderr
     listed = run_cli("servers", "--gateway", served.url, env={"MCPFLEET_TOKEN": READER_KEY})
-    assert listed.returncode == 0 and "local" in listed.stdout and "web" in listed.stdout
+    assert listed.returncode == 0 and "web" in listed.stdout and "local" not in listed.stdout  # reader's only
     for output in (without, listed, wrong):
         assert OPS_KEY not in output.stdout + output.stderr

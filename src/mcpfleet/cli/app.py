@@ -482,6 +482,7 @@ def serve(
     """
     from mcpfleet.gateway import tracing
     from mcpfleet.gateway.app import file_digest
+    from mcpfleet.gateway.policy import open_door
     from mcpfleet.gateway.serve import bind
     from mcpfleet.gateway.serve import serve as run_gateway
 
@@ -493,6 +494,10 @@ def serve(
         # Read before the load: a change made while the gateway starts then differs from it and is reloaded.
         digest = file_digest(Path(path))
         loaded = load_registry(path)
+        # Refused before the port is bound or a banner printed: a script waiting for the banner is not misled.
+        where = "--host" if host else f"gateway.host in {path}"
+        if problem := open_door(loaded.gateway.auth, host or loaded.gateway.host, where):
+            raise UsageError(problem)
         listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
         _log_to_stderr(loaded.gateway.logging)
         try:

@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,6 +36,7 @@ from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
 from mcpfleet.gateway.policy import (
+    ANONYMOUS,
     GRANT,
     IDENTITY,
     PEER,
@@ -53,6 +54,7 @@ from mcpfleet.gateway.policy import (
     check_path,
     credentials,
     may_open_session,
+    open_door,
     session_owner,
 )
 from mcpfleet.gateway.policy.context import Correlation
@@ -117,7 +119,7 @@ class Gateway:
         self._bind_host = host or registry.gateway.host
         self.policy = Policy.create(self._bind_host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins)
         self._fixed_credentials = Credentials(authenticator, consumes=False) if authenticator is not None else None
-        if self._fixed_credentials is None and (problem := self._open_door(registry.gateway.auth)):
+        if self._fixed_credentials is None and (problem := open_door(registry.gateway.auth, self._bind_host)):
             raise UsageError(problem)
         self._validator: TokenValidator | None = None
         self.credentials = self._credentials(registry.gateway.auth)
@@ -274,7 +276,7 @@ class Gateway:
                 self.reloads["rejected"] += 1
                 log.exception("registry reload failed; the registry in force stays")
                 return False
-            if self._fixed_credentials is None and (problem := self._open_door(fresh.gateway.auth)):
+            if self._fixed_credentials is None and (problem := open_door(fresh.gateway.auth, self._bind_host)):
                 self.reload_error = [f"{self.registry_path}: gateway.auth: {problem}"]
                 self.reloads["rejected"] += 1
                 log.error("registry reload rejected; the registry in force stays: %s", problem)
@@ -304,6 +306,11 @@ class Gateway:
         for notice in self.policy.notices():
             log.warning("%s", notice)
         if fresh.gateway.auth != old.gateway.auth:
+            if old.gateway.auth.required and not fresh.gateway.auth.required and self._fixed_credentials is None:
+                log.warning(
+                    "gateway.auth asks for no credentials any more: every caller that reaches %s is let in",
+                    self._bind_host,
+                )
             self.credentials = self._credentials(fresh.gateway.auth)
         if fresh.gateway.access != old.gateway.access:
             self.access = Access(fresh.gateway.access)
@@ -431,16 +438,6 @@ class Gateway:
 
     # --- ASGI ------------------------------------------------------------------------------------------
 
-    def _open_door(self, auth: Auth) -> str | None:
-        """Why `auth` may not serve on this bind: no credentials asked, not loopback, not said on purpose."""
-        if auth.required or auth.anonymous or self.policy.loopback:
-            return None
-        return (
-            f"the gateway listens on {self._bind_host}, beyond this machine, and asks callers for no credentials:"
-            " set gateway.auth.api_keys or gateway.auth.jwt, or gateway.auth.anonymous: true if something in"
-            " front of it authenticates (docs/security.md)"
-        )
-
     def _credentials(self, auth: Auth) -> Credentials | None:
         """The credentials `auth` asks for; the JWT key set is kept while its settings stay the same."""
         if self._fixed_credentials is not None:
@@ -517,11 +514,10 @@ class Gateway:
         raw_path, segments = self._target(scope)
         first = segments[0]
         if len(segments) == 1 and first in STATUS_PATHS:
-            await self._status(first, send)
+            await self._status(first, scope, send)
             return
         if segments == [""] and scope["method"] in ("GET", "HEAD"):  # the status page, or its JSON
-            recent = self.metrics.recent
-            await page.serve(scope, send, lambda: page.document(self.index(scope), self.describe(), recent))
+            await page.serve(scope, send, lambda: self._page_document(scope))
             return
         if first == "admin":
             await self._admin(scope, segments, receive, send)
@@ -567,7 +563,7 @@ class Gateway:
 
     # --- status and admin ------------------------------------------------------------------------------
 
-    async def _status(self, what: str, send: Send) -> None:
+    async def _status(self, what: str, scope: Scope, send: Send) -> None:
         if what == "healthz":
             await respond(send, 200, b'{"status":"ok"}')
         elif what == "metrics":
@@ -575,11 +571,30 @@ class Gateway:
         elif what == "readyz":
             await respond(send, 200 if self.ready else 503, json.dumps({"ready": self.ready}).encode())
         else:
-            await respond(send, 200, json.dumps(self.describe(), indent=2).encode())
+            await respond(send, 200, json.dumps(self.describe(scope), indent=2).encode())
+
+    def _visible(self, scope: Scope | None) -> Callable[[str], bool]:
+        """Which server ids a caller sees on `/` and `/servers`: those `gateway.access` lets it reach (every
+        one without rules). Its entries (commands, replica addresses, errors) are not the others' business."""
+        if scope is None or not self.access.rules:
+            return lambda _server_id: True
+        identity = scope.get(IDENTITY, ANONYMOUS)
+        return lambda server_id: self.access.grant(identity, server_id) is not None
+
+    def _page_document(self, scope: Scope) -> dict[str, Any]:
+        """The status page's JSON, with what this caller may see."""
+        document = page.document(self.index(scope), self.describe(scope), self.metrics.recent)
+        visible = self._visible(scope)
+        traffic = document["traffic"]["servers"]
+        document["traffic"]["servers"] = {i: t for i, t in traffic.items() if visible(i)}
+        document["recent_errors"] = [e for e in document["recent_errors"] if visible(e["server"])]
+        return document
 
     def index(self, scope: Scope) -> dict[str, Any]:
-        """`GET /`: every server and its URLs as this request reached the gateway (its scheme, its Host)."""
+        """`GET /`: every server the caller may reach and its URLs as this request reached the gateway (its
+        scheme, its Host)."""
         base = self.base_url(scope)
+        visible = self._visible(scope)
         ws_base = "ws" + base[len("http") :]  # http -> ws, https -> wss
         servers = [
             {
@@ -591,8 +606,9 @@ class Gateway:
                 "ws": f"{ws_base}/{server_id}/ws",
             }
             for server_id, server in self._snapshot.servers.items()
+            if visible(server_id)
         ]
-        failed = [{"id": sid, "error": error} for sid, error in self._snapshot.failed.items()]
+        failed = [{"id": sid, "error": error} for sid, error in self._snapshot.failed.items() if visible(sid)]
         status = {name: f"{base}/{name}" for name in ("servers", "metrics", "healthz", "readyz")}
         return {"mcpfleet": __version__, "servers": servers, "failed": failed, "status": status}
 
@@ -608,9 +624,14 @@ class Gateway:
             last_reload_error=self.reload_error,
         )
 
-    def describe(self) -> dict[str, Any]:
-        """The `/servers` document."""
-        return status.as_json(self.status())
+    def describe(self, scope: Scope | None = None) -> dict[str, Any]:
+        """The `/servers` document; for a request (`scope`), the servers its caller may reach."""
+        document = status.as_json(self.status())
+        visible = self._visible(scope)
+        for key in ("servers", "draining"):
+            if key in document:
+                document[key] = [server for server in document[key] if visible(server["id"])]
+        return document
 
     async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
         client = scope.get(PEER) or scope.get("client")  # the TCP peer, whatever a trusted proxy said

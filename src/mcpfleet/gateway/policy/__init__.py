@@ -41,7 +41,7 @@ from mcpfleet.gateway.policy.auth import (
     unauthorized,
 )
 from mcpfleet.gateway.policy.cors import Cors
-from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, credentials
+from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, credentials, open_door
 from mcpfleet.gateway.policy.hosts import HostOriginGuard, Policy, single_header
 from mcpfleet.gateway.policy.limits import BodyLimit
 from mcpfleet.gateway.policy.paths import check_path
@@ -72,6 +72,7 @@ __all__ = [
     "credentials",
     "forbidden",
     "may_open_session",
+    "open_door",
     "session_owner",
     "single_header",
     "unauthorized",

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Scope, header
 from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, forbidden, unauthorized
+from mcpfleet.gateway.policy.hosts import is_loopback_bind
 from mcpfleet.gateway.policy.tokens import TokenValidator
 from mcpfleet.gateway.urls import metadata_url, server_url
 from mcpfleet.registry.model import Auth
@@ -101,6 +102,18 @@ class GatewayAuthenticator:
                 raise
         what = "API key" if self.keys and not self.validator else "credential"
         raise unauthorized(f"the {what} is not valid here", self._challenge(scope, "invalid_token"))
+
+
+def open_door(auth: Auth, bind_host: str, where: str = "gateway.host") -> str | None:
+    """Why `auth` may not serve on `bind_host` (None: it may): no credentials asked, a bind beyond this
+    machine, and not `auth.anonymous` on purpose (Plan 9.16). `where`: what set the bind, for the message."""
+    if auth.required or auth.anonymous or is_loopback_bind(bind_host):
+        return None
+    return (
+        f"the gateway would listen on {bind_host} ({where}), beyond this machine, and asks callers for no"
+        " credentials: set gateway.auth.api_keys or gateway.auth.jwt, or gateway.auth.anonymous: true if"
+        " something in front of it authenticates (docs/security.md)"
+    )
 
 
 def credentials(auth: Auth, base: Callable[[Scope], str], validator: TokenValidator | None) -> Credentials | None:

@@ -128,7 +128,8 @@ def _port(rest: str) -> int | None:
     raise ValueError("the port is not a number from 1 to 65535")
 
 
-def _is_loopback_bind(bind_host: str) -> bool:
+def is_loopback_bind(bind_host: str) -> bool:
+    """Whether a bind address (`127.0.0.1`, `::1`, `localhost`, `[::1]`) keeps the gateway to this machine."""
     if bind_host.lower() == "localhost":
         return True
     try:
@@ -173,7 +174,7 @@ class Policy:
             bound = None
         if bound is not None and bound.address is None:
             hosts.add(bound.host)  # bound to a name the operator chose: that name serves this gateway
-        loopback = _is_loopback_bind(bind_host.strip())
+        loopback = is_loopback_bind(bind_host.strip())
         return cls(bind_host, loopback, frozenset(hosts), frozenset(origins), tuple(ignored))
 
     def notices(self) -> list[str]:
