@@ -237,9 +237,11 @@ def test_the_dashboard_is_valid_with_unique_panel_ids_and_defined_variables() ->
 @pytest.mark.usefixtures("helm_available")
 def test_the_chart_ships_both_only_when_asked() -> None:
     kinds = {obj["kind"] for obj in documents(template(GATEWAY))}
-    assert "PrometheusRule" not in kinds and "ServiceMonitor" not in kinds and not [
-        obj for obj in documents(template(GATEWAY)) if obj["metadata"]["name"].endswith("-dashboard")
-    ]
+    assert (
+        "PrometheusRule" not in kinds
+        and "ServiceMonitor" not in kinds
+        and not [obj for obj in documents(template(GATEWAY)) if obj["metadata"]["name"].endswith("-dashboard")]
+    )
     rendered = documents(
         template(
             GATEWAY,
