@@ -882,11 +882,19 @@ class Gateway(_Model):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, proxies: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
         for proxy in proxies:
             try:
-                ipaddress.ip_network(proxy, strict=False)
+                ipaddress.ip_network(proxy)
             except ValueError:
-                raise ValueError(f"{proxy!r} is not an IP address or CIDR network (10.0.0.0/8, ::1)") from None
+                try:
+                    network = ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    problems.append(f"{proxy!r} is not an IP address or CIDR network (10.0.0.0/8, ::1)")
+                else:
+                    problems.append(f"{proxy!r} has bits set past its prefix: write {network}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return proxies
 
     @model_validator(mode="after")
