@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from mcpfleet.gateway import logs
+from mcpfleet.gateway import audit, logs
 from mcpfleet.gateway.asgi import Message, Receive, Scope, Send
 from mcpfleet.gateway.policy import IDENTITY, Identity
 from mcpfleet.gateway.policy.context import Correlation
@@ -183,3 +183,81 @@ def _gateway(form: str) -> Any:
     from mcpfleet.registry.model import Gateway
 
     return Gateway.model_validate({"logging": {"format": form}})
+
+
+def test_a_task_started_for_a_request_outlives_it_without_its_fields(
+    captured: tuple[io.StringIO, logging.Handler],
+) -> None:
+    """A long-lived task a request starts (a process's reader, say) logs with no request's fields; an audit
+    line it writes about another request carries that request's, captured in that request's task."""
+    stream, handler = captured
+    handler.setFormatter(logs.JsonFormatter())
+    log = logging.getLogger("mcpfleet.gateway.relay")
+    audit_log = logging.getLogger("mcpfleet.audit")
+    audit_level = audit_log.level
+    audit_log.setLevel(logging.INFO)
+    contexts: list[logs.RequestContext | None] = []
+    answer = anyio.Event()
+
+    async def reader() -> None:  # started by the first request, it serves the second one's answer too
+        log.info("reader started")
+        await answer.wait()
+        audit.emit(
+            principal="key:bob",
+            server="local",
+            tool="echo",
+            outcome="ok",
+            duration_ms=1.0,
+            session=None,
+            request_id=2,
+            context=contexts[-1],
+        )
+        log.info("reader ends")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as pool:  # the gateway's: made outside any request
+
+            async def first(scope: Scope, receive: Receive, send: Send) -> None:
+                scope[IDENTITY] = Identity("alice", kind="key")
+                pool.start_soon(logs.detached(reader))
+
+            async def second(scope: Scope, receive: Receive, send: Send) -> None:
+                scope[IDENTITY] = Identity("bob", kind="key")
+                contexts.append(logs.REQUEST.get())
+                answer.set()
+
+            await serve({**http_scope([(b"x-request-id", b"first")]), "client": ("10.0.0.7", 5123)}, first)
+            await serve({**http_scope([(b"x-request-id", b"second")]), "client": ("10.0.0.8", 6000)}, second)
+
+    try:
+        anyio.run(main)
+    finally:
+        audit_log.setLevel(audit_level)
+    started, audited, ended = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert started["message"] == "reader started" and "request_id" not in started and "principal" not in started
+    assert "request_id" not in ended and "client" not in ended
+    expected = {"request_id": "second", "principal": "key:bob", "client": "10.0.0.8"}
+    assert {k: audited.get(k) for k in expected} == expected and audited["audit"]["principal"] == "key:bob"
+
+
+def test_watchfiles_stays_at_warning_whatever_the_level() -> None:
+    """At `debug`, the libraries' per-request lines are let through, but not watchfiles' line per change in
+    the registry's directory (the gateway's own log file may be there)."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logs._handler)
+    try:
+        logs._handler = None
+        logs.configure(Logging(format="json", level="debug"), stream)
+        assert logging.getLogger("watchfiles.main").getEffectiveLevel() == logging.WARNING
+        assert logging.getLogger("mcp.client").getEffectiveLevel() == logging.DEBUG
+        logging.getLogger("watchfiles.main").info("1 change detected")
+        assert stream.getvalue() == ""
+    finally:
+        if logs._handler is not None:
+            root.removeHandler(logs._handler)
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+        logs._handler = before[2]
+        for name in (*logs.CHATTY, *logs.QUIET):
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -84,6 +84,11 @@ class ErrorBoundary:
     response has started (then it is logged: the client sees the stream end). WebSocket: the handshake is
     refused with the same status and body (uvicorn's `websocket.http.response`), else closed with 1008, so
     the layers and routes inside raise only before they take `websocket.connect`.
+
+    Each error is logged once (`answered`): a 5xx at WARNING (the gateway or a server is at fault: the operator
+    wants each one), a 4xx at DEBUG (a client's mistake, a refused key or a quota: as many as a client sends).
+    The line holds the status, the JSON-RPC code and the message the client got, which never holds a secret
+    (credentials, session ids and URL passwords are kept out of `GatewayError` messages, docs/operations.md).
     """
 
     def __init__(self, app: App, count: Callable[[str, int, int, str], None]) -> None:
@@ -96,6 +101,7 @@ class ErrorBoundary:
                 await self.app(scope, receive, send)
             except GatewayError as exc:
                 self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message)
+                answered(exc, "the WebSocket handshake")
                 await _refuse_handshake(scope, receive, send, exc)
             return
         if scope["type"] != "http":
@@ -113,10 +119,23 @@ class ErrorBoundary:
         except GatewayError as exc:
             self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message)
             if not started:
+                answered(exc, "the request")
                 _, request_id = single_request(scope.get("mcpfleet.body", b""))
                 await respond_error(send, exc, request_id)
             else:
-                log.warning("error after the response started: %s", exc.message)
+                log.warning(
+                    "error after the response started: %s",
+                    exc.message,
+                    extra={"status": exc.status, "code": exc.code},
+                )
+
+
+def answered(error: GatewayError, what: str) -> None:
+    """The log line of an error the gateway answers itself: `status` and `code` as fields (JSON format)."""
+    level = logging.WARNING if error.status >= 500 else logging.DEBUG
+    if log.isEnabledFor(level):
+        extra = {"status": error.status, "code": error.code}
+        log.log(level, "answered %s with %d (%d): %s", what, error.status, error.code, error.message, extra=extra)
 
 
 async def _refuse_handshake(scope: Scope, receive: Receive, send: Send, error: GatewayError) -> None:

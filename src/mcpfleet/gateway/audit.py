@@ -16,6 +16,10 @@ Records go to the logger `mcpfleet.audit` at INFO. The message reads in the text
 | `arguments` | the call's arguments, only with `gateway.logging.audit_arguments: true` |
 
 What the records hold is never the credential: the principal is a key's name or a token's subject.
+
+An answer is often read by a task other than the request's (a stdio process's reader, a shared process's
+pump: `logs.detached`), so the line's request fields (`request_id`, `session_id`, `principal`, ...) come from
+the `context` the caller captured in the request's task, not from the task that writes the line.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from mcpfleet.gateway.logs import session_digest
+from mcpfleet.gateway.logs import RequestContext, request_fields, session_digest
 
 log = logging.getLogger("mcpfleet.audit")
 
@@ -75,8 +79,11 @@ def emit(
     request_id: Any,
     arguments: Any = None,
     with_arguments: bool = False,
+    context: RequestContext | None = None,
 ) -> None:
-    """Write one audit record (see the module's table); `arguments` only when `with_arguments`."""
+    """Write one audit record (see the module's table); `arguments` only when `with_arguments`. `context`: the
+    request the call came in (`logs.REQUEST` in its task), whose fields the line carries; None: the fields of
+    the request the writing task serves, if any."""
     if not log.isEnabledFor(logging.INFO):
         return
     fields: dict[str, Any] = {
@@ -90,4 +97,12 @@ def emit(
     }
     if with_arguments:
         fields["arguments"] = arguments
-    log.info("tool call %s -> %s/%s %s %.1f ms", principal, server, tool, outcome, duration_ms, extra={"audit": fields})
+    log.info(
+        "tool call %s -> %s/%s %s %.1f ms",
+        principal,
+        server,
+        tool,
+        outcome,
+        duration_ms,
+        extra={"audit": fields, **request_fields(context)},
+    )

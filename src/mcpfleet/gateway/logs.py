@@ -11,7 +11,16 @@ nothing costs one `ContextVar.set`. The fields (docs/operations.md, "Logs"):
 - `session_id`: the first 16 hex digits of the SHA-256 of the request's `Mcp-Session-Id` (or legacy
   `?session_id=`): a session id is a bearer capability (http ones are sealed records), so it is never logged;
 - `server`: the server id once the router knows it; `principal`: the caller (`Identity.principal`) once the
-  authentication layer knows it.
+  authentication layer knows it;
+- `client`: the client's address (`scope["client"][0]`), the one found through `gateway.trusted_proxies`
+  once that layer ran (docs/security.md).
+
+Tasks inherit the context of the task that starts them (asyncio copies it at `create_task`), so a long-lived
+task started while a request is served (a stdio process's readers, a pool's tasks, a runtime's watches) would
+stamp every line it ever logs with that first request's fields: such tasks start through `detached`, which
+runs them with no request (and no trace request, `tracing.py`). A line such a task logs about a request it
+serves for someone (the audit line of an answer it reads) names that request itself: `extra=request_fields(
+context)` with the `RequestContext` the request's task captured (`ContextFilter` keeps explicit fields).
 
 JSON (python-json-logger): one object a line with `time` (RFC 3339, UTC, milliseconds), `level`, `logger`,
 `message`, the fields above when present, `exc_info` for a traceback, and `audit` (the object an audit line
@@ -21,15 +30,18 @@ passes as `extra={"audit": {...}}`) nested as it is. Text: `time level logger [r
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, ParamSpec, TextIO, TypeVar
 from urllib.parse import parse_qs
 
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
+from mcpfleet.gateway import tracing
 from mcpfleet.gateway.identity import IDENTITY
 from mcpfleet.registry.model import Gateway, Logging
 
@@ -37,7 +49,10 @@ log = logging.getLogger("mcpfleet.gateway")
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Libraries that log a line per request at INFO (CPU on the hot path): WARNING unless `level: debug`.
-CHATTY = ("httpx2", "httpcore2", "mcp", "watchfiles")
+CHATTY = ("httpx2", "httpcore2", "mcp")
+# Libraries kept at WARNING whatever the level: watchfiles logs each change in the registry's directory at
+# DEBUG and INFO, the gateway's own log file included when stderr is redirected there (a line per write, forever).
+QUIET = ("watchfiles",)
 UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 TEXT_FORMAT_IN_REQUEST = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
@@ -61,7 +76,7 @@ class RequestContext:
         self._session: str | None = None
 
     def fields(self) -> dict[str, str]:
-        """`request_id`, and `session_id`, `server`, `principal` when known."""
+        """`request_id`, and `session_id`, `server`, `principal`, `client` when known."""
         fields = {"request_id": self.request_id}
         session = self.session_id()
         if session is not None:
@@ -72,6 +87,9 @@ class RequestContext:
         identity = self.scope.get(IDENTITY)
         if identity is not None:
             fields["principal"] = str(identity.principal)
+        client = self.scope.get("client")
+        if client:
+            fields["client"] = str(client[0])
         return fields
 
     def session_id(self) -> str | None:
@@ -97,11 +115,39 @@ def current_request_id() -> str | None:
     return context.request_id if context is not None else None
 
 
+def request_fields(context: RequestContext | None) -> dict[str, str]:
+    """The `extra` of a line logged about the request `context` (captured in the request's task) from another
+    task: its fields, in place of the emitting task's (the emitting task's when `context` is None)."""
+    return context.fields() if context is not None else {}
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def detached(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """`fn`, to be started as a task that outlives the request that starts it (`task_group.start_soon(
+    detached(fn), ...)`, or `.start`): it runs with no request in its context, so its lines carry no request's
+    fields and what it sends to a backend opens no span under that request. Other context variables (the
+    connection's forwarded headers, `upstream/backend.py`) are inherited as before."""
+
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        REQUEST.set(None)  # this task's copy of the context only
+        tracing.forget_request()
+        return await fn(*args, **kwargs)
+
+    return run
+
+
 class ContextFilter(logging.Filter):
     """Copies the request fields onto every record emitted while a request is served (a handler's filter, so
-    records of every logger, uvicorn's included, pass it)."""
+    records of every logger, uvicorn's included, pass it), unless the record was given its own
+    (`request_fields`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if "request_id" in record.__dict__:  # given its request's fields (`request_fields`)
+            return True
         context = REQUEST.get()
         if context is not None:
             for name, value in context.fields().items():
@@ -176,6 +222,8 @@ def configure(settings: Logging, stream: TextIO | None = None) -> None:
         logger.propagate = True
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if level <= logging.DEBUG else logging.WARNING)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def reconfigure(old: Gateway, new: Gateway) -> None:

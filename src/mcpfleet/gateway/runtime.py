@@ -45,6 +45,7 @@ from mcpfleet.gateway.asgi import (
 )
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.logs import detached
 from mcpfleet.gateway.policy.tools import ToolGuard, closing
 from mcpfleet.gateway.protocol import parse_body
 from mcpfleet.gateway.session import Session, SessionTable, close_all
@@ -126,7 +127,7 @@ class ServerRuntime:
         if deployment is not None:
             source = deployment.source
             self._deploying = anyio.CancelScope()
-            task_group.start_soon(self._keep_deployed, deployment)
+            task_group.start_soon(detached(self._keep_deployed), deployment)
         self.server = server
         self.sessions = sessions
         self.max_message_bytes = max_message_bytes
@@ -167,7 +168,7 @@ class ServerRuntime:
                 counts_exits=False,
             )
             if source is not None:
-                task_group.start_soon(self.follow, source)
+                task_group.start_soon(detached(self.follow), source)
         if isinstance(server, StdioServer | HttpServer) and server.command:
             self.stdio = self._new_stdio(server)
         self.inflight = 0
@@ -347,7 +348,7 @@ class ServerRuntime:
         )
         relay.drain()
         self.draining_relays.append(relay)
-        self._tg.start_soon(self._end_after_drain, relay, seconds)
+        self._tg.start_soon(detached(self._end_after_drain), relay, seconds)
 
     async def _end_after_drain(self, relay: RelayUpstream, seconds: float) -> None:
         try:
@@ -598,7 +599,7 @@ class ServerRuntime:
     def _probe_if_active(self) -> None:
         if isinstance(self.server, HttpServer) and self.server.health.active and not self._probing:
             self._probing = True
-            self._tg.start_soon(self._probe_replicas)
+            self._tg.start_soon(detached(self._probe_replicas))
 
     async def _probe_replicas(self) -> None:
         """Active health checks (`health.active`): every `health.interval`, probe each serving replica. The

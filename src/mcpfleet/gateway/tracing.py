@@ -176,6 +176,14 @@ def serving(scope: Any) -> Iterator[trace.Span]:
         span.end()
 
 
+def forget_request() -> None:
+    """In a task that outlives the request that started it (`logs.detached`): no request's span is current,
+    so nothing it sends later opens a CLIENT span under that request. A no-op outside a traced request."""
+    if _REQUEST.get() is not None:
+        _REQUEST.set(None)
+        otel_context.attach(otel_context.Context())  # this task's copy of the context; it ends with the task
+
+
 def answered(span: trace.Span, status: int) -> None:
     """The client request's answer started with `status`."""
     span.set_attribute("http.response.status_code", status)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway import audit
+from mcpfleet.gateway import audit, logs
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.policy.access import EVERYTHING, GRANT, Grant
 from mcpfleet.gateway.policy.auth import ANONYMOUS, IDENTITY
@@ -71,6 +71,7 @@ class ToolGuard:
         self.pending: dict[str, Expected] = {}
         self.refusals: list[dict[str, Any]] = []  # answers the gateway gave in a batch it passed on (passthrough)
         self.client_left = False  # set by the route when the client went away before the answer was out
+        self.context = logs.REQUEST.get()  # the request's: an answer may be audited from another task
 
     @classmethod
     def of(cls, scope: Any, server_id: str, settings: Logging, session: str | None = None) -> ToolGuard | None:
@@ -284,6 +285,7 @@ class ToolGuard:
             request_id=expected.request_id,
             arguments=expected.arguments,
             with_arguments=self.with_arguments,
+            context=self.context,
         )
 
 

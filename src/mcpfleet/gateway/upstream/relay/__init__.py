@@ -23,6 +23,7 @@ import anyio.abc
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import respond
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.logs import detached
 from mcpfleet.gateway.protocol import Message, is_initialize, parse_body
 from mcpfleet.gateway.session import Session, SessionTable
 from mcpfleet.gateway.upstream.admission import Admission
@@ -62,7 +63,7 @@ class RelayUpstream:
         self._shared = SharedServing(self.pool, sessions, self)
         self._closing = anyio.Event()
         self._ended = anyio.Event()
-        task_group.start_soon(self._run)
+        task_group.start_soon(detached(self._run))  # made by a request, it outlives it
 
     async def _run(self) -> None:
         try:

@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 
 from mcpfleet.errors import DeployError, GatewayError, ServerStartError
+from mcpfleet.gateway.logs import detached
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.admission import FULL, Admission, CrashLoop, default_max_starting
 from mcpfleet.gateway.upstream.backend import Backend
@@ -104,7 +105,7 @@ class Pool:
         self._tg = tg
         queued, self._queued = self._queued, []
         for fn, args in queued:
-            tg.start_soon(fn, *args)
+            tg.start_soon(detached(fn), *args)
         self._entered.set()
         return self
 
@@ -132,7 +133,7 @@ class Pool:
         if self._tg is None:
             self._queued.append((fn, args))
         else:
-            self._tg.start_soon(fn, *args)
+            self._tg.start_soon(detached(fn), *args)  # may outlive the request that asks
         return True
 
     @property
@@ -287,7 +288,7 @@ class Pool:
         if self.closed or self._tg is None:
             raise self.gone()
         try:
-            await self._tg.start(self._supervise, process)  # _supervise gives the slot back, whatever happens
+            await self._tg.start(detached(self._supervise), process)  # _supervise gives the slot back, whatever happens
         except (ServerStartError, DeployError) as exc:
             raise GatewayError.start_failed(exc) from None
         if not measured:
