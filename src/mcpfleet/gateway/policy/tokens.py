@@ -46,6 +46,7 @@ MAX_DEPTH = 32  # nor one nested deeper (real ones nest 3 or 4 deep): nothing th
 ASYMMETRIC = frozenset({"RSA", "EC", "OKP"})  # the JWK key types held (RFC 7518 section 6.1, RFC 8037)
 # What PyJWT raises for a token or a key it cannot use, and what parsing crafted JSON can raise besides.
 _LIBRARY_ERRORS = (jwt.PyJWTError, ValueError, TypeError, RecursionError)
+_MALFORMED = "the token is malformed"  # the error_description of a token whose header cannot be used
 
 
 class KeySetUnavailable(GatewayError):
@@ -328,9 +329,6 @@ class TokenValidator:
         return Identity(
             subject, _public_claims(claims), kind="jwt", groups=_names(claims.get(settings.groups_claim)), scopes=scopes
         )
-
-
-_MALFORMED = "the token is malformed"
 
 
 def _shown(value: Any) -> str:
