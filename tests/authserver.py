@@ -13,7 +13,13 @@ What an MCP client and the gateway need of one, and nothing more:
   JWT access token with `iss`, `sub`, `aud` = the requested resource, `iat`, `exp`, `scope`, `client_id`
   and `groups` (`groups`, settable by the test);
 - `mint(...)` for tokens no real issuer would give: expired, for another audience or issuer, signed by a
-  key the JWKS does not list, `alg: none` (`unsigned`), HS256 keyed with the public key (`forged_hs256`).
+  key the JWKS does not list, `alg: none` (`unsigned`), HS256 keyed with the public key (`forged_hs256`),
+  any header at all over a signature that means nothing (`crafted`), an HMAC over any header (`hmac_signed`,
+  with `secret=`: the shared secret the JWKS then also publishes as an `oct` key, kid `hmac-1`).
+- `documents[path] = bytes`: served as they are (200, JSON) at `path` instead of what the server would answer
+  there (the JWKS, or any path it does not serve): broken or hostile documents.
+- `jwk_alg=False` publishes the keys without `alg` (RFC 7517 makes it optional; many issuers leave it
+  out), so the token's `alg` decides how a key is used.
 
 Signing is PyJWT's; the only hand-assembled token is the HS256 forgery, whose MAC is the standard
 library's `hmac`, since PyJWT refuses (rightly) to use a public key as an HMAC secret.
@@ -61,11 +67,12 @@ class SigningKey:
     def ec(cls, kid: str) -> SigningKey:
         return cls(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
 
-    def jwk(self) -> dict[str, Any]:
+    def jwk(self, with_alg: bool = True) -> dict[str, Any]:
         algorithm = jwt.algorithms.RSAAlgorithm if self.algorithm == "RS256" else jwt.algorithms.ECAlgorithm
         data: dict[str, Any] = algorithm.to_jwk(self.private.public_key(), as_dict=True)
         data.pop("key_ops", None)
-        return {**data, "kid": self.kid, "use": "sig", "alg": self.algorithm}
+        data.pop("alg", None)
+        return {**data, "kid": self.kid, "use": "sig"} | ({"alg": self.algorithm} if with_alg else {})
 
     def public_pem(self) -> bytes:
         return bytes(
@@ -78,10 +85,12 @@ class SigningKey:
 class AuthServer:
     """The server's state and its Starlette app; `async with server.serving():` runs it on `port`."""
 
-    def __init__(self, port: int, *, oidc: bool = False) -> None:
+    def __init__(self, port: int, *, oidc: bool = False, jwk_alg: bool = True, secret: bytes | None = None) -> None:
         self.port = port
         self.issuer = f"http://127.0.0.1:{port}"
         self.oidc = oidc
+        self.jwk_alg = jwk_alg
+        self.secret = secret
         self.keys = [SigningKey.rsa("rsa-1"), SigningKey.ec("ec-1")]
         self.generation = 1
         self.groups: list[str] = []
@@ -89,6 +98,7 @@ class AuthServer:
         self.clients: dict[str, dict[str, Any]] = {}
         self.codes: dict[str, dict[str, Any]] = {}
         self.issued: list[dict[str, Any]] = []  # the claims of every token /token issued
+        self.documents: dict[str, bytes] = {}
         self.app = Starlette(
             routes=[
                 Route("/.well-known/oauth-authorization-server", self._metadata),
@@ -97,6 +107,7 @@ class AuthServer:
                 Route("/register", self._register, methods=["POST"]),
                 Route("/authorize", self._authorize),
                 Route("/token", self._token, methods=["POST"]),
+                Route("/{path:path}", self._raw_document),
             ]
         )
 
@@ -137,6 +148,23 @@ class AuthServer:
     def unsigned(self, audience: str) -> str:
         """`alg: none`, naming a listed key id."""
         return jwt.encode(self.claims(audience), None, algorithm="none", headers={"kid": self.signing.kid})
+
+    def crafted(self, header: dict[str, Any] | str, audience: str) -> str:
+        """A token with exactly `header` (a dict, or its JSON text), good claims for `audience`, and a
+        signature that means nothing."""
+        return _signed(header, self.claims(audience), lambda _: b"not a signature")
+
+    def hmac_signed(self, header: dict[str, Any], audience: str) -> str:
+        """HMAC-SHA256 with `secret` (the `oct` key the JWKS publishes) over `header` and good claims."""
+        assert self.secret is not None
+        return _signed(
+            header, self.claims(audience), lambda data: hmac.new(self.secret or b"", data, "sha256").digest()
+        )
+
+    def signed_payload(self, payload: bytes) -> str:
+        """`payload` as it is (any bytes, no claims checked), signed with the RSA key: for claims no JSON
+        encoder would write."""
+        return jwt.PyJWS().encode(payload, self.signing.private, algorithm="RS256", headers={"kid": self.signing.kid})
 
     def forged_hs256(self, audience: str) -> str:
         """HS256 with the RSA public key's PEM as the secret: the classic algorithm-confusion forgery."""
@@ -183,7 +211,16 @@ class AuthServer:
 
     async def _jwks(self, request: Request) -> Response:
         self.jwks_fetches += 1
-        return JSONResponse({"keys": [key.jwk() for key in self.keys]})
+        if "/jwks" in self.documents:
+            return Response(self.documents["/jwks"], media_type="application/json")
+        keys = [key.jwk(self.jwk_alg) for key in self.keys]
+        if self.secret is not None:
+            keys.append({"kty": "oct", "k": _b64(self.secret).decode(), "kid": "hmac-1", "use": "sig", "alg": "HS256"})
+        return JSONResponse({"keys": keys})
+
+    async def _raw_document(self, request: Request) -> Response:
+        body = self.documents.get(request.url.path)
+        return Response(body, media_type="application/json") if body is not None else Response(status_code=404)
 
     async def _register(self, request: Request) -> Response:
         metadata = await request.json()
@@ -252,3 +289,9 @@ class AuthServer:
 
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _signed(header: dict[str, Any] | str, claims: dict[str, Any], sign: Any) -> str:
+    text = header if isinstance(header, str) else json.dumps(header)
+    signing_input = _b64(text.encode()) + b"." + _b64(json.dumps(claims).encode())
+    return (signing_input + b"." + _b64(sign(signing_input))).decode()

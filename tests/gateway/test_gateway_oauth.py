@@ -318,7 +318,53 @@ def _token_cases() -> list[tuple[str, Any, int, str]]:
             "invalid",
         ),
         ("unknown key", lambda a, u: a.mint(f"{u}/web/mcp", kid="not-listed"), 401, "'not-listed'"),
+        # Crafted headers, no valid signature needed: each is a 401, never an error of the library's (a 500).
+        (
+            "RS256 over the EC key",
+            lambda a, u: a.crafted({"alg": "RS256", "kid": "ec-1"}, f"{u}/web/mcp"),
+            401,
+            "RS256",
+        ),
+        (
+            "ES256 over the RSA key",
+            lambda a, u: a.crafted({"alg": "ES256", "kid": "rsa-1"}, f"{u}/web/mcp"),
+            401,
+            "ES256",
+        ),
+        ("kid not a string", lambda a, u: a.crafted({"alg": "RS256", "kid": 123}, f"{u}/web/mcp"), 401, "header"),
+        (
+            "crit",
+            lambda a, u: a.crafted({"alg": "RS256", "kid": "rsa-1", "crit": ["exp"]}, f"{u}/web/mcp"),
+            401,
+            "header",
+        ),
+        ("alg not a string", lambda a, u: a.crafted({"alg": ["RS256"], "kid": "rsa-1"}, f"{u}/web/mcp"), 401, "alg"),
+        ("header nested deeply", lambda a, u: a.crafted(_nested("kid"), f"{u}/web/mcp"), 401, "header"),
+        ("claims nested deeply", lambda a, u: a.signed_payload(_nested("sub").encode()), 401, "invalid"),
+        # The JWKS publishes a shared secret (`oct`, kid hmac-1): never held, whatever the token's alg.
+        (
+            "HS256 with the published secret",
+            lambda a, u: a.hmac_signed(_hmac_header("HS256"), f"{u}/web/mcp"),
+            401,
+            "'HS256'",
+        ),
+        (
+            "RS256 header, HMAC with the published secret",
+            lambda a, u: a.hmac_signed(_hmac_header("RS256"), f"{u}/web/mcp"),
+            401,
+            "'hmac-1', which the issuer does not list",
+        ),
     ]
+
+
+def _nested(name: str, depth: int = 2000) -> str:
+    """JSON text of an object whose `name` holds arrays nested `depth` deep (deeper than the parser's
+    recursion limit), with `alg` and `kid` good."""
+    return f'{{"alg": "RS256", "kid": "rsa-1", "{name}": {"[" * depth}{"]" * depth}}}'
+
+
+def _hmac_header(alg: str) -> dict[str, str]:
+    return {"alg": alg, "typ": "JWT", "kid": "hmac-1"}
 
 
 def _tampered(token: str, other: str) -> str:
@@ -328,8 +374,11 @@ def _tampered(token: str, other: str) -> str:
 
 @pytest.mark.parametrize(("name", "build", "status", "words"), _token_cases(), ids=[c[0] for c in _token_cases()])
 def test_jwt_checks(tmp_path: Path, echo_url: str, name: str, build: Any, status: int, words: str) -> None:
+    """Each token on `/web/mcp` and on `/servers`. The issuer publishes its keys without `alg` (the token's
+    `alg` then picks how a key is used) and a shared secret beside them."""
+
     async def run() -> None:
-        auth = AuthServer(free_port())
+        auth = AuthServer(free_port(), jwk_alg=False, secret=b"a shared secret the issuer should not publish")
         with listening() as sock:
             async with (
                 auth.serving(),
@@ -342,9 +391,16 @@ def test_jwt_checks(tmp_path: Path, echo_url: str, name: str, build: Any, status
                     assert words in answer.json()["error"]["message"]
                     params = challenge_params(answer)
                     assert params["error"] == "invalid_token"
+                    assert params["error_description"]  # RFC 6750 section 3: a short text, never the token
+                    if name == "expired":
+                        assert params["error_description"] == "the token has expired"
                     assert params["resource_metadata"] == f"{url}/.well-known/oauth-protected-resource/web/mcp"
                     document = (await http.get(params["resource_metadata"])).json()
                     assert document["resource"] == f"{url}/web/mcp"
+                    # The status routes check the same token the same way (none of these is for the base URL).
+                    status_route = await http.get(f"{url}/servers", headers=bearer(build(auth, url)))
+                    assert status_route.status_code == 401, status_route.text
+                    assert challenge_params(status_route)["error"] == "invalid_token"
 
     anyio.run(run)
 
@@ -452,7 +508,9 @@ def test_a_flood_of_unknown_key_ids_does_not_flood_the_issuer(tmp_path: Path, ec
     anyio.run(run)
 
 
-def test_an_issuer_down_at_first_use_is_a_503_until_it_answers(tmp_path: Path, echo_url: str) -> None:
+def test_an_issuer_down_at_first_use_is_a_503_until_it_answers(
+    tmp_path: Path, echo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def run() -> None:
         auth = AuthServer(free_port())  # not serving yet
         with listening() as sock:
@@ -462,7 +520,12 @@ def test_an_issuer_down_at_first_use_is_a_503_until_it_answers(tmp_path: Path, e
                 down = await http.post(target, json=INIT, headers=bearer(auth.mint(target)))
                 assert down.status_code == 503, down.text
                 assert int(down.headers["retry-after"]) >= 1
-                assert "key set could not be fetched" in down.json()["error"]["message"]
+                message = down.json()["error"]["message"]
+                assert "key set could not be fetched" in message
+                # The issuer's host is down: that is what to check, not a missing jwks_url.
+                assert f"the issuer {auth.issuer} is unreachable" in message and "jwks_url" not in message
+                warnings = [r.getMessage() for r in caplog.records if "JWT key set" in r.getMessage()]
+                assert warnings and "no key held yet" in warnings[0] and "stay in use" not in warnings[0]
                 async with auth.serving():
 
                     async def admitted() -> bool:
@@ -471,6 +534,58 @@ def test_an_issuer_down_at_first_use_is_a_503_until_it_answers(tmp_path: Path, e
                         return answer.status_code == 200
 
                     await until(admitted, within=30, interval=0.2)
+
+    anyio.run(run)
+
+
+def test_an_issuer_without_a_key_set_url_is_a_503_naming_jwks_url(tmp_path: Path, echo_url: str) -> None:
+    """An issuer that answers but publishes no discovery document (404 at both URLs): the one case where
+    `jwt.jwks_url` is the fix, so the message names it."""
+
+    async def run() -> None:
+        with listening() as sock:
+            async with (
+                gateway(tmp_path, sock, jwt_registry(echo_url, echo_url)) as url,
+                httpx2.AsyncClient(timeout=30) as http,
+            ):
+                target = f"{url}/web/mcp"
+                token = AuthServer(free_port()).mint(target)
+                answer = await http.post(target, json=INIT, headers=bearer(token))
+                assert answer.status_code == 503, answer.text
+                message = answer.json()["error"]["message"]
+                assert "answered 404" in message and "set gateway.auth.jwt.jwks_url" in message
+
+    anyio.run(run)
+
+
+def test_documents_nested_too_deeply_are_refused_not_a_500(tmp_path: Path, echo_url: str) -> None:
+    """A key set nested past the parser's recursion limit, one nested deeper than any real one, and a
+    backend's protected-resource metadata nested past the limit: each a clear refusal naming the nesting."""
+
+    async def run() -> None:
+        auth = AuthServer(free_port())
+        with listening() as sock, listening() as open_sock:
+            registry = jwt_registry(auth.issuer, echo_url, jwt=", jwks_min_refresh: 0")
+            backend = f"servers:\n  prot: {{endpoint: '{auth.issuer}'}}\n"
+            async with (
+                auth.serving(),
+                gateway(tmp_path, sock, registry) as url,
+                gateway(tmp_path, open_sock, backend) as open_url,
+                httpx2.AsyncClient(timeout=30) as http,
+            ):
+                target = f"{url}/web/mcp"
+                for depth, words in [(5000, "nested too deeply"), (40, "nested more than 32 deep")]:
+                    auth.documents["/jwks"] = b'{"keys": ' + b"[" * depth + b"]" * depth + b"}"
+                    answer = await http.post(target, json=INIT, headers=bearer(auth.mint(target)))
+                    assert answer.status_code == 503, answer.text
+                    assert words in answer.json()["error"]["message"]
+                del auth.documents["/jwks"]
+                assert (await http.post(target, json=INIT, headers=bearer(auth.mint(target)))).status_code == 200
+
+                auth.documents["/.well-known/oauth-protected-resource/mcp"] = b"[" * 5000 + b"]" * 5000
+                metadata = await http.get(f"{open_url}/.well-known/oauth-protected-resource/prot/mcp")
+                assert metadata.status_code == 502, metadata.text
+                assert "nested too deeply" in metadata.json()["error"]["message"]
 
     anyio.run(run)
 

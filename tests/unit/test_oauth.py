@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from mcpfleet.gateway.oauth import backend_metadata_urls, protected_resource, translated
-from mcpfleet.gateway.policy.tokens import _audience_matches, discovery_urls
+from mcpfleet.gateway.asgi import Message
+from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.oauth import backend_challenge, backend_metadata_urls, protected_resource, translated
+from mcpfleet.gateway.policy.tokens import _audience_matches, _depth, discovery_urls
 from mcpfleet.gateway.urls import metadata_url
+from mcpfleet.registry import parse_registry
 from mcpfleet.registry.model import Auth, HttpServer, Jwt, StdioServer
 
 BASE = "https://mcp.example.com"
@@ -93,3 +96,32 @@ def test_issuer_discovery_urls() -> None:
 )
 def test_the_audience_is_the_servers_url_or_below_it(aud: object, accepted: bool) -> None:
     assert _audience_matches(aud, ["exact-client-id"], f"{BASE}/gh") is accepted
+
+
+async def _never_receive() -> Message:
+    raise AssertionError("nothing is read")
+
+
+async def _never_send(message: Message) -> None:
+    raise AssertionError("nothing is sent")
+
+
+def test_a_backends_challenge_points_at_the_base_the_gateway_gave_the_exchange() -> None:
+    """Without a Host header (HTTP/1.0), the gateway's base is its bind host, which `--host` may set apart
+    from the registry's `gateway.host`: the challenge takes the base the gateway computed, as every other
+    advertised URL does, not one rebuilt from the registry."""
+    snapshot = parse_registry("servers:\n  gh: {endpoint: 'http://10.0.0.5:8080'}\n", "test", environ={})
+    scope = {"type": "http", "http_version": "1.0", "method": "POST", "path": "/gh/mcp", "headers": []}
+    headers = [(b"www-authenticate", b'Bearer resource_metadata="http://10.0.0.5:8080/.well-known/x"')]
+    server = snapshot.servers["gh"]
+    exchange = Exchange(scope, _never_receive, _never_send, snapshot, server, "/mcp", base_url="http://10.1.2.3:8000")
+    [(_, value)] = backend_challenge(exchange, 401, headers)
+    assert value == b'Bearer resource_metadata="http://10.1.2.3:8000/.well-known/oauth-protected-resource/gh/mcp"'
+
+
+@pytest.mark.parametrize(
+    ("document", "depth"),
+    [({}, 1), ({"keys": []}, 2), ({"keys": [{"kty": "RSA"}]}, 3), ({"a": [[[[1]]]]}, 5), ({"a": 1, "b": [{}]}, 3)],
+)
+def test_the_nesting_depth_of_a_document(document: dict[str, object], depth: int) -> None:
+    assert _depth(document) == depth

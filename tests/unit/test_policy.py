@@ -8,6 +8,7 @@ settings read are the ones in force.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -31,6 +32,9 @@ from mcpfleet.gateway.policy import (
     forbidden,
     unauthorized,
 )
+from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, audience_notice
+from mcpfleet.registry.model import ApiKey, Auth
+from mcpfleet.registry.model import Gateway as GatewaySettings
 
 LOOPBACK = Policy.create("127.0.0.1", (), ())
 LISTED = Policy.create("127.0.0.1", ("mcp.example.com",), ("https://app.example.com",))
@@ -498,3 +502,64 @@ def test_the_whole_stack_in_the_gateways_order() -> None:
     passed = serve(stack, http_scope([*page, ("authorization", "Bearer admin-token")]))
     assert passed.status == 200 and passed.headers[ACAO] == "http://localhost:3000"
     assert inner.scopes[-1][IDENTITY].subject == "admin"
+
+
+# --- the gateway's own authenticator (policy/credentials.py) ----------------------------------------------
+
+
+def test_the_auth_module_exports_what_others_import_from_it() -> None:
+    import mcpfleet.gateway.policy.auth as auth
+
+    for name in ("forbidden", "unauthorized", "CONSUMED", "PROBES", "Credentials", "Identity"):
+        assert name in auth.__all__
+    assert all(hasattr(auth, name) for name in auth.__all__)
+
+
+NON_ASCII_KEY = "clé-très-secrète-0123456789"
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        (b"x-api-key", NON_ASCII_KEY.encode()),
+        (b"authorization", b"Bearer " + NON_ASCII_KEY.encode()),
+        (b"authorization", b"Basic " + base64.b64encode(b"anyone:" + NON_ASCII_KEY.encode())),
+    ],
+    ids=["X-API-Key", "Bearer", "Basic"],
+)
+def test_a_key_beyond_ascii_matches_when_sent_as_utf8(pair: tuple[bytes, bytes]) -> None:
+    """The header's bytes are hashed as they came; the configured key is hashed as UTF-8 (RFC 7617's charset
+    for Basic, what curl and browsers send): the same bytes, so the key matches."""
+    auth = Auth(api_keys=(ApiKey(name="ops", key=NON_ASCII_KEY),))
+    authenticator = GatewayAuthenticator(auth, lambda _: "http://127.0.0.1:8000")
+    scope = {"type": "http", "path": "/local/mcp", "headers": [(b"host", b"127.0.0.1:8000"), pair]}
+    assert anyio.run(authenticator.authenticate, scope).principal == "key:ops"
+    # The same characters in another encoding are other bytes: refused, not a traceback.
+    latin1 = [(b"host", b"127.0.0.1:8000"), (b"x-api-key", NON_ASCII_KEY.encode("latin-1"))]
+    with pytest.raises(GatewayError) as refused:
+        anyio.run(authenticator.authenticate, {"type": "http", "path": "/local/mcp", "headers": latin1})
+    assert refused.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("settings", "loopback", "warned"),
+    [
+        ({"auth": {"jwt": {"issuer": "https://login.example.com"}}}, False, True),
+        ({"auth": {"jwt": {"issuer": "https://login.example.com"}}}, True, False),
+        (
+            {"auth": {"jwt": {"issuer": "https://login.example.com"}}, "public_url": "https://mcp.example.com"},
+            False,
+            False,
+        ),
+        ({"auth": {"jwt": {"issuer": "https://login.example.com", "audience": ["api://mcp"]}}}, False, False),
+        ({"auth": {"api_keys": [{"name": "ci", "sha256": "0" * 64}]}}, False, False),
+    ],
+    ids=["jwt off loopback", "loopback", "public_url", "fixed audience", "keys only"],
+)
+def test_jwt_audiences_from_host_off_loopback_are_warned_about(
+    settings: dict[str, Any], loopback: bool, warned: bool
+) -> None:
+    notice = audience_notice(GatewaySettings.model_validate(settings), loopback)
+    assert (notice is not None) is warned
+    if notice is not None:
+        assert "gateway.public_url" in notice and "Host" in notice

@@ -58,6 +58,7 @@ from mcpfleet.gateway.policy import (
     session_owner,
 )
 from mcpfleet.gateway.policy.context import Correlation
+from mcpfleet.gateway.policy.credentials import audience_notice
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
@@ -126,6 +127,8 @@ class Gateway:
         self.access = Access(registry.gateway.access)
         for notice in self.policy.notices():
             log.warning("%s", notice)
+        if jwt_notice := audience_notice(registry.gateway, self.policy.loopback):
+            log.warning("%s", jwt_notice)
         self.reload_error: list[str] = []
         self.reloads = {"ok": 0, "rejected": 0}
         self.generation = 1
@@ -305,6 +308,8 @@ class Gateway:
         self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
         for notice in self.policy.notices():
             log.warning("%s", notice)
+        if jwt_notice := audience_notice(fresh.gateway, self.policy.loopback):
+            log.warning("%s", jwt_notice)
         if fresh.gateway.auth != old.gateway.auth:
             if old.gateway.auth.required and not fresh.gateway.auth.required and self._fixed_credentials is None:
                 log.warning(
@@ -557,7 +562,9 @@ class Gateway:
                 raise GatewayError.unknown_server(first, sorted(snapshot.servers))
             opens = may_open_session(scope, rest, body)
             with self.quotas.session_slot(scope, first, limits, send) if opens else contextlib.nullcontext(send) as out:
-                await runtime.handle(Exchange(scope, receive, out, snapshot, runtime.server, rest, body))
+                await runtime.handle(
+                    Exchange(scope, receive, out, snapshot, runtime.server, rest, body, base_url=self.base_url(scope))
+                )
         finally:
             self.metrics.observe(first, scope["method"], started)
 

@@ -19,6 +19,9 @@ class Exchange:
     server: Server
     rest: str  # the path after /<server-id>, e.g. "/mcp" or "/api/v1"
     body: bytes = b""
+    # The gateway's public base URL for this request (`Gateway.base_url`: `public_url`, else scheme and Host,
+    # else the bind host the gateway runs with, `--host` included); None: built from the registry's settings.
+    base_url: str | None = None
 
     @property
     def method(self) -> str:

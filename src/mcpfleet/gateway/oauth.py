@@ -210,7 +210,8 @@ def refused_credential(server_id: str, status: int, challenge: str, whose: str) 
 
 def backend_challenge(exchange: Exchange, status: int, headers: Headers) -> Headers:
     """The headers of a backend's answer as the client gets them (the module docstring): `resource_metadata`
-    in `WWW-Authenticate` pointing at the gateway's document for the path the client used. Raises a 502
+    in `WWW-Authenticate` pointing at the gateway's document for the path the client used, under the base URL
+    the gateway gave the exchange (`Exchange.base_url`, as every other advertised URL). Raises a 502
     `GatewayError` when the backend refused a credential the gateway supplied (or withheld)."""
     challenges = [v for k, v in headers if k == b"www-authenticate"]
     if not challenges:
@@ -226,8 +227,10 @@ def backend_challenge(exchange: Exchange, status: int, headers: Headers) -> Head
             else "a request without credentials (the gateway does not pass callers' tokens on)"
         )
         raise GatewayError(502, -32603, refused_credential(server.id, status, text, whose))
-    settings = exchange.snapshot.gateway
-    base = base_url(exchange.scope, settings.public_url, settings.host)
+    base = exchange.base_url
+    if base is None:  # an exchange built without the gateway's view (tests): the registry's bind host
+        settings = exchange.snapshot.gateway
+        base = base_url(exchange.scope, settings.public_url, settings.host)
     target = metadata_url(base, server.id, exchange.rest if exchange.rest != "/" else "")
     return [
         (k, _RESOURCE_METADATA.sub(lambda m: f'{m.group(1)}"{target}"', v.decode("latin-1")).encode("latin-1"))

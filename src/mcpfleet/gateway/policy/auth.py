@@ -31,7 +31,21 @@ from mcpfleet.gateway.asgi import App, Receive, Scope, Send
 from mcpfleet.gateway.identity import ANONYMOUS, IDENTITY, Identity, session_owner
 
 CONSUMED = "mcpfleet.consumed"  # set when the layer took the caller's credential out of the request
-__all__ = ["ANONYMOUS", "IDENTITY", "Authentication", "Authenticator", "Credentials", "Identity", "session_owner"]
+__all__ = [
+    "ANONYMOUS",
+    "CONSUMED",
+    "CREDENTIAL_HEADERS",
+    "IDENTITY",
+    "METADATA_PREFIX",
+    "PROBES",
+    "Authentication",
+    "Authenticator",
+    "Credentials",
+    "Identity",
+    "forbidden",
+    "session_owner",
+    "unauthorized",
+]
 
 PROBES = frozenset({"/healthz", "/readyz"})
 METADATA_PREFIX = "/.well-known/"  # RFC 9728 / RFC 8414 documents: how to get credentials, so never behind them

@@ -5,7 +5,9 @@ A caller sends one credential: `Authorization: Bearer <key or token>` or `X-API-
 Basic authentication (RFC 7617; the user name is not checked), and a browser asking for the status page
 `/` without credentials is challenged with `Basic`, so it asks its user for them. A key is
 hashed (SHA-256) and compared with every configured key's hash in constant time (`hmac.compare_digest`, all
-of them, so the time says nothing of which or how much matched); a bearer value shaped like a JWT is
+of them, so the time says nothing of which or how much matched). What is hashed is the header's bytes as
+they came (or the Basic password's, RFC 7617 UTF-8), and a configured `key` is hashed as UTF-8, so a key
+beyond ASCII matches when the client sends it UTF-8 encoded. A bearer value shaped like a JWT is
 validated by `tokens.TokenValidator` when `gateway.auth.jwt` is set. The audience a token must name is the
 URL of the server it calls at the gateway (`urls.server_url`), or the gateway's base for the status routes.
 
@@ -13,7 +15,9 @@ A token is for a server when its `aud` names the server's URL at the gateway, `<
 it (`<base>/<id>/mcp`, `<base>/<id>/sse`: RFC 8707 resources are hierarchical, as the MCP SDK's client
 treats them); the status routes take `<base>` itself. `jwt.audience` replaces both with fixed values.
 
-Every 401, and a 403 for a missing scope, carries `WWW-Authenticate: Bearer` with, when JWTs are accepted,
+Every 401, and a 403 for a missing scope, carries `WWW-Authenticate: Bearer` with `error` and, for a refused
+token, `error_description` (RFC 6750 section 3: the token validator's short fixed text, as "the token has
+expired"), and, when JWTs are accepted,
 `resource_metadata` pointing at this server's protected-resource metadata (RFC 9728 section 5.1; the MCP
 authorization spec's discovery; `oauth.py` serves it): the document of `<base>/<id>/mcp` for a request on
 `/<id>/mcp`, of `<base>/<id>` for any other path of the server, so that the `resource` a client reads there
@@ -32,9 +36,10 @@ from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Scope, header
 from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, forbidden, unauthorized
 from mcpfleet.gateway.policy.hosts import is_loopback_bind
-from mcpfleet.gateway.policy.tokens import TokenValidator
+from mcpfleet.gateway.policy.tokens import TokenRefused, TokenValidator
 from mcpfleet.gateway.urls import metadata_url, server_url
 from mcpfleet.registry.model import Auth
+from mcpfleet.registry.model import Gateway as GatewaySettings
 
 STATUS_SEGMENTS = frozenset({"", "healthz", "readyz", "servers", "metrics", "admin"})
 OPEN_PATHS = {"metrics": ("/metrics",), "servers": ("/servers", "/")}
@@ -79,22 +84,24 @@ class GatewayAuthenticator:
                 challenge,
             )
         if self.keys:
-            digest = hashlib.sha256(value.encode()).digest()
+            digest = hashlib.sha256(value).digest()
             found: tuple[str, bytes, frozenset[str]] | None = None
             for key in self.keys:  # every key is compared: the time does not tell which matched
                 if hmac.compare_digest(digest, key[1]):
                     found = key
             if found is not None:
                 return Identity(found[0], kind="key", groups=found[2])
-        if self.validator is not None and value.count(".") == 2:
+        token = _ascii(value)  # a JWT is ASCII (base64url segments and dots)
+        if self.validator is not None and token is not None and token.count(".") == 2:
             base = self.base(scope)
             server = _server_id(scope)
             audiences, below = ([base, base + "/"], None) if server is None else ([], server_url(base, server, ""))
             try:
-                return await self.validator.validate(value, audiences, below=below)
+                return await self.validator.validate(token, audiences, below=below)
+            except TokenRefused as error:
+                described = f'error_description="{error.description}"'
+                raise unauthorized(error.message, self._challenge(scope, "invalid_token", described)) from None
             except GatewayError as error:
-                if error.status == 401:
-                    raise unauthorized(error.message, self._challenge(scope, "invalid_token")) from None
                 if error.status == 403:
                     wanted = " ".join(self.auth.jwt.required_scopes) if self.auth.jwt else ""
                     challenge = self._challenge(scope, "insufficient_scope", f'scope="{wanted}"')
@@ -124,7 +131,24 @@ def credentials(auth: Auth, base: Callable[[Scope], str], validator: TokenValida
     return Credentials(GatewayAuthenticator(auth, base, validator), open_paths)
 
 
-def _credential(scope: Scope) -> str | None:
+def audience_notice(gateway: GatewaySettings, loopback: bool) -> str | None:
+    """The warning for JWTs whose audience comes from `Host` on a bind beyond loopback: there any IP literal
+    passes the Host rule, so a caller who sends `Host: <ip>` makes `http://<ip>/<id>` the audience, and a
+    token minted for another resource at that URL is accepted. None when `gateway.public_url` is set, JWTs
+    are not, `jwt.audience` fixes the audiences, or the bind is loopback. (Section 9.16: warned at start and
+    on each reload, not refused.)"""
+    if gateway.auth.jwt is None or gateway.public_url is not None or loopback or gateway.auth.jwt.audience:
+        return None
+    return (
+        "gateway.auth.jwt is set without gateway.public_url on a bind beyond loopback: token audiences are built"
+        " from each request's Host header, which any IP address passes; set gateway.public_url to the URL"
+        " clients use"
+    )
+
+
+def _credential(scope: Scope) -> bytes | None:
+    """The credential a request carries, as the bytes that came (none: None); raises 400 for two
+    credential headers, 401 for an Authorization header of another scheme or malformed Basic credentials."""
     found: list[tuple[bytes, bytes]] = [(k, v) for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")]
     if not found:
         return None
@@ -132,12 +156,12 @@ def _credential(scope: Scope) -> str | None:
         names = sorted({k.decode() for k, _ in found})
         raise GatewayError(400, -32600, f"the request carries {len(found)} credentials ({', '.join(names)}): send one")
     name, raw = found[0]
-    value = raw.decode("latin-1").strip()
+    value = raw.strip()
     if name == b"authorization":
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() == "basic" and token.strip():
+        scheme, _, token = value.partition(b" ")
+        if scheme.lower() == b"basic" and token.strip():
             return _basic_password(token.strip())
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() != b"bearer" or not token.strip():
             raise unauthorized(
                 "the Authorization header must be 'Bearer <key or token>' (or Basic with an API key as the password)",
                 'Bearer realm="mcpfleet"',
@@ -146,17 +170,25 @@ def _credential(scope: Scope) -> str | None:
     return value or None
 
 
-def _basic_password(encoded: str) -> str | None:
-    """The password of RFC 7617 credentials (`base64(user:password)`, UTF-8)."""
+def _basic_password(encoded: bytes) -> bytes | None:
+    """The password of RFC 7617 credentials (`base64(user:password)`), as its bytes (UTF-8 by RFC 7617's
+    `charset`, which is how a configured key is hashed)."""
     malformed = unauthorized("the Basic credentials are not base64 of 'user:password'", 'Bearer realm="mcpfleet"')
     try:
-        user_pass = base64.b64decode(encoded, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+        user_pass = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
         raise malformed from None
-    _, colon, password = user_pass.partition(":")
+    _, colon, password = user_pass.partition(b":")
     if not colon:
         raise malformed
     return password or None
+
+
+def _ascii(value: bytes) -> str | None:
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def _server_id(scope: Scope) -> str | None:

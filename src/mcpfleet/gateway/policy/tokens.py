@@ -7,13 +7,17 @@ every `jwt.jwks_refresh` seconds, and at once when a token names a key id the se
 failed ones included, are at least `jwt.jwks_min_refresh` seconds apart, so neither forged key ids nor an
 issuer that is down make the gateway hammer it or keep requests waiting on it. A failed fetch keeps the keys
 it had; with none at all, the request gets 503 with `Retry-After` (the gateway cannot tell good tokens from
-bad), not 401.
+bad), not 401. Only asymmetric keys (`kty` RSA, EC, OKP) are held: a symmetric (`oct`) key an issuer
+publishes is skipped, so no token is ever checked with a shared secret, whatever PyJWT would allow.
 
 `TokenValidator.validate(token, audiences, below=...)` checks the signature with an allowed asymmetric
 algorithm (never `none`, never HMAC: a public key must not double as a shared secret), `iss`, `exp`
 (required), `nbf`, `iat` with `jwt.leeway` seconds of clock skew, and that `aud` names one of `audiences` or
 a URL at or below `below` (RFC 8707 resources are hierarchical); then `jwt.required_scopes`. Every refusal
-is one `unauthorized` error whose message says what was wrong with the token, never the token.
+is a `TokenRefused` (401) whose message says what was wrong with the token, never the token, and whose
+`description` is a short fixed text for the challenge's `error_description` (RFC 6750 section 3); a
+malformed token of any kind (header, key id, `crit`, an algorithm its key cannot serve, nesting) is one too,
+never an error of the library's.
 """
 
 from __future__ import annotations
@@ -31,18 +35,38 @@ import httpx2
 import jwt
 
 from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.policy.auth import Identity, forbidden, unauthorized
+from mcpfleet.gateway.policy.auth import Identity, forbidden
 from mcpfleet.registry.model import Jwt
 
 log = logging.getLogger("mcpfleet.gateway")
 
 FETCH_TIMEOUT = 10.0
 MAX_DOCUMENT = 1 << 20  # a key set, discovery or metadata document larger than 1 MiB is refused
+MAX_DEPTH = 32  # nor one nested deeper (real ones nest 3 or 4 deep): nothing that reads it can recurse away
+ASYMMETRIC = frozenset({"RSA", "EC", "OKP"})  # the JWK key types held (RFC 7518 section 6.1, RFC 8037)
+# What PyJWT raises for a token or a key it cannot use, and what parsing crafted JSON can raise besides.
+_LIBRARY_ERRORS = (jwt.PyJWTError, ValueError, TypeError, RecursionError)
+_MALFORMED = "the token is malformed"  # the error_description of a token whose header cannot be used
 
 
 class KeySetUnavailable(GatewayError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(503, -32603, message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+class TokenRefused(GatewayError):
+    """401 for a bearer token the gateway does not accept. `message`: what was wrong (the JSON-RPC error);
+    `description`: a short fixed text (ASCII, no quote, no comma, never the token's content) for the
+    challenge's `error_description` (RFC 6750 section 3)."""
+
+    def __init__(self, message: str, description: str) -> None:
+        challenge = f'Bearer error="invalid_token", error_description="{description}"'
+        super().__init__(401, -32600, message, headers={"WWW-Authenticate": challenge})
+        self.description = description
+
+
+class _Unreachable(ValueError):
+    """A fetch that got no answer at all (connection refused, timeout, name not resolved)."""
 
 
 class KeySet:
@@ -59,10 +83,11 @@ class KeySet:
         self.jwks_url = settings.jwks_url
         self.last_error: str | None = None
 
-    async def key(self, kid: str | None, algorithm: str | None = None) -> jwt.PyJWK:
+    async def key(self, kid: str | None, algorithm: str) -> jwt.PyJWK:
         """The key that signed a token with header `kid` (None: the set's only key), for the token's
-        `algorithm` (a JWK without `alg` serves any algorithm of its key type); raises `unauthorized` for an
-        unknown key id, `KeySetUnavailable` when no key set could be fetched yet."""
+        `algorithm` (a JWK without `alg` serves any algorithm of its key type); raises `TokenRefused` for an
+        unknown key id or a key that cannot serve `algorithm`, `KeySetUnavailable` when no key set could be
+        fetched yet."""
         now = time.monotonic()
         stale = now - self._loaded > self.settings.jwks_refresh
         unknown = kid is not None and kid not in self._keys
@@ -75,19 +100,27 @@ class KeySet:
             )
         if kid is None:
             if len(self._keys) != 1:
-                raise unauthorized("the token names no key id ('kid') and the issuer has several keys", _challenge())
+                raise TokenRefused(
+                    "the token names no key id ('kid') and the issuer has several keys", "the signing key is unknown"
+                )
             kid = next(iter(self._keys))
         found = self._keys.get(kid)
         if found is None:
-            raise unauthorized(f"the token is signed with key {kid!r}, which the issuer does not list", _challenge())
-        if algorithm is None or algorithm == found.algorithm_name or "alg" in self._data[kid]:
+            raise TokenRefused(
+                f"the token is signed with key {_shown(kid)}, which the issuer does not list",
+                "the signing key is unknown",
+            )
+        if algorithm == found.algorithm_name or "alg" in self._data[kid]:
             return found  # a key bound to another algorithm than the token's is refused by PyJWT
         cached = self._for_algorithm.get((kid, algorithm))
         if cached is None:
             try:
                 cached = jwt.PyJWK(self._data[kid], algorithm)
-            except jwt.PyJWKError:
-                raise unauthorized(f"key {kid!r} cannot verify {algorithm}", _challenge()) from None
+            except _LIBRARY_ERRORS:  # InvalidKeyError: an EC key asked for RS256, an RSA key for ES256, ...
+                raise TokenRefused(
+                    f"key {kid!r} (kty {self._data[kid].get('kty')}) cannot verify {algorithm}",
+                    "the signing key does not fit the algorithm",
+                ) from None
             self._for_algorithm[(kid, algorithm)] = cached
         return cached
 
@@ -107,18 +140,29 @@ class KeySet:
                 for index, data in enumerate(listed if isinstance(listed, list) else []):
                     if not isinstance(data, dict) or data.get("use", "sig") != "sig" or "d" in data:
                         continue  # encryption keys, and private keys an issuer should never publish
+                    if data.get("kty") not in ASYMMETRIC:
+                        continue  # a shared secret (`oct`) is never a verification key here, whatever the `alg`
                     try:
                         key = jwt.PyJWK.from_dict(data)
-                    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                    except _LIBRARY_ERRORS:
                         continue  # a key type or algorithm this build does not know: the others still count
                     kid = str(data.get("kid", f"#{index}"))
                     keys[kid] = key
                     data_by_kid[kid] = data
                 if not keys:
-                    raise ValueError(f"{self.jwks_url} lists no usable signing key")
+                    raise ValueError(f"{self.jwks_url} lists no usable (asymmetric, signing) key")
             except (httpx2.HTTPError, ValueError, OSError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
-                log.warning("JWT key set not refreshed (the keys held stay in use): %s", self.last_error)
+                if self._keys:
+                    log.warning("JWT key set not refreshed (the keys held stay in use): %s", self.last_error)
+                else:
+                    log.warning(
+                        "JWT key set not fetched: no key held yet, so requests with a bearer token get 503 until"
+                        " a fetch succeeds (tried again on a request, at most every %g s: gateway.auth.jwt."
+                        "jwks_min_refresh): %s",
+                        self.settings.jwks_min_refresh,
+                        self.last_error,
+                    )
                 return
             self._keys = keys
             self._data = data_by_kid
@@ -127,18 +171,31 @@ class KeySet:
             self.last_error = None
 
     async def _discover(self, client: httpx2.AsyncClient) -> str:
-        problems = []
+        """The `jwks_uri` of the issuer's metadata. Raises `_Unreachable` when no discovery URL answered
+        at all (the issuer's address is then what to check), ValueError otherwise; the hint to set
+        `jwt.jwks_url` is given only when the issuer answered without a key set URL (404, or no `jwks_uri`)."""
+        problems: list[str] = []
+        unanswered = 0
+        absent = False  # a discovery URL answered 404, or a document named no jwks_uri
         for url in discovery_urls(self.settings.issuer):
             try:
-                document = await _get_json(client, url)
+                status, document = await fetch_json(client, url)
+            except httpx2.TransportError as exc:
+                unanswered += 1
+                problems.append(f"{url} could not be reached ({str(exc) or type(exc).__name__})")
+                continue
             except (httpx2.HTTPError, ValueError) as exc:
                 problems.append(f"{url}: {exc}")
                 continue
-            uri = document.get("jwks_uri")
+            uri = None if document is None else document.get("jwks_uri")
             if isinstance(uri, str) and uri.startswith(("https://", "http://")):
                 return uri
-            problems.append(f"{url}: no 'jwks_uri'")
-        raise ValueError("; ".join(problems) + " (set gateway.auth.jwt.jwks_url)")
+            absent = absent or status in (404, 410) or document is not None
+            problems.append(f"{url} answered {status}" if document is None else f"{url} names no 'jwks_uri'")
+        if unanswered == len(problems):
+            raise _Unreachable(f"the issuer {self.settings.issuer} is unreachable: {problems[0]}")
+        hint = " (the issuer publishes no key set URL: set gateway.auth.jwt.jwks_url)" if absent else ""
+        raise ValueError("; ".join(problems) + hint)
 
 
 def discovery_urls(issuer: str) -> list[str]:
@@ -156,41 +213,55 @@ async def fetch_json(
     client: httpx2.AsyncClient, url: str, headers: Mapping[str, str] | None = None
 ) -> tuple[int, dict[str, Any] | None]:
     """GET `url`: its status, and the JSON object it answered with 200 (None otherwise). Read up to
-    MAX_DOCUMENT bytes; raises ValueError for a larger document or one that is not a JSON object."""
-    async with client.stream("GET", url, headers={**(headers or {}), "accept": "application/json"}) as response:
-        if response.status_code != 200:
-            return response.status_code, None
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_DOCUMENT:
-                raise ValueError(f"the document is larger than {MAX_DOCUMENT} bytes")
-            chunks.append(chunk)
+    MAX_DOCUMENT bytes; raises ValueError for a larger document, one that is not a JSON object (nested too
+    deeply to parse included) or a `url` that is not one; `httpx2.HTTPError` when no answer came."""
+    try:
+        async with client.stream("GET", url, headers={**(headers or {}), "accept": "application/json"}) as response:
+            if response.status_code != 200:
+                return response.status_code, None
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_DOCUMENT:
+                    raise ValueError(f"the document is larger than {MAX_DOCUMENT} bytes")
+                chunks.append(chunk)
+    except httpx2.InvalidURL as exc:
+        raise ValueError(f"not a URL ({exc})") from None
     try:
         document = json.loads(b"".join(chunks))
-    except ValueError:
-        raise ValueError("the answer is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested thousands deep
+        raise ValueError("the answer is not JSON (or is nested too deeply)") from None
     if not isinstance(document, dict):
         raise ValueError("the answer is not a JSON object")
+    if _depth(document) > MAX_DEPTH:
+        raise ValueError(f"the document is nested more than {MAX_DEPTH} deep")
     return 200, document
 
 
+def _depth(value: Any) -> int:
+    """How deep JSON arrays and objects nest in `value` (a scalar: 0), without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
 async def _get_json(client: httpx2.AsyncClient, url: str) -> dict[str, Any]:
+    """The JSON object at `url`; raises `_Unreachable` when no answer came, ValueError for any other failure."""
     try:
         status, document = await fetch_json(client, url)
-    except ValueError as exc:
+    except httpx2.TransportError as exc:
+        raise _Unreachable(f"the key set at {url} could not be reached ({str(exc) or type(exc).__name__})") from None
+    except (httpx2.HTTPError, ValueError) as exc:
         raise ValueError(f"{url}: {exc}") from None
     if document is None:
         raise ValueError(f"{url} answered {status}")
     return document
-
-
-def _challenge(error: str = "invalid_token", description: str | None = None) -> str:
-    challenge = f'Bearer error="{error}"'
-    if description:
-        challenge += f', error_description="{description}"'
-    return challenge
 
 
 class TokenValidator:
@@ -203,21 +274,24 @@ class TokenValidator:
     async def validate(self, token: str, audiences: Collection[str], *, below: str | None = None) -> Identity:
         """The identity a valid token names: its `aud` (a string or a list) must name one of `audiences`, or
         `below` or a URL under it (`below` + "/..."), unless `jwt.audience` is set, which replaces both.
-        Raises `unauthorized` (401) for a bad or expired token or one for another audience, `forbidden`
-        (403) when it lacks `jwt.required_scopes`, `KeySetUnavailable` (503) when no keys are held."""
+        Raises `TokenRefused` (401) for a malformed, bad or expired token or one for another audience,
+        `forbidden` (403) when it lacks `jwt.required_scopes`, `KeySetUnavailable` (503) when no keys are
+        held."""
         settings = self.settings
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
-            raise unauthorized("the bearer token is not a JWT", _challenge()) from None
+            raise TokenRefused("the bearer token is not a JWT (its header is not base64url JSON)", _MALFORMED) from None
+        except _LIBRARY_ERRORS as exc:  # InvalidTokenError: a `kid` that is not a string, a `crit` it cannot honour
+            raise TokenRefused(f"the token's header is refused: {_said(exc)}", _MALFORMED) from None
         algorithm = header.get("alg")
-        if algorithm not in settings.algorithms:
-            raise unauthorized(
-                f"the token's algorithm {algorithm!r} is not accepted (gateway.auth.jwt.algorithms:"
+        if not isinstance(algorithm, str) or algorithm not in settings.algorithms:
+            raise TokenRefused(
+                f"the token's algorithm {_shown(algorithm)} is not accepted (gateway.auth.jwt.algorithms:"
                 f" {', '.join(settings.algorithms)})",
-                _challenge(),
+                "the algorithm is not accepted",
             )
-        kid = header.get("kid")
+        kid = header.get("kid")  # a string: PyJWT refuses any other
         key = await self.keys.key(kid if isinstance(kid, str) else None, algorithm)
         exact = list(settings.audience) or list(audiences)
         parent = None if settings.audience else below
@@ -231,33 +305,42 @@ class TokenValidator:
                 options={"require": ["exp", "iss", "aud"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError:
-            raise unauthorized("the token has expired", _challenge(description="the token has expired")) from None
+            raise TokenRefused("the token has expired", "the token has expired") from None
         except jwt.InvalidIssuerError:
-            raise unauthorized(f"the token is not from {settings.issuer}", _challenge()) from None
+            raise TokenRefused(f"the token is not from {settings.issuer}", "the token is from another issuer") from None
         except jwt.ImmatureSignatureError:
-            raise unauthorized("the token is not valid yet ('nbf' or 'iat')", _challenge()) from None
+            raise TokenRefused("the token is not valid yet ('nbf' or 'iat')", "the token is not valid yet") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise unauthorized(f"the token has no {exc.claim!r} claim", _challenge()) from None
-        except jwt.InvalidTokenError as exc:
-            raise unauthorized(f"the token is invalid: {exc}", _challenge()) from None
+            raise TokenRefused(f"the token has no {exc.claim!r} claim", "the token lacks a required claim") from None
+        except _LIBRARY_ERRORS as exc:
+            raise TokenRefused(f"the token is invalid: {_said(exc)}", "the token is invalid") from None
         if not _audience_matches(claims.get("aud"), exact, parent):
-            raise unauthorized(
+            raise TokenRefused(
                 f"the token is not for this server (its 'aud' must name {parent or exact[0]})",
-                _challenge(description="wrong audience"),
+                "the token is for another resource",
             )
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
-            raise unauthorized("the token has no 'sub' claim", _challenge())
+            raise TokenRefused("the token has no 'sub' claim", "the token lacks a required claim")
         scopes = _names(claims.get(settings.scopes_claim))
         missing = [s for s in settings.required_scopes if s not in scopes]
         if missing:
-            raise forbidden(
-                f"the token lacks the scope {missing[0]!r} (gateway.auth.jwt.required_scopes)",
-                f'Bearer error="insufficient_scope", scope="{" ".join(settings.required_scopes)}"',
-            )
+            raise forbidden(f"the token lacks the scope {missing[0]!r} (gateway.auth.jwt.required_scopes)")
         return Identity(
             subject, _public_claims(claims), kind="jwt", groups=_names(claims.get(settings.groups_claim)), scopes=scopes
         )
+
+
+def _shown(value: Any) -> str:
+    """A value from a token, for a message: its repr, cut short and printable (it is the caller's text)."""
+    text = repr(value)
+    return _said(text[:80] + "..." if len(text) > 80 else text)
+
+
+def _said(error: BaseException | str) -> str:
+    """What a library said about a token, for a message: one printable line of at most 200 characters."""
+    text = str(error)[:200]
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _audience_matches(aud: Any, exact: Collection[str], below: str | None) -> bool:
@@ -282,4 +365,13 @@ def _names(value: Any) -> frozenset[str]:
 
 
 def _public_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in claims.items() if k in ("iss", "sub", "aud", "exp", "iat", "client_id", "azp")}
+    """The claims an identity keeps, when they have their standard shapes (strings, numbers, a list of
+    audiences): nothing nested rides along into logs and audit lines."""
+    kept: dict[str, Any] = {}
+    for name in ("iss", "sub", "aud", "exp", "iat", "client_id", "azp"):
+        value = claims.get(name)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            kept[name] = value
+        elif name == "aud" and isinstance(value, list):
+            kept[name] = [a for a in value if isinstance(a, str)]
+    return kept
