@@ -255,8 +255,10 @@ class Gateway:
                     log.exception("server %r: upkeep failed; it runs again in %g s", runtime.server.id, POOL_INTERVAL)
 
     def start_soon(self, fn: Any, *args: Any) -> None:
+        """Start `fn` in the gateway's task group, with no request's log fields (it may outlive the request,
+        a reload by /admin/reload say, that started it: `logs.detached`)."""
         assert self._task_group is not None
-        self._task_group.start_soon(fn, *args)
+        self._task_group.start_soon(logs.detached(fn), *args)
 
     # --- reload ----------------------------------------------------------------------------------------
 
