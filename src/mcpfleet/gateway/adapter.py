@@ -35,14 +35,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from mcpfleet.errors import GatewayError, UsageError
-from mcpfleet.gateway.app import STATUS_PATHS, Gateway
+from mcpfleet.gateway.app import Gateway
 from mcpfleet.gateway.asgi import ErrorBoundary, Receive, Scope, Send
 from mcpfleet.gateway.runtime import MCP_PATH
 from mcpfleet.gateway.sealing import KEYS_ENV
 from mcpfleet.gateway.serve import Listener, serve
 from mcpfleet.process import child_environment, resolve_program
 from mcpfleet.registry import Registry
-from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, Auth, Pool, StdioServer
+from mcpfleet.registry.model import RESERVED_IDS, SERVER_ID, STATUS_PATHS, Auth, Pool, StdioServer
 from mcpfleet.registry.model import Gateway as GatewaySettings
 
 DEFAULT_PATH = "/mcp"

@@ -65,12 +65,11 @@ from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.gateway.urls import base_url
 from mcpfleet.registry import Registry, load_registry
-from mcpfleet.registry.model import Auth, DockerServer, HttpServer, KubernetesServer, Server, StdioServer
+from mcpfleet.registry.model import STATUS_PATHS, Auth, DockerServer, HttpServer, KubernetesServer, Server, StdioServer
 from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
 
-STATUS_PATHS = frozenset({"healthz", "readyz", "servers", "metrics"})
 NOTHING_TO_RELOAD = (
     "nothing to reload: this gateway serves no registry file (the built-in demo registry, or an adapter)"
 )

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # Path segments the gateway serves itself: a server cannot take them as its id.
-RESERVED_IDS = frozenset({"healthz", "readyz", "servers", "metrics", "admin", ".well-known"})
+STATUS_PATHS = frozenset({"healthz", "readyz", "servers", "metrics"})  # /<name>: the gateway's status routes
+RESERVED_IDS = STATUS_PATHS | {"admin", ".well-known"}
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 section 5.6.2)
 

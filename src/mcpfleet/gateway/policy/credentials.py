@@ -38,10 +38,10 @@ from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, forbidde
 from mcpfleet.gateway.policy.hosts import is_loopback_bind
 from mcpfleet.gateway.policy.tokens import TokenRefused, TokenValidator
 from mcpfleet.gateway.urls import metadata_url, server_url
-from mcpfleet.registry.model import Auth
+from mcpfleet.registry.model import RESERVED_IDS, Auth
 from mcpfleet.registry.model import Gateway as GatewaySettings
 
-STATUS_SEGMENTS = frozenset({"", "healthz", "readyz", "servers", "metrics", "admin"})
+STATUS_SEGMENTS = RESERVED_IDS | {""}  # the gateway's own routes: no server's audience
 OPEN_PATHS = {"metrics": ("/metrics",), "servers": ("/servers", "/")}
 
 
