@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,10 +120,10 @@ def rpc_messages(response: Any) -> list[dict[str, Any]]:
     if response.headers["content-type"].startswith("application/json"):
         body = response.json()
         return body if isinstance(body, list) else [body]
-    # A priming event (an id and empty data, for resumption) carries no message.
-    return [
-        json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ") and line[6:].strip()
-    ]
+    # A priming event (an id and empty data, for resumption) carries no message. Lines end at CR, LF or CRLF
+    # only (the SSE grammar): `str.splitlines` would also cut at U+0085 or U+2028 inside a JSON string.
+    lines = re.split(r"\r\n|\r|\n", response.text)
+    return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line[6:].strip()]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:

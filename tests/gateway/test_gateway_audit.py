@@ -176,3 +176,28 @@ def test_no_record_with_auditing_off(tmp_path: Path) -> None:
     with audit_records() as seen:
         anyio.run(run)
     assert seen.audit == []
+
+
+def test_a_denied_call_sent_as_a_notification_is_audited_and_dropped_on_every_route(tmp_path: Path) -> None:
+    """A `tools/call` without an id is still a call a server may run: denied, it goes nowhere, and has its
+    record, on the relay (session mode and a shared process) as on the passthrough (tested with a server
+    that writes down its calls in tests/gateway/test_gateway_tools_access.py)."""
+    path = tmp_path / "registry.yaml"
+    path.write_text(registry() + f"  shared: {{command: {DEMO_STDIO}, stateless: true, pool: {{mode: shared}}}}\n")
+    note = {k: v for k, v in call(0, "countdown", {"start": 1}).items() if k != "id"}
+
+    async def run() -> None:
+        async with serving(path) as url, httpx2.AsyncClient(timeout=60) as http:
+            for server_id in ("local", "shared"):
+                token = await run_calls(http, f"{url}/{server_id}/mcp", CI_KEY, [])
+                headers = ACCEPT | {
+                    "authorization": f"Bearer {CI_KEY}",
+                    "mcp-session-id": token,
+                    "mcp-protocol-version": "2025-11-25",
+                }
+                sent = await http.post(f"{url}/{server_id}/mcp", json=note, headers=headers)
+                assert sent.status_code == 202, (server_id, sent.text)
+
+    with audit_records() as seen:
+        anyio.run(run)
+    assert [(r["tool"], r["outcome"], r["request_id"]) for r in seen.audit] == [("countdown", "denied", None)] * 2

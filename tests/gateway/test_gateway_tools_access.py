@@ -12,6 +12,8 @@ and on the WebSocket handshake.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from test_gateway_third_party import everything_script, node_argv
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -234,3 +237,233 @@ def test_a_principal_without_a_rule_for_the_server_gets_403(fleet: RunningGatewa
         assert handshake.value.response.status_code == 403
 
     anyio.run(run)
+
+
+# --- every path of an http server, and what a server may answer with (review of issue 12) ----------------
+
+# A stateless demo server that routes the way Express does by default (any case, a trailing slash) and
+# drops `;params`, for its Streamable HTTP path and its legacy SSE paths, with one more tool that writes down
+# every call that reaches it.
+LENIENT_DEMO = """
+import json
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from mcpfleet.demo.server import build_server
+
+server = build_server(replica="lenient", transport="http")
+calls = Path(sys.argv[2])
+
+
+@server.tool()
+def forbidden() -> str:
+    \"\"\"A tool the restricted key may not call: every call that reaches the server is written down.\"\"\"
+    with calls.open("a") as out:
+        out.write("called\\n")
+    return "ran"
+
+
+app = server.streamable_http_app(host="127.0.0.1", stateless_http=True)
+app.router.routes.extend(server.sse_app(host="127.0.0.1").routes)
+CANONICAL = {"/mcp": "/mcp", "/sse": "/sse", "/messages": "/messages/"}
+
+
+async def lengthy(scope, receive, send):
+    # A list answered as an event stream that states its length (as some servers do).
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    tools = [{"name": name, "inputSchema": {"type": "object"}} for name in ("echo", "forbidden")]
+    answer = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"tools": tools}})
+    event = f"event: message\\ndata: {answer}\\n\\n".encode()
+    headers = [(b"content-type", b"text/event-stream"), (b"x-accel-buffering", b"no")]
+    headers.append((b"content-length", b"%d" % len(event)))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": event})
+
+
+async def lenient(scope, receive, send):
+    if scope["type"] == "http" and (b"x-test-lengthy", b"1") in scope["headers"]:
+        return await lengthy(scope, receive, send)
+    if scope["type"] == "http":
+        key = scope["path"].split(";")[0].rstrip("/").lower()
+        if key in CANONICAL:
+            scope = {**scope, "path": CANONICAL[key], "raw_path": CANONICAL[key].encode()}
+    await app(scope, receive, send)
+
+
+uvicorn.run(lenient, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+CI = ACCEPT | {"authorization": f"Bearer {KEYS['ci']}", "mcp-protocol-version": "2025-11-25"}
+ADMIN = CI | {"authorization": f"Bearer {KEYS['admin']}"}
+FORBIDDEN_CALL = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "forbidden", "arguments": {}}}
+LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+
+
+@pytest.fixture
+def lenient(tmp_path: Path, gateway: Callable[[str], RunningGateway]) -> Iterator[tuple[RunningGateway, Path]]:
+    """The gateway with the lenient server as `lenient` (an http entry), and the file of its `forbidden` calls."""
+    script = tmp_path / "lenient_demo.py"
+    script.write_text(LENIENT_DEMO)
+    calls = tmp_path / "calls.txt"
+    port = free_port()
+    with running([sys.executable, str(script), str(port), str(calls)], port) as url:
+        yield gateway(registry(url, url) + f"  lenient: {{endpoint: '{url}'}}\n"), calls
+
+
+def test_every_path_of_an_http_server_is_screened_not_only_its_mcp_path(
+    lenient: tuple[RunningGateway, Path],
+) -> None:
+    """The backend serves MCP at `/mcp/`, `/MCP` and `/mcp;x` too: through each, the restricted key's list is
+    filtered and its call of another tool never reaches the server, while the admin's call there does (so
+    the path really reaches the server's MCP handler). A body the guard cannot read is refused."""
+    gw, calls = lenient
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            for path in ("/mcp/", "/MCP", "/mcp;x", "/Mcp/"):
+                url = f"{gw.url}/lenient{path}"
+                listed = await http.post(url, json=LIST, headers=CI)
+                assert listed.status_code == 200, (path, listed.text)
+                assert {t["name"] for t in rpc_messages(listed)[0]["result"]["tools"]} == CI_TOOLS, path
+                denied = await http.post(url, json=FORBIDDEN_CALL, headers=CI)
+                assert denied.status_code == 200, (path, denied.text)
+                assert rpc_messages(denied)[0]["error"]["code"] == DENIED, path
+                # Sent as a notification, the call is dropped all the same (a server may run what it cannot answer).
+                note = {k: v for k, v in FORBIDDEN_CALL.items() if k != "id"}
+                assert (await http.post(url, json=note, headers=CI)).status_code == 202, path
+            # A compressed body, or one in another charset, cannot be read by the guard: refused, not passed on.
+            for extra in ({"content-encoding": "gzip"}, {"content-type": "application/json; charset=utf-16"}):
+                refused = await http.post(f"{gw.url}/lenient/mcp/", json=FORBIDDEN_CALL, headers=CI | extra)
+                assert refused.status_code == 415, (extra, refused.text)
+                assert refused.json()["error"]["code"] == -32600
+            assert not calls.exists() or calls.read_text() == ""
+            ran = await http.post(f"{gw.url}/lenient/MCP/", json=FORBIDDEN_CALL, headers=ADMIN)
+            assert rpc_messages(ran)[0]["result"]["content"][0]["text"] == "ran", ran.text
+            assert calls.read_text() == "called\n"
+
+    anyio.run(run)
+
+
+def test_an_event_stream_that_states_its_length_is_filtered_and_ends_whole(
+    lenient: tuple[RunningGateway, Path],
+) -> None:
+    """The gateway rewrites a restricted caller's list, so the length the server stated is not the answer's:
+    it must not be passed on (it was, and the answer broke off with an error)."""
+    gw, _ = lenient
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            listed = await http.post(gw.mcp("lenient"), json=LIST, headers=CI | {"x-test-lengthy": "1"})
+        assert listed.status_code == 200, listed.text
+        assert "content-length" not in listed.headers
+        assert [t["name"] for t in rpc_messages(listed)[0]["result"]["tools"]] == ["echo"]
+
+    anyio.run(run)
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) of each Server-Sent Event read from `lines`."""
+    event, data = "message", []
+    async for line in lines:
+        if line == "":
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+
+
+def test_a_legacy_sse_session_on_another_path_of_an_http_server_is_screened(
+    lenient: tuple[RunningGateway, Path],
+) -> None:
+    """`/SSE` and `/Messages/` reach the backend's legacy transport through the passthrough (the gateway's
+    own legacy routes are `/sse` and `/messages/` exactly): the answers on the stream are filtered, though
+    they answer POSTs made elsewhere, and the denied call is answered at its POST."""
+    gw, calls = lenient
+
+    async def run() -> None:
+        stream_headers = CI | {"accept": "text/event-stream"}
+        async with (
+            httpx2.AsyncClient(timeout=60) as http,
+            http.stream("GET", f"{gw.url}/lenient/SSE", headers=stream_headers) as s,
+        ):
+            assert s.status_code == 200, await s.aread()
+            events = sse_events(s.aiter_lines())
+            kind, endpoint = await anext(events)
+            assert kind == "endpoint", (kind, endpoint)
+            post = f"{gw.url}/lenient/Messages/?{endpoint.partition('?')[2]}"
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            for message in (INIT, initialized, LIST):
+                assert (await http.post(post, json=message, headers=CI)).status_code == 202, message
+            denied = await http.post(post, json=FORBIDDEN_CALL, headers=CI)
+            assert denied.status_code == 200 and denied.json()["error"]["code"] == DENIED, denied.text
+            with anyio.fail_after(30):
+                async for _, data in events:
+                    message = json.loads(data)
+                    if message.get("id") == 2:
+                        assert {t["name"] for t in message["result"]["tools"]} == CI_TOOLS
+                        break
+                else:
+                    pytest.fail("the stream ended without the list's answer")
+        assert not calls.exists() or calls.read_text() == ""
+
+    anyio.run(run)
+
+
+@pytest.mark.npm
+def test_a_typescript_backend_lists_filtered_on_posts_odd_ids_and_resumed_streams(
+    gateway: Callable[[str], RunningGateway],
+) -> None:
+    """server-everything (the official TypeScript SDK behind Express, with an event store): a restricted
+    list answered as an event stream with the server's own headers is filtered (the gateway once copied a
+    length onto the stream it rewrote); an id of 3.0 is refused as the relay refuses it (the server would
+    answer `"id":3`, which the filter would not know); and a `tools/list` answer replayed on a GET with
+    `Last-Event-ID`, whose request the GET never saw, is filtered too."""
+    port = free_port()
+    argv = node_argv(everything_script(), "streamableHttp")
+    keys = "".join(f"      - {{name: {name}, key: {key}}}\n" for name, key in KEYS.items())
+    config = (
+        f"gateway:\n  auth:\n    api_keys:\n{keys}  access:\n"
+        "    - {principals: ['key:ci'], servers: ['*'], tools: [echo, 'who*']}\n"
+    )
+
+    async def run(gw: RunningGateway) -> None:
+        url = gw.mcp("evh")
+        async with httpx2.AsyncClient(timeout=60) as http:
+            opened = await http.post(url, json=INIT, headers=CI)
+            assert opened.status_code == 200, opened.text
+            after_init = [line[4:] for line in opened.text.splitlines() if line.startswith("id: ")][-1]
+            session = CI | {"mcp-session-id": opened.headers["mcp-session-id"]}
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await http.post(url, json=initialized, headers=session)).status_code == 202
+            listed = await http.post(url, json=LIST, headers=session)
+            assert listed.status_code == 200, listed.text
+            assert "content-length" not in listed.headers
+            assert [t["name"] for t in rpc_messages(listed)[0]["result"]["tools"]] == ["echo"]
+            odd = await http.post(url, content=b'{"jsonrpc":"2.0","id":3.0,"method":"tools/list"}', headers=session)
+            assert odd.status_code == 400 and odd.json()["error"]["code"] == -32600, odd.text
+            again = await http.post(url, json=LIST | {"id": 4}, headers=session)
+            assert [t["name"] for t in rpc_messages(again)[0]["result"]["tools"]] == ["echo"], again.text
+            # The server's event store replays what followed the initialize answer: both lists.
+            resume = session | {"accept": "text/event-stream", "last-event-id": after_init}
+            seen = 0
+            async with http.stream("GET", url, headers=resume) as stream:
+                assert stream.status_code == 200, await stream.aread()
+                with anyio.fail_after(30):
+                    async for _, data in sse_events(stream.aiter_lines()):
+                        result = json.loads(data).get("result")
+                        if isinstance(result, dict) and "tools" in result:
+                            assert [t["name"] for t in result["tools"]] == ["echo"]
+                            seen += 1
+                            if seen == 2:
+                                break
+            assert seen == 2
+
+    with running(argv, port, env={**os.environ, "PORT": str(port)}) as base_url:
+        anyio.run(run, gateway(config + f"servers:\n  evh: {{endpoint: '{base_url}'}}\n"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.audit import outcome_of
 from mcpfleet.gateway.logs import session_digest
 from mcpfleet.gateway.policy.access import GRANT, Grant
@@ -56,9 +57,14 @@ def test_a_list_answer_loses_the_tools_not_allowed_and_keeps_the_rest() -> None:
     assert [t["name"] for t in data["result"]["tools"]] == ["echo", "whoami"]
     assert data["result"]["nextCursor"] == "next" and data["id"] == 1
     assert data["result"]["tools"][0] == TOOLS[0]
-    # Once answered, the id is no longer awaited: the same bytes again pass untouched (the same object).
+    # Once answered, the id is no longer awaited, but a list answer it did not ask for is filtered all the
+    # same (a resumed stream replays answers to other exchanges' requests); other results pass untouched.
+    assert [t["name"] for t in json.loads(g.answer_data(listed(1)))["result"]["tools"]] == ["echo", "whoami"]
+    other = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": ["countdown"], "n": 1}}).encode()
+    assert g.answer_data(other) is other  # not tool objects: not a list answer
+    audit_only = guard(None)
     raw = listed(1)
-    assert g.answer_data(raw) is raw
+    assert audit_only.answer_data(raw) is raw  # no tool restricted: nothing to filter
 
 
 def test_an_answer_nothing_is_removed_from_is_passed_as_it_came() -> None:
@@ -79,7 +85,6 @@ def test_a_denied_call_gets_invalid_params_naming_the_setting(caplog: pytest.Log
         "tool 'countdown' is not allowed for key:ci on server 'demo' (setting: gateway.access)"
     )
     assert g.check(request(6, "tools/call", name="echo", arguments={})) is None
-    assert g.check({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "countdown"}}) is None  # no id
     [record] = audit_records(caplog)
     assert record == {
         "principal": "key:ci",
@@ -187,7 +192,12 @@ def test_event_streams_are_filtered_event_by_event_other_events_kept_byte_for_by
     assert rest.startswith(b"event: message\r\nid: 7\r\ndata: ") and rest.endswith(b"\r\n\r\n")
     data = json.loads(rest[len(b"event: message\r\nid: 7\r\ndata: ") : -4])
     assert [t["name"] for t in data["result"]["tools"]] == ["echo", "whoami"]
-    assert g.answer_events(run) is run  # nothing awaited: untouched
+    plain = priming + progress
+    assert g.answer_events(plain) is plain  # nothing awaited, no `tools` in it: untouched
+    # A list answer nobody awaits (a resumed stream) is filtered too.
+    again = g.answer_events(run)
+    assert b'"countdown"' not in again and again.startswith(priming + progress)
+    assert guard(None).answer_events(run) is run  # restricts nothing, awaits nothing: untouched
 
 
 def test_map_event_data_keeps_unchanged_events_and_an_unfinished_tail() -> None:
@@ -211,3 +221,69 @@ def test_outcome_of_reads_results_and_errors() -> None:
     assert outcome_of({"error": {"code": -32012}}) == "failed"
     assert outcome_of({"error": {"code": -32602}}) == "error"
     assert outcome_of({"error": "odd"}) == "error"
+
+
+def test_a_denied_call_sent_as_a_notification_is_dropped_and_audited(caplog: pytest.LogCaptureFixture) -> None:
+    """A server may run a call that has no id (it cannot answer it): a denied one goes nowhere."""
+    caplog.set_level(logging.INFO, "mcpfleet.audit")
+    g = guard()
+    note = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "countdown", "arguments": {}}}
+    assert g.check(note) == b""
+    assert g.screen_body(json.dumps(note).encode()) == (b"", b"")
+    batch = [note, request(1, "tools/list")]
+    sent, own = g.screen_body(json.dumps(batch).encode())
+    assert own is None and json.loads(sent) == [request(1, "tools/list")] and g.refusals == []
+    message = parse_message(json.dumps(note).encode())
+    assert message is not None and g.screen(message) == b""
+    assert [r["outcome"] for r in audit_records(caplog)] == ["denied"] * 4
+    assert guard().check({**note, "params": {"name": "echo"}}) is None
+
+
+CALL_OPENING = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":'
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (CALL_OPENING + b'{"a":' * 99_999 + b"1" + b"}" * 100_000, -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fail","n":' + b"1" * 5000 + b"}}", -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fail","x":"\xff"}}', -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fail","x":NaN}}', -32700),
+        (b'{"jsonrpc":"2.0","id":3.0,"method":"tools/list"}', -32600),
+        (b'{"jsonrpc":"2.0","id":1e0,"method":"tools/call","params":{"name":"echo"}}', -32600),
+        (b'{"jsonrpc":"2.0","id":true,"method":"tools/list"}', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[]}', -32600),
+    ],
+    ids=["deep", "digits", "not-utf8", "nan", "float-id", "exponent-id", "bool-id", "params-array"],
+)
+def test_a_body_the_guard_cannot_read_as_the_server_may_is_refused(body: bytes, code: int) -> None:
+    """Fails closed: each of these is a call or list some server's parser takes (a JavaScript server reads
+    every one but the last two) and Python's does not, or answers with an id the guard would not know."""
+    with pytest.raises(GatewayError) as refused:
+        guard().screen_body(body)
+    assert refused.value.status == 400 and refused.value.code == code
+
+
+def test_json_naming_no_tools_method_passes_as_it_is() -> None:
+    """A body for another path of the server (any JSON) is refused only when it names a tools method."""
+    body = b'{"path":"tools/x","id":1.5}'
+    assert guard().screen_body(body) == (body, None)
+
+
+def test_json_in_utf16_is_read_like_utf8() -> None:
+    """Python's `json.loads` of bytes (so a Python server) reads UTF-16: NULs make the guard look."""
+    body = json.dumps(request(1, "tools/call", name="countdown")).encode("utf-16-le")
+    assert may_name_tools(body) and b"tools/" not in body
+    sent, own = guard().screen_body(body)
+    assert sent == b"" and own is not None and json.loads(own)["error"]["code"] == DENIED
+
+
+def test_numeric_ids_are_keyed_as_a_javascript_server_writes_them_back() -> None:
+    """3.0 comes back as 3; an integer beyond 2**53 as the nearest double (the relay's rule refuses the
+    first at the door; the key holds for what is already awaited)."""
+    g = guard(None)
+    g.expect(request(2**64 + 1, "tools/call", name="echo"))
+    g.expect(request(3.0, "tools/call", name="echo"))
+    answer = {"jsonrpc": "2.0", "result": {"content": []}}
+    g.answer_data(json.dumps([answer | {"id": 18446744073709552000}, answer | {"id": 3}]).encode())
+    assert not g.pending

@@ -448,7 +448,7 @@ class ServerRuntime:
         elif exchange.rest == MESSAGES_PATH and exchange.method == "POST":
             await self._legacy_message(exchange)
         elif self.http is not None:
-            await self.http.forward(exchange, exchange.rest)
+            await self.http.pass_on(exchange)  # screened like the MCP path: a backend may serve MCP there too
         else:
             raise GatewayError(
                 404,

@@ -20,8 +20,11 @@ three things:
 A guard holds no I/O but the audit record; `for_exchange` gives None when the grant allows every tool and
 auditing is off, so such a route does nothing more than before. Decisions: a denied tool answers -32602
 rather than a gateway code (-32010..-32019), because to the client it is a tool the server does not offer
-(`tools/list` hides it); `data` says why. A body is looked into only when it could name a tools method:
-the bytes `tools/` or any backslash (a JSON string can spell `tools/call` only literally or with escapes).
+(`tools/list` hides it); `data` says why. A denied `tools/call` sent as a notification is dropped too. A
+body is looked into only when it could name a tools method: the bytes `tools/`, a backslash (a JSON string
+can spell `tools/call` only literally or with escapes) or a NUL (UTF-16 and UTF-32 JSON). What it cannot
+read as a server may, it refuses (`screen_body`: fail closed). When the grant restricts tools, a result
+shaped like a `tools/list` one is filtered even when no awaited request matches it (`answer_data`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from mcpfleet.gateway import audit, logs
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.policy.access import EVERYTHING, GRANT, Grant
 from mcpfleet.gateway.policy.auth import ANONYMOUS, IDENTITY
-from mcpfleet.gateway.protocol import Message, dumps, error_response, map_event_data
+from mcpfleet.gateway.protocol import Message, dumps, envelope_error, error_response, loads, map_event_data
 from mcpfleet.registry.model import Logging
 
 DENIED = -32602  # JSON-RPC "Invalid params": what an MCP server answers for a tool it does not offer
@@ -94,14 +97,17 @@ class ToolGuard:
 
     def check(self, message: dict[str, Any]) -> bytes | None:
         """The answer to give in place of `message` when it is a `tools/call` of a tool not allowed (audited as
-        `denied`); None to send it on."""
-        if not self.restricts or message.get("method") != CALL or "id" not in message:
+        `denied`); b"" when such a call came as a notification (no `id`: nothing to answer, and it is dropped
+        all the same, since a server may run a call it cannot answer); None to send it on."""
+        if not self.restricts or message.get("method") != CALL:
             return None
         name = _tool_name(message)
         if name is None or self.grant.allows(name):
             return None  # without a name no tool is reached: the server says what is wrong
         arguments = _arguments(message)
-        self._audit(Expected(CALL, name, message["id"], arguments, time.monotonic()), "denied")
+        self._audit(Expected(CALL, name, message.get("id"), arguments, time.monotonic()), "denied")
+        if "id" not in message:
+            return b""
         text = (
             f"tool {name!r} is not allowed for {self.principal} on server {self.server_id!r} (setting: gateway.access)"
         )
@@ -130,31 +136,48 @@ class ToolGuard:
         return refusal
 
     def screen_body(self, body: bytes) -> tuple[bytes, bytes | None]:
-        """A passthrough POST body: (what to send on, the gateway's own answer when nothing is left to send).
-        A denied call alone: (b"", its answer). A batch keeps its other messages; the answers to its denied
-        calls are added to the server's answer (`answer_body`, `take_refusals`), or are the whole answer."""
+        """A passthrough request body (any path, any method): (what to send on, the gateway's own answer when
+        nothing is left to send: b"" for "202, nothing to answer"). A denied call alone: (b"", its answer); a
+        denied call sent as a notification: (b"", b""). A batch keeps its other messages; the answers to its
+        denied calls are added to the server's answer (`answer_body`, `take_refusals`), or are the whole answer.
+
+        Fails closed: a body that could name a tools method is read as the relay reads one
+        (`protocol.parse_body`'s rules), since a server whose parser takes what this one does not would
+        otherwise run a call nobody checked (a JavaScript server reads 1e400, a 5,000-digit number, bytes that
+        are not UTF-8 and any nesting depth). Raises GatewayError 400: -32700 when it is not JSON, -32600 when
+        a message naming `tools/list` or `tools/call` is not a JSON-RPC 2.0 request or notification (an `id`
+        that is a string or an integer: a server that reads 3.0 as 3 answers `"id":3`, an answer this guard
+        would not know). JSON naming no tools method (a body for another path) is sent on as it is."""
         if not may_name_tools(body):
             return body, None
         try:
-            data = json.loads(body)
-        except ValueError:
-            return body, None  # the server says what is wrong with it
+            data = loads(body)
+        except ValueError as exc:  # RecursionError too (protocol.loads)
+            raise GatewayError.parse_error(
+                f"the body is not valid JSON ({exc}); the gateway reads it to check tool access (gateway.access)"
+            ) from None
         items = data if isinstance(data, list) else [data]
+        for item in items:
+            if isinstance(item, dict) and item.get("method") in (CALL, LIST) and (why := envelope_error(item)):
+                raise GatewayError.invalid_request(f"the body must be a JSON-RPC 2.0 message or a batch of them: {why}")
         kept: list[Any] = []
         refused: list[bytes] = []
+        dropped = False
         for item in items:
             if isinstance(item, dict) and (refusal := self.check(item)) is not None:
-                refused.append(refusal)
+                if refusal:
+                    refused.append(refusal)
+                dropped = True
                 continue
             if isinstance(item, dict):
                 self.expect(item)
             kept.append(item)
-        if not refused:
+        if not dropped:
             return body, None
         if not isinstance(data, list):
-            return b"", refused[0]
+            return b"", refused[0] if refused else b""
         if not kept:
-            return b"", b"[" + b",".join(refused) + b"]"
+            return b"", b"[" + b",".join(refused) + b"]" if refused else b""
         self.refusals = [json.loads(r) for r in refused]
         return dumps(kept), None
 
@@ -166,7 +189,7 @@ class ToolGuard:
         if expected is None:
             return raw
         try:
-            data = json.loads(raw)
+            data = loads(raw)
         except ValueError:
             data = None
         if not isinstance(data, dict):
@@ -178,20 +201,32 @@ class ToolGuard:
 
     def answer_data(self, raw: bytes) -> bytes:
         """One message (or batch) read from the wire: the answers it holds to what this guard expects,
-        filtered or audited. Returns `raw` itself when nothing changed."""
-        if not self.pending:
+        filtered or audited, and, when the grant restricts tools, any other result shaped like a `tools/list`
+        one (`_filtered`: a `tools` array), whatever request it answers. Returns `raw` itself when nothing
+        changed.
+
+        The second rule is what makes the filter hold where this guard did not see the request, or cannot
+        match its answer: a stream resumed with `Last-Event-ID` (the request was another exchange's), a
+        legacy SSE stream forwarded on another path (answers to POSTs elsewhere), an id the server wrote
+        back otherwise (a large integer a JavaScript server rounds). Removing tools the caller may not use
+        from any `result.tools` array errs towards hiding, never towards showing."""
+        if not self.pending and not (self.restricts and may_hold_tools(raw)):
             return raw
         try:
-            data = json.loads(raw)
+            data = loads(raw)
         except ValueError:
-            return raw
+            return raw  # the server's own writing: the client's parser fails on it too
         items = data if isinstance(data, list) else [data]
         changed = False
         for index, item in enumerate(items):
             if not isinstance(item, dict) or "method" in item or ("result" not in item and "error" not in item):
                 continue
             expected = self.pending.pop(_key(item.get("id")), None)
-            if expected is not None and (new := self._answered(expected, item)) is not None:
+            if expected is not None:
+                new = self._answered(expected, item)
+            else:
+                new = self._filtered(item) if self.restricts and _lists_tools(item) else None
+            if new is not None:
                 items[index] = new
                 changed = True
         if not changed:
@@ -206,15 +241,16 @@ class ToolGuard:
             return seen
         refusals, self.refusals = self.refusals, []
         try:
-            data = json.loads(seen) if seen else []
+            data = loads(seen) if seen else []
         except ValueError:
             return seen
         return dumps([*(data if isinstance(data, list) else [data]), *refusals])
 
     def answer_events(self, run: bytes) -> bytes:
         """A run of whole Server-Sent Events (as `protocol.EventMeter` lets them out): each event's data
-        through `answer_data`; a run is passed as it is once nothing is awaited."""
-        if not self.pending:
+        through `answer_data`; a run is passed as it is once nothing is awaited and it cannot hold a `tools`
+        member (or the grant restricts none)."""
+        if not self.pending and not (self.restricts and may_hold_tools(run)):
             return run
         return map_event_data(run, self.answer_data)
 
@@ -291,8 +327,24 @@ class ToolGuard:
 
 def _key(request_id: Any) -> str:
     """The key of an id read from the wire, where this guard reads both the request and the answer (the
-    passthrough): JSON's scalars parse to values whose `repr` keeps 1, 1.0, "1" and true apart."""
+    passthrough). Numbers are keyed by the value a JavaScript server (IEEE doubles) writes back: 3.0 and
+    1e0 are 3 and 1, and an integer beyond 2**53 is the double nearest it (2**64 + 1 comes back as
+    18446744073709552000). `repr` keeps "1" and true apart from 1."""
+    if isinstance(request_id, float) and request_id.is_integer():
+        request_id = int(request_id)
+    elif isinstance(request_id, int) and not isinstance(request_id, bool) and abs(request_id) > 2**53:
+        with contextlib.suppress(OverflowError):
+            request_id = int(float(request_id))
     return repr(request_id)
+
+
+def _lists_tools(answer: dict[str, Any]) -> bool:
+    """Whether a result this guard cannot match to a request is shaped like a `tools/list` one: `result.tools`
+    an array whose every element is an object with a string `name` (what the MCP schema's `Tool` requires
+    besides `inputSchema`). Anything else in it is left alone."""
+    result = answer.get("result")
+    tools = result.get("tools") if isinstance(result, dict) else None
+    return isinstance(tools, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools)
 
 
 def _tool_name(message: dict[str, Any]) -> str | None:
@@ -313,5 +365,12 @@ def closing(guard: ToolGuard | None) -> contextlib.AbstractContextManager[Any]:
 
 def may_name_tools(body: bytes) -> bool:
     """Whether a request body could name a tools method: a JSON string spells `tools/call` either literally
-    or with escapes, so bodies with neither `tools/` nor a backslash need no parse (two byte scans)."""
-    return b"tools/" in body or b"\\" in body
+    or with escapes, so bodies with neither `tools/` nor a backslash need no parse (three byte scans). A NUL
+    byte counts too: JSON in UTF-16 or UTF-32 (which Python's `json.loads` of bytes, and so the Python SDK's
+    server, detects and reads) spells `tools/` with NULs between its letters."""
+    return b"tools/" in body or b"\\" in body or b"\x00" in body
+
+
+def may_hold_tools(answer: bytes) -> bool:
+    """Whether an answer (or a run of events) could hold a `tools` member: literally or with escapes."""
+    return b'"tools"' in answer or b"\\" in answer

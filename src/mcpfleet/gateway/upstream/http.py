@@ -15,9 +15,17 @@ event larger than the limit (plus SSE_FRAMING) is dropped before any byte of it 
 request, an error event for that request takes its place. Events are cut at their boundaries as they pass
 (`protocol.EventMeter`), so a chunk of whole events costs one `endswith`.
 
-A POST on the MCP path whose body could name a tools method passes the request's tool guard
-(policy/tools.py): denied calls are answered here, `tools/list` answers filtered and `tools/call` answers
-audited as they pass (a JSON answer read whole, an event stream in the runs the meter cuts).
+A request with a tool guard (policy/tools.py: the caller's grant restricts tools, or auditing is on) is
+screened on every path of the server, not only its MCP path: a backend may route `/mcp/`, `/MCP`, `/mcp;x`
+or any other path to its MCP handler (Express matches a trailing slash and any case by default), and a
+legacy SSE backend's message path is one the gateway does not know. Its body, whatever the method, must
+be one the guard reads as the server will (uncompressed, UTF-8: 415 otherwise); a body that could name a
+tools method is read (400 when it is not JSON or names one in a malformed message), denied calls are
+answered here, and its answer is watched: `tools/list` answers filtered and `tools/call` answers audited as
+they pass (a JSON answer read whole, an event stream in the runs the meter cuts, held to the message limit
+as on the MCP path). When the grant restricts tools, every event stream of the caller (GET streams,
+`Last-Event-ID` resumptions, legacy SSE streams) is watched too, for results shaped like a `tools/list`
+one, since the request they answer was another exchange's.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -37,6 +46,7 @@ from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.oauth import backend_challenge
 from mcpfleet.gateway.pinning import METHODS, rewrite_events, unwrap, wrap
+from mcpfleet.gateway.policy.access import EVERYTHING, GRANT
 from mcpfleet.gateway.policy.tools import ToolGuard, closing, may_name_tools
 from mcpfleet.gateway.protocol import (
     HOP_BY_HOP_PREFIXES,
@@ -91,6 +101,14 @@ class HttpUpstream:
 
     # --- the Upstream interface ------------------------------------------------------------------------------
 
+    async def pass_on(self, exchange: Exchange) -> None:
+        """A request on any other path of the server (`Runtime._dispatch`), forwarded as it is once screened
+        like one on the MCP path (`_screen`): a backend may serve MCP there too."""
+        guard, screened = await self._screen(exchange, None)
+        if screened is not None:
+            with closing(guard):
+                await self.forward(screened, exchange.rest, guard=guard)
+
     async def open(self, exchange: Exchange, key: str | None) -> None:
         """A request on the MCP path outside any session, to the balancer's pick (`forward`)."""
         if self.draining:
@@ -117,20 +135,34 @@ class HttpUpstream:
     async def _screen(self, exchange: Exchange, token: str | None) -> tuple[ToolGuard | None, Exchange | None]:
         """The request's tool guard (policy/tools.py; None: nothing to see) and the request to send on, where
         a batch has lost its denied calls; None when only denied calls were left: they are answered here
-        (200, their JSON-RPC errors) and nothing goes to the server. A body is looked into only when it could
-        name a tools method (`may_name_tools`), so other requests cost two byte scans."""
+        (200, their JSON-RPC errors; 202 for denied notifications alone) and nothing goes to the server. Any
+        method, any path. A body is looked into only when it could name a tools method (`may_name_tools`),
+        so other requests cost three byte scans and, for a body, the check of its headers (`_unreadable`).
+        A request without a body gets a guard only when the grant restricts tools (its answer may be a
+        stream holding a `tools/list` result). Raises GatewayError 400 (`screen_body`) or 415."""
         body = exchange.body
-        if exchange.method != "POST" or not may_name_tools(body):
+        if not body and exchange.scope.get(GRANT, EVERYTHING).tools is None:
             return None, exchange
         guard = ToolGuard.for_exchange(exchange, token)
         if guard is None:
             return None, exchange
-        screened, own_answer = guard.screen_body(body)
-        if own_answer is not None:
-            await respond(exchange.send, 200, own_answer, [(SESSION_HEADER, token.encode())] if token else [])
-            return guard, None
-        if screened is not body:
-            exchange = dataclasses.replace(exchange, body=screened)
+        if body and (why := _unreadable(exchange.scope["headers"])) is not None:
+            raise GatewayError(
+                415,
+                -32600,
+                f"the gateway reads request bodies to check tool access and audit calls (gateway.access,"
+                f" gateway.logging.audit) and cannot read this one: {why}; send UTF-8 JSON, uncompressed",
+            )
+        if body and may_name_tools(body):
+            screened, own_answer = guard.screen_body(body)
+            if own_answer is not None:
+                session = [(SESSION_HEADER, token.encode())] if token else []
+                await respond(exchange.send, 200 if own_answer else 202, own_answer, session)
+                return guard, None
+            if screened is not body:
+                exchange = dataclasses.replace(exchange, body=screened)
+        if not (guard.restricts or guard.pending):
+            return None, exchange  # auditing only, and no call in the body
         return guard, exchange
 
     def drain(self) -> None:
@@ -228,7 +260,7 @@ class HttpUpstream:
             started = time.monotonic()
             self.balancer.started(replica)
             try:
-                response = await self._send(exchange, replica.url, path, session, body)
+                response = await self._send(exchange, replica.url, path, session, body, guard is not None)
             except OutOfDescriptors as exc:
                 self.balancer.finished(replica, time.monotonic() - started)
                 log.error("server %r: no file descriptor left for a connection (%s)", self.server.id, exc)
@@ -285,9 +317,10 @@ class HttpUpstream:
         return lambda message: wrap(sessions.sealer, message, record)
 
     async def _send(
-        self, exchange: Exchange, replica: str, path: str, session: HttpSession | None, body: bytes
+        self, exchange: Exchange, replica: str, path: str, session: HttpSession | None, body: bytes, watched: bool
     ) -> Response:
-        mcp_path = path == self.server.path
+        """`watched`: a tool guard reads the answer, which must come uncompressed, as on the MCP path."""
+        mcp_path = path == self.server.path or watched
         headers = without(
             exchange.scope["headers"],
             self._not_forwarded_mcp if mcp_path else self._not_forwarded,
@@ -342,15 +375,17 @@ class HttpUpstream:
         bounded: bool = False,
         guard: ToolGuard | None = None,
     ) -> None:
-        """Stream the answer to the client. `bounded`: an answer on the MCP path, held to the size limit.
-        `guard`: the request's tool filter and audit line, which sees the answers it waits for (and adds the
-        gateway's answers to denied calls of a batch)."""
+        """Stream the answer to the client. `bounded`: an answer on the MCP path, held to the size limit (as is
+        one a guard reads, on any path). `guard`: the request's tool filter and audit line, which sees the
+        answers it waits for (and adds the gateway's answers to denied calls of a batch), and, when the grant
+        restricts tools, every event stream (results shaped like a `tools/list` one). Content-Length is
+        passed on only with a body passed on byte for byte."""
         idle = None if exchange.method in _STANDING_STREAM else self.server.timeouts.idle_stream
         streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
-        limit = self.max_message_bytes if bounded else None
         status = response.status
-        if guard is not None and not (guard.pending or guard.refusals):
+        if guard is not None and not (guard.pending or guard.refusals or (streaming and guard.restricts)):
             guard = None  # nothing to see in this answer
+        limit = self.max_message_bytes if bounded or guard is not None else None
         if guard is not None and guard.refusals and status == 202:
             # What was sent on needed no answer: the gateway's answers to the denied calls are the answer.
             await response.aclose()
@@ -377,19 +412,21 @@ class HttpUpstream:
                     headers.append((SESSION_HEADER, session_token.encode()))
                 if response.status == 404 or (exchange.method == "DELETE" and ok):
                     sessions.drop(session_token)
-            if streaming and response.header(b"x-accel-buffering") is None:
-                headers.append((b"x-accel-buffering", b"no"))
+            if streaming:
+                # Never a Content-Length: the gateway may drop, rewrite or add events (limit, guard, pinning).
+                if response.header(b"x-accel-buffering") is None:
+                    headers.append((b"x-accel-buffering", b"no"))
             elif whole is not None:
                 headers.append((b"content-length", str(len(whole)).encode()))
                 if status != response.status:
                     headers = [(k, v) for k, v in headers if k != b"content-type"] + [JSON_CONTENT]
             elif (length := response.header(b"content-length")) is not None:
-                headers.append((b"content-length", length))
+                headers.append((b"content-length", length))  # the body goes out byte for byte
             await exchange.send({"type": "http.response.start", "status": status, "headers": headers})
             if streaming:
                 # A client that goes away closes the upstream stream (a cancellation at 2026-07-28).
                 events = response.body(idle)
-                if limit is not None:  # the MCP path: the only one with a guard
+                if limit is not None:  # the MCP path, or a guard's answer on another
                     events = self._bounded_events(events, limit, exchange, guard)
                 completed = await stream_body(
                     exchange.receive,
@@ -500,3 +537,23 @@ class HttpUpstream:
             "its request gets an error" if answers else "it answers no request and is dropped",
         )
         return too_large_event(request_id, self.server.id, event.size, limit) if answers else None
+
+
+_CHARSET = re.compile(rb';\s*charset\s*=\s*"?([^";,\s]*)', re.IGNORECASE)
+_UTF8 = frozenset({b"utf-8", b"utf8", b"us-ascii"})
+
+
+def _unreadable(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a tool guard cannot read a request body as a server may (None: it can): a `Content-Encoding`
+    other than identity (Express's `express.json()` inflates gzip, deflate and br), or a `Content-Type`
+    charset other than UTF-8 (the TypeScript SDK's server decodes the charset the request names, UTF-7 and
+    UTF-16 included). MCP's Streamable HTTP messages are UTF-8 JSON, so no client of the spec meets this.
+    Every header of those names is read: servers differ on which of repeated ones they take."""
+    for name, value in headers:
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            return f"Content-Encoding {value.decode('latin-1')!r}"
+        if name == b"content-type":
+            for charset in _CHARSET.findall(value):
+                if charset.lower() not in _UTF8:
+                    return f"Content-Type charset {charset.decode('latin-1')!r}"
+    return None

@@ -129,11 +129,12 @@ class StdioSession(Link):
 
     def _refused(self, message: Message, guard: ToolGuard) -> bool:
         """Whether `guard` refuses `message` (a denied `tools/call`): its answer then goes the way the
-        server's would, and the message goes nowhere."""
+        server's would (a notification has none), and the message goes nowhere."""
         refusal = guard.screen(message)
         if refusal is None:
             return False
-        self.dispatch(Message(json.loads(refusal), refusal))
+        if refusal:
+            self.dispatch(Message(json.loads(refusal), refusal))
         return True
 
     def release(self, box: Outbox, *, completed: bool = True) -> None:

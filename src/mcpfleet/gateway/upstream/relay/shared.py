@@ -48,7 +48,10 @@ class SharedServing(PoolServing):
         message = messages[0]
         guard = ToolGuard.for_exchange(exchange)
         if guard is not None and (refusal := guard.check(message.data)) is not None:
-            await answer_post(exchange, [refusal], closed_outbox(), [], batch=False)
+            if refusal:
+                await answer_post(exchange, [refusal], closed_outbox(), [], batch=False)
+            else:  # a denied call sent as a notification: dropped, nothing to answer
+                await respond(exchange.send, 202, b"")
             return
         shared = await self._modern_process(record, self._pool.deadline())
         if not message.is_request:
@@ -192,6 +195,8 @@ class SharedServing(PoolServing):
                 mine.append(message.id_key)
             elif message.method == "notifications/initialized" or message.is_response:
                 continue  # the process was initialized once; it sends its clients no requests
+            elif guard is not None and guard.check(message.data) is not None:
+                continue  # a denied `tools/call` sent as a notification: dropped (and audited)
             elif message.method == "notifications/cancelled":
                 params = dict(message.data.get("params") or {})
                 upstream = session.upstream_ids.get(id_key(params.get("requestId")))
