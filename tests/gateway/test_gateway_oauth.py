@@ -129,6 +129,19 @@ async def gateway(tmp_path: Path, sock: socket.socket, registry: str) -> AsyncIt
         yield url
 
 
+@contextlib.asynccontextmanager
+async def issuer_and_gateway(
+    tmp_path: Path, echo_url: str, *, jwt: str = ""
+) -> AsyncIterator[tuple[AuthServer, str, httpx2.AsyncClient]]:
+    """A serving test authorization server, a gateway that takes its tokens (`jwt`: more `gateway.auth.jwt`
+    settings) in front of the echo server, and an HTTP client, until the block ends."""
+    auth = AuthServer(free_port())
+    with listening() as sock:
+        registry = jwt_registry(auth.issuer, echo_url, jwt=jwt)
+        async with auth.serving(), gateway(tmp_path, sock, registry) as url, httpx2.AsyncClient(timeout=30) as http:
+            yield auth, url, http
+
+
 def jwt_registry(issuer: str, echo: str, *, jwt: str = "", gateway: str = "", servers: str = "") -> str:
     return (
         "gateway:\n"
@@ -462,48 +475,34 @@ def test_with_public_url_the_challenge_and_the_metadata_use_it(tmp_path: Path, e
 
 def test_a_rotated_key_is_fetched_on_first_sight_and_old_keys_stop_working(tmp_path: Path, echo_url: str) -> None:
     async def run() -> None:
-        auth = AuthServer(free_port())
-        with listening() as sock:
-            registry = jwt_registry(auth.issuer, echo_url, jwt=", jwks_min_refresh: 0")
-            async with (
-                auth.serving(),
-                gateway(tmp_path, sock, registry) as url,
-                httpx2.AsyncClient(timeout=30) as http,
-            ):
-                target = f"{url}/web/mcp"
-                old = auth.mint(target)
-                assert (await http.post(target, json=INIT, headers=bearer(old))).status_code == 200
-                assert auth.jwks_fetches == 1
-                auth.rotate()
-                new = auth.mint(target)
-                assert (await http.post(target, json=INIT, headers=bearer(new))).status_code == 200
-                assert auth.jwks_fetches == 2  # the unknown key id, once; no restart
-                assert (await http.post(target, json=INIT, headers=bearer(new))).status_code == 200
-                assert auth.jwks_fetches == 2
-                gone = await http.post(target, json=INIT, headers=bearer(old))
-                assert gone.status_code == 401 and "'rsa-1'" in gone.json()["error"]["message"]
+        async with issuer_and_gateway(tmp_path, echo_url, jwt=", jwks_min_refresh: 0") as (auth, url, http):
+            target = f"{url}/web/mcp"
+            old = auth.mint(target)
+            assert (await http.post(target, json=INIT, headers=bearer(old))).status_code == 200
+            assert auth.jwks_fetches == 1
+            auth.rotate()
+            new = auth.mint(target)
+            assert (await http.post(target, json=INIT, headers=bearer(new))).status_code == 200
+            assert auth.jwks_fetches == 2  # the unknown key id, once; no restart
+            assert (await http.post(target, json=INIT, headers=bearer(new))).status_code == 200
+            assert auth.jwks_fetches == 2
+            gone = await http.post(target, json=INIT, headers=bearer(old))
+            assert gone.status_code == 401 and "'rsa-1'" in gone.json()["error"]["message"]
 
     anyio.run(run)
 
 
 def test_a_flood_of_unknown_key_ids_does_not_flood_the_issuer(tmp_path: Path, echo_url: str) -> None:
     async def run() -> None:
-        auth = AuthServer(free_port())
-        with listening() as sock:
-            registry = jwt_registry(auth.issuer, echo_url, jwt=", jwks_min_refresh: 60")
-            async with (
-                auth.serving(),
-                gateway(tmp_path, sock, registry) as url,
-                httpx2.AsyncClient(timeout=30) as http,
-            ):
-                target = f"{url}/web/mcp"
-                started = time.monotonic()
-                assert (await http.post(target, json=INIT, headers=bearer(auth.mint(target)))).status_code == 200
-                for n in range(30):
-                    forged = auth.mint(target, kid=f"forged-{n}")
-                    assert (await http.post(target, json=INIT, headers=bearer(forged))).status_code == 401
-                allowed = 1 + int((time.monotonic() - started) // 60)  # one fetch per jwks_min_refresh
-                assert auth.jwks_fetches <= allowed
+        async with issuer_and_gateway(tmp_path, echo_url, jwt=", jwks_min_refresh: 60") as (auth, url, http):
+            target = f"{url}/web/mcp"
+            started = time.monotonic()
+            assert (await http.post(target, json=INIT, headers=bearer(auth.mint(target)))).status_code == 200
+            for n in range(30):
+                forged = auth.mint(target, kid=f"forged-{n}")
+                assert (await http.post(target, json=INIT, headers=bearer(forged))).status_code == 401
+            allowed = 1 + int((time.monotonic() - started) // 60)  # one fetch per jwks_min_refresh
+            assert auth.jwks_fetches <= allowed
 
     anyio.run(run)
 

@@ -4,9 +4,8 @@ session still works, nothing it logged is a traceback)."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import httpx2
 import pytest
 from mcp import Client
 
-from support import RunningGateway, free_port, running
+from support import RunningGateway
 
 HERE = Path(__file__).resolve().parent
 DEMO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
@@ -47,19 +46,12 @@ class LoggedGateway(RunningGateway):
 
 
 @pytest.fixture
-def logged_gateway(tmp_path: Path) -> Iterator[Callable[[str], LoggedGateway]]:
-    """`gw = logged_gateway(registry_yaml)`: `mcpfleet serve` on a free port, its output in `gw.log`."""
-    with contextlib.ExitStack() as stack:
-        count = 0
+def logged_gateway(gateway: Callable[[str], RunningGateway]) -> Callable[[str], LoggedGateway]:
+    """`gw = logged_gateway(registry_yaml)`: the `gateway` fixture's `mcpfleet serve`, with the checks above."""
 
-        def start(registry_text: str) -> LoggedGateway:
-            nonlocal count
-            count += 1
-            registry = tmp_path / f"gateway-{count}.yaml"
-            registry.write_text(registry_text)
-            log = tmp_path / f"gateway-{count}.log"
-            port = free_port()
-            argv = [sys.executable, "-m", "mcpfleet", "serve", "--registry", str(registry), "--port", str(port)]
-            return LoggedGateway(stack.enter_context(running(argv, port, output=log)), registry, log)
+    def start(registry_text: str) -> LoggedGateway:
+        started = gateway(registry_text)
+        assert started.log is not None
+        return LoggedGateway(started.url, started.registry, started.log)
 
-        yield start
+    return start
