@@ -561,7 +561,9 @@ class Gateway:
                 runtime = self._draining_runtime(first, scope) or runtime
             if runtime is None:
                 raise GatewayError.unknown_server(first, sorted(snapshot.servers))
-            opens = may_open_session(scope, rest, body)
+            # A new session of an http entry is the upstream's (the passthrough): the gateway holds nothing for
+            # it and cannot see it end, so only the sessions it holds count (Plan 9.17).
+            opens = may_open_session(scope, rest, body) and not (rest == "/mcp" and runtime.http is not None)
             with self.quotas.session_slot(scope, first, limits, send) if opens else contextlib.nullcontext(send) as out:
                 await runtime.handle(
                     Exchange(scope, receive, out, snapshot, runtime.server, rest, body, base_url=self.base_url(scope))

@@ -14,10 +14,10 @@ Unknown, ended, expired, forged or tampered ids get 404, so a spec-compliant cli
 So does an id named by another caller than the one who opened it: a session opened by an authenticated
 caller seals a digest of its principal (`owner`), and `get` with another owner finds nothing.
 
-A session may be charged to its caller's session slot (`charge`, policy/quotas.py,
-`gateway.limits.sessions_per_principal`): the slot goes back when the session leaves the table, or, for an
-`http` session, at its DELETE, the server's 404 (`drop`), or `expire` once no request named it for the idle
-timeout.
+A session the gateway holds may be charged to its caller's session slot (`charge`, policy/quotas.py,
+`gateway.limits.sessions_per_principal`): the slot goes back when the session leaves the table. An `http`
+session is not charged: it is the upstream's (the gateway holds nothing for it and cannot see it end), and
+the rate limits bound how fast a caller opens them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
@@ -84,7 +84,6 @@ class SessionTable:
         self._local: dict[str, Session] = {}
         self._keys: dict[int, list[str]] = {}  # id(session) -> its keys: dropping a session is O(1)
         self._charges: dict[int, Callable[[], None]] = {}  # id(session) -> what gives its caller's slot back
-        self._http_charges: dict[str, list[Any]] = {}  # http session id -> [give the slot back, last used]
 
     def issue(self, session: Session, owner: str | None = None) -> str:
         """A new id for `session`, bound to `owner` (the opener's principal; None: anyone holding the id)."""
@@ -106,8 +105,6 @@ class SessionTable:
         if record.get("p") != (_owner_digest(owner) if owner is not None else None):
             return None  # opened by another caller (or anonymously): not this caller's session
         if "u" in record:
-            if (charge := self._http_charges.get(token)) is not None:
-                charge[1] = time.monotonic()
             return HttpSession(server_id, str(record.get("r")), str(record["u"]))
         if record.get("g") != self.instance:
             raise GatewayError(
@@ -128,13 +125,11 @@ class SessionTable:
 
     def charge(self, token: str, server_id: str, release: Callable[[], None]) -> bool:
         """Tie `release` to the session `token` names (a session slot, policy/quotas.py): called once, when
-        the session ends here. False (nothing tied) when `token` names no session of `server_id` here."""
+        the session ends here. False (nothing tied) when `token` names no session of `server_id` held here:
+        an `http` session is the upstream's, costs the gateway nothing, and ends where it cannot see it."""
         record = self.sealer.open(token)
-        if record is None or record.get("s") != server_id:
+        if record is None or record.get("s") != server_id or "u" in record:
             return False
-        if "u" in record:
-            self._http_charges[token] = [release, time.monotonic()]
-            return True
         session = self._local.get(str(record.get("k"))) if record.get("g") == self.instance else None
         if session is None or id(session) in self._charges:
             return False
@@ -146,8 +141,6 @@ class SessionTable:
             release()
 
     def drop(self, token: str) -> Session | None:
-        if (charge := self._http_charges.pop(token, None)) is not None:
-            charge[0]()
         record = self.sealer.open(token)
         if record is None or "k" not in record or record.get("g") != self.instance:
             return None
@@ -175,9 +168,6 @@ class SessionTable:
         expired = [s for s in self.idle(idle_after) if s.idle]
         for session in expired:
             self.drop_session(session)
-        cutoff = time.monotonic() - idle_after
-        for token in [t for t, (_, used) in self._http_charges.items() if used < cutoff]:
-            self._http_charges.pop(token)[0]()  # an http session no request named for that long: uncounted
         await close_all(expired)
         return expired
 
