@@ -244,8 +244,17 @@ def test_create_route_scale_drain_idle_cold_start_two_gateways_delete(kube_api: 
                 step("create + discover + route")
                 # create + discover + route
                 await cluster.wait_for(lambda: replicas_of(kube, project, "demo") == 1, 60, "the Deployment")
-                secret = kube.find("secrets", NS, manifests.secret_name(project, "demo"))
-                assert secret is not None and secret["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+                # The Secret is made before the Deployment and handed to it right after: wait for the hand-over.
+                owners = await cluster.wait_for(
+                    lambda: (
+                        (kube.find("secrets", NS, manifests.secret_name(project, "demo")) or {})
+                        .get("metadata", {})
+                        .get("ownerReferences")
+                    ),
+                    60,
+                    "the Secret owned by the Deployment",
+                )
+                assert owners[0]["kind"] == "Deployment"
                 (pod,) = await cluster.wait_for(lambda: cluster.pods(NS, {manifests.SERVER: "demo"}), 60, "a pod")
                 assert await one_call(first.mcp("demo")) == pod["metadata"]["name"]
 

@@ -494,11 +494,13 @@ def serve(
         # Read before the load: a change made while the gateway starts then differs from it and is reloaded.
         digest = file_digest(Path(path))
         loaded = load_registry(path)
-        # Refused before the port is bound or a banner printed: a script waiting for the banner is not misled.
+        listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
+        # Refused before a banner is printed (a script waiting for it is not misled), once the address is known
+        # to be this machine's (a wrong --host is its own error, exit 4).
         where = "--host" if host else f"gateway.host in {path}"
         if problem := open_door(loaded.gateway.auth, host or loaded.gateway.host, where):
+            listener.close()
             raise UsageError(problem)
-        listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
         _log_to_stderr(loaded.gateway.logging)
         try:
             tracing.setup(loaded.gateway.tracing)  # exit 2 when it is asked for and the extra is missing
