@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -140,6 +141,19 @@ def test_retry_after_is_whole_seconds_from_the_bucket() -> None:
     assert refused is not None and refused.headers["Retry-After"] == "10"
 
 
+@dataclass
+class HeldSession:
+    """A session the gateway holds (as a stdio process's is), for the session table."""
+
+    server_id: str = "s"
+    last_used: float = 0.0
+    idle: bool = True
+    upstream_closed: bool = False
+
+    async def aclose(self) -> None:
+        pass
+
+
 def test_session_slots_are_held_by_sessions_and_given_back_when_they_end() -> None:
     q = quotas(Clock())
     table = q.table
@@ -149,30 +163,33 @@ def test_session_slots_are_held_by_sessions_and_given_back_when_they_end() -> No
     async def sink(message: Message) -> None:
         pass
 
-    async def open_one(issue: bool) -> None:
+    async def open_one(issue: str | None) -> None:
         with q.session_slot(scope(KEY_A), "s", limits, sink) as send:
             headers = []
-            if issue:
-                token = table.issue(HttpSession("s", "http://r", f"up-{len(tokens)}"))
+            if issue is not None:
+                session = HeldSession() if issue == "held" else HttpSession("s", "http://r", f"up-{len(tokens)}")
+                token = table.issue(session)
                 tokens.append(token)
                 headers.append((b"mcp-session-id", token.encode()))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
 
-    anyio.run(open_one, True)
-    anyio.run(open_one, False)  # no session came of it: the slot went back
-    anyio.run(open_one, True)
+    anyio.run(open_one, "held")
+    anyio.run(open_one, None)  # no session came of it: the slot went back
+    anyio.run(open_one, "http")  # the upstream's session: the gateway holds nothing for it
+    assert q.held(scope(KEY_A)) == 1
+    anyio.run(open_one, "held")
     assert q.held(scope(KEY_A)) == 2
     with pytest.raises(GatewayError) as refused:
-        anyio.run(open_one, True)
+        anyio.run(open_one, "held")
     assert refused.value.status == 429 and "gateway.limits.sessions_per_principal" in refused.value.message
     assert q.held(scope(KEY_B)) == 0
-    table.drop(tokens[0])  # DELETE, or the server's 404
+    table.drop(tokens[0])  # DELETE
     assert q.held(scope(KEY_A)) == 1
-    anyio.run(open_one, True)
+    anyio.run(open_one, "held")
     assert q.held(scope(KEY_A)) == 2
-    anyio.run(table.expire, 0.0)  # no request named them since: uncounted
+    anyio.run(table.expire, 0.0)  # idle past the timeout: ended, uncounted
     assert q.held(scope(KEY_A)) == 0
-    table.drop(tokens[1])  # a late DELETE gives nothing back twice
+    table.drop(tokens[0])  # a late DELETE gives nothing back twice
     assert q.held(scope(KEY_A)) == 0
 
 
