@@ -114,7 +114,9 @@ def test_a_backends_challenge_points_at_the_base_the_gateway_gave_the_exchange()
     scope = {"type": "http", "http_version": "1.0", "method": "POST", "path": "/gh/mcp", "headers": []}
     headers = [(b"www-authenticate", b'Bearer resource_metadata="http://10.0.0.5:8080/.well-known/x"')]
     server = snapshot.servers["gh"]
-    exchange = Exchange(scope, _never_receive, _never_send, snapshot, server, "/mcp", base_url="http://10.1.2.3:8000")
+    exchange = Exchange(
+        scope, _never_receive, _never_send, snapshot, server, "/mcp", base=lambda _scope: "http://10.1.2.3:8000"
+    )
     [(_, value)] = backend_challenge(exchange, 401, headers)
     assert value == b'Bearer resource_metadata="http://10.1.2.3:8000/.well-known/oauth-protected-resource/gh/mcp"'
 

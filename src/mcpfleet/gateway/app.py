@@ -566,7 +566,7 @@ class Gateway:
             opens = may_open_session(scope, rest, body) and not (rest == "/mcp" and runtime.http is not None)
             with self.quotas.session_slot(scope, first, limits, send) if opens else contextlib.nullcontext(send) as out:
                 await runtime.handle(
-                    Exchange(scope, receive, out, snapshot, runtime.server, rest, body, base_url=self.base_url(scope))
+                    Exchange(scope, receive, out, snapshot, runtime.server, rest, body, base=self.base_url)
                 )
         finally:
             self.metrics.observe(first, scope["method"], started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mcpfleet.gateway.asgi import Receive, Scope, Send, header, only_header
@@ -19,9 +20,15 @@ class Exchange:
     server: Server
     rest: str  # the path after /<server-id>, e.g. "/mcp" or "/api/v1"
     body: bytes = b""
-    # The gateway's public base URL for this request (`Gateway.base_url`: `public_url`, else scheme and Host,
-    # else the bind host the gateway runs with, `--host` included); None: built from the registry's settings.
-    base_url: str | None = None
+    # How the gateway makes its public base URL for a request (`Gateway.base_url`: `public_url`, else scheme
+    # and Host, else the bind host it runs with, `--host` included); None: from the registry's settings. A
+    # callable, so the request path builds the URL only when an answer needs it (a backend's challenge).
+    base: Callable[[Scope], str] | None = None
+
+    @property
+    def base_url(self) -> str | None:
+        """The gateway's public base URL for this request, None when the exchange was built without `base`."""
+        return self.base(self.scope) if self.base is not None else None
 
     @property
     def method(self) -> str:
