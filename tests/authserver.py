@@ -99,6 +99,7 @@ class AuthServer:
         self.codes: dict[str, dict[str, Any]] = {}
         self.issued: list[dict[str, Any]] = []  # the claims of every token /token issued
         self.documents: dict[str, bytes] = {}
+        self.metadata: dict[str, Any] = {}  # fields that replace the discovery document's own
         self.app = Starlette(
             routes=[
                 Route("/.well-known/oauth-authorization-server", self._metadata),
@@ -201,6 +202,7 @@ class AuthServer:
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none", "client_secret_post"],
             "scopes_supported": ["mcp", "admin"],
+            **self.metadata,
         }
 
     async def _metadata(self, request: Request) -> Response:

@@ -557,6 +557,39 @@ def test_an_issuer_without_a_key_set_url_is_a_503_naming_jwks_url(tmp_path: Path
     anyio.run(run)
 
 
+def test_a_discovery_document_for_another_issuer_or_naming_a_plain_http_key_set_is_not_used(
+    tmp_path: Path, echo_url: str
+) -> None:
+    """OIDC Discovery 4.3 / RFC 8414 3.3: the document must name the configured issuer; and the key set it
+    points at is held to the rule `jwt.jwks_url` is (https, http only on loopback): either fault is a 503
+    naming it, and the gateway admits tokens once the document is right."""
+
+    async def run() -> None:
+        auth = AuthServer(free_port())
+        with listening() as sock:
+            registry = jwt_registry(auth.issuer, echo_url, jwt=", jwks_min_refresh: 0")
+            async with (
+                auth.serving(),
+                gateway(tmp_path, sock, registry) as url,
+                httpx2.AsyncClient(timeout=30) as http,
+            ):
+                target = f"{url}/web/mcp"
+                faults = [
+                    ({"issuer": "https://evil.example"}, "names the issuer 'https://evil.example'"),
+                    ({"jwks_uri": "http://keys.example/jwks"}, "'http://keys.example/jwks', which is not https"),
+                ]
+                for fields, words in faults:
+                    auth.metadata = fields
+                    answer = await http.post(target, json=INIT, headers=bearer(auth.mint(target)))
+                    assert answer.status_code == 503, answer.text
+                    assert words in answer.json()["error"]["message"]
+                assert auth.jwks_fetches == 0
+                auth.metadata = {}
+                assert (await http.post(target, json=INIT, headers=bearer(auth.mint(target)))).status_code == 200
+
+    anyio.run(run)
+
+
 def test_documents_nested_too_deeply_are_refused_not_a_500(tmp_path: Path, echo_url: str) -> None:
     """A key set nested past the parser's recursion limit, one nested deeper than any real one, and a
     backend's protected-resource metadata nested past the limit: each a clear refusal naming the nesting."""

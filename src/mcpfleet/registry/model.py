@@ -726,13 +726,17 @@ class Jwt(_Model):
     @field_validator("issuer", "jwks_url")
     @classmethod
     def _https(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        parts = urlsplit(url)
-        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1") or str(parts.hostname).startswith("127.")
-        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        if url is not None and not secure_url(url):
             raise ValueError(f"{url!r}: an issuer and its key set are reached over https (http only on loopback)")
         return url
+
+
+def secure_url(url: str) -> bool:
+    """Whether `url` may carry what a token is checked against: https, or http to this machine (`localhost`,
+    127.0.0.0/8, `::1`), as the MCP authorization spec asks of every authorization server endpoint."""
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("localhost", "::1") or str(parts.hostname).startswith("127.")
+    return parts.scheme == "https" or (parts.scheme == "http" and loopback)
 
 
 class Auth(_Model):

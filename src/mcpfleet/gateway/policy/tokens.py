@@ -36,7 +36,7 @@ import jwt
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.policy.auth import Identity, forbidden
-from mcpfleet.registry.model import Jwt
+from mcpfleet.registry.model import Jwt, secure_url
 
 log = logging.getLogger("mcpfleet.gateway")
 
@@ -188,8 +188,15 @@ class KeySet:
                 problems.append(f"{url}: {exc}")
                 continue
             uri = None if document is None else document.get("jwks_uri")
+            if document is not None and document.get("issuer") != self.settings.issuer:
+                # OIDC Discovery 4.3 and RFC 8414 3.3: a document naming another issuer is not to be used.
+                problems.append(f"{url} names the issuer {document.get('issuer')!r}, not {self.settings.issuer!r}")
+                continue
             if isinstance(uri, str) and uri.startswith(("https://", "http://")):
-                return uri
+                if secure_url(uri):
+                    return uri
+                problems.append(f"{url} names the key set {uri!r}, which is not https (http only on loopback)")
+                continue
             absent = absent or status in (404, 410) or document is not None
             problems.append(f"{url} answered {status}" if document is None else f"{url} names no 'jwks_uri'")
         if unanswered == len(problems):
