@@ -1,7 +1,8 @@
 """Each log line names the request that caused it, and no other (docs/operations.md, "Logs").
 
 A gateway in JSON format at `level: debug`, two API keys, and a stdio server reached three ways: in
-sessions (2025-11-25), in pool mode `shared`, and at 2026-07-28 with no session. Each client is the official
+sessions (2025-11-25), in pool mode `shared`, at 2026-07-28 with no session, and over legacy HTTP+SSE (where
+a call's audit line is the `POST /messages/` request's, not the stream's). Each client is the official
 SDK client and sends its own `X-Request-Id` on every request. The first key's call starts the process (and
 its long-lived tasks); the second key's calls follow on the same process. Then every line that carries a
 request id must carry the principal, the session and the client address of that request; every audit line
@@ -12,6 +13,7 @@ write to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from typing import Any
 import anyio
 import httpx2
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from support import ACCEPT, INIT, RunningGateway, free_port, wait_for
@@ -33,6 +36,7 @@ ROUTES = {
     "pooled": ("pooled", "legacy"),
     "modern": ("single", "auto"),
     "noisy": ("noisy", "auto"),
+    "sse": ("single", "sse"),  # legacy HTTP+SSE: each call is a POST of its own beside the GET's stream
 }
 
 
@@ -68,10 +72,18 @@ async def calls(gw: RunningGateway, route: str, key_name: str, count: int) -> di
             current[request_id] = key_name
 
     headers = {"authorization": f"Bearer {KEYS[key_name]}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=60, event_hooks={"request": [name_request]}) as http,
-        Client(streamable_http_client(gw.mcp(server_id), http_client=http), mode=mode) as client,  # type: ignore[arg-type]
-    ):
+
+    def named(headers: dict[str, str] | None = None, timeout: Any = None, auth: Any = None) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks={"request": [name_request]})
+
+    async with contextlib.AsyncExitStack() as stack:
+        if mode == "sse":
+            transport: Any = sse_client(f"{gw.url}/{server_id}/sse", headers=headers, httpx_client_factory=named)
+            client = await stack.enter_async_context(Client(transport))
+        else:
+            http = await stack.enter_async_context(named(headers, 60))
+            transport = streamable_http_client(gw.mcp(server_id), http_client=http)
+            client = await stack.enter_async_context(Client(transport, mode=mode))
         for index in range(count):
             result = await client.call_tool("echo", {"text": f"{key_name} {index}"})
             assert not result.is_error, result

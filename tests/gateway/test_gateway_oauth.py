@@ -625,7 +625,11 @@ def test_documents_nested_too_deeply_are_refused_not_a_500(tmp_path: Path, echo_
 def test_required_scopes_and_groups_in_access_rules(tmp_path: Path, echo_url: str) -> None:
     async def run() -> None:
         auth = AuthServer(free_port())
-        access = "  access:\n    - {principals: ['group:ops'], servers: [web]}\n"
+        access = (
+            "  access:\n    - {principals: ['group:ops'], servers: [web]}\n"
+            "    - {principals: ['scope:admin', 'scope:ops', 'group:ops'], servers: ['oth*']}\n"
+            "    - {principals: ['scope:admin'], servers: [other]}\n"
+        )
         with listening() as sock:
             registry = jwt_registry(auth.issuer, echo_url, jwt=", required_scopes: [mcp]", gateway=access)
             async with (
@@ -642,10 +646,15 @@ def test_required_scopes_and_groups_in_access_rules(tmp_path: Path, echo_url: st
                 assert "'mcp'" in scopeless.json()["error"]["message"]
                 ops = await http.post(web, json=INIT, headers=bearer(auth.mint(web, groups=["ops"])))
                 assert ops.status_code == 200
-                elsewhere = await http.post(other, json=INIT, headers=bearer(auth.mint(other, groups=["ops"])))
+                elsewhere = await http.post(other, json=INIT, headers=bearer(auth.mint(other, groups=["dev"])))
                 assert elsewhere.status_code == 403 and "gateway.access" in elsewhere.json()["error"]["message"]
+                # Rules give `other` to holders of these scopes: the challenge lists them, once each, for a
+                # client to step up to (MCP authorization, Scope Challenge Handling).
+                assert challenge_params(elsewhere) == {"error": "insufficient_scope", "scope": "admin ops"}
                 stranger = await http.post(web, json=INIT, headers=bearer(auth.mint(web, groups=["dev"])))
                 assert stranger.status_code == 403 and "sub:alice" in stranger.json()["error"]["message"]
+                # No scope opens `web`: another token would not help, so no challenge invites a new login.
+                assert "www-authenticate" not in stranger.headers
 
     anyio.run(run)
 

@@ -76,13 +76,28 @@ class Access:
         return decided
 
     def check(self, identity: Identity, server_id: str) -> Grant:
-        """`grant`, or a 403 naming the caller and the server."""
+        """`grant`, or a 403 naming the caller and the server. The 403 carries an RFC 6750 `insufficient_scope`
+        challenge only when another token could pass: a JWT caller, and rules giving the server to `scope:`
+        principals, whose scopes the challenge's `scope` lists (what an MCP client asks its provider for
+        when it steps up, MCP authorization "Scope Challenge Handling"). Any other caller gets no challenge:
+        logging in again would not help, and clients that re-authorize on every `insufficient_scope` loop."""
         decided = self.grant(identity, server_id)
         if decided is None:
+            wanted = self._scopes_for(server_id) if identity.kind == "jwt" else ()
+            challenge = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(wanted)}"'}
             raise GatewayError(
                 403,
                 -32600,
                 f"{identity.principal} may not use server {server_id!r} (setting: gateway.access)",
-                headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+                headers=challenge if wanted else None,
             )
         return decided
+
+    def _scopes_for(self, server_id: str) -> tuple[str, ...]:
+        """The scopes some rule gives `server_id` to, in the rules' order."""
+        scopes: list[str] = []
+        for rule in self.rules:
+            if any(fnmatchcase(server_id, pattern) for pattern in rule.servers):
+                named = (p.removeprefix("scope:") for p in rule.principals if p.startswith("scope:"))
+                scopes.extend(s for s in named if s not in scopes)
+        return tuple(scopes)

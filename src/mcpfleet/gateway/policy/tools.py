@@ -58,6 +58,9 @@ class Expected:
     request_id: Any
     arguments: Any
     started: float
+    # The request that carried it (`logs.REQUEST` where it was screened): on a message-stream connection
+    # (legacy SSE's `POST /messages/`) that is not the request the guard was made for.
+    context: logs.RequestContext | None = None
 
 
 class ToolGuard:
@@ -74,7 +77,7 @@ class ToolGuard:
         self.pending: dict[str, Expected] = {}
         self.refusals: list[dict[str, Any]] = []  # answers the gateway gave in a batch it passed on (passthrough)
         self.client_left = False  # set by the route when the client went away before the answer was out
-        self.context = logs.REQUEST.get()  # the request's: an answer may be audited from another task
+        self.context = logs.REQUEST.get()  # the connection's: for calls screened outside any request
 
     @classmethod
     def of(cls, scope: Any, server_id: str, settings: Logging, session: str | None = None) -> ToolGuard | None:
@@ -105,7 +108,7 @@ class ToolGuard:
         if name is None or self.grant.allows(name):
             return None  # without a name no tool is reached: the server says what is wrong
         arguments = _arguments(message)
-        self._audit(Expected(CALL, name, message.get("id"), arguments, time.monotonic()), "denied")
+        self._audit(Expected(CALL, name, message.get("id"), arguments, time.monotonic(), logs.REQUEST.get()), "denied")
         if "id" not in message:
             return b""
         text = (
@@ -122,7 +125,7 @@ class ToolGuard:
         arguments = _arguments(message) if method == CALL and self.with_arguments else None
         started = time.monotonic()
         self.pending[key if key is not None else _key(message["id"])] = Expected(
-            method, tool, message["id"], arguments, started
+            method, tool, message["id"], arguments, started, logs.REQUEST.get()
         )
 
     def screen(self, message: Message, key: str | None = None) -> bytes | None:
@@ -321,7 +324,7 @@ class ToolGuard:
             request_id=expected.request_id,
             arguments=expected.arguments,
             with_arguments=self.with_arguments,
-            context=self.context,
+            context=expected.context or self.context,
         )
 
 
