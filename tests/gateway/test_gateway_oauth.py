@@ -451,19 +451,23 @@ def test_with_public_url_the_challenge_and_the_metadata_use_it(tmp_path: Path, e
     async def run() -> None:
         auth = AuthServer(free_port())
         with listening() as sock:
-            public = f"http://localhost:{sock.getsockname()[1]}/fleet"
+            public = "https://gw.example.test/fleet"  # a proxy in front keeps `Host: gw.example.test`
             registry = jwt_registry(auth.issuer, echo_url, gateway=f"  public_url: '{public}'\n")
             async with (
                 auth.serving(),
                 gateway(tmp_path, sock, registry) as url,
-                httpx2.AsyncClient(timeout=30) as http,
+                httpx2.AsyncClient(timeout=30, headers={"host": "gw.example.test"}) as http,
             ):
+                # The public URL's name is served as a Host with no allowed_hosts entry.
                 answer = await http.post(f"{url}/web/mcp", json=INIT, headers=ACCEPT)
+                assert answer.status_code == 401, answer.text
                 metadata = challenge_params(answer)["resource_metadata"]
                 # RFC 9728 section 3.1: the well-known segment after the host, then the public URL's path.
-                host = public.removesuffix("/fleet")
-                assert metadata == f"{host}/.well-known/oauth-protected-resource/fleet/web/mcp"
-                assert (await http.get(metadata)).json()["resource"] == f"{public}/web/mcp"
+                well_known = "/.well-known/oauth-protected-resource/fleet/web/mcp"
+                assert metadata == f"https://gw.example.test{well_known}"
+                assert (await http.get(f"{url}{well_known}")).json()["resource"] == f"{public}/web/mcp"
+                other = await http.get(f"{url}{well_known}", headers={"host": "other.example.test"})
+                assert other.status_code == 421, other.text
                 # The audience is the public URL too, whatever address the request came in by.
                 good = await http.post(f"{url}/web/mcp", json=INIT, headers=bearer(auth.mint(f"{public}/web/mcp")))
                 assert good.status_code == 200

@@ -460,7 +460,7 @@ def test_notices_name_what_is_off_and_what_is_ignored() -> None:
     assert LOOPBACK.notices() == []
     assert PUBLIC.notices() == [
         "bound to 0.0.0.0: a Host header that is a name must be listed in gateway.allowed_hosts"
-        " (IP addresses and localhost always pass)"
+        " or be gateway.public_url's host (IP addresses and localhost always pass)"
     ]
     assert [n.split(":")[0] for n in ANYTHING.notices()] == [
         "gateway.allowed_hosts holds '*'",
@@ -501,3 +501,23 @@ def test_one_host_and_one_origin_per_request() -> None:
         with pytest.raises(GatewayError) as refused:
             single_header([(name, b"127.0.0.1"), (name, b"evil.example")], name)
         assert refused.value.status == status and "2" in refused.value.message
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_the_public_url_is_served_as_a_host_and_an_origin(bind: str) -> None:
+    """`gateway.public_url` names the address clients use (behind a proxy that keeps `Host`): its name
+    passes as a `Host` on any port and its origin as an `Origin`; other names still need `allowed_hosts`."""
+    policy = Policy.create(bind, (), (), "https://MCP.example.com:8443/tools")
+    for host in ("mcp.example.com", "mcp.example.com:8443", "MCP.EXAMPLE.COM:443"):
+        policy.check_host(host)
+    policy.check_origin("https://mcp.example.com:8443")
+    for host, origin in (("mcp.example.com.evil.net", "https://mcp.example.com"), ("evil.net", "http://evil.net")):
+        with pytest.raises(GatewayError) as refused:
+            policy.check_host(host)
+        assert refused.value.status == 421
+        with pytest.raises(GatewayError) as refused:
+            policy.check_origin(origin)
+        assert refused.value.status == 403
+    assert Policy.create("0.0.0.0", (), (), "https://[::1").ignored == (
+        "gateway.public_url 'https://[::1' is not served as a Host: an IPv6 address without its closing ']'",
+    )

@@ -65,7 +65,16 @@ from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.gateway.urls import base_url
 from mcpfleet.registry import Registry, load_registry
-from mcpfleet.registry.model import STATUS_PATHS, Auth, DockerServer, HttpServer, KubernetesServer, Server, StdioServer
+from mcpfleet.registry.model import (
+    STATUS_PATHS,
+    Auth,
+    DockerServer,
+    HttpServer,
+    KubernetesServer,
+    Server,
+    StdioServer,
+)
+from mcpfleet.registry.model import Gateway as GatewaySettings
 from mcpfleet.replicas import ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -117,7 +126,7 @@ class Gateway:
         self.sessions = SessionTable(Sealer.from_settings(settings.session_keys, settings.session_max_age))
         self.quotas = Quotas(self.sessions)  # gateway.limits: rates and session slots (policy/quotas.py)
         self._bind_host = host or registry.gateway.host
-        self.policy = Policy.create(self._bind_host, registry.gateway.allowed_hosts, registry.gateway.allowed_origins)
+        self.policy = _host_policy(self._bind_host, registry.gateway)
         self._fixed_credentials = Credentials(authenticator, consumes=False) if authenticator is not None else None
         if self._fixed_credentials is None and (problem := open_door(registry.gateway.auth, self._bind_host)):
             raise UsageError(problem)
@@ -306,7 +315,7 @@ class Gateway:
             fresh = fresh.model_copy(update={"servers": {**extra, **fresh.servers}})
         old = self._snapshot
         self._snapshot = fresh
-        self.policy = Policy.create(self._bind_host, fresh.gateway.allowed_hosts, fresh.gateway.allowed_origins)
+        self.policy = _host_policy(self._bind_host, fresh.gateway)
         for notice in self.policy.notices():
             log.warning("%s", notice)
         if jwt_notice := audience_notice(fresh.gateway, self.policy.loopback):
@@ -658,6 +667,10 @@ class Gateway:
         errors = self.reload_error or (None if loaded or self.registry_path else [NOTHING_TO_RELOAD])
         body = {"reloaded": loaded, "generation": self.generation, "errors": errors}
         await respond(send, 200 if loaded else 422, json.dumps(body).encode())
+
+
+def _host_policy(bind_host: str, settings: GatewaySettings) -> Policy:
+    return Policy.create(bind_host, settings.allowed_hosts, settings.allowed_origins, settings.public_url)
 
 
 def _loopback_peer(address: str) -> bool:

@@ -154,10 +154,28 @@ class Policy:
     ignored: tuple[str, ...] = ()
 
     @classmethod
-    def create(cls, bind_host: str, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]) -> Policy:
+    def create(
+        cls,
+        bind_host: str,
+        allowed_hosts: Iterable[str],
+        allowed_origins: Iterable[str],
+        public_url: str | None = None,
+    ) -> Policy:
+        """The policy of these settings. `public_url` (`gateway.public_url`), the address the operator says
+        clients use, is served too: its host name as a `Host` (any port: a proxy in front may add or drop
+        one) and its origin as an `Origin` (the status page and any page served there are same-origin)."""
         hosts: set[str] = set()
         origins: set[str] = set()
         ignored: list[str] = []
+        if public_url is not None:
+            scheme, _, rest = public_url.partition("://")
+            try:
+                key, authority = parse_origin(f"{scheme}://{rest.partition('/')[0]}")
+            except ValueError as exc:
+                ignored.append(f"gateway.public_url {public_url!r} is not served as a Host: {exc}")
+            else:
+                hosts.add(authority.host)
+                origins.add(key)
         for entry in allowed_hosts:
             try:
                 hosts.add(_host_key(entry))
@@ -185,7 +203,7 @@ class Policy:
         elif not self.loopback:
             notes.append(
                 f"bound to {self.bind_host}: a Host header that is a name must be listed in gateway.allowed_hosts"
-                " (IP addresses and localhost always pass)"
+                " or be gateway.public_url's host (IP addresses and localhost always pass)"
             )
         if ANY in self.allowed_origins:
             notes.append("gateway.allowed_origins holds '*': any web page may call this gateway from a browser")
