@@ -71,7 +71,7 @@ class UnknownToolError(McpfleetError):
 
     SHOWN = 20  # tool names listed in the message at most
 
-    def __init__(self, server_id: str, tool: str, known: Sequence[str]) -> None:
+    def __init__(self, server_id: str, tool: str, known: Sequence[str], hint: str | None = None) -> None:
         import difflib
 
         self.server_id = server_id
@@ -87,6 +87,8 @@ class UnknownToolError(McpfleetError):
             more = len(self.known) - self.SHOWN
             listed = ", ".join(self.known[: self.SHOWN]) + (f" and {more} more" if more > 0 else "")
             text += f"; tools: {listed}"
+        if hint:
+            text += f" ({hint})"
         super().__init__(text)
 
 

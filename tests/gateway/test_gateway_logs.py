@@ -190,3 +190,6 @@ def test_no_secret_reaches_the_logs(tmp_path: Path, demo_http: Callable[[str], s
             assert line["principal"] == "key:alice" and len(line["request_id"]) == 32, line
     else:
         assert re.search(r" ERROR mcpfleet.gateway \[[0-9a-f]{32}\]: registry reload rejected", text)
+        # One event, one line: the problems follow on the same line, each located.
+        (rejected,) = [line for line in text.splitlines() if "registry reload rejected" in line]
+        assert rejected.count(": gateway.") + rejected.count(": servers.") >= 1, rejected

@@ -32,7 +32,7 @@ from websockets.exceptions import InvalidStatus
 
 from mcpfleet.client.websocket import websocket_client
 
-from support import ACCEPT, INIT, RunningGateway, free_port, rpc_messages, running
+from support import ACCEPT, INIT, RunningGateway, free_port, rpc_messages, run_cli, running
 
 DEMO_STDIO = f"[{sys.executable}, -m, mcpfleet.demo, stdio]"
 KEYS = {"ci": "ci-key-0123456789abcdef", "admin": "admin-key-0123456789abcdef", "outsider": "outsider-0123456789abcdef"}
@@ -218,6 +218,31 @@ def test_a_denied_call_written_with_escapes_is_still_denied(fleet: RunningGatewa
         assert rpc_messages(answer)[0]["error"]["code"] == DENIED
 
     anyio.run(run)
+
+
+def test_the_cli_through_the_gateway_says_a_tool_is_denied_or_may_be_hidden(fleet: RunningGateway) -> None:
+    """`mcpfleet call --gateway` with a key whose rules hide a tool: calling it shows the gateway's refusal
+    (not "unknown tool" from a listing that hides it); with `--arg` (the listing is read first) the unknown
+    tool's message says the gateway's rules may hide it."""
+    env = {"MCPFLEET_TOKEN": KEYS["ci"]}
+    called = run_cli("call", "local", "stats", "--args-json", '{"numbers": [1]}', "--gateway", fleet.url, env=env)
+    assert called.returncode != 0, called.stdout
+    assert "tool 'stats' is not allowed for key:ci on server 'local' (setting: gateway.access)" in called.stderr
+    assert "unknown tool" not in called.stderr and "Traceback" not in called.stderr
+    listed = run_cli("call", "local", "stats", "--arg", "numbers=[1]", "--gateway", fleet.url, env=env)
+    assert listed.returncode == 2, listed.stderr
+    assert "unknown tool 'stats'" in listed.stderr and "gateway.access rules may hide tools" in listed.stderr
+    admin = run_cli(
+        "call",
+        "local",
+        "stats",
+        "--args-json",
+        '{"numbers": [1]}',
+        "--gateway",
+        fleet.url,
+        env={"MCPFLEET_TOKEN": KEYS["admin"]},
+    )
+    assert admin.returncode == 0, admin.stderr
 
 
 def test_a_principal_without_a_rule_for_the_server_gets_403(fleet: RunningGateway) -> None:

@@ -32,7 +32,7 @@ from mcpfleet.gateway.policy import (
     forbidden,
     unauthorized,
 )
-from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, audience_notice
+from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, audience_notice, open_door
 from mcpfleet.registry.model import ApiKey, Auth
 from mcpfleet.registry.model import Gateway as GatewaySettings
 
@@ -563,3 +563,25 @@ def test_jwt_audiences_from_host_off_loopback_are_warned_about(
     assert (notice is not None) is warned
     if notice is not None:
         assert "gateway.public_url" in notice and "Host" in notice
+
+
+@pytest.mark.parametrize(
+    ("bind", "words"),
+    [
+        ("127.0.0.1", None),
+        ("localhost", None),
+        ("[::1]", None),
+        ("0.0.0.0", "on 0.0.0.0 (--host), beyond this machine,"),
+        ("10.1.2.3", "on 10.1.2.3 (--host), beyond this machine,"),
+        ("[2001:db8::1]", "beyond this machine,"),
+        ("vm", "on vm (--host), a name other than localhost (write 127.0.0.1 to stay on this machine),"),
+    ],
+)
+def test_an_open_door_is_refused_off_loopback_and_the_message_says_why(bind: str, words: str | None) -> None:
+    """No credentials on a bind beyond loopback; a name (whatever it resolves to now) is not loopback."""
+    problem = open_door(Auth(), bind, "--host")
+    assert (problem is None) is (words is None)
+    if words is not None:
+        assert problem is not None and words in problem and "gateway.auth.anonymous: true" in problem
+    assert open_door(Auth(anonymous=True), bind, "--host") is None
+    assert open_door(Auth(api_keys=(ApiKey(name="ci", key="k" * 32),)), bind, "--host") is None

@@ -283,17 +283,18 @@ def call(
         listing: list[Any] | None = None
         if arg:
             listing = await _all_pages(connection.client.list_tools, "tools")
-            _check_tool(server, tool, listing)
+            _check_tool(server, tool, listing, gateway)
             schema = next((t.input_schema for t in listing if t.name == tool), None)
             arguments |= _parse_pairs(arg, schema)
         try:
             result = await connection.client.call_tool(tool, arguments, progress_callback=progress)
         except MCPError as exc:
-            if exc.code != CONNECTION_CLOSED:
-                await _check_tool_listed(connection, server, tool, listing)
+            # A gateway's access refusal says why in its own words: no listing should replace them.
+            if exc.code != CONNECTION_CLOSED and not _denied_by_gateway(exc):
+                await _check_tool_listed(connection, server, tool, listing, gateway)
             raise
         if result.is_error:
-            await _check_tool_listed(connection, server, tool, listing)
+            await _check_tool_listed(connection, server, tool, listing, gateway)
         return result
 
     try:
@@ -313,7 +314,9 @@ def call(
         raise typer.Exit(1)
 
 
-async def _check_tool_listed(connection: Connection, server: str, tool: str, listing: list[Any] | None) -> None:
+async def _check_tool_listed(
+    connection: Connection, server: str, tool: str, listing: list[Any] | None, gateway: str | None
+) -> None:
     """After a failed call: was the tool unknown? Servers say so in their own words ("Unknown tool: x", as a
     result or as a JSON-RPC error), so ask `tools/list` instead; a server that cannot list keeps its answer."""
     if listing is None:
@@ -321,13 +324,22 @@ async def _check_tool_listed(connection: Connection, server: str, tool: str, lis
             listing = await _all_pages(connection.client.list_tools, "tools")
         except MCPError:
             return
-    _check_tool(server, tool, listing)
+    _check_tool(server, tool, listing, gateway)
 
 
-def _check_tool(server: str, tool: str, listing: list[Any]) -> None:
+def _check_tool(server: str, tool: str, listing: list[Any], gateway: str | None) -> None:
+    """Raises UnknownToolError when `listing` lacks `tool`; through a gateway, the message says that its
+    access rules may be what hides it (the listing is this caller's, `gateway.access`)."""
     names = [t.name for t in listing]
     if tool not in names:
-        raise UnknownToolError(server, tool, names)
+        hidden = f"{gateway}'s gateway.access rules may hide tools from this caller ($MCPFLEET_TOKEN)"
+        raise UnknownToolError(server, tool, names, hint=hidden if gateway else None)
+
+
+def _denied_by_gateway(exc: MCPError) -> bool:
+    """Whether the error is a gateway's tool access refusal (Plan 9.16: -32602 with `reason: denied`)."""
+    data = exc.error.data
+    return isinstance(data, dict) and data.get("reason") == "denied" and data.get("setting") == "gateway.access"
 
 
 def _parse_args_json(text: str | None) -> dict[str, Any]:

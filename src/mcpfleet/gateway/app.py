@@ -282,7 +282,8 @@ class Gateway:
             except RegistryError as exc:
                 self.reload_error = [str(p) for p in exc.problems]
                 self.reloads["rejected"] += 1
-                log.error("registry reload rejected; the registry in force stays:\n%s", exc)
+                # One line (a text log is read line by line): the problems joined, each already located.
+                log.error("registry reload rejected; the registry in force stays: %s", "; ".join(self.reload_error))
                 return False
             except Exception as exc:  # a fault of ours: the watcher, and the gateway, must outlive it
                 self.reload_error = [f"{self.registry_path}: the registry could not be loaded ({exc!r})"]

@@ -30,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Callable
 
 from mcpfleet.errors import GatewayError
@@ -116,8 +117,13 @@ def open_door(auth: Auth, bind_host: str, where: str = "gateway.host") -> str | 
     machine, and not `auth.anonymous` on purpose (Plan 9.16). `where`: what set the bind, for the message."""
     if auth.required or auth.anonymous or is_loopback_bind(bind_host):
         return None
+    try:
+        ipaddress.ip_address(bind_host.strip("[]"))
+        beyond = "beyond this machine"
+    except ValueError:  # a name: what it resolves to can change, so only `localhost` counts as this machine
+        beyond = "a name other than localhost (write 127.0.0.1 to stay on this machine)"
     return (
-        f"the gateway would listen on {bind_host} ({where}), beyond this machine, and asks callers for no"
+        f"the gateway would listen on {bind_host} ({where}), {beyond}, and asks callers for no"
         " credentials: set gateway.auth.api_keys or gateway.auth.jwt, or gateway.auth.anonymous: true if"
         " something in front of it authenticates (docs/security.md)"
     )

@@ -148,13 +148,14 @@ class Quotas:
         who = caller(scope)
         if per_caller is not None and (wait := self.callers.wait(who, per_caller, now)):
             return limited(
-                f"{who} is over {per_caller.rps:g} requests a second (burst {per_caller.capacity})"
+                f"{who} is over {per_caller.rps:g} {_requests(per_caller.rps)} a second (burst {per_caller.capacity})"
                 f" (setting: {PRINCIPAL_SETTING}); retry later",
                 wait,
             )
         if per_server is not None and (wait := self.servers.wait(server_id, per_server, now)):
             return limited(
-                f"server {server_id!r} is over {per_server.rps:g} requests a second (burst {per_server.capacity})"
+                f"server {server_id!r} is over {per_server.rps:g} {_requests(per_server.rps)} a second"
+                f" (burst {per_server.capacity})"
                 f" (setting: {SERVER_SETTING}); retry later",
                 wait,
             )
@@ -251,3 +252,7 @@ class Quotas:
 def _retry(error: GatewayError) -> dict[str, Any] | None:
     after = error.headers.get("Retry-After")
     return {"retryAfter": int(after)} if after is not None else None
+
+
+def _requests(rate: float) -> str:
+    return "request" if rate == 1 else "requests"
