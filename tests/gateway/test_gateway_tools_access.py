@@ -226,7 +226,7 @@ def test_the_cli_through_the_gateway_says_a_tool_is_denied_or_may_be_hidden(flee
     tool's message says the gateway's rules may hide it."""
     env = {"MCPFLEET_TOKEN": KEYS["ci"]}
     called = run_cli("call", "local", "stats", "--args-json", '{"numbers": [1]}', "--gateway", fleet.url, env=env)
-    assert called.returncode != 0, called.stdout
+    assert called.returncode == 1, called.stderr  # the server (the gateway for it) answered with an error
     assert "tool 'stats' is not allowed for key:ci on server 'local' (setting: gateway.access)" in called.stderr
     assert "unknown tool" not in called.stderr and "Traceback" not in called.stderr
     listed = run_cli("call", "local", "stats", "--arg", "numbers=[1]", "--gateway", fleet.url, env=env)
