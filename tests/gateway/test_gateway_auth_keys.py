@@ -341,3 +341,21 @@ def test_the_cli_sends_mcpfleet_token_to_the_gateway(served: Served) -> None:
     assert listed.returncode == 0 and "web" in listed.stdout and "local" not in listed.stdout  # reader's only
     for output in (without, listed, wrong):
         assert OPS_KEY not in output.stdout + output.stderr
+
+
+def test_a_reload_naming_a_variable_the_gateway_lacks_says_to_restart_it(tmp_path: Path) -> None:
+    """A reload reads the file again, not the environment: the advice for an unset `${VAR}` is a restart."""
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"servers:\n  local: {{command: {DEMO_STDIO}}}\n")
+
+    async def run() -> None:
+        async with Gateway(load_registry(registry), registry_path=registry) as gateway:
+            added = "gateway:\n  auth:\n    api_keys:\n      - {name: new, key: '${MCPFLEET_TEST_UNSET_KEY}'}\n"
+            registry.write_text(added + f"servers:\n  local: {{command: {DEMO_STDIO}}}\n")
+            assert await gateway.reload() is False
+            (problem,) = gateway.reload_error
+            assert "${MCPFLEET_TEST_UNSET_KEY} is not set" in problem
+            assert "set it in the gateway's environment and restart it" in problem
+            assert not gateway.snapshot.gateway.auth.required  # the registry in force stays
+
+    anyio.run(run)

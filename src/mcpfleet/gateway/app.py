@@ -65,6 +65,7 @@ from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.gateway.urls import base_url
 from mcpfleet.registry import Registry, load_registry
+from mcpfleet.registry.expand import at_reload
 from mcpfleet.registry.model import (
     STATUS_PATHS,
     Auth,
@@ -280,7 +281,7 @@ class Gateway:
             try:
                 fresh = await anyio.to_thread.run_sync(load_registry, self.registry_path)
             except RegistryError as exc:
-                self.reload_error = [str(p) for p in exc.problems]
+                self.reload_error = [at_reload(str(p)) for p in exc.problems]
                 self.reloads["rejected"] += 1
                 # One line (a text log is read line by line): the problems joined, each already located.
                 log.error("registry reload rejected; the registry in force stays: %s", "; ".join(self.reload_error))

@@ -16,6 +16,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+SET_IT = "set it in the environment"
+# What a running gateway must be told instead: a reload reads the file again, never the process's environment.
+SET_IT_AND_RESTART = "set it in the gateway's environment and restart it: a reload reads the file, not new variables"
+
+
+def at_reload(message: str) -> str:
+    """A problem's message as a running gateway's reload should say it (the advice for an unset variable)."""
+    return message.replace(SET_IT, SET_IT_AND_RESTART)
+
+
 _TOKEN = re.compile(
     r"\$\$"
     r"|\$\{(?:(?:env:)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?|input:(?P<input>[A-Za-z0-9_.-]+))\}"
@@ -60,7 +70,7 @@ def expand(text: str, environ: Mapping[str, str]) -> Expansion:
         if value is None or (value == "" and default is not None):
             if default is not None:
                 return default
-            unset.append(f"{whole} is not set (set it in the environment, or write ${whole} for a literal)")
+            unset.append(f"{whole} is not set ({SET_IT}, or write ${whole} for a literal)")
             return ""
         return value
 
