@@ -28,6 +28,7 @@ from mcpfleet.registry.model import (
     CROSS_CHECKED,
     LIST_FORMS,
     SERVER_TYPES,
+    Finding,
     Server,
     accepted_keys,
     empty_message,
@@ -105,12 +106,14 @@ def check(
     return checked
 
 
-def _cross_checks(model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> list[Any]:
+def _cross_checks(model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> list[Finding]:
     """Every model's `cross_checks` on the mapping it validates, anywhere below `data`, located from the top."""
     if not isinstance(data, dict):
         return []
     checks = getattr(model, "cross_checks", None)
-    found = [(loc + finding.loc, finding.message, finding.warning) for finding in (checks(data) if checks else [])]
+    found = (
+        [Finding((*loc, *finding.loc), finding.message, finding.warning) for finding in checks(data)] if checks else []
+    )
     for key, value in data.items():
         field = model.model_fields.get(key) if isinstance(key, str) else None
         held = shape(field.annotation) if field is not None else None
