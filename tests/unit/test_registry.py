@@ -149,7 +149,7 @@ gateway: {port: 99999}
         ("servers:\n  a: {command: [x], pool: {min: 3, max: 2}}\n", "pool.min (3) is greater than pool.max (2)"),
         (
             "servers:\n  a: {command: [x], timeouts: {connect: 0}}\n",
-            "servers.a.timeouts.connect: Input should be greater",
+            "servers.a.timeouts.connect: should be greater",
         ),
         ("servers:\n  a: {endpoint: 'http://h', balancer: {strategy: fastest}}\n", "servers.a.balancer.strategy"),
         (
@@ -438,7 +438,7 @@ def test_an_unknown_key_is_reported_before_what_it_causes() -> None:
     # Within a known type, the unknown key comes first and other missing fields are still reported.
     assert problems("servers:\n  a: {type: docker, port: 0, imgae: i}\n") == [
         "reg.yaml: servers.a.imgae: unknown field (did you mean 'image'?)",
-        "reg.yaml: servers.a.port: Input should be greater than or equal to 1",
+        "reg.yaml: servers.a.port: should be greater than or equal to 1",
     ]
 
 

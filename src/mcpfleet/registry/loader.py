@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +83,11 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
     warnings = [f"{source}: {path}: {note}" for path, note in document.notes]
 
     gateway = Gateway()
-    if document.gateway is not None:
+    if document.gateway_given:
         checked = check(Gateway, document.gateway, "gateway", environ)
         located += checked.unset + checked.problems
         blocking = blocking or bool(checked.unset or checked.problems)
+        warnings += [f"{source}: {path}: {note}" for path, note in checked.notes]
         if isinstance(checked.value, Gateway):
             gateway = checked.value
 
@@ -105,13 +107,42 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
 
     if blocking:
         raise RegistryError([Problem(source, path, message) for path, message in located])
+    ids = [raw.server_id for raw in document.entries]
+    warnings += [f"{source}: {path}: {note}" for path, note in _idle_rules(gateway, ids)]
     return Registry(source=source, gateway=gateway, servers=servers, failed=failed, warnings=tuple(warnings))
+
+
+def _idle_rules(gateway: Gateway, ids: list[str]) -> list[Located]:
+    """Access rules' server patterns that match no id the file names (disabled and failed entries count):
+    warnings, not errors, since servers come and go. None with `discovery: labels`, which serves ids no
+    entry names."""
+    if gateway.discovery == "labels":
+        return []
+    return [
+        (
+            f"gateway.access[{index}].servers[{at}]",
+            f"{pattern!r} matches no server in this registry: it reaches nothing until a server it matches is added",
+        )
+        for index, rule in enumerate(gateway.access)
+        for at, pattern in enumerate(rule.servers)
+        if pattern != "*" and not any(fnmatchcase(server_id, pattern) for server_id in ids)
+    ]
 
 
 # --- one entry --------------------------------------------------------------------------------------------
 
 
 def _entry(raw: RawEntry, form: Form, environ: Mapping[str, str]) -> Checked:
+    if not isinstance(raw.server_id, str):
+        return Checked(
+            problems=[
+                (
+                    raw.path,
+                    f"server id {raw.server_id!r} is not a string: YAML reads unquoted on, off, yes, no, true,"
+                    " false and null, and numbers, as such; quote the id (e.g. 'off')",
+                )
+            ]
+        )
     if not SERVER_ID.fullmatch(raw.server_id):
         hint = suggest_id(raw.server_id)
         return Checked(

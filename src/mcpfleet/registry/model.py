@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, get_args
-from urllib.parse import urlsplit
+import types
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # Path segments the gateway serves itself: a server cannot take them as its id.
@@ -29,11 +31,57 @@ Seconds = Annotated[float, Field(gt=0)]
 Argv = tuple[str, ...]
 
 
+# The validation context under which checks between fields are left to `cross_checks` (validation.py runs
+# them on the data as written, located, in the same round as the field errors); without it (a model built
+# in code), each model's after-validator runs them and raises the first.
+CROSS_CHECKED = "mcpfleet.cross_checked"
+
+
+class Finding(NamedTuple):
+    """A problem between fields: where (below the mapping checked), what, and whether only a warning."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    warning: bool = False
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     # Keys a file may write besides the fields: other spellings folded by a before-validator, and keys the
     # loader reads itself. Unknown keys get their suggestion from these and the fields.
     other_keys: ClassVar[tuple[str, ...]] = ()
+    # What else a file may write in place of the mapping (an endpoint's URL), for "should be a mapping" errors.
+    short_form: ClassVar[str | None] = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        # A key with nothing after it (YAML null) for a group, a list or a mapping is refused, whatever the
+        # field's default: read as "not set", `jwt:` would serve without authentication.
+        if value is None and info.field_name is not None:
+            message = empty_message(cls.model_fields[info.field_name].annotation)
+            if message is not None:
+                raise PydanticCustomError("empty", "{message}", {"message": message})
+        return value
+
+    @classmethod
+    def cross_checks(cls, data: Mapping[str, Any]) -> list[Finding]:
+        """Problems between this mapping's fields, read from `data` as written (a field that cannot be read
+        is skipped: its own error says why), located below it. None by default."""
+        return []
+
+
+def cross_checked(info: ValidationInfo) -> bool:
+    """Whether the caller runs `cross_checks` itself (the loader), so an after-validator need not."""
+    return isinstance(info.context, dict) and info.context.get(CROSS_CHECKED) is True
+
+
+def raise_first(findings: Iterable[Finding]) -> None:
+    """For an after-validator: the first problem (not warning) of `cross_checks` as a ValueError."""
+    for finding in findings:
+        if not finding.warning:
+            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in finding.loc)
+            raise ValueError(f"{where.lstrip('.')}: {finding.message}" if where else finding.message)
 
 
 def accepted_keys(model: type[BaseModel]) -> list[str]:
@@ -42,6 +90,47 @@ def accepted_keys(model: type[BaseModel]) -> list[str]:
     for cls in model.__mro__:
         keys += [key for key in vars(cls).get("other_keys", ()) if key not in keys]
     return keys
+
+
+def field_names(model: type[BaseModel]) -> str:
+    """The keys a mapping of `model` takes, required ones first and marked: `issuer (required), jwks_url, ...`."""
+    keys = accepted_keys(model)
+    required = [key for key in keys if key in model.model_fields and model.model_fields[key].is_required()]
+    return ", ".join([*(f"{key} (required)" for key in required), *(key for key in keys if key not in required)])
+
+
+LIST_FORMS = "YAML `[a, b]` or `- a` lines"
+
+
+def shape(annotation: Any) -> type[BaseModel] | Literal["list", "mapping"] | None:
+    """What a field holds, past `None` and `Annotated`: a model (a group of fields), a list, a mapping of
+    names to values, or None for a single value."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        kept = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return shape(kept[0]) if len(kept) == 1 else None
+    if origin is Annotated:
+        return shape(get_args(annotation)[0])
+    if origin in (tuple, list):
+        return "list"
+    if origin in (Mapping, dict):
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def empty_message(annotation: Any, what: str = "the key") -> str | None:
+    """The error for a null where a group, list or mapping goes (None for a single value, where null is a
+    value: `max_starting: null`)."""
+    held = shape(annotation)
+    if held == "list":
+        return f"empty: give a list ({LIST_FORMS}; `[]` for none) or remove {what}"
+    if held == "mapping":
+        return f"empty: give its NAME: value pairs (`{{}}` for none) or remove {what}"
+    if held is not None:
+        return f"empty: give its fields ({field_names(held)}) or remove {what}"
+    return None
 
 
 def model_at(model: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
@@ -158,24 +247,40 @@ class Resources(_Model):
         return value
 
 
-def check_url(url: str) -> str:
-    """Accept an absolute http(s) URL with a host; the message names what is wrong."""
+_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
+
+
+def shown_url(url: str) -> str:
+    """`url` as an error message may show it: a password in its userinfo masked (`http://u:***@h`)."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+def _url_parts(url: str) -> SplitResult:
+    """The parts of an http(s) URL with a host; a ValueError says what is wrong (the password masked)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise ValueError(f"malformed URL {url!r}: {exc}") from None
+        raise ValueError(f"malformed URL {shown_url(url)!r}: {exc}") from None
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"malformed URL {url!r}: the scheme must be http or https")
+        raise ValueError(f"malformed URL {shown_url(url)!r}: the scheme must be http or https")
     if not parts.hostname:
-        raise ValueError(f"malformed URL {url!r}: it has no host")
+        raise ValueError(f"malformed URL {shown_url(url)!r}: it has no host")
+    return parts
+
+
+def check_url(url: str) -> str:
+    """Accept an absolute http(s) URL with a host and no query or fragment; the message names what is wrong."""
+    parts = _url_parts(url)
     if parts.query or parts.fragment:
-        raise ValueError(f"malformed URL {url!r}: a query or fragment is not allowed in an endpoint")
+        raise ValueError(f"malformed URL {shown_url(url)!r}: a query or fragment is not allowed in an endpoint")
     return url
 
 
 class Endpoint(_Model):
     """One replica of an HTTP server: its base URL and its share of new sessions."""
+
+    short_form: ClassVar[str | None] = "a URL"
 
     url: str
     weight: Annotated[int, Field(ge=1)] = 1
@@ -389,6 +494,8 @@ class Volume(_Model):
     """A mount: a host path (absolute) or a named volume at `target`; read-only unless `read_only: false`.
     The short form `source:target[:rw|:ro]` is accepted."""
 
+    short_form: ClassVar[str | None] = "SOURCE:TARGET[:ro|:rw]"
+
     source: str
     target: str
     read_only: bool = True
@@ -418,22 +525,20 @@ class Volume(_Model):
         return target
 
 
+def _capability(cap: str) -> str:
+    if not _CAPABILITY.fullmatch(cap):
+        raise ValueError(f"{cap!r} is not a capability name such as NET_BIND_SERVICE")
+    return cap.removeprefix("CAP_")
+
+
 class Security(_Model):
     """How a container is confined. Defaults: no new privileges, every capability dropped, the image's
     user; `read_only: true` makes the root filesystem read-only (a tmpfs at /tmp stays writable)."""
 
     no_new_privileges: bool = True
-    cap_add: tuple[str, ...] = ()
+    cap_add: tuple[Annotated[str, AfterValidator(_capability)], ...] = ()  # each checked: errors name the index
     read_only: bool = False
     user: str | None = None
-
-    @field_validator("cap_add")
-    @classmethod
-    def _capabilities(cls, caps: tuple[str, ...]) -> tuple[str, ...]:
-        for cap in caps:
-            if not _CAPABILITY.fullmatch(cap):
-                raise ValueError(f"{cap!r} is not a capability name such as NET_BIND_SERVICE")
-        return tuple(cap.removeprefix("CAP_") for cap in caps)
 
 
 class _ContainerEntry(_Entry):
@@ -660,6 +765,44 @@ SERVER_TYPES: dict[str, type[_Entry]] = {
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PRINCIPAL_KINDS = ("key", "sub", "group", "scope")
+# The principal of a caller the gateway asked for no credentials (gateway/identity.py: `Identity.principal`).
+ANONYMOUS = "anonymous"
+
+
+def secure_url(url: str) -> bool:
+    """Whether `url` may carry what a token is checked against: https, or http to this machine (`localhost`,
+    127.0.0.0/8, `::1`), as the MCP authorization spec asks of every authorization server endpoint. A URL
+    that cannot be parsed is not."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    loopback = parts.hostname in ("localhost", "::1") or str(parts.hostname).startswith("127.")
+    return parts.scheme == "https" or (parts.scheme == "http" and loopback)
+
+
+def _https_url(url: str) -> str:
+    """An issuer's, its key set's or an authorization server's URL: https, or http on a loopback host."""
+    _url_parts(url)
+    if not secure_url(url):
+        raise ValueError(
+            f"{shown_url(url)!r}: an issuer, its key set and an authorization server are reached over https"
+            " (http only on loopback)"
+        )
+    return url
+
+
+def _items(value: Any) -> list[tuple[int, Mapping[str, Any]]]:
+    """The mappings of a list as written, with their indexes (anything else is skipped: its own error says why)."""
+    if not isinstance(value, list | tuple):
+        return []
+    return [(index, item) for index, item in enumerate(value) if isinstance(item, Mapping)]
+
+
+def _strings(value: Any) -> list[tuple[int, str]]:
+    if not isinstance(value, list | tuple):
+        return []
+    return [(index, item) for index, item in enumerate(value) if isinstance(item, str)]
 
 
 class ApiKey(_Model):
@@ -679,19 +822,33 @@ class ApiKey(_Model):
             raise ValueError(f"{name!r}: a key name is letters, digits, '.', '_', '@' and '-' (at most 128)")
         return name
 
+    @field_validator("key")
+    @classmethod
+    def _long(cls, key: str | None) -> str | None:
+        if key is not None and len(key) < 16:
+            raise ValueError("the key is shorter than 16 characters: make it long and random")
+        return key
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, sha256: str | None) -> str | None:
+        if sha256 is not None and not _SHA256.fullmatch(sha256):
+            raise ValueError("'sha256' is the key's SHA-256 as 64 lowercase hex digits (sha256sum prints it)")
+        return sha256
+
     @model_validator(mode="after")
     def _hashed(self) -> ApiKey:
         if (self.sha256 is None) == (self.key is None):
             raise ValueError("give exactly one of 'sha256' (the key's SHA-256, hex) or 'key' (the key, e.g. ${VAR})")
         if self.key is not None:
-            if len(self.key) < 16:
-                raise ValueError("the key is shorter than 16 characters: make it long and random")
-            digest = hashlib.sha256(self.key.encode()).hexdigest()
-            object.__setattr__(self, "sha256", digest)
+            object.__setattr__(self, "sha256", digest(self.key))
             object.__setattr__(self, "key", None)
-        elif not _SHA256.fullmatch(str(self.sha256)):
-            raise ValueError("'sha256' is the key's SHA-256 as 64 lowercase hex digits (sha256sum prints it)")
         return self
+
+
+def digest(key: str) -> str:
+    """An API key's SHA-256 as the registry keeps it (lowercase hex of its UTF-8 bytes)."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Jwt(_Model):
@@ -726,17 +883,7 @@ class Jwt(_Model):
     @field_validator("issuer", "jwks_url")
     @classmethod
     def _https(cls, url: str | None) -> str | None:
-        if url is not None and not secure_url(url):
-            raise ValueError(f"{url!r}: an issuer and its key set are reached over https (http only on loopback)")
-        return url
-
-
-def secure_url(url: str) -> bool:
-    """Whether `url` may carry what a token is checked against: https, or http to this machine (`localhost`,
-    127.0.0.0/8, `::1`), as the MCP authorization spec asks of every authorization server endpoint."""
-    parts = urlsplit(url)
-    loopback = parts.hostname in ("localhost", "::1") or str(parts.hostname).startswith("127.")
-    return parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        return None if url is None else _https_url(url)
 
 
 class Auth(_Model):
@@ -750,49 +897,121 @@ class Auth(_Model):
     anonymous: bool = False
     open: tuple[Literal["metrics", "servers"], ...] = ()
     # RFC 9728 `authorization_servers` advertised in the protected-resource metadata; none: the JWT issuer.
-    authorization_servers: tuple[str, ...] = ()
+    authorization_servers: tuple[Annotated[str, AfterValidator(_https_url)], ...] = ()
 
     @property
     def required(self) -> bool:
         return bool(self.api_keys) or self.jwt is not None
 
     @model_validator(mode="after")
-    def _consistent(self) -> Auth:
-        names = [key.name for key in self.api_keys]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"api key name {dupes[0]!r} is used twice: names identify keys in logs and rules")
-        digests = [key.sha256 for key in self.api_keys]
-        if len(set(digests)) != len(digests):
-            raise ValueError("two api keys have the same value: each holder needs a key of its own")
-        if self.anonymous and self.required:
-            raise ValueError("'anonymous: true' serves callers without credentials: leave out api_keys and jwt")
+    def _consistent(self, info: ValidationInfo) -> Auth:
+        if not cross_checked(info):
+            raise_first(self.cross_checks(self.model_dump()))
         return self
+
+    @classmethod
+    def cross_checks(cls, data: Mapping[str, Any]) -> list[Finding]:
+        """Each api key name and each key used once (the later one is located, the earlier named by index,
+        never a key's value); `anonymous: true` only where no credentials are asked."""
+        findings = []
+        names: dict[str, int] = {}
+        digests: dict[str, int] = {}
+        keys = _items(data.get("api_keys"))
+        for index, key in keys:
+            name = key.get("name")
+            if isinstance(name, str) and name in names:
+                findings.append(
+                    Finding(
+                        ("api_keys", index, "name"),
+                        f"api key name {name!r} is used twice (also api_keys[{names[name]}]): names identify keys"
+                        " in logs and rules",
+                    )
+                )
+            elif isinstance(name, str):
+                names[name] = index
+            value, sha256 = key.get("key"), key.get("sha256")
+            hashed = digest(value) if isinstance(value, str) and value else sha256 if isinstance(sha256, str) else None
+            if hashed is not None and hashed in digests:
+                first = digests[hashed]
+                holder = next((f" ({other.get('name')!r})" for i, other in keys if i == first), "")
+                findings.append(
+                    Finding(
+                        ("api_keys", index),
+                        f"the same key as api_keys[{first}]{holder}: each holder needs a key of its own",
+                    )
+                )
+            elif hashed is not None:
+                digests[hashed] = index
+        if data.get("anonymous") is True and (keys or isinstance(data.get("jwt"), Mapping)):
+            findings.append(
+                Finding(
+                    ("anonymous",),
+                    "true serves callers without credentials, and api_keys or jwt asks them for some: keep one or"
+                    " the other",
+                )
+            )
+        return findings
+
+
+def _principal(principal: str) -> str:
+    kind, sep, name = principal.partition(":")
+    if principal not in ("*", ANONYMOUS) and (not sep or kind not in PRINCIPAL_KINDS or not name):
+        raise ValueError(
+            f"{principal!r} is not a principal: write key:<name>, sub:<subject>, group:<name>, scope:<scope>,"
+            f" {ANONYMOUS} or '*'"
+        )
+    return principal
+
+
+_ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+_GLOB_CLASS = re.compile(r"\[!?\]?[^\]]*\]")  # fnmatch's [seq] and [!seq]: one character each
+
+
+def _server_pattern(pattern: str) -> str:
+    """A server id or glob (`fnmatch`: `*`, `?`, `[seq]`) that some server id could match (section 6.5)."""
+    written = _GLOB_CLASS.sub("?", pattern)
+    wrong = [repr(c) for c in sorted({c for c in written if c not in _ID_CHARACTERS and c not in "*?"})]
+    if wrong:
+        listed = wrong[0] if len(wrong) == 1 else ", ".join(wrong[:-1]) + " and " + wrong[-1]
+        raise ValueError(
+            f"{pattern!r} can match no server: {listed} {'is' if len(wrong) == 1 else 'are'} in no server id"
+            " (lowercase letters, digits, '.', '_' and '-'; globs: '*', '?' and [...])"
+        )
+    if written[:1] in (".", "_", "-"):
+        raise ValueError(f"{pattern!r} can match no server: an id starts with a letter or digit")
+    if len(written.replace("*", "")) > 63:
+        raise ValueError(f"{pattern!r} can match no server: at most 63 characters make an id")
+    if pattern in RESERVED_IDS:
+        raise ValueError(f"{pattern!r} can match no server: the id is reserved for the gateway's own endpoints")
+    return pattern
 
 
 class AccessRule(_Model):
     """Who may reach what. `principals`: `key:<name>` (an API key), `sub:<subject>` (a JWT's `sub`),
-    `group:<name>`, `scope:<scope>`, `*` (anyone the gateway let in, anonymous callers included).
-    `servers`: server ids, `*` and `?` globs allowed. `tools`: tool names (globs) these principals may list
-    and call on those servers; none: every tool."""
+    `group:<name>`, `scope:<scope>`, `anonymous` (a caller asked for no credentials), `*` (anyone the gateway
+    let in, anonymous callers included). `servers`: server ids, `*` and `?` globs allowed. `tools`: tool names
+    (globs) these principals may list and call on those servers; none: every tool; `[]`: none."""
 
-    principals: tuple[str, ...]
-    servers: tuple[str, ...] = ("*",)
+    principals: tuple[Annotated[str, AfterValidator(_principal)], ...]
+    servers: tuple[Annotated[str, AfterValidator(_server_pattern)], ...] = ("*",)
     tools: tuple[str, ...] | None = None
 
     @field_validator("principals")
     @classmethod
     def _principals(cls, principals: tuple[str, ...]) -> tuple[str, ...]:
         if not principals:
-            raise ValueError("name at least one principal ('*' for anyone)")
-        for principal in principals:
-            kind, sep, name = principal.partition(":")
-            if principal != "*" and (not sep or kind not in PRINCIPAL_KINDS or not name):
-                raise ValueError(
-                    f"{principal!r} is not a principal: write key:<name>, sub:<subject>, group:<name>,"
-                    " scope:<scope> or '*'"
-                )
+            raise ValueError("a rule with no principals matches nobody: name at least one ('*' for anyone)")
         return principals
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
+        if not servers:
+            raise ValueError(
+                "a rule with no servers matches nothing: list server ids or globs, or leave the key out for every"
+                " server"
+            )
+        return servers
 
 
 class RateLimit(_Model):
@@ -810,7 +1029,8 @@ class Limits(_Model):
     """Per-caller and per-server bounds (section 9.17). A caller is its principal; an anonymous caller is its
     address (the client's, through `trusted_proxies`). Over a rate: 429 with `Retry-After`; over the session
     cap: 429 on `initialize`. `max_stream_duration`: an event stream (a GET stream, a POST answered with a
-    stream, a WebSocket, a legacy SSE stream) is ended after this long; clients reconnect and resume."""
+    stream, a WebSocket, a legacy SSE stream) is ended after this long; clients reconnect and resume.
+    A rate left out is unlimited; `sessions_per_principal: null` and `max_stream_duration: null` lift those."""
 
     sessions_per_principal: Annotated[int, Field(ge=1)] | None = 1000
     rate_per_principal: RateLimit | None = None
@@ -832,13 +1052,31 @@ class Logging(_Model):
 class Tracing(_Model):
     """OpenTelemetry (`pip install 'mcpfleet[otel]'`): a span per client request and per upstream call, W3C
     `traceparent` to HTTP backends and in `_meta` to stdio ones. `exporter`: `otlp` (OTLP/HTTP to
-    `endpoint`, default `$OTEL_EXPORTER_OTLP_ENDPOINT` or http://localhost:4318), `console`, or `none`."""
+    `endpoint`, an http(s) URL checked at load; default `$OTEL_EXPORTER_OTLP_ENDPOINT` or
+    http://localhost:4318), `console`, or `none`."""
 
     enabled: bool = False
     exporter: Literal["otlp", "console", "none"] = "otlp"
     endpoint: str | None = None
     service_name: str = "mcpfleet"
     sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url)
+
+
+def _network(proxy: str) -> str:
+    try:
+        ipaddress.ip_network(proxy)
+    except ValueError:
+        try:
+            network = ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ValueError(f"{proxy!r} is not an IP address or CIDR network (10.0.0.0/8, ::1)") from None
+        raise ValueError(f"{proxy!r} has bits set past its prefix: write {network}") from None
+    return proxy
 
 
 class Gateway(_Model):
@@ -870,7 +1108,7 @@ class Gateway(_Model):
     access: tuple[AccessRule, ...] = ()
     limits: Limits = Limits()
     # Peers (addresses or CIDR networks) whose `Forwarded` / `X-Forwarded-*` headers are believed.
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = ()
     logging: Logging = Logging()
     tracing: Tracing = Tracing()
 
@@ -879,41 +1117,71 @@ class Gateway(_Model):
     def _public_url(cls, url: str | None) -> str | None:
         if url is None:
             return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ValueError(f"{url!r}: public_url is http(s)://host[:port][/prefix], no query or fragment")
+        try:
+            parts = _url_parts(url)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (public_url is http(s)://host[:port][/prefix])") from None
+        if parts.query or parts.fragment:
+            raise ValueError(f"{shown_url(url)!r}: public_url is http(s)://host[:port][/prefix], no query or fragment")
         return url.rstrip("/")
 
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, proxies: tuple[str, ...]) -> tuple[str, ...]:
-        problems = []
-        for proxy in proxies:
-            try:
-                ipaddress.ip_network(proxy)
-            except ValueError:
-                try:
-                    network = ipaddress.ip_network(proxy, strict=False)
-                except ValueError:
-                    problems.append(f"{proxy!r} is not an IP address or CIDR network (10.0.0.0/8, ::1)")
-                else:
-                    problems.append(f"{proxy!r} has bits set past its prefix: write {network}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return proxies
-
     @model_validator(mode="after")
-    def _known_keys(self) -> Gateway:
-        names = {key.name for key in self.auth.api_keys}
-        for rule in self.access:
-            for principal in rule.principals:
-                kind, _, name = principal.partition(":")
-                if kind == "key" and name not in names:
-                    raise ValueError(
-                        f"access: {principal!r} names no key in gateway.auth.api_keys"
-                        f" (keys: {', '.join(sorted(names)) or 'none'})"
-                    )
+    def _known_keys(self, info: ValidationInfo) -> Gateway:
+        if not cross_checked(info):
+            raise_first(self.cross_checks(self.model_dump()))
         return self
+
+    @classmethod
+    def cross_checks(cls, data: Mapping[str, Any]) -> list[Finding]:
+        """Access rules against `auth`: a `key:` principal naming no api key is an error; a principal no
+        caller can have with this `auth` (`sub:` or `scope:` without `jwt`, a `group:` no key has without
+        `jwt`, `anonymous` where credentials are asked) is a warning. Nothing is said of principals when
+        `auth` or its `api_keys` cannot be read (their own errors say why)."""
+        auth = data.get("auth", {})
+        if not isinstance(auth, Mapping) or not isinstance(auth.get("api_keys", ()), list | tuple):
+            return []
+        keys = _items(auth.get("api_keys"))
+        names = {key["name"] for _, key in keys if isinstance(key.get("name"), str)}
+        groups = {group for _, key in keys for _, group in _strings(key.get("groups"))}
+        jwt = isinstance(auth.get("jwt"), Mapping)
+        findings = []
+        for index, rule in _items(data.get("access")):
+            for at, principal in _strings(rule.get("principals")):
+                loc = ("access", index, "principals", at)
+                kind, _, name = principal.partition(":")
+                if kind == "key" and name and name not in names:
+                    known = ", ".join(sorted(names)) or "none"
+                    findings.append(
+                        Finding(loc, f"{principal!r} names no key in gateway.auth.api_keys (keys: {known})")
+                    )
+                elif kind in ("sub", "scope") and name and not jwt:
+                    what = "subjects" if kind == "sub" else "scopes"
+                    findings.append(
+                        Finding(
+                            loc,
+                            f"{principal!r} can never match: {what} come from JWTs, and gateway.auth.jwt is not set",
+                            warning=True,
+                        )
+                    )
+                elif kind == "group" and name and not jwt and name not in groups:
+                    findings.append(
+                        Finding(
+                            loc,
+                            f"{principal!r} can never match: no key in gateway.auth.api_keys has group {name!r},"
+                            " and gateway.auth.jwt (whose tokens carry groups) is not set",
+                            warning=True,
+                        )
+                    )
+                elif principal == ANONYMOUS and (keys or jwt):
+                    findings.append(
+                        Finding(
+                            loc,
+                            f"{ANONYMOUS!r} can never match: gateway.auth asks every caller for credentials"
+                            " (api_keys or jwt), so no caller is anonymous",
+                            warning=True,
+                        )
+                    )
+        return findings
 
     @model_validator(mode="before")
     @classmethod

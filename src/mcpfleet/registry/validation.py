@@ -5,19 +5,37 @@ Problems are (path in the document, message), with the path in the user's spelli
 `${VAR}` with no value is kept apart from other problems (`Checked.unset`), and validation errors it
 causes (an empty URL, an empty command, a port that is not a number) are dropped: they are its
 consequences, and the loader decides what an entry with only unset variables becomes.
+
+Messages are the project's, not pydantic's: errors are translated by type (`_message`), in words a registry's
+author uses (a list, a mapping of fields, a whole number), and never name a model class. Checks between
+fields (`cross_checks` of each model) run on the data as written, in the same round as the field errors,
+each located at the field it is about; their warnings go to `Checked.notes`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from mcpfleet.registry.expand import expand
 from mcpfleet.registry.forms import closest
-from mcpfleet.registry.model import SERVER_TYPES, Server, accepted_keys, model_at
+from mcpfleet.registry.model import (
+    CROSS_CHECKED,
+    LIST_FORMS,
+    SERVER_TYPES,
+    Finding,
+    Server,
+    accepted_keys,
+    empty_message,
+    field_names,
+    model_at,
+    shape,
+)
 
 Located = tuple[str, str]  # (path in the document, message)
 
@@ -26,10 +44,25 @@ ENTRY_KEYS = sorted({key for model in SERVER_TYPES.values() for key in accepted_
 # The field a spelling fills (`url` fills `endpoints`): a missing field that an unknown key's suggestion
 # would fill is not reported a second time.
 _FILLS = {"cmd": "command", "args": "command", "endpoint": "endpoints", "url": "endpoints", "serverUrl": "endpoints"}
+# Pydantic's error types, by what the user wrote wrong; anything else keeps pydantic's words without its
+# "Input should" ("should be greater than 0", "should be 'text' or 'json'").
 _FRIENDLY = {
     "extra_forbidden": "unknown field",
     "missing": "missing required field",
+    "list_type": f"should be a list ({LIST_FORMS})",
+    "tuple_type": f"should be a list ({LIST_FORMS})",
+    "set_type": f"should be a list ({LIST_FORMS})",
+    "dict_type": "should be a mapping of NAME: value pairs",
+    "string_type": "should be a string (quote it if YAML reads it as a number, true/false or null)",
+    "int_type": "should be a whole number",
+    "int_parsing": "should be a whole number",
+    "int_from_float": "should be a whole number, without a fraction",
+    "float_type": "should be a number",
+    "float_parsing": "should be a number",
+    "bool_type": "should be true or false",
+    "bool_parsing": "should be true or false",
 }
+_SUBJECT = re.compile(r"^(Input|Value|List|Tuple|Set|String|Dictionary|Data) should ")
 
 
 @dataclass
@@ -51,15 +84,48 @@ def check(
 ) -> Checked:
     """Expand and validate one mapping; validation errors that an unset variable explains are dropped."""
     checked = Checked()
+    renames = renames or {}
     expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems)
+    unset_paths = [path for path, _ in checked.unset]
     try:
-        checked.value = model.model_validate(expanded)
+        checked.value = model.model_validate(expanded, context={CROSS_CHECKED: True})
     except ValidationError as exc:
-        unset_paths = [path for path, _ in checked.unset]
-        for path, message in _validation_problems(exc, prefix, model, renames or {}):
+        for path, message in _validation_problems(exc, prefix, model, renames):
             if not _explained_by(path, unset_paths, prefix):
                 checked.problems.append((path, message))
+    cross: list[Located] = []
+    for loc, message, warning in _cross_checks(model, expanded, ()):
+        path = _location(prefix, tuple(str(part) for part in loc), renames)
+        if warning:
+            checked.notes.append((path, message))
+        elif not _explained_by(path, unset_paths, prefix):
+            cross.append((path, message))
+    if cross:
+        checked.value = None
+        checked.problems += cross
     return checked
+
+
+def _cross_checks(model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> list[Finding]:
+    """Every model's `cross_checks` on the mapping it validates, anywhere below `data`, located from the top."""
+    if not isinstance(data, dict):
+        return []
+    checks = getattr(model, "cross_checks", None)
+    found = (
+        [Finding((*loc, *finding.loc), finding.message, finding.warning) for finding in checks(data)] if checks else []
+    )
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        held = shape(field.annotation) if field is not None else None
+        inner = model_at(model, (key,)) if field is not None else None
+        if inner is None:
+            continue
+        if held == "list" and isinstance(value, list):
+            for index, item in enumerate(value):
+                found += _cross_checks(inner, item, (*loc, key, index))
+        elif held is inner:
+            found += _cross_checks(inner, value, (*loc, key))
+    return found
 
 
 def _expand_tree(
@@ -133,9 +199,25 @@ def _validation_problems(
     for loc, error in errors:
         if error["type"] == "extra_forbidden" or (error["type"] == "missing" and loc in suggested):
             continue
-        message = _FRIENDLY.get(error["type"], error["msg"]).removeprefix("Value error, ")
-        others.append((_location(prefix, loc, renames), message))
+        others.append((_location(prefix, loc, renames), _message(error, model, loc)))
     return unknown + others
+
+
+def _message(error: ErrorDetails, model: type[BaseModel], loc: tuple[str, ...]) -> str:
+    """What is wrong, in the registry's words: a mapping that is null or is not a mapping names the fields
+    it takes; a type by what to write; anything else in pydantic's words without its subject."""
+    kind = error["type"]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        inner = model_at(model, loc)
+        if error["input"] is None and inner is not None:
+            item = bool(loc) and loc[-1].isdigit()
+            return empty_message(inner, "the item" if item else "the key") or ""
+        if inner is not None and kind != "dict_type":
+            short_form = getattr(inner, "short_form", None)
+            other = f"{short_form} or " if short_form else ""
+            return f"should be {other}a mapping of fields ({field_names(inner)})"
+    message = _FRIENDLY.get(kind, error["msg"])
+    return _SUBJECT.sub("should ", message.removeprefix("Value error, ")).replace(" after validation", "")
 
 
 def _suggestion(model: type[BaseModel], loc: tuple[str, ...]) -> str | None:
