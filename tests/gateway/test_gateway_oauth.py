@@ -652,9 +652,15 @@ def test_required_scopes_and_groups_in_access_rules(tmp_path: Path, echo_url: st
                 assert ops.status_code == 200
                 elsewhere = await http.post(other, json=INIT, headers=bearer(auth.mint(other, groups=["dev"])))
                 assert elsewhere.status_code == 403 and "gateway.access" in elsewhere.json()["error"]["message"]
-                # Rules give `other` to holders of these scopes: the challenge lists them, once each, for a
-                # client to step up to (MCP authorization, Scope Challenge Handling).
-                assert challenge_params(elsewhere) == {"error": "insufficient_scope", "scope": "admin ops"}
+                # Rules give `other` to holders of these scopes: the challenge lists them after the required
+                # one, each once, for a client to step up to all at once (MCP authorization, Scope Challenge
+                # Handling), and points at the metadata like every other challenge.
+                assert challenge_params(elsewhere) == {
+                    "realm": "mcpfleet",
+                    "error": "insufficient_scope",
+                    "scope": "mcp admin ops",
+                    "resource_metadata": f"{url}/.well-known/oauth-protected-resource/other/mcp",
+                }
                 stranger = await http.post(web, json=INIT, headers=bearer(auth.mint(web, groups=["dev"])))
                 assert stranger.status_code == 403 and "sub:alice" in stranger.json()["error"]["message"]
                 # No scope opens `web`: another token would not help, so no challenge invites a new login.

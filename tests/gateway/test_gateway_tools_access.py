@@ -231,7 +231,7 @@ def test_the_cli_through_the_gateway_says_a_tool_is_denied_or_may_be_hidden(flee
     assert "unknown tool" not in called.stderr and "Traceback" not in called.stderr
     listed = run_cli("call", "local", "stats", "--arg", "numbers=[1]", "--gateway", fleet.url, env=env)
     assert listed.returncode == 2, listed.stderr
-    assert "unknown tool 'stats'" in listed.stderr and "gateway.access rules may hide tools" in listed.stderr
+    assert "unknown tool 'stats'" in listed.stderr and "the gateway's access rules (gateway.access at" in listed.stderr
     admin = run_cli(
         "call",
         "local",

@@ -518,6 +518,6 @@ def test_the_public_url_is_served_as_a_host_and_an_origin(bind: str) -> None:
         with pytest.raises(GatewayError) as refused:
             policy.check_origin(origin)
         assert refused.value.status == 403
-    assert Policy.create("0.0.0.0", (), (), "https://[::1").ignored == (
-        "gateway.public_url 'https://[::1' is not served as a Host: an IPv6 address without its closing ']'",
+    assert Policy.create("0.0.0.0", (), (), "https://u:secret@gw.example.com").ignored == (
+        "gateway.public_url is not served as a Host: a user name before '@'",
     )

@@ -332,7 +332,7 @@ def _check_tool(server: str, tool: str, listing: list[Any], gateway: str | None)
     access rules may be what hides it (the listing is this caller's, `gateway.access`)."""
     names = [t.name for t in listing]
     if tool not in names:
-        hidden = f"{gateway}'s gateway.access rules may hide tools from this caller ($MCPFLEET_TOKEN)"
+        hidden = f"the gateway's access rules (gateway.access at {gateway}) may hide tools from this caller"
         raise UnknownToolError(server, tool, names, hint=hidden if gateway else None)
 
 

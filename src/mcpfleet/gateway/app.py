@@ -57,8 +57,9 @@ from mcpfleet.gateway.policy import (
     open_door,
     session_owner,
 )
+from mcpfleet.gateway.policy.access import AccessDenied, Grant
 from mcpfleet.gateway.policy.context import Correlation
-from mcpfleet.gateway.policy.credentials import audience_notice
+from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, audience_notice
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
@@ -495,6 +496,17 @@ class Gateway:
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
 
+    def _grant(self, scope: Scope, server_id: str) -> Grant:
+        """What the caller may do on `server_id` (`gateway.access`); a 403 otherwise, challenging for the
+        scopes that would lift it when a token could (`AccessDenied.scopes`)."""
+        try:
+            return self.access.check(scope[IDENTITY], server_id)
+        except AccessDenied as denied:
+            authenticator = self.credentials.authenticator if self.credentials is not None else None
+            if denied.scopes and isinstance(authenticator, GatewayAuthenticator):
+                denied.headers["WWW-Authenticate"] = authenticator.insufficient_scope(scope, denied.scopes)
+            raise
+
     def _target(self, scope: Scope) -> tuple[bytes, list[str]]:
         """The raw path and its segments, once it passed the path escape checks (Host and Origin have)."""
         raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
@@ -508,7 +520,7 @@ class Gateway:
             raise GatewayError(404, -32601, "WebSocket endpoints are /<server-id>/ws")
         if "mcp" not in scope.get("subprotocols", []):
             raise GatewayError(400, -32600, "the WebSocket subprotocol 'mcp' is required")
-        scope[GRANT] = self.access.check(scope[IDENTITY], segments[0])
+        scope[GRANT] = self._grant(scope, segments[0])
         limits = self._snapshot.gateway.limits
         self.quotas.admit(scope, segments[0], limits)
         with self.quotas.session_slot(scope, segments[0], limits, send):  # the connection is the session
@@ -553,7 +565,7 @@ class Gateway:
             )
         if first not in snapshot.servers and first not in self._draining:
             raise GatewayError.unknown_server(first, sorted(snapshot.servers))
-        scope[GRANT] = self.access.check(scope[IDENTITY], first)
+        scope[GRANT] = self._grant(scope, first)
         scope["mcpfleet.server"] = first
         limits = snapshot.gateway.limits
         self.quotas.admit(scope, first, limits)  # 429 over gateway.limits.rate_per_principal / rate_per_server

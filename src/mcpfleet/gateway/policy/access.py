@@ -2,8 +2,9 @@
 
 With no rules, every caller the authentication let in reaches every server and every tool. With rules, a
 caller reaches a server only when a rule names one of its principals (`Identity.principals`: `key:<name>`,
-`sub:<subject>`, `group:<g>`, `scope:<s>`; `*` is anyone) and the server id (globs allowed); everything
-else is refused with 403 before the request is routed. The tools it may list and call there are the union
+`sub:<subject>`, `group:<g>`, `scope:<s>`, `anonymous` for a caller asked for no credentials; `*` is anyone)
+and the server id (`fnmatch` globs: `*`, `?`, `[...]`); everything else is refused with 403 before the
+request is routed. The tools it may list and call there are the union
 of those rules' `tools` (globs); a rule without `tools` allows all of them.
 
 A `Grant` is what a request carries inward (`scope[GRANT]`): the server routes filter `tools/list`
@@ -37,6 +38,15 @@ class Grant:
 
 
 EVERYTHING = Grant()
+
+
+class AccessDenied(GatewayError):
+    """403 from `gateway.access`. `scopes`: what a token would need for some rule to let it in (a JWT
+    caller's only; empty when no token could), for the challenge the authentication layer writes."""
+
+    def __init__(self, message: str, scopes: tuple[str, ...] = ()) -> None:
+        super().__init__(403, -32600, message)
+        self.scopes = scopes
 
 
 class Access:
@@ -76,20 +86,16 @@ class Access:
         return decided
 
     def check(self, identity: Identity, server_id: str) -> Grant:
-        """`grant`, or a 403 naming the caller and the server. The 403 carries an RFC 6750 `insufficient_scope`
-        challenge only when another token could pass: a JWT caller, and rules giving the server to `scope:`
-        principals, whose scopes the challenge's `scope` lists (what an MCP client asks its provider for
-        when it steps up, MCP authorization "Scope Challenge Handling"). Any other caller gets no challenge:
-        logging in again would not help, and clients that re-authorize on every `insufficient_scope` loop."""
+        """`grant`, or `AccessDenied` (403) naming the caller and the server. For a JWT caller, the denial
+        carries the scopes some rule gives the server to (`scope:` principals): another token could lift it,
+        so the router answers with an RFC 6750 `insufficient_scope` challenge listing them (MCP authorization,
+        "Scope Challenge Handling"). Any other caller gets no challenge: logging in again would not help,
+        and clients that re-authorize on every `insufficient_scope` loop."""
         decided = self.grant(identity, server_id)
         if decided is None:
-            wanted = self._scopes_for(server_id) if identity.kind == "jwt" else ()
-            challenge = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(wanted)}"'}
-            raise GatewayError(
-                403,
-                -32600,
+            raise AccessDenied(
                 f"{identity.principal} may not use server {server_id!r} (setting: gateway.access)",
-                headers=challenge if wanted else None,
+                self._scopes_for(server_id) if identity.kind == "jwt" else (),
             )
         return decided
 

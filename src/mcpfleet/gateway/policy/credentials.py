@@ -31,7 +31,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Scope, header
@@ -67,6 +67,14 @@ class GatewayAuthenticator:
             url = metadata_url(self.base(scope), server, "/mcp" if rest == "/mcp" else "")
             parts.append(f'resource_metadata="{url}"')
         return ", ".join(parts)
+
+    def insufficient_scope(self, scope: Scope, scopes: Sequence[str] = ()) -> str:
+        """The `WWW-Authenticate` of a 403 a token with more scopes would lift (RFC 6750 section 3.1): its
+        `scope` lists `jwt.required_scopes`, then `scopes` (what an access rule wants), each once, so a client
+        that steps up asks for all it needs at once."""
+        required = self.auth.jwt.required_scopes if self.auth.jwt else ()
+        wanted = " ".join(dict.fromkeys((*required, *scopes)))
+        return self._challenge(scope, "insufficient_scope", f'scope="{wanted}"')
 
     async def authenticate(self, scope: Scope) -> Identity:
         try:
@@ -104,9 +112,7 @@ class GatewayAuthenticator:
                 raise unauthorized(error.message, self._challenge(scope, "invalid_token", described)) from None
             except GatewayError as error:
                 if error.status == 403:
-                    wanted = " ".join(self.auth.jwt.required_scopes) if self.auth.jwt else ""
-                    challenge = self._challenge(scope, "insufficient_scope", f'scope="{wanted}"')
-                    raise forbidden(error.message, challenge) from None
+                    raise forbidden(error.message, self.insufficient_scope(scope)) from None
                 raise
         what = "API key" if self.keys and not self.validator else "credential"
         raise unauthorized(f"the {what} is not valid here", self._challenge(scope, "invalid_token"))

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from urllib.parse import urlsplit
 
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import App, Receive, Scope, Send
@@ -168,11 +169,11 @@ class Policy:
         origins: set[str] = set()
         ignored: list[str] = []
         if public_url is not None:
-            scheme, _, rest = public_url.partition("://")
+            parts = urlsplit(public_url)  # the registry checked it: http(s), a host, no userinfo
             try:
-                key, authority = parse_origin(f"{scheme}://{rest.partition('/')[0]}")
-            except ValueError as exc:
-                ignored.append(f"gateway.public_url {public_url!r} is not served as a Host: {exc}")
+                key, authority = parse_origin(f"{parts.scheme}://{parts.netloc}")
+            except ValueError as exc:  # a spelling urlsplit takes and the Host rule does not; never its text
+                ignored.append(f"gateway.public_url is not served as a Host: {exc}")
             else:
                 hosts.add(authority.host)
                 origins.add(key)
