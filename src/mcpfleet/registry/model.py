@@ -930,7 +930,8 @@ class Limits(_Model):
     address (the client's, through `trusted_proxies`). Over a rate: 429 with `Retry-After`; over the session
     cap: 429 on `initialize`. `max_stream_duration`: an event stream (a GET stream, a POST answered with a
     stream, a WebSocket, a legacy SSE stream) is ended after this long; clients reconnect and resume.
-    A rate left out is unlimited; `sessions_per_principal: null` and `max_stream_duration: null` lift those."""
+    A rate left out or null is unlimited; `sessions_per_principal: null` and `max_stream_duration: null` lift
+    those."""
 
     sessions_per_principal: Annotated[int, Field(ge=1)] | None = 1000
     rate_per_principal: RateLimit | None = None
@@ -1057,7 +1058,8 @@ class Registry(_Model):
     """One immutable snapshot of the registry: where it came from, the gateway settings, the servers by id.
 
     `failed`: entries left out because a `${VAR}` they use has no value (and nothing else is wrong with
-    them), by id, each with its one-line located error. An id is in `servers` or `failed`, never both.
+    them), by id, each with its one-line located error (its advice worded for a running gateway when a
+    reload loaded it: `load_registry(running=True)`). An id is in `servers` or `failed`, never both.
     `warnings`: things accepted but ignored (client-only keys, disabled entries, VS Code `inputs`).
     """
 
