@@ -359,3 +359,22 @@ def test_a_reload_naming_a_variable_the_gateway_lacks_says_to_restart_it(tmp_pat
             assert not gateway.snapshot.gateway.auth.required  # the registry in force stays
 
     anyio.run(run)
+
+
+def test_an_entry_a_reload_leaves_out_for_a_variable_the_gateway_lacks_says_to_restart_it(tmp_path: Path) -> None:
+    """The same advice for an entry left out (`failed`, answered 503) by a reload: chosen by the problem's
+    kind (an unset variable), not by rewriting its text."""
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"servers:\n  local: {{command: {DEMO_STDIO}}}\n")
+
+    async def run() -> None:
+        async with Gateway(load_registry(registry), registry_path=registry) as gateway:
+            added = "  other: {command: [x], env: {TOKEN: '${MCPFLEET_TEST_UNSET_KEY}'}}\n"
+            registry.write_text(f"servers:\n  local: {{command: {DEMO_STDIO}}}\n" + added)
+            assert await gateway.reload() is True  # one missing token does not stop the other servers
+            failed = gateway.snapshot.failed["other"]
+            assert "${MCPFLEET_TEST_UNSET_KEY} is not set" in failed
+            assert "set it in the gateway's environment and restart it" in failed
+            assert "set it in the environment," not in failed
+
+    anyio.run(run)

@@ -22,6 +22,7 @@ from mcpfleet.gateway.identity import ANONYMOUS, Identity
 from mcpfleet.gateway.policy.access import Access
 from mcpfleet.registry import model as models
 from mcpfleet.registry import parse_registry
+from mcpfleet.registry.fields import model_in, nullable, shape
 from mcpfleet.registry.model import (
     SERVER_TYPES,
     AccessRule,
@@ -31,7 +32,6 @@ from mcpfleet.registry.model import (
     Gateway,
     Registry,
     Volume,
-    shape,
 )
 
 KEY_A = "a-long-random-key-0001"
@@ -65,39 +65,58 @@ ENTRIES: dict[str, dict[str, Any]] = {
     "stdio": {"command": ["x"]},
     "http": {"endpoints": ["http://h"]},
     "docker": {"type": "docker", "image": "i"},
-    "kubernetes": {"type": "kubernetes", "image": "i"},
+    "kubernetes": {"type": "kubernetes", "image": "i", "port": 8080},
 }
 
 
-def empty_keys(model: type[BaseModel], base: dict[str, Any], path: str) -> Iterator[tuple[dict[str, Any], str]]:
-    """(document part, path) for every group, list and mapping field below `model` left empty (null)."""
+def empty_keys(
+    model: type[BaseModel], base: dict[str, Any], path: str, refused: bool
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """(document part, path) for every group, list and mapping field below `model` left empty (null) that
+    the rule of section 6.6 refuses (`refused`) or accepts as its default: refused where None is not one of
+    the field's values, or the field is in its model's `never_null`."""
     for name, field in model.model_fields.items():
         held = shape(field.annotation)
         if held is None or name == "id":
             continue
-        yield {**base, name: None}, f"{path}.{name}"
-        inner = models._model_in(field.annotation)
+        if refused == (name in getattr(model, "never_null", ()) or not nullable(field.annotation)):
+            yield {**base, name: None}, f"{path}.{name}"
+        inner = model_in(field.annotation)
         if inner is None:
             continue
         if held == "list":
-            for part, where in empty_keys(inner, ITEMS[inner], f"{path}.{name}[0]"):
+            for part, where in empty_keys(inner, ITEMS[inner], f"{path}.{name}[0]", refused):
                 yield {**base, name: [part]}, where
         else:
-            for part, where in empty_keys(inner, {}, f"{path}.{name}"):
+            for part, where in empty_keys(inner, {}, f"{path}.{name}", refused):
                 yield {**base, name: part}, where
 
 
-GATEWAY_CASES = list(empty_keys(Gateway, {}, "gateway"))
-ENTRY_CASES = [
-    (kind, part, where)
-    for kind in SERVER_TYPES
-    for part, where in empty_keys(SERVER_TYPES[kind], ENTRIES[kind], "servers.a")
-    if where != "servers.a.type"
-]
+def entry_cases(refused: bool) -> list[tuple[str, dict[str, Any], str]]:
+    return [
+        (kind, part, where)
+        for kind in SERVER_TYPES
+        for part, where in empty_keys(SERVER_TYPES[kind], ENTRIES[kind], "servers.a", refused)
+        if where != "servers.a.type"
+    ]
+
+
+GATEWAY_CASES = list(empty_keys(Gateway, {}, "gateway", refused=True))
+ENTRY_CASES = entry_cases(refused=True)
+GATEWAY_DEFAULTS = list(empty_keys(Gateway, {}, "gateway", refused=False))
+ENTRY_DEFAULTS = entry_cases(refused=False)
 
 
 def test_the_generated_cases_cover_the_fields_of_the_trial() -> None:
-    paths = {where for _, where in GATEWAY_CASES} | {where for _, _, where in ENTRY_CASES}
+    refused = {where for _, where in GATEWAY_CASES} | {where for _, _, where in ENTRY_CASES}
+    defaults = {where for _, where in GATEWAY_DEFAULTS} | {where for _, _, where in ENTRY_DEFAULTS}
+    # Null would open access or drop a protection: refused, although None is the default of some.
+    for where in ["gateway.auth.jwt", "gateway.auth.api_keys", "gateway.access", "gateway.access[0].tools"]:
+        assert where in refused and where not in defaults
+    # Null is the field's own default (no limit): accepted as it was before the plain messages.
+    for where in ["gateway.limits.rate_per_principal", "gateway.limits.rate_per_server", "servers.a.args"]:
+        assert where in defaults and where not in refused
+    paths = refused | defaults
     for where in [
         "gateway.auth",
         "gateway.auth.jwt",
@@ -130,6 +149,24 @@ def test_an_empty_key_in_an_entry_is_an_error_naming_it(kind: str, part: dict[st
     assert any(p.startswith(f"reg.yaml: {where}: empty: give ") for p in found), found
 
 
+@pytest.mark.parametrize(("part", "where"), GATEWAY_DEFAULTS, ids=[where for _, where in GATEWAY_DEFAULTS])
+def test_a_null_where_none_is_the_default_in_the_gateway_section_means_it(part: dict[str, Any], where: str) -> None:
+    reg = load(dump({"servers": {"a": {"command": ["x"]}}, "gateway": part}))
+    assert reg.gateway == Gateway.model_validate(part)  # the same as the model built in code
+    assert reg.gateway.model_dump() == Gateway().model_dump() or "access" in where
+
+
+@pytest.mark.parametrize(
+    ("kind", "part", "where"), ENTRY_DEFAULTS, ids=[f"{kind}:{where}" for kind, _, where in ENTRY_DEFAULTS]
+)
+def test_a_null_where_none_is_the_default_in_an_entry_means_it(kind: str, part: dict[str, Any], where: str) -> None:
+    reg = load(dump({"servers": {"a": part}}))
+    field = where.removeprefix("servers.a.").split(".")[0].split("[")[0]
+    assert getattr(reg.servers["a"], field) == getattr(
+        load(dump({"servers": {"a": ENTRIES[kind]}})).servers["a"], field
+    )
+
+
 def test_an_empty_jwt_does_not_serve_without_authentication() -> None:
     # The trial's registry: it loaded as valid, and the gateway then asked nobody for credentials.
     assert problems("servers: {}\ngateway:\n  auth:\n    jwt:\n") == [
@@ -146,8 +183,10 @@ def test_an_empty_jwt_does_not_serve_without_authentication() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("servers: {}\ngateway:\n", "reg.yaml: gateway: empty: give its fields (host, port, "),
-        ("a: {command: [x]}\ngateway:\n", "reg.yaml: gateway: empty: give its fields (host, port, "),
+        ("servers: {}\ngateway:\n  access:\n", "gateway.access: empty: give a list"),
+        ("servers: {}\ngateway:\n  auth:\n    api_keys:\n", "gateway.auth.api_keys: empty: give a list"),
+        ("servers: {}\ngateway:\n  access:\n  - principals:\n", "gateway.access[0].principals: empty:"),
+        ("servers: {}\ngateway:\n  access:\n  - {principals: ['*'], servers: }\n", "gateway.access[0].servers: empty:"),
         ("servers: {}\ngateway:\n  access:\n  - principals: ['*']\n    tools:\n", "gateway.access[0].tools: empty:"),
         ("servers: {}\ngateway:\n  auth: {api_keys: [null]}\n", "gateway.auth.api_keys[0]: empty: give its fields"),
         ("servers:\n  a: {command: [x], env:}\n", "servers.a.env: empty: give its NAME: value pairs"),
@@ -161,9 +200,23 @@ def test_null_single_values_keep_their_documented_meaning() -> None:
     # A null single value is a value ("no limit"), not a missing group: these stay accepted.
     reg = load(
         "servers:\n  a: {command: [x], pool: {max_starting: null}}\n"
-        "gateway:\n  limits: {sessions_per_principal: null, max_stream_duration: null}\n"
+        "gateway:\n  limits: {sessions_per_principal: null, max_stream_duration: null, rate_per_principal: null,"
+        " rate_per_server: {rps: 5, burst: null}}\n"
     )
     assert reg.gateway.limits.sessions_per_principal is None and reg.gateway.limits.max_stream_duration is None
+    assert reg.gateway.limits.rate_per_principal is None  # unlimited, as before the plain messages
+    assert reg.gateway.limits.rate_per_server is not None and reg.gateway.limits.rate_per_server.capacity == 5
+    assert reg.servers["a"].pool.max_starting is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text", ["servers: {}\ngateway:\n", "a: {command: [x]}\ngateway:\n"])
+def test_a_gateway_key_with_nothing_under_it_is_the_defaults(text: str) -> None:
+    assert load(text).gateway == Gateway()
+
+
+def test_the_clients_env_null_and_args_null_are_none() -> None:
+    reg = load('{"mcpServers": {"a": {"command": "x", "args": null, "env": null}}}')
+    assert reg.servers["a"].argv == ("x",) and reg.servers["a"].env == {}  # type: ignore[union-attr]
 
 
 # --- 2. no library jargon -----------------------------------------------------------------------------------
@@ -182,7 +235,7 @@ def wrong_values(model: type[BaseModel], base: dict[str, Any], path: str) -> Ite
         held = shape(field.annotation)
         wrong: Any = {"x": 1} if held is None or held == "list" else [1]
         yield {**base, name: wrong}, f"{path}.{name}"
-        inner = models._model_in(field.annotation)
+        inner = model_in(field.annotation)
         if inner is not None and held != "list":
             for part, where in wrong_values(inner, {}, f"{path}.{name}"):
                 yield {**base, name: part}, where
@@ -378,7 +431,7 @@ def test_principals_no_caller_can_have_are_warnings_naming_the_setting() -> None
         "reg.yaml: gateway.access[0].principals[3]: 'group:dev' can never match: no key in gateway.auth.api_keys has"
         " group 'dev', and gateway.auth.jwt (whose tokens carry groups) is not set",
         "reg.yaml: gateway.access[0].principals[4]: 'anonymous' can never match: gateway.auth asks every caller for"
-        " credentials (api_keys or jwt), so no caller is anonymous",
+        " credentials (api_keys or jwt) and opens no route (auth.open), so no caller is anonymous",
     )
     with_jwt = (
         "servers:\n  a: {command: [x]}\ngateway:\n  auth: {jwt: {issuer: 'https://login.example.com'}}\n"

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -66,7 +67,6 @@ from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.status import GatewayView
 from mcpfleet.gateway.urls import base_url
 from mcpfleet.registry import Registry, load_registry
-from mcpfleet.registry.expand import at_reload
 from mcpfleet.registry.model import (
     STATUS_PATHS,
     Auth,
@@ -280,9 +280,10 @@ class Gateway:
         async with self._reload_lock:
             self.loaded_digest = await anyio.to_thread.run_sync(file_digest, self.registry_path)
             try:
-                fresh = await anyio.to_thread.run_sync(load_registry, self.registry_path)
+                # `running`: an unset ${VAR} is advised as a restart, in the problems and in `failed` entries.
+                fresh = await anyio.to_thread.run_sync(partial(load_registry, self.registry_path, running=True))
             except RegistryError as exc:
-                self.reload_error = [at_reload(str(p)) for p in exc.problems]
+                self.reload_error = [str(p) for p in exc.problems]
                 self.reloads["rejected"] += 1
                 # One line (a text log is read line by line): the problems joined, each already located.
                 log.error("registry reload rejected; the registry in force stays: %s", "; ".join(self.reload_error))
@@ -561,7 +562,8 @@ class Gateway:
             raise GatewayError(
                 503,
                 ENTRY_FAILED,
-                f"server {first!r} is not available: {snapshot.failed[first]}; fix the registry and reload",
+                # The entry's error says what to do about its variable; the file can also do without it.
+                f"server {first!r} is not available: {snapshot.failed[first]}; or fix the registry and reload",
             )
         if first not in snapshot.servers and first not in self._draining:
             raise GatewayError.unknown_server(first, sorted(snapshot.servers))

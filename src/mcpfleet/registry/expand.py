@@ -21,9 +21,24 @@ SET_IT = "set it in the environment"
 SET_IT_AND_RESTART = "set it in the gateway's environment and restart it: a reload reads the file, not new variables"
 
 
-def at_reload(message: str) -> str:
-    """A problem's message as a running gateway's reload should say it (the advice for an unset variable)."""
-    return message.replace(SET_IT, SET_IT_AND_RESTART)
+@dataclass(frozen=True)
+class Unset:
+    """A reference with no value: `reference` as written (`${TOKEN}`), and whether it is VS Code's
+    `${input:ID}` (which no environment can fill) rather than a variable."""
+
+    reference: str
+    vs_code_input: bool = False
+
+    def message(self, *, running: bool = False) -> str:
+        """What to do, worded for who reads it: `running` for a gateway that reloaded its file (a variable
+        set now reaches it only by a restart), else for whoever starts the next process."""
+        if self.vs_code_input:
+            return (
+                f"{self.reference} is a VS Code input, which mcpfleet cannot prompt for"
+                " (write ${NAME} instead and set NAME in the environment)"
+            )
+        advice = SET_IT_AND_RESTART if running else SET_IT
+        return f"{self.reference} is not set ({advice}, or write ${self.reference} for a literal)"
 
 
 _TOKEN = re.compile(
@@ -42,13 +57,13 @@ class Expansion:
 
     text: str
     used: tuple[str, ...]
-    unset: tuple[str, ...]
+    unset: tuple[Unset, ...]
     problems: tuple[str, ...]
 
 
 def expand(text: str, environ: Mapping[str, str]) -> Expansion:
     used: list[str] = []
-    unset: list[str] = []
+    unset: list[Unset] = []
     problems: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
@@ -56,10 +71,7 @@ def expand(text: str, environ: Mapping[str, str]) -> Expansion:
         if whole == "$$":
             return "$"
         if match.group("input") is not None:
-            unset.append(
-                f"{whole} is a VS Code input, which mcpfleet cannot prompt for"
-                " (write ${NAME} instead and set NAME in the environment)"
-            )
+            unset.append(Unset(whole, vs_code_input=True))
             return ""
         name, default = match.group("name"), match.group("default")
         if name is None:
@@ -70,7 +82,7 @@ def expand(text: str, environ: Mapping[str, str]) -> Expansion:
         if value is None or (value == "" and default is not None):
             if default is not None:
                 return default
-            unset.append(f"{whole} is not set ({SET_IT}, or write ${whole} for a literal)")
+            unset.append(Unset(whole))
             return ""
         return value
 

@@ -59,16 +59,13 @@ class RawEntry:
 
 @dataclass(frozen=True)
 class Document:
-    """The parts of a document. `problems` are errors and `notes` things ignored, both (path, message).
-    `gateway_given`: whether the document has a `gateway` key (`gateway` is None both without one and for a
-    key with nothing after it, which is an error)."""
+    """The parts of a document. `problems` are errors and `notes` things ignored, both (path, message)."""
 
     form: Form
     gateway: Any
     entries: tuple[RawEntry, ...]
     problems: tuple[tuple[str, str], ...]
     notes: tuple[tuple[str, str], ...] = ()
-    gateway_given: bool = False
 
 
 def read_document(doc: Any) -> Document:
@@ -107,7 +104,7 @@ def _nested(doc: dict[str, Any], key: Literal["servers", "mcpServers"]) -> Docum
         servers = {}
     entries = tuple(RawEntry(sid, f"{key}.{sid}", body) for sid, body in servers.items())
     form: Form = "native" if key == "servers" else "mcpServers"
-    return Document(form, doc.get("gateway"), entries, tuple(problems), tuple(notes), "gateway" in doc)
+    return Document(form, doc.get("gateway"), entries, tuple(problems), tuple(notes))
 
 
 def _flat(doc: dict[str, Any]) -> Document:
@@ -126,7 +123,7 @@ def _flat(doc: dict[str, Any]) -> Document:
             problems.append((key, "unknown top-level field" + hint))
             continue
         entries.append(RawEntry(key, key, value))
-    return Document("flat", doc.get("gateway"), tuple(entries), tuple(problems), gateway_given="gateway" in doc)
+    return Document("flat", doc.get("gateway"), tuple(entries), tuple(problems))
 
 
 def closest(key: object, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:

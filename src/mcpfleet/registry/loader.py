@@ -7,6 +7,8 @@ An entry whose only trouble is a `${VAR}` with no value is left out into `Regist
 failing the whole registry: one missing token must not stop the servers that do not use it. Validation
 errors that such a value causes (an empty URL, an empty command) are its consequences, not other problems.
 Anything else wrong, anywhere, is a `RegistryError` that lists every problem, unset variables included.
+An unset variable's advice is worded for who reads it (`running`: a gateway that reloads its file, where a
+variable set now needs a restart), in the error's problems and in `failed` alike.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mcpfleet.errors import Problem, RegistryError
+from mcpfleet.registry.checks import idle_rules
+from mcpfleet.registry.expand import Unset
 from mcpfleet.registry.forms import (
     CLIENT_ONLY_KEYS,
     KIND_KEYS,
@@ -52,7 +55,11 @@ REFUSED_KEYS = {
 }
 
 
-def load_registry(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Registry:
+def load_registry(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, running: bool = False
+) -> Registry:
+    """The registry at `path`, validated (`RegistryError` lists every problem). `running`: read by a gateway
+    that is serving already (a reload), which words the advice for an unset `${VAR}` for it."""
     source = os.fspath(path)
     try:
         text = Path(source).read_text(encoding="utf-8")
@@ -60,7 +67,7 @@ def load_registry(path: str | os.PathLike[str], environ: Mapping[str, str] | Non
         raise RegistryError([Problem(source, "", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError([Problem(source, "", f"cannot read the file: {exc}")]) from None
-    return parse_registry(text, source, environ=os.environ if environ is None else environ)
+    return parse_registry(text, source, environ=os.environ if environ is None else environ, running=running)
 
 
 def _unused_settings(server: Server) -> list[tuple[str, str]]:
@@ -76,16 +83,19 @@ def _unused_settings(server: Server) -> list[tuple[str, str]]:
     return []
 
 
-def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Registry:
+def parse_registry(text: str, source: str, *, environ: Mapping[str, str], running: bool = False) -> Registry:
     document = read_document(_parse(text, source))
     located: list[Located] = list(document.problems)  # every problem, in file order
     blocking = bool(located)
     warnings = [f"{source}: {path}: {note}" for path, note in document.notes]
 
+    def advice(unset: list[tuple[str, Unset]]) -> list[Located]:
+        return [(path, reference.message(running=running)) for path, reference in unset]
+
     gateway = Gateway()
-    if document.gateway_given:
+    if document.gateway is not None:  # `gateway:` with nothing after it: the defaults (section 6.6)
         checked = check(Gateway, document.gateway, "gateway", environ)
-        located += checked.unset + checked.problems
+        located += advice(checked.unset) + checked.problems
         blocking = blocking or bool(checked.unset or checked.problems)
         warnings += [f"{source}: {path}: {note}" for path, note in checked.notes]
         if isinstance(checked.value, Gateway):
@@ -96,11 +106,11 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
     for raw in document.entries:
         outcome = _entry(raw, document.form, environ)
         warnings += [f"{source}: {path}: {note}" for path, note in outcome.notes]
-        located += outcome.unset + outcome.problems
+        located += advice(outcome.unset) + outcome.problems
         if outcome.problems:
             blocking = True
         elif outcome.unset:
-            failed[raw.server_id] = f"{source}: " + "; ".join(f"{path}: {message}" for path, message in outcome.unset)
+            failed[raw.server_id] = f"{source}: " + "; ".join(f"{p}: {m}" for p, m in advice(outcome.unset))
         elif outcome.server is not None:
             servers[raw.server_id] = outcome.server
             warnings += [f"{source}: {raw.path}.{path}: {note}" for path, note in _unused_settings(outcome.server)]
@@ -108,25 +118,10 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str]) -> Reg
     if blocking:
         raise RegistryError([Problem(source, path, message) for path, message in located])
     ids = [raw.server_id for raw in document.entries]
-    warnings += [f"{source}: {path}: {note}" for path, note in _idle_rules(gateway, ids)]
+    for loc, message, _ in idle_rules(gateway.model_dump(), ids):
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        warnings.append(f"{source}: gateway{where}: {message}")
     return Registry(source=source, gateway=gateway, servers=servers, failed=failed, warnings=tuple(warnings))
-
-
-def _idle_rules(gateway: Gateway, ids: list[str]) -> list[Located]:
-    """Access rules' server patterns that match no id the file names (disabled and failed entries count):
-    warnings, not errors, since servers come and go. None with `discovery: labels`, which serves ids no
-    entry names."""
-    if gateway.discovery == "labels":
-        return []
-    return [
-        (
-            f"gateway.access[{index}].servers[{at}]",
-            f"{pattern!r} matches no server in this registry: it reaches nothing until a server it matches is added",
-        )
-        for index, rule in enumerate(gateway.access)
-        for at, pattern in enumerate(rule.servers)
-        if pattern != "*" and not any(fnmatchcase(server_id, pattern) for server_id in ids)
-    ]
 
 
 # --- one entry --------------------------------------------------------------------------------------------
@@ -210,7 +205,8 @@ def _client_file_entry(path: str, body: dict[str, Any], notes: list[Located]) ->
     ignored = sorted(CLIENT_ONLY_KEYS & body.keys())
     if ignored:
         notes.append((path, f"ignored client-only field(s): {', '.join(ignored)}"))
-    body = {key: value for key, value in body.items() if key not in CLIENT_ONLY_KEYS}
+    # `env: null` and `args: null`, as clients' files write them: none (section 6.6).
+    body = {k: v for k, v in body.items() if k not in CLIENT_ONLY_KEYS and not (k in ("env", "args") and v is None)}
     if "transportType" not in body:
         return body, "type"
     declared = body.pop("transportType")

@@ -9,16 +9,25 @@ located at that field. Defaults are filled in here, so the normalized form is co
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
-import types
-from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from mcpfleet.registry.checks import (
+    ANONYMOUS,
+    Finding,
+    access_findings,
+    auth_findings,
+    cross_checked,
+    digest,
+    raise_first,
+)
+from mcpfleet.registry.fields import empty_message, nullable
 
 SERVER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # Path segments the gateway serves itself: a server cannot take them as its id.
@@ -31,20 +40,6 @@ Seconds = Annotated[float, Field(gt=0)]
 Argv = tuple[str, ...]
 
 
-# The validation context under which checks between fields are left to `cross_checks` (validation.py runs
-# them on the data as written, located, in the same round as the field errors); without it (a model built
-# in code), each model's after-validator runs them and raises the first.
-CROSS_CHECKED = "mcpfleet.cross_checked"
-
-
-class Finding(NamedTuple):
-    """A problem between fields: where (below the mapping checked), what, and whether only a warning."""
-
-    loc: tuple[str | int, ...]
-    message: str
-    warning: bool = False
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     # Keys a file may write besides the fields: other spellings folded by a before-validator, and keys the
@@ -53,108 +48,29 @@ class _Model(BaseModel):
     # What else a file may write in place of the mapping (an endpoint's URL), for "should be a mapping" errors.
     short_form: ClassVar[str | None] = None
 
+    # Fields where null is refused although None is their default: read as "not set", null would silently
+    # open access or drop a protection (`jwt:` would serve without authentication).
+    never_null: ClassVar[frozenset[str]] = frozenset()
+
     @field_validator("*", mode="before")
     @classmethod
     def _not_empty(cls, value: Any, info: ValidationInfo) -> Any:
-        # A key with nothing after it (YAML null) for a group, a list or a mapping is refused, whatever the
-        # field's default: read as "not set", `jwt:` would serve without authentication.
+        # A key with nothing after it (YAML null): where None is the field's value (`rate_per_principal`,
+        # `max_starting`), it means that default; where it is not, or the field is in `never_null`, a group,
+        # list or mapping is refused in plain words (Plan Document, section 6.6).
         if value is None and info.field_name is not None:
-            message = empty_message(cls.model_fields[info.field_name].annotation)
-            if message is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            message = empty_message(annotation)
+            if message is not None and (info.field_name in cls.never_null or not nullable(annotation)):
                 raise PydanticCustomError("empty", "{message}", {"message": message})
         return value
 
     @classmethod
     def cross_checks(cls, data: Mapping[str, Any]) -> list[Finding]:
-        """Problems between this mapping's fields, read from `data` as written (a field that cannot be read
-        is skipped: its own error says why), located below it. None by default."""
+        """Problems between this mapping's fields (checks.py), located below it. `data`: the values as
+        validated, or as written when validation failed (a field that cannot be read is skipped: its own
+        error says why). None by default."""
         return []
-
-
-def cross_checked(info: ValidationInfo) -> bool:
-    """Whether the caller runs `cross_checks` itself (the loader), so an after-validator need not."""
-    return isinstance(info.context, dict) and info.context.get(CROSS_CHECKED) is True
-
-
-def raise_first(findings: Iterable[Finding]) -> None:
-    """For an after-validator: the first problem (not warning) of `cross_checks` as a ValueError."""
-    for finding in findings:
-        if not finding.warning:
-            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in finding.loc)
-            raise ValueError(f"{where.lstrip('.')}: {finding.message}" if where else finding.message)
-
-
-def accepted_keys(model: type[BaseModel]) -> list[str]:
-    """Every key a file may write in a mapping of this model (`id` is the entry's key, never a field)."""
-    keys = [name for name in model.model_fields if name != "id"]
-    for cls in model.__mro__:
-        keys += [key for key in vars(cls).get("other_keys", ()) if key not in keys]
-    return keys
-
-
-def field_names(model: type[BaseModel]) -> str:
-    """The keys a mapping of `model` takes, required ones first and marked: `issuer (required), jwks_url, ...`."""
-    keys = accepted_keys(model)
-    required = [key for key in keys if key in model.model_fields and model.model_fields[key].is_required()]
-    return ", ".join([*(f"{key} (required)" for key in required), *(key for key in keys if key not in required)])
-
-
-LIST_FORMS = "YAML `[a, b]` or `- a` lines"
-
-
-def shape(annotation: Any) -> type[BaseModel] | Literal["list", "mapping"] | None:
-    """What a field holds, past `None` and `Annotated`: a model (a group of fields), a list, a mapping of
-    names to values, or None for a single value."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        kept = [arg for arg in get_args(annotation) if arg is not type(None)]
-        return shape(kept[0]) if len(kept) == 1 else None
-    if origin is Annotated:
-        return shape(get_args(annotation)[0])
-    if origin in (tuple, list):
-        return "list"
-    if origin in (Mapping, dict):
-        return "mapping"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return None
-
-
-def empty_message(annotation: Any, what: str = "the key") -> str | None:
-    """The error for a null where a group, list or mapping goes (None for a single value, where null is a
-    value: `max_starting: null`)."""
-    held = shape(annotation)
-    if held == "list":
-        return f"empty: give a list ({LIST_FORMS}; `[]` for none) or remove {what}"
-    if held == "mapping":
-        return f"empty: give its NAME: value pairs (`{{}}` for none) or remove {what}"
-    if held is not None:
-        return f"empty: give its fields ({field_names(held)}) or remove {what}"
-    return None
-
-
-def model_at(model: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
-    """The model of the mapping at `loc` under `model` (`("pool",)` -> Pool, `("endpoints", "0")` -> Endpoint)."""
-    current: type[BaseModel] = model
-    for part in loc:
-        if part.isdigit():
-            continue
-        field = current.model_fields.get(part)
-        found = _model_in(field.annotation) if field is not None else None
-        if found is None:
-            return None
-        current = found
-    return current
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 class Timeouts(_Model):
@@ -247,12 +163,18 @@ class Resources(_Model):
         return value
 
 
-_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
-
-
 def shown_url(url: str) -> str:
-    """`url` as an error message may show it: a password in its userinfo masked (`http://u:***@h`)."""
-    return _PASSWORD.sub(r"\1***@", url)
+    """`url` as an error message may show it: a password in its userinfo masked (`http://u:***@h`). The
+    userinfo is what `urlsplit` reads as such: the netloc up to its last `@` (an unencoded `@` in the
+    password is masked too)."""
+    scheme, sep, rest = url.partition("//")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}//{userinfo.partition(':')[0]}:***@{host}{rest[end:]}"
 
 
 def _url_parts(url: str) -> SplitResult:
@@ -765,8 +687,9 @@ SERVER_TYPES: dict[str, type[_Entry]] = {
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PRINCIPAL_KINDS = ("key", "sub", "group", "scope")
-# The principal of a caller the gateway asked for no credentials (gateway/identity.py: `Identity.principal`).
-ANONYMOUS = "anonymous"
+# An OAuth scope: RFC 6749 section 3.3 scope-token, 1*( %x21 / %x23-5B / %x5D-7E ). A space or `"` would
+# break the `WWW-Authenticate` header that names required scopes.
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def secure_url(url: str) -> bool:
@@ -775,10 +698,25 @@ def secure_url(url: str) -> bool:
     that cannot be parsed is not."""
     try:
         parts = urlsplit(url)
+        host = parts.hostname
     except ValueError:
         return False
-    loopback = parts.hostname in ("localhost", "::1") or str(parts.hostname).startswith("127.")
-    return parts.scheme == "https" or (parts.scheme == "http" and loopback)
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and host is not None and _loopback(host)
+
+
+def _loopback(host: str) -> bool:
+    """`localhost`, or an IP address in 127.0.0.0/8, `::1` or `::ffff:127.x` (the rule of
+    gateway/policy/hosts.py `is_loopback_bind`); never a name that merely starts with `127.`."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _https_url(url: str) -> str:
@@ -790,19 +728,6 @@ def _https_url(url: str) -> str:
             " (http only on loopback)"
         )
     return url
-
-
-def _items(value: Any) -> list[tuple[int, Mapping[str, Any]]]:
-    """The mappings of a list as written, with their indexes (anything else is skipped: its own error says why)."""
-    if not isinstance(value, list | tuple):
-        return []
-    return [(index, item) for index, item in enumerate(value) if isinstance(item, Mapping)]
-
-
-def _strings(value: Any) -> list[tuple[int, str]]:
-    if not isinstance(value, list | tuple):
-        return []
-    return [(index, item) for index, item in enumerate(value) if isinstance(item, str)]
 
 
 class ApiKey(_Model):
@@ -846,9 +771,13 @@ class ApiKey(_Model):
         return self
 
 
-def digest(key: str) -> str:
-    """An API key's SHA-256 as the registry keeps it (lowercase hex of its UTF-8 bytes)."""
-    return hashlib.sha256(key.encode()).hexdigest()
+def _scope(scope: str) -> str:
+    """An OAuth scope as RFC 6749 section 3.3 defines it: printable ASCII, no space, `"` or `\\`."""
+    if not SCOPE_TOKEN.fullmatch(scope):
+        raise ValueError(
+            f"{scope!r} is not an OAuth scope: printable ASCII without spaces, '\"' or '\\' (RFC 6749 section 3.3)"
+        )
+    return scope
 
 
 class Jwt(_Model):
@@ -878,7 +807,7 @@ class Jwt(_Model):
     scopes_claim: str = "scope"
     jwks_refresh: Seconds = 300.0
     jwks_min_refresh: Annotated[float, Field(ge=0)] = 10.0
-    required_scopes: tuple[str, ...] = ()
+    required_scopes: tuple[Annotated[str, AfterValidator(_scope)], ...] = ()
 
     @field_validator("issuer", "jwks_url")
     @classmethod
@@ -891,6 +820,8 @@ class Auth(_Model):
     is asked for credentials: allowed on a loopback bind, and elsewhere only with `anonymous: true` (a proxy in
     front authenticates). `/healthz` and `/readyz` are always open; `open` lists what else is (`metrics`:
     `/metrics`; `servers`: `/servers` and the status page `/`)."""
+
+    never_null: ClassVar[frozenset[str]] = frozenset({"api_keys", "jwt"})
 
     api_keys: tuple[ApiKey, ...] = ()
     jwt: Jwt | None = None
@@ -911,46 +842,8 @@ class Auth(_Model):
 
     @classmethod
     def cross_checks(cls, data: Mapping[str, Any]) -> list[Finding]:
-        """Each api key name and each key used once (the later one is located, the earlier named by index,
-        never a key's value); `anonymous: true` only where no credentials are asked."""
-        findings = []
-        names: dict[str, int] = {}
-        digests: dict[str, int] = {}
-        keys = _items(data.get("api_keys"))
-        for index, key in keys:
-            name = key.get("name")
-            if isinstance(name, str) and name in names:
-                findings.append(
-                    Finding(
-                        ("api_keys", index, "name"),
-                        f"api key name {name!r} is used twice (also api_keys[{names[name]}]): names identify keys"
-                        " in logs and rules",
-                    )
-                )
-            elif isinstance(name, str):
-                names[name] = index
-            value, sha256 = key.get("key"), key.get("sha256")
-            hashed = digest(value) if isinstance(value, str) and value else sha256 if isinstance(sha256, str) else None
-            if hashed is not None and hashed in digests:
-                first = digests[hashed]
-                holder = next((f" ({other.get('name')!r})" for i, other in keys if i == first), "")
-                findings.append(
-                    Finding(
-                        ("api_keys", index),
-                        f"the same key as api_keys[{first}]{holder}: each holder needs a key of its own",
-                    )
-                )
-            elif hashed is not None:
-                digests[hashed] = index
-        if data.get("anonymous") is True and (keys or isinstance(data.get("jwt"), Mapping)):
-            findings.append(
-                Finding(
-                    ("anonymous",),
-                    "true serves callers without credentials, and api_keys or jwt asks them for some: keep one or"
-                    " the other",
-                )
-            )
-        return findings
+        """checks.py `auth_findings`: api key names and keys used once; `anonymous` without credentials."""
+        return auth_findings(data)
 
 
 def _principal(principal: str) -> str:
@@ -960,6 +853,8 @@ def _principal(principal: str) -> str:
             f"{principal!r} is not a principal: write key:<name>, sub:<subject>, group:<name>, scope:<scope>,"
             f" {ANONYMOUS} or '*'"
         )
+    if kind == "scope":
+        _scope(name)
     return principal
 
 
@@ -987,10 +882,15 @@ def _server_pattern(pattern: str) -> str:
 
 
 class AccessRule(_Model):
-    """Who may reach what. `principals`: `key:<name>` (an API key), `sub:<subject>` (a JWT's `sub`),
-    `group:<name>`, `scope:<scope>`, `anonymous` (a caller asked for no credentials), `*` (anyone the gateway
-    let in, anonymous callers included). `servers`: server ids, `*` and `?` globs allowed. `tools`: tool names
-    (globs) these principals may list and call on those servers; none: every tool; `[]`: none."""
+    """Who may reach what (Plan Document, section 6.5). `principals` (at least one): `key:<name>` (an API
+    key), `sub:<subject>` (a JWT's `sub`), `group:<name>`, `scope:<scope>` (an RFC 6749 scope-token),
+    `anonymous` (a caller without credentials: on a gateway that asks none, or on an `auth.open` route), `*`
+    (anyone the gateway let in, anonymous callers included). `servers` (default `["*"]`, never `[]`): server
+    ids or `fnmatch` globs (`*`, `?`, `[seq]`, `[!seq]`), each one some server id could match. `tools`: tool
+    names or `fnmatch` globs these principals may list and call on those servers; left out: every tool;
+    `[]`: none. Null is refused for all three (`never_null`): it would widen or void the rule."""
+
+    never_null: ClassVar[frozenset[str]] = frozenset({"principals", "servers", "tools"})
 
     principals: tuple[Annotated[str, AfterValidator(_principal)], ...]
     servers: tuple[Annotated[str, AfterValidator(_server_pattern)], ...] = ("*",)
@@ -1030,7 +930,8 @@ class Limits(_Model):
     address (the client's, through `trusted_proxies`). Over a rate: 429 with `Retry-After`; over the session
     cap: 429 on `initialize`. `max_stream_duration`: an event stream (a GET stream, a POST answered with a
     stream, a WebSocket, a legacy SSE stream) is ended after this long; clients reconnect and resume.
-    A rate left out is unlimited; `sessions_per_principal: null` and `max_stream_duration: null` lift those."""
+    A rate left out or null is unlimited; `sessions_per_principal: null` and `max_stream_duration: null` lift
+    those."""
 
     sessions_per_principal: Annotated[int, Field(ge=1)] | None = 1000
     rate_per_principal: RateLimit | None = None
@@ -1106,6 +1007,7 @@ class Gateway(_Model):
     public_url: str | None = None
     auth: Auth = Auth()
     access: tuple[AccessRule, ...] = ()
+    never_null: ClassVar[frozenset[str]] = frozenset({"access"})
     limits: Limits = Limits()
     # Peers (addresses or CIDR networks) whose `Forwarded` / `X-Forwarded-*` headers are believed.
     trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = ()
@@ -1123,6 +1025,11 @@ class Gateway(_Model):
             raise ValueError(f"{exc} (public_url is http(s)://host[:port][/prefix])") from None
         if parts.query or parts.fragment:
             raise ValueError(f"{shown_url(url)!r}: public_url is http(s)://host[:port][/prefix], no query or fragment")
+        if "@" in parts.netloc:
+            raise ValueError(
+                f"{shown_url(url)!r}: public_url is published (metadata, token audiences): no user or password"
+                " in it (http(s)://host[:port][/prefix])"
+            )
         return url.rstrip("/")
 
     @model_validator(mode="after")
@@ -1133,55 +1040,8 @@ class Gateway(_Model):
 
     @classmethod
     def cross_checks(cls, data: Mapping[str, Any]) -> list[Finding]:
-        """Access rules against `auth`: a `key:` principal naming no api key is an error; a principal no
-        caller can have with this `auth` (`sub:` or `scope:` without `jwt`, a `group:` no key has without
-        `jwt`, `anonymous` where credentials are asked) is a warning. Nothing is said of principals when
-        `auth` or its `api_keys` cannot be read (their own errors say why)."""
-        auth = data.get("auth", {})
-        if not isinstance(auth, Mapping) or not isinstance(auth.get("api_keys", ()), list | tuple):
-            return []
-        keys = _items(auth.get("api_keys"))
-        names = {key["name"] for _, key in keys if isinstance(key.get("name"), str)}
-        groups = {group for _, key in keys for _, group in _strings(key.get("groups"))}
-        jwt = isinstance(auth.get("jwt"), Mapping)
-        findings = []
-        for index, rule in _items(data.get("access")):
-            for at, principal in _strings(rule.get("principals")):
-                loc = ("access", index, "principals", at)
-                kind, _, name = principal.partition(":")
-                if kind == "key" and name and name not in names:
-                    known = ", ".join(sorted(names)) or "none"
-                    findings.append(
-                        Finding(loc, f"{principal!r} names no key in gateway.auth.api_keys (keys: {known})")
-                    )
-                elif kind in ("sub", "scope") and name and not jwt:
-                    what = "subjects" if kind == "sub" else "scopes"
-                    findings.append(
-                        Finding(
-                            loc,
-                            f"{principal!r} can never match: {what} come from JWTs, and gateway.auth.jwt is not set",
-                            warning=True,
-                        )
-                    )
-                elif kind == "group" and name and not jwt and name not in groups:
-                    findings.append(
-                        Finding(
-                            loc,
-                            f"{principal!r} can never match: no key in gateway.auth.api_keys has group {name!r},"
-                            " and gateway.auth.jwt (whose tokens carry groups) is not set",
-                            warning=True,
-                        )
-                    )
-                elif principal == ANONYMOUS and (keys or jwt):
-                    findings.append(
-                        Finding(
-                            loc,
-                            f"{ANONYMOUS!r} can never match: gateway.auth asks every caller for credentials"
-                            " (api_keys or jwt), so no caller is anonymous",
-                            warning=True,
-                        )
-                    )
-        return findings
+        """checks.py `access_findings`: access rules' principals against `auth`."""
+        return access_findings(data)
 
     @model_validator(mode="before")
     @classmethod
@@ -1198,7 +1058,8 @@ class Registry(_Model):
     """One immutable snapshot of the registry: where it came from, the gateway settings, the servers by id.
 
     `failed`: entries left out because a `${VAR}` they use has no value (and nothing else is wrong with
-    them), by id, each with its one-line located error. An id is in `servers` or `failed`, never both.
+    them), by id, each with its one-line located error (its advice worded for a running gateway when a
+    reload loaded it: `load_registry(running=True)`). An id is in `servers` or `failed`, never both.
     `warnings`: things accepted but ignored (client-only keys, disabled entries, VS Code `inputs`).
     """
 

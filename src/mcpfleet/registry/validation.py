@@ -2,14 +2,16 @@
 
 Problems are (path in the document, message), with the path in the user's spelling (`cmd`, `url`,
 `serverUrl` as written). An unknown key, at any level, gets the closest key its own mapping accepts. A
-`${VAR}` with no value is kept apart from other problems (`Checked.unset`), and validation errors it
+`${VAR}` with no value is kept apart from other problems (`Checked.unset`, each an `Unset` that words its
+advice for whoever reads it), and validation errors it
 causes (an empty URL, an empty command, a port that is not a number) are dropped: they are its
 consequences, and the loader decides what an entry with only unset variables becomes.
 
 Messages are the project's, not pydantic's: errors are translated by type (`_message`), in words a registry's
 author uses (a list, a mapping of fields, a whole number), and never name a model class. Checks between
-fields (`cross_checks` of each model) run on the data as written, in the same round as the field errors,
-each located at the field it is about; their warnings go to `Checked.notes`.
+fields (`cross_checks` of each model, checks.py) run in the same round as the field errors, on the values
+as validated (as written when validation failed), each located at the field it is about; one at or above
+a field with an error of its own is dropped; their warnings go to `Checked.notes`.
 """
 
 from __future__ import annotations
@@ -22,20 +24,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from mcpfleet.registry.expand import expand
+from mcpfleet.registry.checks import CROSS_CHECKED, Finding
+from mcpfleet.registry.expand import Unset, expand
+from mcpfleet.registry.fields import LIST_FORMS, accepted_keys, empty_message, field_names, model_at, shape
 from mcpfleet.registry.forms import closest
-from mcpfleet.registry.model import (
-    CROSS_CHECKED,
-    LIST_FORMS,
-    SERVER_TYPES,
-    Finding,
-    Server,
-    accepted_keys,
-    empty_message,
-    field_names,
-    model_at,
-    shape,
-)
+from mcpfleet.registry.model import SERVER_TYPES, Server
 
 Located = tuple[str, str]  # (path in the document, message)
 
@@ -70,7 +63,7 @@ class Checked:
     """A validated value (None when invalid), its unset `${VAR}`s, its other problems, and notes."""
 
     value: BaseModel | None = None
-    unset: list[Located] = field(default_factory=list)
+    unset: list[tuple[str, Unset]] = field(default_factory=list)
     problems: list[Located] = field(default_factory=list)
     notes: list[Located] = field(default_factory=list)
 
@@ -93,12 +86,15 @@ def check(
         for path, message in _validation_problems(exc, prefix, model, renames):
             if not _explained_by(path, unset_paths, prefix):
                 checked.problems.append((path, message))
+    # The values as the models read them ('yes' is true, `${A}` expanded); as written when they did not pass.
+    judged = checked.value.model_dump() if checked.value is not None else expanded
+    errors = [path for path, _ in checked.problems]
     cross: list[Located] = []
-    for loc, message, warning in _cross_checks(model, expanded, ()):
+    for loc, message, warning in _cross_checks(model, judged, ()):
         path = _location(prefix, tuple(str(part) for part in loc), renames)
         if warning:
             checked.notes.append((path, message))
-        elif not _explained_by(path, unset_paths, prefix):
+        elif not _explained_by(path, unset_paths, prefix) and not _at_or_above(path, errors):
             cross.append((path, message))
     if cross:
         checked.value = None
@@ -108,7 +104,7 @@ def check(
 
 def _cross_checks(model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> list[Finding]:
     """Every model's `cross_checks` on the mapping it validates, anywhere below `data`, located from the top."""
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         return []
     checks = getattr(model, "cross_checks", None)
     found = (
@@ -120,7 +116,7 @@ def _cross_checks(model: type[BaseModel], data: Any, loc: tuple[str | int, ...])
         inner = model_at(model, (key,)) if field is not None else None
         if inner is None:
             continue
-        if held == "list" and isinstance(value, list):
+        if held == "list" and isinstance(value, list | tuple):
             for index, item in enumerate(value):
                 found += _cross_checks(inner, item, (*loc, key, index))
         elif held is inner:
@@ -128,12 +124,17 @@ def _cross_checks(model: type[BaseModel], data: Any, loc: tuple[str | int, ...])
     return found
 
 
+def _at_or_above(path: str, errors: Sequence[str]) -> bool:
+    """Whether a field error is at `path` or below it (two short keys alike: "shorter than 16" says enough)."""
+    return any(error == path or error.startswith((path + ".", path + "[")) for error in errors)
+
+
 def _expand_tree(
-    value: Any, path: str, environ: Mapping[str, str], unset: list[Located], problems: list[Located]
+    value: Any, path: str, environ: Mapping[str, str], unset: list[tuple[str, Unset]], problems: list[Located]
 ) -> Any:
     if isinstance(value, str):
         result = expand(value, environ)
-        unset += [(path, message) for message in result.unset]
+        unset += [(path, reference) for reference in result.unset]
         problems += [(path, message) for message in result.problems]
         return result.text
     if isinstance(value, dict):
