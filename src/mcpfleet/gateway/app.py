@@ -48,6 +48,7 @@ from mcpfleet.gateway.policy import (
     Cors,
     Credentials,
     HostOriginGuard,
+    Identity,
     Policy,
     Quotas,
     TokenValidator,
@@ -61,6 +62,7 @@ from mcpfleet.gateway.policy import (
 from mcpfleet.gateway.policy.access import AccessDenied, Grant
 from mcpfleet.gateway.policy.context import Correlation
 from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, audience_notice
+from mcpfleet.gateway.policy.handshake import Handshake
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.sealing import Sealer
 from mcpfleet.gateway.session import SessionTable
@@ -508,6 +510,31 @@ class Gateway:
                 denied.headers["WWW-Authenticate"] = authenticator.insufficient_scope(scope, denied.scopes)
             raise
 
+    def _handshake(self, scope: Scope, server_id: str) -> Handshake:
+        """The handshake's decision for a connection that outlives it (policy/handshake.py)."""
+        jwt = self._snapshot.gateway.auth.jwt
+        return Handshake(
+            scope[IDENTITY],
+            scope[GRANT],
+            server_id,
+            lambda: self.generation,
+            self._lapsed,
+            leeway=jwt.leeway if jwt is not None else 0.0,
+        )
+
+    def _lapsed(self, identity: Identity, grant: Grant, server_id: str) -> str | None:
+        """Why a caller let in with `grant` on `server_id` would not be now (None: it would, the same)."""
+        credentials = self.credentials
+        if credentials is not None and credentials is not self._fixed_credentials:
+            authenticator = credentials.authenticator
+            if identity.kind == "anonymous" or (
+                isinstance(authenticator, GatewayAuthenticator) and not authenticator.accepts(identity)
+            ):
+                return "the credential is no longer accepted (gateway.auth changed): connect again"
+        if self.access.grant(identity, server_id) != grant:
+            return "what it may use changed (gateway.access): connect again"
+        return None
+
     def _target(self, scope: Scope) -> tuple[bytes, list[str]]:
         """The raw path and its segments, once it passed the path escape checks (Host and Origin have)."""
         raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
@@ -531,8 +558,9 @@ class Gateway:
             if runtime is None:
                 await send({"type": "websocket.close", "code": 1011, "reason": "the server left the registry"})
                 return
+            handshake = self._handshake(scope, segments[0])
             await runtime.websocket(
-                self.quotas.metered(receive, send, scope, segments[0], limits),
+                self.quotas.metered(handshake.websocket(receive, send), send, scope, segments[0], limits),
                 send,
                 self._snapshot.gateway.max_message_bytes,
                 scope=scope,

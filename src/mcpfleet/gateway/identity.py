@@ -17,13 +17,16 @@ IDENTITY = "mcpfleet.identity"  # the scope key the authentication layer leaves 
 class Identity:
     """Who is calling. `subject`: as the credential names it (an API key's name, a token's `sub`).
     `kind`: `key`, `jwt`, `anonymous`, or what a custom authenticator says. `groups` and `scopes`: from the
-    key's entry or the token's claims. `claims`: the validated token's claims (never the token itself)."""
+    key's entry or the token's claims. `claims`: the validated token's claims (never the token itself).
+    `credential`: an API key's SHA-256 digest (what the registry holds), so that a connection that outlives
+    its handshake can be checked against the keys in force after a reload; empty for other kinds."""
 
     subject: str
     claims: Mapping[str, Any] = field(default_factory=dict)
     kind: str = "custom"
     groups: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
+    credential: bytes = field(default=b"", repr=False)
 
     @property
     def principal(self) -> str:

@@ -46,6 +46,7 @@ from mcpfleet.gateway.asgi import (
 from mcpfleet.gateway.balancer import Balancer
 from mcpfleet.gateway.exchange import Exchange
 from mcpfleet.gateway.logs import detached
+from mcpfleet.gateway.policy.access import EVERYTHING, GRANT
 from mcpfleet.gateway.policy.tools import ToolGuard, closing
 from mcpfleet.gateway.protocol import parse_body
 from mcpfleet.gateway.session import Session, SessionTable, close_all
@@ -550,6 +551,14 @@ class ServerRuntime:
         session = self.sessions.get(token, self.server.id, exchange.owner) if token else None
         if not isinstance(session, StdioSession) or session.standing is None:
             raise GatewayError.session_not_found()
+        # The POST was authorized afresh; the stream's opener was granted what filters the session. When a
+        # reload changed that grant, the session ends: its client opens another, listing tools again.
+        opened = session.guard.grant if session.guard is not None else EVERYTHING
+        if exchange.scope.get(GRANT, EVERYTHING) != opened:
+            session.standing.close()
+            raise GatewayError(
+                403, -32600, "what this session may use changed (gateway.access): connect to the /sse endpoint again"
+            )
         messages, _ = parse_body(exchange.body)
         await session.bridge(messages, session.standing)
         await respond(exchange.send, 202, b"Accepted", content_type=b"text/plain")

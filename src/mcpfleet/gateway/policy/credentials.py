@@ -68,6 +68,21 @@ class GatewayAuthenticator:
             parts.append(f'resource_metadata="{url}"')
         return ", ".join(parts)
 
+    def accepts(self, identity: Identity) -> bool:
+        """Whether a caller let in earlier (by this or an older `gateway.auth`) would be let in now: its API
+        key is still configured under the same name with the same groups, or its token's issuer is still the
+        one trusted. For connections that outlive their handshake (`handshake.py`)."""
+        if identity.kind == "key":
+            return any(
+                name == identity.subject
+                and hmac.compare_digest(digest, identity.credential)
+                and groups == identity.groups
+                for name, digest, groups in self.keys
+            )
+        if identity.kind == "jwt":
+            return self.auth.jwt is not None and identity.claims.get("iss") == self.auth.jwt.issuer
+        return False
+
     def insufficient_scope(self, scope: Scope, scopes: Sequence[str] = ()) -> str:
         """The `WWW-Authenticate` of a 403 a token with more scopes would lift (RFC 6750 section 3.1): its
         `scope` lists `jwt.required_scopes`, then `scopes` (what an access rule wants), each once, so a client
@@ -99,7 +114,7 @@ class GatewayAuthenticator:
                 if hmac.compare_digest(digest, key[1]):
                     found = key
             if found is not None:
-                return Identity(found[0], kind="key", groups=found[2])
+                return Identity(found[0], kind="key", groups=found[2], credential=found[1])
         token = _ascii(value)  # a JWT is ASCII (base64url segments and dots)
         if self.validator is not None and token is not None and token.count(".") == 2:
             base = self.base(scope)
