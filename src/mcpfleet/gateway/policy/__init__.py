@@ -19,7 +19,9 @@ Outermost first, as a request meets them:
 - `Authentication` (`auth.py`): the `Credentials` in force (`credentials.py`: API keys, and JWTs checked by
   `tokens.py`); with none, every caller is `ANONYMOUS`. The router then applies `access.py` (`gateway.access`)
   once it knows the server id, and leaves the caller's `Grant` in the scope for the tool filter; then
-  `quotas.py` (`gateway.limits`: rates per caller and per server, session slots per caller), 429.
+  `quotas.py` (`gateway.limits`: rates per caller and per server, session slots per caller), 429. A
+  WebSocket, judged once at its handshake, is judged again before each message by `handshake.py` (a token
+  that expired, a reload that revoked its key or changed its grant: closed with 1008).
 
 Layers refuse by raising `GatewayError`, never by answering, so every refusal goes out in one shape and is
 counted once. Each reads the settings in force through a callable the gateway gives it (a reload swaps the
