@@ -53,6 +53,8 @@ def test_an_entry_with_an_unset_variable_fails_alone(gateway: Callable[[str], Ru
     error = refused.json()["error"]
     assert error["code"] == -32018 and "MCPFLEET_TEST_UNSET_TOKEN" in error["message"]
     assert "fix the registry and reload" in error["message"]
+    # A served gateway reads its environment once: the advice is a restart, never "set it" alone.
+    assert "set it in the gateway's environment and restart it" in error["message"]
     served = httpx2.post(gw.mcp("time"), json=INIT, headers=ACCEPT, timeout=60)
     assert served.status_code == 200 and served.headers["mcp-session-id"]
 

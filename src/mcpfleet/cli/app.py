@@ -505,7 +505,7 @@ def serve(
         path = registry_path(registry, demo)
         # Read before the load: a change made while the gateway starts then differs from it and is reloaded.
         digest = file_digest(Path(path))
-        loaded = load_registry(path)
+        loaded = load_registry(path, running=True)  # a served entry's advice is for a running gateway
         listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
         # Refused before a banner is printed (a script waiting for it is not misled), once the address is known
         # to be this machine's (a wrong --host is its own error, exit 4).
