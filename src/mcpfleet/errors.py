@@ -187,6 +187,7 @@ class GatewayError(McpfleetError):
     def __init__(
         self, status: int, code: int, message: str, *, data: object = None, headers: dict[str, str] | None = None
     ) -> None:
+        message = mask(message)  # what callers read never holds a registry's `${VAR}` value (masking.py)
         super().__init__(message)
         self.status = status
         self.code = code
@@ -219,7 +220,7 @@ class GatewayError(McpfleetError):
     def start_failed(cls, error: ServerStartError | DeployError) -> GatewayError:
         """A process or container that did not start: the first line of why, its last output as data."""
         tail = error.stderr_tail if isinstance(error, ServerStartError) else error.logs
-        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": tail})
+        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": mask(tail)})
 
     @classmethod
     def timeout(cls, server_id: str, what: str, seconds: float, setting: str) -> GatewayError:
