@@ -667,9 +667,12 @@ def registry_validate(file: FileArg, json_: ValidateJsonOpt = False) -> None:
                     "problems": [
                         {"file": p.source, "location": p.location, "message": p.message} for p in exc.problems
                     ],
+                    "warnings": list(exc.warnings),
                 }
             )
         else:
+            for warning in exc.warnings:  # with the errors, so that one run shows every problem
+                output.plain(f"warning: {warning}", stream=sys.stderr)
             output.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     failed = loaded.failed

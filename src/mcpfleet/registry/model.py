@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from mcpfleet.authority import host_entry_problem, origin_entry_problem
 from mcpfleet.masking import Masker, shown_url
 from mcpfleet.registry.checks import (
     ANONYMOUS,
@@ -996,11 +997,41 @@ def _network(proxy: str) -> str:
     return proxy
 
 
+SESSION_KEY_BYTES = 32  # the AES-256 key HKDF derives from it: no less random material than that
+
+
+def _session_key(key: str) -> str:
+    """A `gateway.session_keys` entry: at least `SESSION_KEY_BYTES` bytes (UTF-8) of key material."""
+    if len(key.encode()) < SESSION_KEY_BYTES:
+        raise ValueError(
+            f"a session key is at least {SESSION_KEY_BYTES} bytes of random material, and this one is"
+            f" {len(key.encode())}: make one with `openssl rand -base64 32`"
+        )
+    return key
+
+
+def _allowed_host(entry: str) -> str:
+    """A `gateway.allowed_hosts` entry the Host check can match (authority.py), else what to write."""
+    problem = host_entry_problem(entry)
+    if problem is not None:
+        raise ValueError(f"{entry!r} is {problem}" if problem.startswith("a") else f"{entry!r}: {problem}")
+    return entry
+
+
+def _allowed_origin(entry: str) -> str:
+    """A `gateway.allowed_origins` entry the Origin check can match (authority.py), else what to write."""
+    problem = origin_entry_problem(entry)
+    if problem is not None:
+        raise ValueError(f"{entry!r} is not an origin: {problem}")
+    return entry
+
+
 class Gateway(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    allowed_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
+    # Checked at load (authority.py), each at its index: an entry the gateway could never match is an error.
+    allowed_origins: tuple[Annotated[str, AfterValidator(_allowed_origin)], ...] = ()
+    allowed_hosts: tuple[Annotated[str, AfterValidator(_allowed_host)], ...] = ()
     # The largest JSON-RPC message, in bytes, on every route and in both directions: request bodies,
     # WebSocket frames, SSE events, stdio lines, bridged HTTP answers. `max_body_bytes` is its older name.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
@@ -1009,7 +1040,8 @@ class Gateway(_Model):
     keepalive_interval: Seconds = 15.0
     # Secrets that seal session ids, newest first (rotation: the first seals, all open). Gateways sharing
     # one serve each other's http sessions. Empty: $MCPFLEET_SESSION_KEYS, else a random key per process.
-    session_keys: tuple[str, ...] = ()
+    # Each is the key material HKDF stretches into an AES-256 key (gateway/sealing.py): at least 32 bytes.
+    session_keys: tuple[Annotated[str, AfterValidator(_session_key)], ...] = ()
     session_max_age: Seconds = 86400.0
     # After SIGTERM, /readyz answers 503 and serving goes on for this long before the gateway stops taking
     # connections, so a load balancer or Kubernetes sees it leave first (the gateway chart sets 5; 0: stop at once).

@@ -80,12 +80,15 @@ def check(
     """Expand and validate one mapping; validation errors that an unset variable explains are dropped."""
     checked = Checked()
     renames = renames or {}
-    expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems, checked.secrets)
+    empty: dict[str, str] = {}
+    expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems, checked.secrets, empty)
     unset_paths = [path for path, _ in checked.unset]
     try:
         checked.value = model.model_validate(expanded, context={CROSS_CHECKED: True})
     except ValidationError as exc:
         for path, message in _validation_problems(exc, prefix, model, renames):
+            if path in empty:  # the value is "" because its variable is: say that, not "too short"
+                message = f"{empty[path]} is set to an empty value in the environment: give it the value"
             if not _explained_by(path, unset_paths, prefix):
                 checked.problems.append((path, message))
     # The values as the models read them ('yes' is true, `${A}` expanded); as written when they did not pass.
@@ -138,20 +141,27 @@ def _expand_tree(
     unset: list[tuple[str, Unset]],
     problems: list[Located],
     secrets: set[str],
+    empty: dict[str, str],
 ) -> Any:
+    """`value` with every `${VAR}` expanded; records unset references, malformed ones, the values taken
+    (`secrets`) and the strings that are empty only because their variables are (`empty`: path -> as
+    written)."""
     if isinstance(value, str):
         result = expand(value, environ)
         unset += [(path, reference) for reference in result.unset]
         problems += [(path, message) for message in result.problems]
         secrets.update(result.values)
+        if value and not result.text and result.used and not result.unset:
+            empty[path] = value
         return result.text
     if isinstance(value, dict):
         return {
-            key: _expand_tree(item, f"{path}.{key}", environ, unset, problems, secrets) for key, item in value.items()
+            key: _expand_tree(item, f"{path}.{key}", environ, unset, problems, secrets, empty)
+            for key, item in value.items()
         }
     if isinstance(value, list):
         return [
-            _expand_tree(item, f"{path}[{index}]", environ, unset, problems, secrets)
+            _expand_tree(item, f"{path}[{index}]", environ, unset, problems, secrets, empty)
             for index, item in enumerate(value)
         ]
     return value
