@@ -13,7 +13,7 @@ Two things are masked, as CI systems mask their secrets (GitHub Actions' `***`):
 
 The gateway installs the registry's values process-wide (`install`, swapped on reload, the previous
 snapshot's kept one generation for the processes it still runs); its log filter and the errors built from
-an entry (`ServerStartError`) read them through `mask`. Plan Document, section 9.19.
+an entry (`ServerStartError`) read them through `mask`. Plan Document, section 6.5.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
-# Values shorter than this are not masked (decision: Plan Document, section 9.19).
+# Values shorter than this are not masked (decision: Plan Document, section 6.5).
 MIN_LENGTH = 4
 _PLAIN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "null", "none"})
 

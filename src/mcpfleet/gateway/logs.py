@@ -160,7 +160,7 @@ class MaskFilter(logging.Filter):
     """Masks the values the registry's `${VAR}` references took from the environment (`masking.install`:
     the gateway installs them at start and on every reload) in every record: its message with its args
     merged in, its exception text, and its string extra fields. A handler's filter, so records of every
-    logger pass it. Plan Document, section 9.19."""
+    logger pass it. Plan Document, section 6.5."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

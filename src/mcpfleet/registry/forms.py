@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mcpfleet.registry.model import SERVER_ID
+
 Form = Literal["native", "mcpServers", "flat"]
 
 # Spellings of `type` that other tools write, mapped to ours (with the transport they imply).
@@ -122,15 +124,15 @@ def _client_ids(
     servers: dict[Any, Any], problems: list[tuple[str, str]], notes: list[tuple[str, str]]
 ) -> tuple[RawEntry, ...]:
     """The entries of a client's `mcpServers`, their ids lowercased (`Context7` is served at `/context7/mcp`,
-    with a note); two ids that differ only in case are an error naming both (Plan Document, section 6.7)."""
+    with a note); two ids that differ only in case are an error naming both (Plan Document, section 6.1)."""
     lowered: dict[str, str] = {}
     for sid in servers:
         if isinstance(sid, str):
             lowered.setdefault(sid.lower(), sid)
     entries: list[RawEntry] = []
     for sid, body in servers.items():
-        if not isinstance(sid, str) or sid == sid.lower():
-            entries.append(RawEntry(sid, f"mcpServers.{sid}", body))
+        if not isinstance(sid, str) or sid == sid.lower() or not SERVER_ID.fullmatch(sid.lower()):
+            entries.append(RawEntry(sid, f"mcpServers.{sid}", body))  # as written: its own error, if any
             continue
         read_as = sid.lower()
         first = lowered[read_as]
