@@ -4,7 +4,8 @@
 process gets the real value) and whose second entry has a missing binary with the token in its arguments (a
 502 whose message and WARNING line name the command). A reload of a file with the token in an endpoint's
 query is rejected (`last_reload_error`). `/servers`, `/` (the index and the status page's JSON), the 502's
-body, `registry show`, `mcpfleet servers` and the gateway's whole log are then searched for the value, as
+body, `registry show`, `mcpfleet servers`, `mcpfleet tools` (which starts the missing command itself) and
+the gateway's whole log are then searched for the value, as
 it is, URL-encoded and JSON-escaped.
 """
 
@@ -77,6 +78,9 @@ def test_a_var_value_in_args_or_a_query_is_shown_nowhere(tmp_path: Path) -> None
     show = run_cli("registry", "show", str(path), env={"T": token})
     assert show.returncode == 0 and "--token=***" in show.stdout, show.stdout + show.stderr
     shown["registry show"] = show.stdout + show.stderr
+    started = run_cli("tools", "nf", "--registry", str(path), env={"T": token})  # the CLI starts it itself
+    assert started.returncode == 3 and "command 'no-such-mcp-bin --token=***'" in started.stderr, started.stderr
+    shown["mcpfleet tools"] = started.stdout + started.stderr
     log = output.read_text(errors="replace")
     assert "no-such-mcp-bin --token=***" in log  # the WARNING line of the 502, masked
     shown["log"] = log
