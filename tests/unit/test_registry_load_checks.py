@@ -90,6 +90,11 @@ def test_a_client_files_other_top_level_keys_are_ignored_with_a_note() -> None:
     )
 
 
+def test_a_misspelt_gateway_in_a_client_file_is_still_an_error() -> None:
+    found = problems('{"mcpServers": {}, "gatway": {"port": 1}}', source="mcp.json")
+    assert found == ["mcp.json: gatway: unknown top-level field (did you mean 'gateway'?)"]
+
+
 def test_our_own_form_still_refuses_an_unknown_top_level_key() -> None:
     assert problems("globalShortcut: x\nservers: {}\n") == [
         "reg.yaml: globalShortcut: unknown top-level field (allowed: servers, gateway)"

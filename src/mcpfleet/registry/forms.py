@@ -97,9 +97,9 @@ def _nested(doc: dict[str, Any], key: Literal["servers", "mcpServers"]) -> Docum
         if other in ignored:
             notes.append((other, ignored[other]))
             continue
-        if key == "mcpServers":
+        if key == "mcpServers" and not did_you_mean(other, ["gateway"], cutoff=0.75):
             # A file with `mcpServers` is a client's (Claude Desktop's `globalShortcut`, ...): its other
-            # top-level keys are that client's business, read by nobody here.
+            # top-level keys are that client's business, read by nobody here. A misspelt `gateway` is ours.
             client_keys.append(str(other))
             continue
         hint = did_you_mean(other, [*allowed, *ignored])
