@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mcpfleet.masking import mask
+
 
 class McpfleetError(Exception):
     """Base class. `exit_code` is what the CLI exits with when this error reaches it."""
@@ -48,10 +50,12 @@ class Problem:
 
 
 class RegistryError(McpfleetError):
-    """A registry file is unreadable or invalid. Carries every problem found, not just the first."""
+    """A registry file is unreadable or invalid. Carries every problem found, not just the first, and the
+    warnings found with them (`registry validate` prints both; the message holds the problems only)."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], warnings: Sequence[str] = ()) -> None:
         self.problems = tuple(problems)
+        self.warnings = tuple(warnings)
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''} in registry"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
@@ -130,7 +134,8 @@ class ServerStartError(ServerUnavailableError):
         self.argv = tuple(argv)
         self.reason = reason
         self.stderr_tail = stderr_tail
-        text = f"server {server_id!r}: command {' '.join(self.argv)!r} {reason}"
+        # The command as the registry's displays show it: `${VAR}` values masked (masking.py).
+        text = mask(f"server {server_id!r}: command {' '.join(self.argv)!r} {reason}")
         if stderr_tail:
             text += "\n  stderr (last lines):\n" + "\n".join(f"    {line}" for line in stderr_tail.splitlines())
         super().__init__(text)
@@ -182,6 +187,7 @@ class GatewayError(McpfleetError):
     def __init__(
         self, status: int, code: int, message: str, *, data: object = None, headers: dict[str, str] | None = None
     ) -> None:
+        message = mask(message)  # what callers read never holds a registry's `${VAR}` value (masking.py)
         super().__init__(message)
         self.status = status
         self.code = code
@@ -214,7 +220,7 @@ class GatewayError(McpfleetError):
     def start_failed(cls, error: ServerStartError | DeployError) -> GatewayError:
         """A process or container that did not start: the first line of why, its last output as data."""
         tail = error.stderr_tail if isinstance(error, ServerStartError) else error.logs
-        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": tail})
+        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": mask(tail)})
 
     @classmethod
     def timeout(cls, server_id: str, what: str, seconds: float, setting: str) -> GatewayError:

@@ -18,7 +18,7 @@ def shared_registry(replicas: list[str], key: str) -> str:
     endpoints = ", ".join(f"'{url}'" for url in replicas)
     return (
         f"servers:\n  web: {{endpoints: [{endpoints}]}}\n  local: {{command: {DEMO}}}\n"
-        f"gateway: {{session_keys: ['{key}', 'retired-key']}}\n"
+        f"gateway: {{session_keys: ['{key}', 'retired-key-0123456789abcdef0123456789ab']}}\n"
     )
 
 
@@ -26,8 +26,8 @@ def test_sessions_alternate_between_two_gateways_and_stay_on_their_replica(
     gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
 ) -> None:
     replicas = [demo_http(name) for name in ("a", "b", "c")]
-    first = gateway(shared_registry(replicas, "fleet-secret-1"))
-    second = gateway(shared_registry(replicas, "fleet-secret-1"))
+    first = gateway(shared_registry(replicas, "fleet-secret-1-0123456789abcdef0123456789"))
+    second = gateway(shared_registry(replicas, "fleet-secret-1-0123456789abcdef0123456789"))
     wrong: list[tuple[str, str]] = []
 
     async def main() -> None:
@@ -55,9 +55,9 @@ def test_foreign_forged_and_stdio_sessions_on_the_wrong_gateway_get_404(
     gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]
 ) -> None:
     replicas = [demo_http("a")]
-    first = gateway(shared_registry(replicas, "fleet-secret-1"))
-    second = gateway(shared_registry(replicas, "fleet-secret-1"))
-    stranger = gateway(shared_registry(replicas, "another-fleet"))
+    first = gateway(shared_registry(replicas, "fleet-secret-1-0123456789abcdef0123456789"))
+    second = gateway(shared_registry(replicas, "fleet-secret-1-0123456789abcdef0123456789"))
+    stranger = gateway(shared_registry(replicas, "another-fleet-0123456789abcdef0123456789"))
 
     async def main() -> None:
         async with httpx2.AsyncClient(timeout=30) as client:

@@ -84,7 +84,7 @@ def test_retries_return_to_the_issuing_replica_through_two_gateways(
     def registry(request_state: str) -> str:
         return (
             f"servers:\n  web: {{endpoints: [{replicas}], balancer: {{request_state: {request_state}}}}}\n"
-            "gateway: {session_keys: ['fleet-secret-1']}\n"
+            "gateway: {session_keys: ['fleet-secret-1-0123456789abcdef0123456789']}\n"
         )
 
     pinned = [gateway(registry("pin")), gateway(registry("pin"))]

@@ -332,8 +332,9 @@ def test_vscode_inputs_are_ignored_and_an_entry_that_uses_one_fails_alone() -> N
         ".vscode/mcp.json: inputs: ignored: VS Code prompts for these values, mcpfleet reads ${NAME} from its"
         " environment instead",
     )
-    # `inputs` belongs to VS Code's layout only.
-    assert any("inputs: unknown top-level field" in p for p in problems('{"mcpServers": {}, "inputs": []}'))
+    # In a client's `mcpServers` file, every other top-level key is the client's: ignored, with a note.
+    client = parse_registry('{"mcpServers": {}, "inputs": []}', "mcp.json", environ={})
+    assert client.warnings == ("mcp.json: (top level): ignored, the client's own settings: inputs",)
 
 
 @pytest.mark.parametrize("form", ['{"servers": {"a": %s}}', '{"mcpServers": {"a": %s}}', '{"a": %s}'])

@@ -156,7 +156,7 @@ def test_two_identical_short_keys_are_each_reported_once() -> None:
     ("url", "shown"),
     [
         ("https://u:p@ss@h/x", "https://u:***@h/x"),
-        ("https://u:secret@h:8443/p?q=a@b", "https://u:***@h:8443/p?q=a@b"),
+        ("https://u:secret@h:8443/p?q=a@b", "https://u:***@h:8443/p?q=***"),
         ("https://u@h/x", "https://u@h/x"),
         ("https://h/x@y", "https://h/x@y"),
         ("not a url", "not a url"),

@@ -458,7 +458,7 @@ def test_anonymous_is_a_principal_and_tools_empty_means_none() -> None:
     [
         ("tracing: {endpoint: collector:4318}", "gateway.tracing.endpoint: malformed URL 'collector:4318': the scheme"),
         ("tracing: {endpoint: 'http://'}", "gateway.tracing.endpoint: malformed URL 'http://': it has no host"),
-        ("tracing: {endpoint: 'http://c:99999'}", "gateway.tracing.endpoint: malformed URL 'http://c:99999': Port out"),
+        ("tracing: {endpoint: 'http://c:99999'}", "gateway.tracing.endpoint: malformed URL 'http://c:99999': the port"),
         ("auth: {jwt: {issuer: 'https://'}}", "gateway.auth.jwt.issuer: malformed URL 'https://': it has no host"),
         ("auth: {jwt: {issuer: 'https://i', jwks_url: '/keys'}}", "gateway.auth.jwt.jwks_url: malformed URL '/keys'"),
         (
@@ -468,7 +468,7 @@ def test_anonymous_is_a_principal_and_tools_empty_means_none() -> None:
         ),
         (
             "public_url: 'https://u:secret@h:99999'",
-            "gateway.public_url: malformed URL 'https://u:***@h:99999': Port out of range",
+            "gateway.public_url: malformed URL 'https://u:***@h:99999': the port is not a number from 1 to 65535",
         ),
     ],
 )

@@ -37,9 +37,9 @@ from mcpfleet.errors import (
     UsageError,
     leaf_error,
 )
-from mcpfleet.registry import HttpServer, Registry, load_registry, normalized
-from mcpfleet.registry.model import DockerServer, KubernetesServer, Logging, StdioServer
-from mcpfleet.registry.render import mask_url
+from mcpfleet.masking import Masker
+from mcpfleet.registry import Registry, load_registry, normalized, render
+from mcpfleet.registry.model import Logging
 
 app = typer.Typer(
     name="mcpfleet",
@@ -190,7 +190,8 @@ def servers(
             return listed
         assert target.registry is not None
         _warn_failed(target.registry)
-        return [_describe(sid, server) for sid, server in target.registry.servers.items()]
+        masker = Masker(target.registry.secrets)
+        return [_describe(sid, server, masker) for sid, server in target.registry.servers.items()]
 
     rows = _run(work)
     if json_:
@@ -215,18 +216,8 @@ def _warn_failed(registry: Registry) -> None:
         output.plain(f"warning: {EntryError(server_id, message)}", stream=sys.stderr)
 
 
-def _describe(server_id: str, server: Any) -> dict[str, Any]:
-    target = ""
-    if isinstance(server, HttpServer):
-        target = ", ".join(
-            mask_url(server.mcp_url(e) if server.transport != "sse" else server.sse_url(e)) for e in server.endpoints
-        )
-        if server.command:
-            target += f" (else stdio: {' '.join(server.command)})"
-    elif isinstance(server, StdioServer):
-        target = " ".join(server.command)
-    elif isinstance(server, DockerServer | KubernetesServer):
-        target = server.image or getattr(server, "chart", "") or ""
+def _describe(server_id: str, server: Any, masker: Masker) -> dict[str, Any]:
+    target = render.target(server, masker)  # `${VAR}` values and URL secrets masked
     return {"id": server_id, "type": server.type, "target": target, "description": server.description}
 
 
@@ -676,9 +667,12 @@ def registry_validate(file: FileArg, json_: ValidateJsonOpt = False) -> None:
                     "problems": [
                         {"file": p.source, "location": p.location, "message": p.message} for p in exc.problems
                     ],
+                    "warnings": list(exc.warnings),
                 }
             )
         else:
+            for warning in exc.warnings:  # with the errors, so that one run shows every problem
+                output.plain(f"warning: {warning}", stream=sys.stderr)
             output.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     failed = loaded.failed

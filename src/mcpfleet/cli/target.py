@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 
+from mcpfleet import masking
 from mcpfleet.client.connect import http_entry
 from mcpfleet.demo import DEMO_REGISTRY
 from mcpfleet.errors import EntryError, ServerUnreachableError, UsageError
@@ -54,7 +55,9 @@ def resolve(registry: Path | None, demo: bool, gateway: str | None, project: str
         if project:
             raise UsageError("--project goes with a registry; through --gateway, the gateway reaches its containers")
         return Target(gateway=gateway_base(gateway))
-    return Target(registry=load_registry(registry_path(registry, demo)), project=project)
+    loaded = load_registry(registry_path(registry, demo))
+    masking.install(loaded.secrets)  # this process's errors (a command not found) show no `${VAR}` value
+    return Target(registry=loaded, project=project)
 
 
 def gateway_base(url: str) -> str:

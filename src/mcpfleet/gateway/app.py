@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 import anyio
 import anyio.abc
 
-from mcpfleet import __version__
+from mcpfleet import __version__, masking
 from mcpfleet.deploy.docker.spec import spec_digest
 from mcpfleet.deploy.kubernetes.controller import place
 from mcpfleet.errors import GatewayError, RegistryError, UsageError
@@ -114,6 +114,7 @@ class Gateway:
         (discovery; see mcpfleet.replicas). `authenticator`: who may call (policy/auth.py), in place of
         `gateway.auth`. Raises `UsageError` when the registry asks for no credentials on a bind that is not
         loopback without `gateway.auth.anonymous` (section 9.16)."""
+        masking.install(registry.secrets)  # `${VAR}` values: masked in log lines and errors from here on
         self._snapshot = registry
         self._file_registry = registry  # the registry file's; `_snapshot` adds the servers discovery found
         self._discovered: dict[str, Server] = {}
@@ -320,6 +321,7 @@ class Gateway:
         if extra:
             fresh = fresh.model_copy(update={"servers": {**extra, **fresh.servers}})
         old = self._snapshot
+        masking.install(fresh.secrets | old.secrets)  # the old ones for the processes that still drain
         self._snapshot = fresh
         self.policy = _host_policy(self._bind_host, fresh.gateway)
         for notice in self.policy.notices():

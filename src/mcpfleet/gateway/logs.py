@@ -43,6 +43,7 @@ from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 from mcpfleet.gateway import tracing
 from mcpfleet.gateway.identity import IDENTITY
+from mcpfleet.masking import mask
 from mcpfleet.registry.model import Gateway, Logging
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -155,6 +156,27 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class MaskFilter(logging.Filter):
+    """Masks the values the registry's `${VAR}` references took from the environment (`masking.install`:
+    the gateway installs them at start and on every reload) in every record: its message with its args
+    merged in, its exception text, and its string extra fields. A handler's filter, so records of every
+    logger pass it. Plan Document, section 6.5."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        shown = mask(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and mask(record.exc_text) != record.exc_text:
+            record.exc_info = None  # both formatters print `exc_text` in its place
+        for name, value in list(record.__dict__.items()):
+            if isinstance(value, str) and name not in ("msg", "message"):
+                setattr(record, name, mask(value))
+        return True
+
+
 class JsonFormatter(_LibraryJsonFormatter):
     """One JSON object a line: `time`, `level`, `logger`, `message`, then the record's extra fields."""
 
@@ -212,6 +234,7 @@ def configure(settings: Logging, stream: TextIO | None = None) -> None:
     if _handler is None:
         _handler = logging.StreamHandler(stream or sys.stderr)
         _handler.addFilter(ContextFilter())
+        _handler.addFilter(MaskFilter())  # after the request fields are copied on: those are masked too
         root.addHandler(_handler)
     _handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     level = LEVELS[settings.level]

@@ -53,18 +53,21 @@ class Expansion:
     """The expanded text, the names it used, and what went wrong.
 
     `unset`: references with no value (expanded to ""). `problems`: malformed references (kept as written).
+    `values`: what the environment gave (not defaults written in the file): what displays mask (masking.py).
     """
 
     text: str
     used: tuple[str, ...]
     unset: tuple[Unset, ...]
     problems: tuple[str, ...]
+    values: tuple[str, ...] = ()
 
 
 def expand(text: str, environ: Mapping[str, str]) -> Expansion:
     used: list[str] = []
     unset: list[Unset] = []
     problems: list[str] = []
+    values: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
         whole = match.group(0)
@@ -84,6 +87,7 @@ def expand(text: str, environ: Mapping[str, str]) -> Expansion:
                 return default
             unset.append(Unset(whole))
             return ""
+        values.append(value)
         return value
 
-    return Expansion(_TOKEN.sub(replace, text), tuple(used), tuple(unset), tuple(problems))
+    return Expansion(_TOKEN.sub(replace, text), tuple(used), tuple(unset), tuple(problems), tuple(values))

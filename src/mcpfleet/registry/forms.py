@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mcpfleet.registry.model import SERVER_ID
+
 Form = Literal["native", "mcpServers", "flat"]
 
 # Spellings of `type` that other tools write, mapped to ours (with the transport they imply).
@@ -88,23 +90,65 @@ def _nested(doc: dict[str, Any], key: Literal["servers", "mcpServers"]) -> Docum
     notes: list[tuple[str, str]] = []
     allowed = [key, "gateway"]
     ignored = IGNORED_TOP_LEVEL if key == "servers" else {}
+    client_keys: list[str] = []
     for other in doc:
         if other in allowed:
             continue
         if other in ignored:
             notes.append((other, ignored[other]))
             continue
+        if key == "mcpServers" and not did_you_mean(other, ["gateway"], cutoff=0.75):
+            # A file with `mcpServers` is a client's (Claude Desktop's `globalShortcut`, ...): its other
+            # top-level keys are that client's business, read by nobody here. A misspelt `gateway` is ours.
+            client_keys.append(str(other))
+            continue
         hint = did_you_mean(other, [*allowed, *ignored])
         problems.append((other, "unknown top-level field" + (hint or f" (allowed: {', '.join(allowed)})")))
+    if client_keys:
+        notes.append(("(top level)", f"ignored, the client's own settings: {', '.join(client_keys)}"))
     servers = doc[key]
     if servers is None:
         servers = {}
     if not isinstance(servers, dict):
         problems.append((key, f"must be a mapping of server id to entry, not {_kind(servers)}"))
         servers = {}
-    entries = tuple(RawEntry(sid, f"{key}.{sid}", body) for sid, body in servers.items())
-    form: Form = "native" if key == "servers" else "mcpServers"
-    return Document(form, doc.get("gateway"), entries, tuple(problems), tuple(notes))
+    if key == "servers":
+        entries = tuple(RawEntry(sid, f"{key}.{sid}", body) for sid, body in servers.items())
+        return Document("native", doc.get("gateway"), entries, tuple(problems), tuple(notes))
+    return Document(
+        "mcpServers", doc.get("gateway"), _client_ids(servers, problems, notes), tuple(problems), tuple(notes)
+    )
+
+
+def _client_ids(
+    servers: dict[Any, Any], problems: list[tuple[str, str]], notes: list[tuple[str, str]]
+) -> tuple[RawEntry, ...]:
+    """The entries of a client's `mcpServers`, their ids lowercased (`Context7` is served at `/context7/mcp`,
+    with a note); two ids that differ only in case are an error naming both (Plan Document, section 6.1)."""
+    lowered: dict[str, str] = {}
+    for sid in servers:
+        if isinstance(sid, str):
+            lowered.setdefault(sid.lower(), sid)
+    entries: list[RawEntry] = []
+    for sid, body in servers.items():
+        if not isinstance(sid, str) or sid == sid.lower() or not SERVER_ID.fullmatch(sid.lower()):
+            entries.append(RawEntry(sid, f"mcpServers.{sid}", body))  # as written: its own error, if any
+            continue
+        read_as = sid.lower()
+        first = lowered[read_as]
+        if first != sid or read_as in servers:
+            other = read_as if read_as in servers else first
+            problems.append(
+                (
+                    f"mcpServers.{sid}",
+                    f"server ids {other!r} and {sid!r} differ only in case, and ids are lowercase (URL paths):"
+                    " rename one",
+                )
+            )
+            continue
+        notes.append((f"mcpServers.{sid}", f"served as {read_as!r}: server ids are lowercase (URL paths)"))
+        entries.append(RawEntry(read_as, f"mcpServers.{sid}", body))
+    return tuple(entries)
 
 
 def _flat(doc: dict[str, Any]) -> Document:

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from mcpfleet.errors import Problem, RegistryError
+from mcpfleet.masking import Masker, maskable
 from mcpfleet.registry.checks import idle_rules
 from mcpfleet.registry.expand import Unset
 from mcpfleet.registry.forms import (
@@ -87,6 +88,7 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
     document = read_document(_parse(text, source))
     located: list[Located] = list(document.problems)  # every problem, in file order
     blocking = bool(located)
+    secrets: set[str] = set()  # what `${VAR}` took from the environment: masked in every message (masking.py)
     warnings = [f"{source}: {path}: {note}" for path, note in document.notes]
 
     def advice(unset: list[tuple[str, Unset]]) -> list[Located]:
@@ -95,6 +97,7 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
     gateway = Gateway()
     if document.gateway is not None:  # `gateway:` with nothing after it: the defaults (section 6.6)
         checked = check(Gateway, document.gateway, "gateway", environ)
+        secrets |= checked.secrets
         located += advice(checked.unset) + checked.problems
         blocking = blocking or bool(checked.unset or checked.problems)
         warnings += [f"{source}: {path}: {note}" for path, note in checked.notes]
@@ -105,6 +108,7 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
     failed: dict[str, str] = {}
     for raw in document.entries:
         outcome = _entry(raw, document.form, environ)
+        secrets |= outcome.secrets
         warnings += [f"{source}: {path}: {note}" for path, note in outcome.notes]
         located += advice(outcome.unset) + outcome.problems
         if outcome.problems:
@@ -115,13 +119,24 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
             servers[raw.server_id] = outcome.server
             warnings += [f"{source}: {raw.path}.{path}: {note}" for path, note in _unused_settings(outcome.server)]
 
+    shown = Masker(secrets)
     if blocking:
-        raise RegistryError([Problem(source, path, message) for path, message in located])
+        raise RegistryError(
+            [Problem(source, path, shown(message)) for path, message in located],
+            warnings=[shown(warning) for warning in warnings],
+        )
     ids = [raw.server_id for raw in document.entries]
     for loc, message, _ in idle_rules(gateway.model_dump(), ids):
         where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
         warnings.append(f"{source}: gateway{where}: {message}")
-    return Registry(source=source, gateway=gateway, servers=servers, failed=failed, warnings=tuple(warnings))
+    return Registry(
+        source=source,
+        gateway=gateway,
+        servers=servers,
+        failed={server_id: shown(message) for server_id, message in failed.items()},
+        warnings=tuple(shown(warning) for warning in warnings),
+        secrets=frozenset(value for value in secrets if maskable(value)),
+    )
 
 
 # --- one entry --------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from mcpfleet.authority import host_entry_problem, origin_entry_problem
+from mcpfleet.masking import Masker, shown_url
 from mcpfleet.registry.checks import (
     ANONYMOUS,
     Finding,
@@ -163,39 +165,51 @@ class Resources(_Model):
         return value
 
 
-def shown_url(url: str) -> str:
-    """`url` as an error message may show it: a password in its userinfo masked (`http://u:***@h`). The
-    userinfo is what `urlsplit` reads as such: the netloc up to its last `@` (an unencoded `@` in the
-    password is masked too)."""
-    scheme, sep, rest = url.partition("//")
-    if not sep:
-        return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    userinfo, at, host = rest[:end].rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}//{userinfo.partition(':')[0]}:***@{host}{rest[end:]}"
+# What a host name may hold besides letters and digits (any script: an IDN is read as written).
+_HOST_PUNCTUATION = frozenset(".-_~%")
 
 
 def _url_parts(url: str) -> SplitResult:
-    """The parts of an http(s) URL with a host; a ValueError says what is wrong (the password masked)."""
+    """The parts of an http(s) URL with a host; a ValueError says what is wrong in plain words and names the
+    URL as `shown_url` shows it (a password and query values masked)."""
+
+    def malformed(why: str) -> ValueError:
+        return ValueError(f"malformed URL {shown_url(url)!r}: {why}")
+
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise malformed("it holds a space or a control character (percent-encode one in a path: %20)")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"malformed URL {shown_url(url)!r}: {exc}") from None
+        port = parts.port
+    except ValueError as exc:  # urllib's words ("Invalid IPv6 URL", "Port out of range 0-65535") stay here
+        text = str(exc)
+        if "Port" in text:
+            raise malformed("the port is not a number from 1 to 65535") from None
+        if "Invalid IPv6 URL" in text:
+            raise malformed("a '[' opens an IPv6 address that no ']' closes (write http://[::1]:8080)") from None
+        if "[" in url:
+            raise malformed("the host in brackets is not an IPv6 address (write http://[::1]:8080)") from None
+        raise malformed("it cannot be read as scheme://host[:port][/path]") from None
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"malformed URL {shown_url(url)!r}: the scheme must be http or https")
-    if not parts.hostname:
-        raise ValueError(f"malformed URL {shown_url(url)!r}: it has no host")
+        raise malformed("the scheme must be http or https")
+    host = parts.hostname
+    if not host:
+        raise malformed("it has no host")
+    if port == 0:
+        raise malformed("the port is not a number from 1 to 65535")
+    if "[" not in parts.netloc and not all(c.isalnum() or c in _HOST_PUNCTUATION for c in host):
+        raise malformed(f"the host {host!r} is not a host name (letters, digits, '.' and '-') or an IP address")
     return parts
 
 
 def check_url(url: str) -> str:
     """Accept an absolute http(s) URL with a host and no query or fragment; the message names what is wrong."""
     parts = _url_parts(url)
-    if parts.query or parts.fragment:
-        raise ValueError(f"malformed URL {shown_url(url)!r}: a query or fragment is not allowed in an endpoint")
+    if parts.query or parts.fragment or url.rstrip("/").endswith(("?", "#")):
+        raise ValueError(
+            f"malformed URL {shown_url(url)!r}: a query or fragment is not allowed in an endpoint (a key goes"
+            " in 'headers', e.g. Authorization: Bearer ${KEY})"
+        )
     return url
 
 
@@ -359,9 +373,12 @@ def _split_paths(endpoints: list[Any], transport: Any) -> dict[str, Any]:
     written as base URLs with an explicit `path`.
     """
     urls = [e if isinstance(e, str) else e.get("url") if isinstance(e, dict) else None for e in endpoints]
-    if not all(isinstance(u, str) for u in urls):
-        return {}
-    paths = {urlsplit(u).path.rstrip("/") for u in urls if isinstance(u, str)}
+    if not all(isinstance(u, str) and "?" not in u and "#" not in u for u in urls):
+        return {}  # each endpoint's own check says what is wrong (a query is refused), at its field
+    try:
+        paths = {_url_parts(u).path.rstrip("/") for u in urls if isinstance(u, str)}
+    except ValueError:
+        return {}  # a malformed URL is reported as written
     if paths == {""}:
         return {}
     if len(paths) > 1:
@@ -980,11 +997,41 @@ def _network(proxy: str) -> str:
     return proxy
 
 
+SESSION_KEY_BYTES = 32  # the AES-256 key HKDF derives from it: no less random material than that
+
+
+def _session_key(key: str) -> str:
+    """A `gateway.session_keys` entry: at least `SESSION_KEY_BYTES` bytes (UTF-8) of key material."""
+    if len(key.encode()) < SESSION_KEY_BYTES:
+        raise ValueError(
+            f"a session key is at least {SESSION_KEY_BYTES} bytes of random material, and this one is"
+            f" {len(key.encode())}: make one with `openssl rand -base64 32`"
+        )
+    return key
+
+
+def _allowed_host(entry: str) -> str:
+    """A `gateway.allowed_hosts` entry the Host check can match (authority.py), else what to write."""
+    problem = host_entry_problem(entry)
+    if problem is not None:
+        raise ValueError(f"{entry!r} is {problem}" if problem.startswith("a") else f"{entry!r}: {problem}")
+    return entry
+
+
+def _allowed_origin(entry: str) -> str:
+    """A `gateway.allowed_origins` entry the Origin check can match (authority.py), else what to write."""
+    problem = origin_entry_problem(entry)
+    if problem is not None:
+        raise ValueError(f"{entry!r} is not an origin: {problem}")
+    return entry
+
+
 class Gateway(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    allowed_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
+    # Checked at load (authority.py), each at its index: an entry the gateway could never match is an error.
+    allowed_origins: tuple[Annotated[str, AfterValidator(_allowed_origin)], ...] = ()
+    allowed_hosts: tuple[Annotated[str, AfterValidator(_allowed_host)], ...] = ()
     # The largest JSON-RPC message, in bytes, on every route and in both directions: request bodies,
     # WebSocket frames, SSE events, stdio lines, bridged HTTP answers. `max_body_bytes` is its older name.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
@@ -993,7 +1040,8 @@ class Gateway(_Model):
     keepalive_interval: Seconds = 15.0
     # Secrets that seal session ids, newest first (rotation: the first seals, all open). Gateways sharing
     # one serve each other's http sessions. Empty: $MCPFLEET_SESSION_KEYS, else a random key per process.
-    session_keys: tuple[str, ...] = ()
+    # Each is the key material HKDF stretches into an AES-256 key (gateway/sealing.py): at least 32 bytes.
+    session_keys: tuple[Annotated[str, AfterValidator(_session_key)], ...] = ()
     session_max_age: Seconds = 86400.0
     # After SIGTERM, /readyz answers 503 and serving goes on for this long before the gateway stops taking
     # connections, so a load balancer or Kubernetes sees it leave first (the gateway chart sets 5; 0: stop at once).
@@ -1061,6 +1109,9 @@ class Registry(_Model):
     them), by id, each with its one-line located error (its advice worded for a running gateway when a
     reload loaded it: `load_registry(running=True)`). An id is in `servers` or `failed`, never both.
     `warnings`: things accepted but ignored (client-only keys, disabled entries, VS Code `inputs`).
+    `secrets`: the values `${VAR}` references took from the environment (those `masking.maskable` keeps),
+    which every display of an entry and every log line masks (masking.py); never dumped or
+    shown in a repr.
     """
 
     source: str
@@ -1068,6 +1119,13 @@ class Registry(_Model):
     servers: Mapping[str, Server] = Field(default_factory=dict)
     failed: Mapping[str, str] = Field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    secrets: frozenset[str] = Field(default_factory=frozenset, exclude=True, repr=False)
+
+    def __repr__(self) -> str:
+        return Masker(self.secrets)(super().__repr__())
+
+    def __str__(self) -> str:
+        return Masker(self.secrets)(super().__str__())
 
     def server(self, server_id: str) -> Server:
         from mcpfleet.errors import UnknownServerError

@@ -1,7 +1,8 @@
 """The normalized form of a registry, as `registry show` prints it and the golden tests snapshot it.
 
 Secrets are masked here, once, so nothing that prints a registry can forget to: `secret_env` and `headers`
-values, `env` values whose name looks like a credential, and passwords in URLs. Entries that failed (an
+values, `env` values whose name looks like a credential, passwords and query values in URLs, and every
+value a `${VAR}` took from the environment, wherever it landed (`Registry.secrets`, masking.py). Entries that failed (an
 unset `${VAR}`) follow the servers under `failed`, with their error; the key is there only when some did,
 so a registry without failures renders as it always has.
 """
@@ -9,12 +10,14 @@ so a registry without failures renders as it always has.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from mcpfleet.registry.model import Registry, Server
+from mcpfleet.masking import MASK, Masker, shown_url
+from mcpfleet.registry.model import DockerServer, HttpServer, KubernetesServer, Registry, Server, StdioServer
 
-MASK = "***"
+# The one way URLs are shown (masking.py): a password and every query value masked.
+mask_url = shown_url
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
@@ -26,13 +29,43 @@ def normalized(registry: Registry, *, mask: bool = True) -> dict[str, Any]:
     gateway = registry.gateway.model_dump(mode="json")
     if mask and gateway["session_keys"]:
         gateway["session_keys"] = [MASK] * len(gateway["session_keys"])
+    if mask and gateway["public_url"]:
+        gateway["public_url"] = shown_url(gateway["public_url"])
     form: dict[str, Any] = {
         "gateway": gateway,
         "servers": {sid: server_dict(server, mask=mask) for sid, server in registry.servers.items()},
     }
     if registry.failed:
         form["failed"] = dict(registry.failed)  # messages name variables, never their values
-    return form
+    return _masked_tree(form, Masker(registry.secrets)) if mask else form
+
+
+def _masked_tree(value: Any, masker: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return masker(value)
+    if isinstance(value, dict):
+        return {key: _masked_tree(item, masker) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked_tree(item, masker) for item in value]
+    return value
+
+
+def target(server: Server, masker: Callable[[str], str]) -> str:
+    """Where an entry is reached, as listings show it (`mcpfleet servers`): its MCP URLs (`shown_url`), or
+    its command, or its image or chart; with `masker` (a `Masker` of `Registry.secrets`, or
+    `masking.mask`) applied, so no `${VAR}` value shows."""
+    shown = ""
+    if isinstance(server, HttpServer):
+        shown = ", ".join(
+            shown_url(server.mcp_url(e) if server.transport != "sse" else server.sse_url(e)) for e in server.endpoints
+        )
+        if server.command:
+            shown += f" (else stdio: {' '.join(server.command)})"
+    elif isinstance(server, StdioServer):
+        shown = " ".join(server.command)
+    elif isinstance(server, DockerServer | KubernetesServer):
+        shown = server.image or getattr(server, "chart", "") or ""
+    return masker(shown)
 
 
 def server_dict(server: Server, *, mask: bool = True) -> dict[str, Any]:
@@ -49,14 +82,5 @@ def mask_secrets(entry: dict[str, Any]) -> dict[str, Any]:
     if masked.get("env"):
         masked["env"] = {k: MASK if is_secret_name(k) else v for k, v in masked["env"].items()}
     if masked.get("endpoints"):
-        masked["endpoints"] = [{**e, "url": mask_url(e["url"])} for e in masked["endpoints"]]
+        masked["endpoints"] = [{**e, "url": shown_url(e["url"])} for e in masked["endpoints"]]
     return masked
-
-
-def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{hostport}"))

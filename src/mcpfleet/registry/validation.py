@@ -60,12 +60,14 @@ _SUBJECT = re.compile(r"^(Input|Value|List|Tuple|Set|String|Dictionary|Data) sho
 
 @dataclass
 class Checked:
-    """A validated value (None when invalid), its unset `${VAR}`s, its other problems, and notes."""
+    """A validated value (None when invalid), its unset `${VAR}`s, its other problems, and notes.
+    `secrets`: the values `${VAR}` took from the environment (what displays of it mask)."""
 
     value: BaseModel | None = None
     unset: list[tuple[str, Unset]] = field(default_factory=list)
     problems: list[Located] = field(default_factory=list)
     notes: list[Located] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set)
 
     @property
     def server(self) -> Server | None:
@@ -78,12 +80,15 @@ def check(
     """Expand and validate one mapping; validation errors that an unset variable explains are dropped."""
     checked = Checked()
     renames = renames or {}
-    expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems)
+    empty: dict[str, str] = {}
+    expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems, checked.secrets, empty)
     unset_paths = [path for path, _ in checked.unset]
     try:
         checked.value = model.model_validate(expanded, context={CROSS_CHECKED: True})
     except ValidationError as exc:
         for path, message in _validation_problems(exc, prefix, model, renames):
+            if path in empty:  # the value is "" because its variable is: say that, not "too short"
+                message = f"{empty[path]} is set to an empty value in the environment: give it the value"
             if not _explained_by(path, unset_paths, prefix):
                 checked.problems.append((path, message))
     # The values as the models read them ('yes' is true, `${A}` expanded); as written when they did not pass.
@@ -130,17 +135,35 @@ def _at_or_above(path: str, errors: Sequence[str]) -> bool:
 
 
 def _expand_tree(
-    value: Any, path: str, environ: Mapping[str, str], unset: list[tuple[str, Unset]], problems: list[Located]
+    value: Any,
+    path: str,
+    environ: Mapping[str, str],
+    unset: list[tuple[str, Unset]],
+    problems: list[Located],
+    secrets: set[str],
+    empty: dict[str, str],
 ) -> Any:
+    """`value` with every `${VAR}` expanded; records unset references, malformed ones, the values taken
+    (`secrets`) and the strings that are empty only because their variables are (`empty`: path -> as
+    written)."""
     if isinstance(value, str):
         result = expand(value, environ)
         unset += [(path, reference) for reference in result.unset]
         problems += [(path, message) for message in result.problems]
+        secrets.update(result.values)
+        if value and not result.text and result.used and not result.unset:
+            empty[path] = value
         return result.text
     if isinstance(value, dict):
-        return {key: _expand_tree(item, f"{path}.{key}", environ, unset, problems) for key, item in value.items()}
+        return {
+            key: _expand_tree(item, f"{path}.{key}", environ, unset, problems, secrets, empty)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [_expand_tree(item, f"{path}[{index}]", environ, unset, problems) for index, item in enumerate(value)]
+        return [
+            _expand_tree(item, f"{path}[{index}]", environ, unset, problems, secrets, empty)
+            for index, item in enumerate(value)
+        ]
     return value
 
 
