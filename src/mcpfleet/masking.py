@@ -89,6 +89,11 @@ def mask(text: str) -> str:
     return _installed(text)
 
 
+def masking() -> bool:
+    """Whether any value is installed to be masked (none: `mask` returns every text as it is)."""
+    return bool(_installed)
+
+
 def shown_url(url: str) -> str:
     """`url` as a message or a listing may show it: a userinfo password and every query value masked
     (`http://u:***@h/mcp?api_key=***&v=***`); the fragment is dropped past its `#` (`#***`). Never raises:

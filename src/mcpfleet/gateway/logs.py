@@ -43,7 +43,7 @@ from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 from mcpfleet.gateway import tracing
 from mcpfleet.gateway.identity import IDENTITY
-from mcpfleet.masking import mask
+from mcpfleet.masking import mask, masking
 from mcpfleet.registry.model import Gateway, Logging
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -163,6 +163,8 @@ class MaskFilter(logging.Filter):
     logger pass it. Plan Document, section 6.5."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not masking():  # no `${VAR}` took a value: nothing to look for (a record's cost stays nil)
+            return True
         message = record.getMessage()
         shown = mask(message)
         if shown != message:
