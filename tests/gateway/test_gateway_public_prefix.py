@@ -83,6 +83,16 @@ def test_a_legacy_sse_client_behind_a_prefix_stripping_proxy_calls_a_tool(
         public = f"http://127.0.0.1:{listening.getsockname()[1]}{prefix}"
         gw = gateway(f"gateway:\n  public_url: '{public}'\nservers:\n  local: {{command: {DEMO_STDIO}}}\n")
         seen: list[str] = []
+        assert gw.log is not None  # the banner was printed before the port answered
+        banner = gw.log.read_text().splitlines()
+        assert banner[0].startswith(f"mcpfleet gateway on {gw.url} (")  # the local address first, as scripts read it
+        assert banner[1:6] == [
+            f"  {gw.url}/local/mcp",
+            f"  status: {gw.url}/servers",
+            f"public: {public} (gateway.public_url)",
+            f"  {public}/local/mcp",
+            f"  status: {public}/servers",
+        ]
 
         async def run() -> None:
             async with serving_in_process(stripping_proxy(gw.url, prefix, seen), listening):
