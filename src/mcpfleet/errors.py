@@ -168,6 +168,16 @@ class ProtocolError(ServerUnavailableError):
     """The server answered, but not as an MCP server should (exit 3)."""
 
 
+class RefusedError(ProtocolError):
+    """An HTTP server refused the caller (exit 3): `status` 401 (no credentials, or ones it does not accept)
+    or 403 (these credentials may not do this); `detail`: the reason it gave, None when it gave none."""
+
+    def __init__(self, message: str, status: int, detail: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
 def leaf_error(exc: BaseException) -> BaseException:
     """The first real exception inside (possibly nested) exception groups raised by task groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -204,8 +214,14 @@ class GatewayError(McpfleetError):
         return cls(status, -32600, message)
 
     @classmethod
-    def unknown_server(cls, server_id: str, known: Sequence[str]) -> GatewayError:
-        hint = f"; servers here: {', '.join(known)}" if known else "; the registry names no servers"
+    def unknown_server(cls, server_id: str, known: Sequence[str], *, filtered: bool = False) -> GatewayError:
+        """404 -32010 for an id the registry does not name. `known`: the ids the caller may learn of; when
+        `filtered` (access rules chose them), the hint says they are the caller's, and an empty list says
+        nothing (the caller learns of no other server)."""
+        if known:
+            hint = f"; {'servers you may reach here' if filtered else 'servers here'}: {', '.join(known)}"
+        else:
+            hint = "" if filtered else "; the registry names no servers"
         return cls(404, -32010, f"unknown server {server_id!r}{hint}")
 
     @classmethod

@@ -136,7 +136,7 @@ class Counted:
     def __init__(self) -> None:
         self.errors: list[tuple[str, int, int]] = []
 
-    def __call__(self, server: str, code: int, status: int, message: str) -> None:
+    def __call__(self, server: str, code: int, status: int, message: str, caller: str | None = None) -> None:
         self.errors.append((server, code, status))
 
 

@@ -26,11 +26,12 @@ from mcp_types import CONNECTION_CLOSED
 
 from mcpfleet import __version__
 from mcpfleet.cli import output
-from mcpfleet.cli.target import Target, gateway_servers, registry_path, resolve
+from mcpfleet.cli.target import Target, gateway_refusal, gateway_servers, registry_path, resolve
 from mcpfleet.client.connect import Connection, connect
 from mcpfleet.errors import (
     EntryError,
     McpfleetError,
+    RefusedError,
     RegistryError,
     ServerUnavailableError,
     UnknownToolError,
@@ -119,9 +120,11 @@ async def _session(target: Target, server_id: str, body: Callable[[Connection], 
                     closed = f"server {server_id!r} closed the connection during the request"
                     raise ServerUnavailableError(closed) from None
                 raise ToolFailedError(f"server {server_id!r} answered with an error: {exc.error.message}") from None
-    except (BaseExceptionGroup, httpx2.TransportError, OSError) as exc:
+    except (BaseExceptionGroup, RefusedError, httpx2.TransportError, OSError) as exc:
         # A server that dies mid-request surfaces from the SDK's task groups as a transport error.
         lost = leaf_error(exc)
+        if isinstance(lost, RefusedError) and target.gateway is not None:
+            raise gateway_refusal(target.gateway, lost.status, lost.detail, server_id) from None
         if isinstance(lost, McpfleetError) or not isinstance(lost, httpx2.TransportError | OSError):
             raise
         raise ServerUnavailableError(f"server {server_id!r}: connection lost during the request ({lost})") from None
@@ -517,9 +520,14 @@ def serve(
         base = f"{scheme}://{f'[{listener.host}]' if ':' in listener.host else listener.host}:{listener.port}"
         count = len(loaded.servers)
         output.plain(f"mcpfleet gateway on {base} ({path}, {count} server{'s' * (count != 1)})")
-        for server_id in loaded.servers:
-            output.plain(f"  {base}/{server_id}/mcp")
-        output.plain(f"  status: {base}/servers")
+        # The local address first (scripts read it), then what clients are told when a proxy fronts it.
+        public = loaded.gateway.public_url
+        for where in (base, public) if public else (base,):
+            if where is public:
+                output.plain(f"public: {where} (gateway.public_url)")
+            for server_id in loaded.servers:
+                output.plain(f"  {where}/{server_id}/mcp")
+            output.plain(f"  status: {where}/servers")
         for server_id, message in loaded.failed.items():
             output.plain(f"warning: {EntryError(server_id, message)}; not served", stream=sys.stderr)
         # Listening only now: whoever connects as soon as the port answers has the banner to read.

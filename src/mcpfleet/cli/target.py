@@ -13,7 +13,7 @@ import httpx2
 from mcpfleet import masking
 from mcpfleet.client.connect import http_entry
 from mcpfleet.demo import DEMO_REGISTRY
-from mcpfleet.errors import EntryError, ServerUnreachableError, UsageError
+from mcpfleet.errors import EntryError, RefusedError, ServerUnreachableError, UsageError
 from mcpfleet.registry import Registry, Server, load_registry
 
 DEFAULT_REGISTRY = Path("mcpfleet.yaml")
@@ -100,6 +100,24 @@ def gateway_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def gateway_refusal(gateway: str, status: int, detail: str | None, server_id: str | None = None) -> RefusedError:
+    """What every command says when the gateway at `gateway` refuses it (the one wording for `servers`,
+    `tools`, `call`, ...): 401, it asks for credentials and `$MCPFLEET_TOKEN` is unset or not accepted; 403,
+    the credentials are accepted but may not reach `server_id` (its message names `gateway.access`).
+    `detail`: what the gateway said, None when it said nothing."""
+    said = f": {detail}" if detail else ""
+    where = f"server {server_id!r}" if server_id else "its status"
+    if status == 403:
+        message = f"gateway {gateway} refused this caller for {where} (HTTP 403{said})"
+    else:
+        given = "is refused" if os.environ.get(TOKEN_ENV, "").strip() else "is not set"
+        message = (
+            f"gateway {gateway} answered HTTP {status} for {where}{said}: it asks for credentials, and"
+            f" ${TOKEN_ENV} {given} (set it to an API key or a bearer token the gateway accepts)"
+        )
+    return RefusedError(message, status, detail)
+
+
 def gateway_servers(gateway: str) -> list[dict[str, Any]]:
     """The server list a gateway publishes at /servers."""
     url = f"{gateway}/servers"
@@ -108,11 +126,11 @@ def gateway_servers(gateway: str) -> list[dict[str, Any]]:
     except httpx2.TransportError as exc:
         raise ServerUnreachableError(f"gateway {gateway} is unreachable: {exc}") from None
     if response.status_code in (401, 403):
-        given = "is refused" if os.environ.get(TOKEN_ENV) else "is not set"
-        raise ServerUnreachableError(
-            f"gateway {url} answered HTTP {response.status_code}: it asks for credentials, and ${TOKEN_ENV} {given}"
-            f" (set it to an API key or a bearer token the gateway accepts)"
-        )
+        try:
+            detail = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = None
+        raise gateway_refusal(gateway, response.status_code, detail if isinstance(detail, str) else None)
     if response.status_code != 200:
         raise ServerUnreachableError(f"gateway {url} answered HTTP {response.status_code}")
     servers: list[dict[str, Any]] = response.json().get("servers", [])

@@ -27,7 +27,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from mcpfleet.client.transport import process_transport
-from mcpfleet.errors import ProtocolError, ServerStartError, ServerUnreachableError, UsageError, leaf_error
+from mcpfleet.errors import (
+    ProtocolError,
+    RefusedError,
+    ServerStartError,
+    ServerUnreachableError,
+    UsageError,
+    leaf_error,
+)
 from mcpfleet.process import StdioProcess
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, KubernetesServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
@@ -200,9 +207,12 @@ def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog
             return _NotStreamable()
         tried.add(url, f"HTTP {status}: {exc.error.message}" if status else exc.error.message)
         if status in (401, 403):
-            said = "" if bare else f": {exc.error.message}"
-            needs = f"server {server.id!r} at {mask_url(url)} requires authorization (HTTP {status}{said})"
-            return ProtocolError(_named(needs, tried))
+            detail = None if bare else exc.error.message
+            said = f": {detail}" if detail else ""
+            # 401: no credentials, or ones the server does not take; 403: these may not (RFC 9110 15.5.2/4).
+            what = "requires authorization" if status == 401 else "refused this caller"
+            needs = f"server {server.id!r} at {mask_url(url)} {what} (HTTP {status}{said})"
+            return RefusedError(_named(needs, tried), status, detail)
         answered = f" (HTTP {status})" if status else ""
         refused = f"server {server.id!r} at {mask_url(url)} refused the MCP handshake: {exc.error.message}{answered}"
         return ProtocolError(_named(refused, tried))

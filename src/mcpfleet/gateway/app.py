@@ -34,6 +34,7 @@ from mcpfleet.gateway import logs, oauth, page, status
 from mcpfleet.gateway.asgi import App, ErrorBoundary, Receive, Scope, Send, header, read_body, respond
 from mcpfleet.gateway.deployments import Deployments, backend, deployed, served_form
 from mcpfleet.gateway.exchange import Exchange
+from mcpfleet.gateway.identity import principal_of
 from mcpfleet.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mcpfleet.gateway.metrics import Metrics
 from mcpfleet.gateway.policy import (
@@ -59,7 +60,7 @@ from mcpfleet.gateway.policy import (
     open_door,
     session_owner,
 )
-from mcpfleet.gateway.policy.access import AccessDenied, Grant
+from mcpfleet.gateway.policy.access import EVERYTHING, AccessDenied, Grant
 from mcpfleet.gateway.policy.context import Correlation
 from mcpfleet.gateway.policy.credentials import GatewayAuthenticator, audience_notice
 from mcpfleet.gateway.policy.handshake import Handshake
@@ -584,7 +585,14 @@ class Gateway:
             return
         if first == ".well-known":  # OAuth discovery (oauth.py): open to all, like the probes
             await oauth.answer(
-                scope, send, segments[1:], self._snapshot, self.base_url(scope), self.credentials, self._replica_urls
+                scope,
+                send,
+                segments[1:],
+                self._snapshot,
+                self.base_url(scope),
+                self.credentials,
+                self._replica_urls,
+                lambda server_id: self._unknown(scope, server_id, metadata=True),
             )
             return
         snapshot = self._snapshot
@@ -596,7 +604,7 @@ class Gateway:
                 f"server {first!r} is not available: {snapshot.failed[first]}; or fix the registry and reload",
             )
         if first not in snapshot.servers and first not in self._draining:
-            raise GatewayError.unknown_server(first, sorted(snapshot.servers))
+            raise self._unknown(scope, first)
         scope[GRANT] = self._grant(scope, first)
         scope["mcpfleet.server"] = first
         limits = snapshot.gateway.limits
@@ -615,7 +623,7 @@ class Gateway:
             if first in self._draining:  # rare: only while a reload's changes drain
                 runtime = self._draining_runtime(first, scope) or runtime
             if runtime is None:
-                raise GatewayError.unknown_server(first, sorted(snapshot.servers))
+                raise self._unknown(scope, first)
             # A new session of an http entry is the upstream's (the passthrough): the gateway holds nothing for
             # it and cannot see it end, so only the sessions it holds count (Plan 9.17).
             opens = may_open_session(scope, rest, body) and not (rest == "/mcp" and runtime.http is not None)
@@ -646,9 +654,18 @@ class Gateway:
         identity = scope.get(IDENTITY, ANONYMOUS)
         return lambda server_id: self.access.grant(identity, server_id) is not None
 
+    def _unknown(self, scope: Scope, server_id: str, *, metadata: bool = False) -> GatewayError:
+        """The 404 for an id the registry does not name, listing only the servers this caller may reach (as
+        `/` and `/servers` do: trial 2 N6). `metadata`: an open `/.well-known/` request, whose caller is
+        anonymous: with `gateway.auth` it reaches no server route."""
+        visible = (lambda _server_id: False) if metadata and self.credentials is not None else self._visible(scope)
+        known = sorted(server for server in self._snapshot.servers if visible(server))
+        filtered = bool(self.access.rules) or (metadata and self.credentials is not None)
+        return GatewayError.unknown_server(server_id, known, filtered=filtered)
+
     def _page_document(self, scope: Scope) -> dict[str, Any]:
         """The status page's JSON, with what this caller may see."""
-        document = page.document(self.index(scope), self.describe(scope), self.metrics.recent)
+        document = page.document(self.index(scope), self.describe(scope), self.metrics.recent, principal_of(scope))
         visible = self._visible(scope)
         traffic = document["traffic"]["servers"]
         document["traffic"]["servers"] = {i: t for i, t in traffic.items() if visible(i)}
@@ -698,6 +715,23 @@ class Gateway:
                 document[key] = [server for server in document[key] if visible(server["id"])]
         return document
 
+    def _check_admin(self, scope: Scope) -> None:
+        """With `gateway.access` rules, only a caller they give every server to, with all its tools (the
+        operator's rule, `servers: ["*"]`), may reload: a key holder on this machine with one tool of one
+        server may not (trial 2 N11; Plan 9.17). Without rules every caller the authentication let in reaches
+        everything, so any may. 403 naming the setting otherwise."""
+        if not self.access.rules:
+            return
+        identity = scope.get(IDENTITY, ANONYMOUS)
+        for server_id in self._snapshot.servers:
+            if self.access.grant(identity, server_id) != EVERYTHING:
+                raise GatewayError(
+                    403,
+                    -32600,
+                    f"{identity.principal} may not reload: the admin endpoints answer callers whose gateway.access"
+                    " rules give them every server and all its tools",
+                )
+
     async def _admin(self, scope: Scope, segments: list[str], receive: Receive, send: Send) -> None:
         client = scope.get(PEER) or scope.get("client")  # the TCP peer, whatever a trusted proxy said
         proxied = any(header(scope, name) is not None for name in (b"x-forwarded-for", b"forwarded", b"x-real-ip"))
@@ -706,6 +740,7 @@ class Gateway:
             raise GatewayError(403, -32600, "the admin endpoints answer loopback clients only")
         if segments[1:] != ["reload"]:
             raise GatewayError(404, -32601, "admin endpoints: POST /admin/reload")
+        self._check_admin(scope)
         if scope["method"] != "POST":
             raise GatewayError(405, -32601, "POST /admin/reload", headers={"Allow": "POST"})
         await read_body(receive, 1024)

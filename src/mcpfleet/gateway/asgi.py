@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 
 from mcpfleet.errors import GatewayError
+from mcpfleet.gateway.identity import principal_of
 from mcpfleet.gateway.protocol import error_response, single_request
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -91,16 +92,17 @@ class ErrorBoundary:
     (credentials, session ids and URL passwords are kept out of `GatewayError` messages, docs/operations.md).
     """
 
-    def __init__(self, app: App, count: Callable[[str, int, int, str], None]) -> None:
+    def __init__(self, app: App, count: Callable[[str, int, int, str, str | None], None]) -> None:
         self.app = app
-        self.count = count  # (server id or "-", JSON-RPC code, HTTP status, message)
+        # (server id or "-", JSON-RPC code, HTTP status, message, the caller's principal or None)
+        self.count = count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             try:
                 await self.app(scope, receive, send)
             except GatewayError as exc:
-                self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message)
+                self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message, principal_of(scope))
                 answered(exc, "the WebSocket handshake")
                 await _refuse_handshake(scope, receive, send, exc)
             return
@@ -117,7 +119,7 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, tracked)
         except GatewayError as exc:
-            self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message)
+            self.count(scope.get("mcpfleet.server", "-"), exc.code, exc.status, exc.message, principal_of(scope))
             if not started:
                 answered(exc, "the request")
                 _, request_id = single_request(scope.get("mcpfleet.body", b""))

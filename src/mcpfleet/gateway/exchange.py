@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from mcpfleet.gateway.asgi import Receive, Scope, Send, header, only_header
 from mcpfleet.gateway.identity import session_owner
 from mcpfleet.gateway.protocol import SESSION_HEADER, VERSION_HEADER, is_modern
+from mcpfleet.gateway.urls import server_path
 from mcpfleet.registry.model import Registry, Server
 
 
@@ -29,6 +30,14 @@ class Exchange:
     def base_url(self) -> str | None:
         """The gateway's public base URL for this request, None when the exchange was built without `base`."""
         return self.base(self.scope) if self.base is not None else None
+
+    def public_path(self, path: str) -> str:
+        """`path` of this exchange's server as a client addresses it (`urls.server_path`): `[/prefix]/<id><path>`,
+        the prefix being `gateway.public_url`'s path, else the ASGI `root_path`."""
+        base = self.base_url
+        if base is None:
+            base = str(self.scope.get("root_path", "")).rstrip("/")
+        return server_path(base, self.server.id, path)
 
     @property
     def method(self) -> str:

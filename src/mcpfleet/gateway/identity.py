@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mcpfleet.gateway.asgi import Scope
+if TYPE_CHECKING:  # asgi.py reads the identity a request carries (ErrorBoundary)
+    from mcpfleet.gateway.asgi import Scope
 
 IDENTITY = "mcpfleet.identity"  # the scope key the authentication layer leaves the caller's identity under
 
@@ -45,6 +46,12 @@ class Identity:
 
 
 ANONYMOUS = Identity("anonymous", kind="anonymous")
+
+
+def principal_of(scope: Scope) -> str | None:
+    """The principal of the caller a request carries, None before authentication ran."""
+    identity: Identity | None = scope.get(IDENTITY)
+    return None if identity is None else identity.principal
 
 
 def session_owner(scope: Scope) -> str | None:

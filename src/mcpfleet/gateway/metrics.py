@@ -75,10 +75,11 @@ class Metrics:
         self.duration.labels(server).observe(now - started)
         self.recent.observe(server, now - started, now)
 
-    def error(self, server: str, code: int, status: int, message: str = "") -> None:
-        """An error the gateway answered itself (`ErrorBoundary`); `message` is the one the client got."""
+    def error(self, server: str, code: int, status: int, message: str = "", caller: str | None = None) -> None:
+        """An error the gateway answered itself (`ErrorBoundary`); `message` is the one the client got,
+        `caller` the principal it answered (the status page shows it to that caller only)."""
         self.errors.labels(server, ERROR_KINDS.get(code, str(code)), str(status)).inc()
-        self.recent.error(server, code, status, message)
+        self.recent.error(server, code, status, message, caller)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -103,10 +103,13 @@ async def answer(
     base: str,
     credentials: Credentials | None,
     replicas: Callable[[str], Sequence[str]] = lambda _: (),
+    unknown: Callable[[str], GatewayError] | None = None,
 ) -> None:
     """Answer `GET /.well-known/<segments>` (the module docstring). `base`: the gateway's public base URL for
     this request; `credentials`: those in force; `replicas(id)`: the URLs of a server's replicas in service
-    (the entry's endpoints are used when it gives none). Raises `GatewayError` (404, 405, 502)."""
+    (the entry's endpoints are used when it gives none); `unknown(id)`: the 404 for an id the registry does
+    not name, listing what this caller may reach (`GatewayError.unknown_server`; default: every id). Raises
+    `GatewayError` (404, 405, 502)."""
     if scope["method"] not in ("GET", "HEAD"):
         raise GatewayError(405, -32601, "the /.well-known/ documents are read with GET", headers={"Allow": "GET"})
     name = segments[0] if segments else ""
@@ -133,7 +136,7 @@ async def answer(
     server_id, path = rest[0], "".join(f"/{s}" for s in rest[1:])
     server = snapshot.servers.get(server_id)
     if server is None:
-        raise GatewayError.unknown_server(server_id, sorted(snapshot.servers))
+        raise unknown(server_id) if unknown else GatewayError.unknown_server(server_id, sorted(snapshot.servers))
     auth = snapshot.gateway.auth
     own = credentials is not None and credentials.consumes
     if own and auth.jwt is not None:

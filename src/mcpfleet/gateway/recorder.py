@@ -57,6 +57,7 @@ class RecentError:
     status: int  # HTTP status
     code: int  # JSON-RPC error code
     message: str
+    caller: str | None = None  # the principal answered; other callers see "another caller" in its place
 
 
 class Recorder:
@@ -82,20 +83,22 @@ class Recorder:
             bucket.peak = seconds
         bucket.histogram[bisect_left(BOUNDS, seconds)] += 1
 
-    def error(self, server: str, code: int, status: int, message: str) -> None:
-        """The gateway answered a request to `server` ("-": none) with an error of its own."""
+    def error(self, server: str, code: int, status: int, message: str, caller: str | None = None) -> None:
+        """The gateway answered a request to `server` ("-": none) with an error of its own; `caller`: the
+        principal of that request (`key:ci`), when it had one."""
         self._bucket(server, time.monotonic()).errors += 1
-        self._errors.append(RecentError(time.time(), server, status, code, message[:MESSAGE_LIMIT]))
+        self._errors.append(RecentError(time.time(), server, status, code, message[:MESSAGE_LIMIT], caller))
 
-    def errors(self) -> list[dict[str, Any]]:
-        """The recent errors, newest first: `time` is ISO 8601 UTC."""
+    def errors(self, viewer: str | None = None) -> list[dict[str, Any]]:
+        """The recent errors, newest first, as `viewer` (a principal) may see them: `time` is ISO 8601 UTC;
+        in an error another caller got, that caller's principal reads "another caller" (the log has it)."""
         return [
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)),
                 "server": e.server,
                 "status": e.status,
                 "code": e.code,
-                "message": e.message,
+                "message": e.message if e.caller in (None, viewer) else e.message.replace(e.caller, "another caller"),
             }
             for e in reversed(self._errors)
         ]

@@ -532,8 +532,7 @@ class ServerRuntime:
         with opening_for(exchange.scope, self.routing_key(exchange.scope)):
             session, box = await relay.open_bridge()
         token = self.sessions.issue(session, exchange.owner)
-        prefix = str(exchange.scope.get("root_path", "")).rstrip("/")
-        endpoint = f"{prefix}/{self.server.id}{MESSAGES_PATH}?session_id={token}"
+        endpoint = f"{exchange.public_path(MESSAGES_PATH)}?session_id={token}"  # public_url's prefix too
         # The stream's opener decides what the session's POSTs may call and see (they name its id).
         guard = watch_tools(session, box, ToolGuard.for_exchange(exchange, token))
         try:

@@ -5,9 +5,16 @@ request's scheme and `Host` (already checked by the Host rule, and rewritten by 
 `X-Forwarded-Proto` / `Forwarded` in `policy/proxies.py`), with the ASGI `root_path`. A server's URL is
 `<base>/<id>/mcp`: the `resource` of its protected-resource metadata (RFC 9728) and the default JWT
 audience (RFC 8707), so a token minted for one server is refused by every other.
+
+What the gateway advertises as a path alone (the legacy SSE `endpoint` event, which a client resolves against
+the URL it connected to: the SDK's `sse_client` does `urljoin` and requires the same origin) is the path of
+that URL, `public_url`'s path prefix included: behind a proxy that strips the prefix, the client's next
+request goes through the proxy again.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from mcpfleet.gateway.asgi import Scope, header
 
@@ -32,3 +39,9 @@ def metadata_url(base: str, server_id: str, path: str = "/mcp") -> str:
     scheme, _, rest = base.partition("://")
     host, slash, prefix = rest.partition("/")
     return f"{scheme}://{host}/.well-known/oauth-protected-resource{slash}{prefix}/{server_id}{path}"
+
+
+def server_path(base: str, server_id: str, path: str) -> str:
+    """The absolute path of `server_url(base, server_id, path)`: `[/prefix]/<id><path>`, the prefix being
+    `base`'s path (`gateway.public_url`'s, or the ASGI `root_path`)."""
+    return f"{urlsplit(base).path.rstrip('/')}/{server_id}{path}"

@@ -95,10 +95,13 @@ def wants_html(accept: str | None) -> bool:
     return weight("text", "html") > weight("application", "json")
 
 
-def document(index: Mapping[str, Any], servers: Mapping[str, Any], recorder: Recorder) -> dict[str, Any]:
+def document(
+    index: Mapping[str, Any], servers: Mapping[str, Any], recorder: Recorder, viewer: str | None = None
+) -> dict[str, Any]:
     """The JSON form: `index` (GET /'s fields, unchanged) plus `gateway` (the /servers document), `traffic`
-    and `recent_errors` (newest first)."""
-    return {**index, "gateway": servers, "traffic": recorder.traffic(), "recent_errors": recorder.errors()}
+    and `recent_errors` (newest first, as the caller `viewer` may see them: `Recorder.errors`)."""
+    errors = recorder.errors(viewer)
+    return {**index, "gateway": servers, "traffic": recorder.traffic(), "recent_errors": errors}
 
 
 async def serve(scope: Scope, send: Send, make_document: Callable[[], Mapping[str, Any]]) -> None:
