@@ -123,3 +123,20 @@ def test_a_server_the_rules_refuse_is_a_refusal_not_a_request_for_credentials(gw
         assert "refused this caller for server 'local' (HTTP 403" in refused.stderr, refused.stderr
         assert "key:reader may not use server 'local'" in refused.stderr and "gateway.access" in refused.stderr
         assert "requires authorization" not in refused.stderr and "MCPFLEET_TOKEN" not in refused.stderr
+
+
+def test_a_failed_entrys_error_is_told_only_to_callers_the_rules_let_reach_it(
+    gateway: Callable[[str], RunningGateway],
+) -> None:
+    """An entry that failed to load (an unset `${VAR}`) answers 503 with its error to a caller that may
+    reach it; any other caller gets the rules' 403, as for a served entry, and learns nothing of the error."""
+    broken = "  broken: {command: [mcp-broken], env: {T: '${MCPFLEET_TEST_UNSET_CALLER_VIEW}'}}\n"
+    gw = gateway(REGISTRY + broken)
+
+    def answer(key: str) -> httpx2.Response:
+        return httpx2.post(f"{gw.url}/broken/mcp", json=INIT, headers={**ACCEPT, **bearer(key)}, timeout=30)
+
+    allowed, refused = answer(OPS_KEY), answer(READER_KEY)
+    assert allowed.status_code == 503 and "MCPFLEET_TEST_UNSET_CALLER_VIEW" in allowed.text, allowed.text
+    assert refused.status_code == 403, refused.text
+    assert "MCPFLEET_TEST_UNSET_CALLER_VIEW" not in refused.text and "gateway.access" in refused.text

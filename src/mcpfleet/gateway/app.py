@@ -597,6 +597,7 @@ class Gateway:
             return
         snapshot = self._snapshot
         if first in snapshot.failed:
+            self._grant(scope, first)  # a caller the rules keep away gets their 403, not the entry's error
             raise GatewayError(
                 503,
                 ENTRY_FAILED,
