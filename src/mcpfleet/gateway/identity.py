@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # asgi.py reads the identity a request carries (ErrorBoundary)
-    from mcpfleet.gateway.asgi import Scope
+# An ASGI scope, as far as this module reads one (asgi.py imports this module: no import back).
+Scope = Mapping[str, Any]
 
 IDENTITY = "mcpfleet.identity"  # the scope key the authentication layer leaves the caller's identity under
 
