@@ -274,6 +274,12 @@ def test_metrics_and_servers_open_only_when_configured(served: Served) -> None:
         assert http.post(f"{served.url}/admin/reload", headers=ops).json()["reloaded"] is True
         assert [http.get(f"{served.url}{p}").status_code for p in ("/metrics", "/servers", "/")] == [401, 200, 200]
         assert http.post(f"{served.url}/local/mcp", json=INIT, headers=ACCEPT).status_code == 401
+        # Open, yet a credential sent there is checked: each caller gets its own view, a wrong key its 401.
+        anonymous, own = (http.get(f"{served.url}/servers", headers=h).json() for h in ({}, ops))
+        assert [s["id"] for s in anonymous["servers"]] == []  # no rule gives `anonymous` or `*` a server
+        assert sorted(s["id"] for s in own["servers"]) == ["local", "web"]
+        wrong = http.get(f"{served.url}/servers", headers={"x-api-key": "not-a-key-of-this-gateway"})
+        assert wrong.status_code == 401, wrong.text
 
 
 def test_a_session_id_works_only_for_the_caller_who_opened_it(served: Served) -> None:

@@ -10,8 +10,9 @@ The layer reads the `Credentials` in force through a callable (a reload swaps th
 caller is `ANONYMOUS` and nothing else happens. Probes (`/healthz`, `/readyz`) are never authenticated: a
 load balancer or a kubelet has no credentials; nor are the OAuth protected-resource metadata documents
 (`/.well-known/...`), which tell a client how to get credentials. `gateway.auth.open` opens `/metrics`, and
-`/servers` with the status page `/`. A CORS preflight from an allowed origin is answered before this layer
-(a browser sends no credentials with it). Everything else is authenticated: the MCP routes, `/`,
+`/servers` with the status page `/`, to callers without credentials; a credential sent there is checked
+(its caller sees its own view; a wrong one is a 401). A CORS preflight from an allowed origin is answered
+before this layer (a browser sends no credentials with it). Everything else is authenticated: the MCP routes, `/`,
 `/servers`, `/metrics` and `/admin/reload` (which also answers loopback clients only).
 
 A credential the gateway checked is the gateway's: its header is taken out of the request before anything
@@ -89,7 +90,14 @@ class Authentication:
         if scope["type"] in ("http", "websocket"):
             credentials = self.credentials()
             path = scope["path"]
-            if credentials is None or path in credentials.open_paths or path.startswith(METADATA_PREFIX):
+            if (
+                credentials is None
+                or path in PROBES
+                or path.startswith(METADATA_PREFIX)
+                # An open route (`auth.open`) asks for nothing, but a credential sent there is checked: its
+                # caller gets its own view of `/` and `/servers`, and a wrong one its 401, not silence.
+                or (path in credentials.open_paths and not _presents_credential(scope))
+            ):
                 scope[IDENTITY] = ANONYMOUS
             else:
                 scope[IDENTITY] = await credentials.authenticator.authenticate(scope)
@@ -97,3 +105,7 @@ class Authentication:
                     scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in CREDENTIAL_HEADERS]
                     scope[CONSUMED] = True
         await self.app(scope, receive, send)
+
+
+def _presents_credential(scope: Scope) -> bool:
+    return any(name in CREDENTIAL_HEADERS for name, _ in scope["headers"])
