@@ -100,6 +100,7 @@ class AuthServer:
         self.issued: list[dict[str, Any]] = []  # the claims of every token /token issued
         self.documents: dict[str, bytes] = {}
         self.metadata: dict[str, Any] = {}  # fields that replace the discovery document's own
+        self.delay = 0.0  # seconds each discovery document and key set answer waits (a slow issuer)
         self.app = Starlette(
             routes=[
                 Route("/.well-known/oauth-authorization-server", self._metadata),
@@ -206,6 +207,7 @@ class AuthServer:
         }
 
     async def _metadata(self, request: Request) -> Response:
+        await anyio.sleep(self.delay)
         return JSONResponse(self._document())
 
     async def _oidc_metadata(self, request: Request) -> Response:
@@ -213,6 +215,7 @@ class AuthServer:
 
     async def _jwks(self, request: Request) -> Response:
         self.jwks_fetches += 1
+        await anyio.sleep(self.delay)
         if "/jwks" in self.documents:
             return Response(self.documents["/jwks"], media_type="application/json")
         keys = [key.jwk(self.jwk_alg) for key in self.keys]

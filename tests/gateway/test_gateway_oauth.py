@@ -541,6 +541,31 @@ def test_an_issuer_down_at_first_use_is_a_503_until_it_answers(
     anyio.run(run)
 
 
+def test_requests_that_arrive_during_the_first_key_set_fetch_wait_for_it(tmp_path: Path, echo_url: str) -> None:
+    """A burst of callers at a fresh gateway (after a restart, on a new replica): one fetch of the key set
+    (a slow issuer here), and every request waits for its outcome rather than getting a 503 meanwhile."""
+
+    async def run() -> None:
+        async with issuer_and_gateway(tmp_path, echo_url) as (auth, url, http):
+            auth.delay = 0.5
+            target = f"{url}/web/mcp"
+            token = auth.mint(target)
+            statuses: list[int] = []
+
+            async def call() -> None:
+                statuses.append((await http.post(target, json=INIT, headers=bearer(token))).status_code)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)  # starts the fetch: discovery and key set take 1 s at this issuer
+                await anyio.sleep(0.3)  # the others come while it is under way (a window, not a sync)
+                for _ in range(5):
+                    tg.start_soon(call)
+            assert statuses == [200] * 6
+            assert auth.jwks_fetches == 1
+
+    anyio.run(run)
+
+
 def test_an_issuer_without_a_key_set_url_is_a_503_naming_jwks_url(tmp_path: Path, echo_url: str) -> None:
     """An issuer that answers but publishes no discovery document (404 at both URLs): the one case where
     `jwt.jwks_url` is the fix, so the message names it."""

@@ -91,8 +91,12 @@ class KeySet:
         now = time.monotonic()
         stale = now - self._loaded > self.settings.jwks_refresh
         unknown = kid is not None and kid not in self._keys
-        if (stale or unknown) and now - self._fetched >= self.settings.jwks_min_refresh:
-            await self._refresh(now)
+        if stale or unknown:
+            if now - self._fetched >= self.settings.jwks_min_refresh:
+                await self._refresh(now)
+            elif self._lock.locked():  # a fetch is under way (the first, or a rotation's): its outcome decides
+                async with self._lock:
+                    pass
         if not self._keys:
             wait = self.settings.jwks_min_refresh - (time.monotonic() - self._fetched)
             raise KeySetUnavailable(
