@@ -83,6 +83,9 @@ def test_a_websocket_ends_when_a_reload_takes_what_its_handshake_was_given(
         assert (closed == []) is (setting is None), closed
         if setting is not None:
             assert f"({setting} changed)" in closed[0] or f"({setting})" in closed[0], closed
+            # The client (the SDK sees only "Connection closed") logs the close code and the reason.
+            told = [r.getMessage() for r in caplog.records if r.name == "mcpfleet.client"]
+            assert any("closed the WebSocket: 1008" in m and setting in m for m in told), told
 
     with caplog.at_level(logging.INFO, logger="mcpfleet.gateway"):
         anyio.run(run)

@@ -7,6 +7,7 @@ pending proposal). The official SDK's `mcp.Client` runs on top, so the handshake
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
@@ -18,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from mcpfleet.client.transport import session_message
 
 SUBPROTOCOL = "mcp"
+log = logging.getLogger("mcpfleet.client")
 
 
 @contextlib.asynccontextmanager
@@ -37,9 +39,16 @@ async def websocket_client(
 
         async def from_server() -> None:
             async with read_writer:
-                with contextlib.suppress(ConnectionClosed, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    async for frame in ws:
-                        await read_writer.send(session_message(frame))
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    try:
+                        async for frame in ws:
+                            await read_writer.send(session_message(frame))
+                    except ConnectionClosed as closed:
+                        # The SDK sees only "Connection closed": the server's code and reason say why (a
+                        # gateway names the setting, e.g. 1008 "... (gateway.access changed) ...").
+                        received = closed.rcvd
+                        if received is not None and received.code not in (1000, 1001):
+                            log.warning("%s closed the WebSocket: %d %s", url, received.code, received.reason)
 
         async def to_server() -> None:
             async with write_reader:
