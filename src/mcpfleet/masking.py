@@ -25,6 +25,7 @@ import re
 import shlex
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -130,6 +131,25 @@ def mask(text: str) -> str:
     text = _installed(text)
     extra = _validating.get()
     return extra(text) if extra is not None else text
+
+
+def masked(document: Any) -> Any:
+    """`document` (JSON-like: dicts, lists, tuples, strings, numbers) with `mask` applied to every string in
+    it, keys included: a listing masked whole, so a field added to it later is masked too. Returns the
+    document itself, untouched, when nothing is to be masked (`masking`)."""
+    if not masking() and _validating.get() is None:
+        return document
+    return _masked(document)
+
+
+def _masked(document: Any) -> Any:
+    if isinstance(document, str):
+        return mask(document)
+    if isinstance(document, dict):
+        return {_masked(key): _masked(value) for key, value in document.items()}
+    if isinstance(document, list | tuple):
+        return [_masked(item) for item in document]
+    return document
 
 
 def masking() -> bool:
