@@ -489,6 +489,7 @@ def serve(
     from mcpfleet.gateway import tracing
     from mcpfleet.gateway.app import file_digest
     from mcpfleet.gateway.policy import open_door
+    from mcpfleet.gateway.sealing import environment_keys
     from mcpfleet.gateway.serve import bind
     from mcpfleet.gateway.serve import serve as run_gateway
 
@@ -500,6 +501,8 @@ def serve(
         # Read before the load: a change made while the gateway starts then differs from it and is reloaded.
         digest = file_digest(Path(path))
         loaded = load_registry(path, running=True)  # a served entry's advice is for a running gateway
+        if not loaded.gateway.session_keys:
+            environment_keys()  # $MCPFLEET_SESSION_KEYS checked as gateway.session_keys is, before a banner
         listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
         # Refused before a banner is printed (a script waiting for it is not misled), once the address is known
         # to be this machine's (a wrong --host is its own error, exit 4).
