@@ -62,12 +62,15 @@ class RegistryError(McpfleetError):
 
 
 class UnknownServerError(McpfleetError):
-    """A server id that the registry does not name (exit 2)."""
+    """A server id that the registry does not name (exit 2); suggests the id in lowercase when there is one
+    (a client file's `Time` is served as `time`)."""
 
     def __init__(self, server_id: str, known: Sequence[str]) -> None:
         self.server_id = server_id
         hint = f"known servers: {', '.join(known)}" if known else "the registry names no servers"
-        super().__init__(f"unknown server {server_id!r} ({hint})")
+        lowered = server_id.lower()
+        guess = f"did you mean {lowered!r}? " if lowered != server_id and lowered in known else ""
+        super().__init__(f"unknown server {server_id!r} ({guess}{hint})")
 
 
 class UnknownToolError(McpfleetError):

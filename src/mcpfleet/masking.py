@@ -18,9 +18,14 @@ an entry (`ServerStartError`) read them through `mask`. Plan Document, section 6
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import re
+import shlex
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -38,42 +43,67 @@ def maskable(value: str) -> bool:
     return not plain.replace(".", "", 1).isdigit()
 
 
+def _escaped(value: str) -> set[str]:
+    r"""`value` as the messages of this codebase may escape it once: JSON-escaped (`\"`, `\\`, `\u00fc` or
+    as is), and Python's `repr` with either quote (an f-string's `!r` of a text that holds it: a command shown
+    `'no-such-bin ab"c\\d'`)."""
+    forms = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1]}
+    forms.add(repr("'\"" + value)[4:-1])  # quoted with ' (a text holding both quotes)
+    if '"' not in value:
+        forms.add(repr("'" + value)[2:-1])  # quoted with " (a text holding ' and no ")
+    return forms
+
+
 def _spellings(value: str) -> set[str]:
-    """`value` as text, a URL and a JSON string may carry it."""
-    forms = {value, quote(value, safe=""), quote(value), quote_plus(value), json.dumps(value)[1:-1]}
-    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    """`value` as text, a URL, a shell word, a JSON string and a Python repr may carry it, and each escaped
+    form escaped once more (a JSON log line of a message that holds a repr or a JSON document)."""
+    # A shell word's body (`shlex.quote` without its outer quotes: the quotes, as a repr's, may be the message's).
+    shell = shlex.quote(value).removeprefix("'").removesuffix("'")
+    once = {value, quote(value, safe=""), quote(value), quote_plus(value), shell} | _escaped(value)
+    forms = set(once)
+    for form in once:
+        forms |= _escaped(form)
     return {form for form in forms if len(form) >= MIN_LENGTH}
 
 
 class Masker:
-    """Replaces each of `values` (and its URL and JSON spellings) with `***` in a text. Its repr never shows
-    them. Values that are not `maskable` are left out."""
+    """Replaces each of `values` (and its spellings: URL, shell, JSON, `repr`, and those escaped once more)
+    with `***` in a text, whatever the letter case (a message that lower-cases a host name). Its repr never
+    shows them. Values that are not `maskable` are left out."""
 
-    __slots__ = ("_forms",)
+    __slots__ = ("_folded", "_pattern")
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         forms: set[str] = set()
         for value in values:
             if maskable(value):
                 forms |= _spellings(value)
-        # Longest first, so a value that contains another is masked whole.
-        self._forms = tuple(sorted(forms, key=len, reverse=True))
+        # Longest first, so a value that contains another is masked whole (the first alternative that matches).
+        ordered = sorted(forms, key=len, reverse=True)
+        # The cheap test a text passes first (most hold no value): `in` on the lower-cased text.
+        self._folded = tuple(dict.fromkeys(form.lower() for form in ordered))
+        self._pattern = re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE) if ordered else None
 
     def __bool__(self) -> bool:
-        return bool(self._forms)
+        return self._pattern is not None
 
     def __repr__(self) -> str:
-        return f"Masker({len(self._forms)} spellings)"
+        return f"Masker({len(self._folded)} spellings)"
 
     def __call__(self, text: str) -> str:
-        for form in self._forms:
-            if form in text:
-                text = text.replace(form, MASK)
+        if self._pattern is None:
+            return text
+        folded = text.lower()
+        for form in self._folded:
+            if form in folded:
+                return self._pattern.sub(MASK, text)
         return text
 
 
 _lock = threading.Lock()
 _installed = Masker()
+# Values being validated (`validating`): what a message built meanwhile masks besides the installed ones.
+_validating: contextvars.ContextVar[Masker | None] = contextvars.ContextVar("mcpfleet_validating", default=None)
 
 
 def install(values: Iterable[str]) -> None:
@@ -84,21 +114,57 @@ def install(values: Iterable[str]) -> None:
         _installed = masker
 
 
+@contextlib.contextmanager
+def validating(values: Iterable[str]) -> Iterator[None]:
+    """Within the block (this task and thread), `mask` masks `values` too: the registry's loader validates
+    an entry with the values its `${VAR}`s took, so a message built then (a malformed URL) masks a value
+    before any structural masking (`shown_url`) cuts it into parts the whole value no longer matches."""
+    token = _validating.set(Masker(values))
+    try:
+        yield
+    finally:
+        _validating.reset(token)
+
+
 def mask(text: str) -> str:
-    """`text` with the installed values masked (`install`)."""
-    return _installed(text)
+    """`text` with the installed values (`install`) and those being validated (`validating`) masked."""
+    text = _installed(text)
+    extra = _validating.get()
+    return extra(text) if extra is not None else text
+
+
+def masked(document: Any) -> Any:
+    """`document` (JSON-like: dicts, lists, tuples, strings, numbers) with `mask` applied to every string in
+    it, keys included: a listing masked whole, so a field added to it later is masked too. Returns the
+    document itself, untouched, when nothing is to be masked (`masking`)."""
+    if not masking() and _validating.get() is None:
+        return document
+    return _masked(document)
+
+
+def _masked(document: Any) -> Any:
+    if isinstance(document, str):
+        return mask(document)
+    if isinstance(document, dict):
+        return {_masked(key): _masked(value) for key, value in document.items()}
+    if isinstance(document, list | tuple):
+        return [_masked(item) for item in document]
+    return document
 
 
 def masking() -> bool:
-    """Whether any value is installed to be masked (none: `mask` returns every text as it is)."""
+    """Whether any value is installed to be masked (none: `mask` returns every text as it is, outside a
+    `validating` block)."""
     return bool(_installed)
 
 
 def shown_url(url: str) -> str:
-    """`url` as a message or a listing may show it: a userinfo password and every query value masked
-    (`http://u:***@h/mcp?api_key=***&v=***`); the fragment is dropped past its `#` (`#***`). Never raises:
-    the text is cut by hand, not parsed, so a malformed URL is masked too. The userinfo is the netloc up
-    to its last `@` (an unencoded `@` in the password is masked too)."""
+    """`url` as a message or a listing may show it: the masked values first (`mask`: a `${VAR}` value whole,
+    before the URL is cut into parts it may straddle, a password holding `@`, `#` or `/`), then a userinfo
+    password and every query value (`http://u:***@h/mcp?api_key=***&v=***`); the fragment is dropped past
+    its `#` (`#***`). Never raises: the text is cut by hand, not parsed, so a malformed URL is masked too.
+    The userinfo is the netloc up to its last `@` (an unencoded `@` in the password is masked too)."""
+    url = mask(url)
     scheme, sep, rest = url.partition("//")
     if not sep:
         return url

@@ -75,6 +75,14 @@ def test_serve_on_an_address_this_machine_lacks_is_one_line_and_exit_4() -> None
     assert result.stdout == ""
 
 
+def test_serve_refuses_a_short_session_key_in_the_environment_before_its_banner() -> None:
+    """`$MCPFLEET_SESSION_KEYS` follows the rule `gateway.session_keys` does: each at least 32 bytes."""
+    result = run_cli("serve", "--demo", "--port", "0", env={"MCPFLEET_SESSION_KEYS": "tiny,alsotiny"})
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result).startswith("error: $MCPFLEET_SESSION_KEYS: key 1 of 2 is 4 bytes; a session key")
+    assert result.stdout == ""
+
+
 def test_two_gateways_bound_to_one_port_the_second_to_listen_is_refused() -> None:
     """SO_REUSEADDR lets two sockets bind one port while neither listens (the banner is printed between
     bind and listen); the second `listen()` is the one-line error, not a traceback."""

@@ -38,7 +38,7 @@ T = TypeVar("T")
 BOUND = BOUND_S - 30.0  # seconds any one test may take on a busy machine (then its clean-up)
 NS = "mcp"
 DEMO = "mcpfleet/demo:dev"
-KEYS = "k8s-test-key-1"
+KEYS = "k8s-test-key-1-of-at-least-32-bytes"  # the 32-byte minimum (docs/registry.md)
 
 
 def demo_image(container: dict[str, Any], ip: str) -> list[str]:

@@ -171,3 +171,86 @@ def test_a_malformed_url_is_located_at_its_field_in_plain_words(entry: str, expe
     assert len(shown) == 1 and shown[0].startswith(f"reg.yaml: {expected}"), shown
     assert not any(word in shown[0] for word in ("Invalid IPv6", "does not appear", "Port out", "=abc", "#frag"))
     assert_hidden(shown[0], ENVIRON["CI_KEY"])
+
+
+# --- trial 3, findings 1, 2, 6: every spelling, whatever the order of masking ------------------------------
+
+NASTY = [
+    'ab"c\\defx',
+    'it\'s "both" \\ here',
+    "sp ace\ttab\nline",
+    "ünï€ode-válue",
+    "pct%41%zz-value",
+    "p@ss:w/rd#q?x=1",
+    "back\\\\slashes\\",
+]
+
+
+def spellings_shown(value: str) -> list[str]:
+    """The ways this codebase's messages write a value: as is, in a command's repr, in a JSON document, in a
+    JSON log line of a message holding a repr or a JSON document, URL-encoded."""
+    command = f"server 'nf': command {'no-such-bin ' + value!r} was not found"
+    document = json.dumps({"error": value})
+    return [
+        f"text {value} end",
+        command,
+        json.dumps(command),
+        document,
+        json.dumps(document),
+        json.dumps(document, ensure_ascii=False),
+        f"{value!r}",
+        f"url http://h/?k={quote(value, safe='')}",
+        f"url http://h/p/{quote(value)}",
+        f"form a={quote_plus(value)}",
+        f"upper {value.upper()} lower {value.lower()}",
+    ]
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_a_nasty_value_is_masked_in_every_spelling(value: str) -> None:
+    masker = Masker([value])
+    for text in spellings_shown(value):
+        shown = masker(text)
+        assert MASK in shown, (value, text)
+        for form in [value, json.dumps(value)[1:-1], repr(value)[1:-1], quote(value, safe="")]:
+            assert form not in shown and form.lower() not in shown.lower(), (form, shown)
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("p@ss:w/rd%Secret555", "the user or password holds a reserved character: percent-encode it"),
+        ("pa#ssSecretH1", "the user or password holds a reserved character: percent-encode it"),
+        ("pa?ssSecretH1", "the user or password holds a reserved character: percent-encode it"),
+        ("pa@ssSecretH1", "the user or password holds an '@', which clients and servers split at differently"),
+    ],
+)
+def test_a_password_from_the_environment_is_masked_whole_in_a_url_error(password: str, why: str) -> None:
+    text = 'servers:\n  u: {endpoint: "http://user:${T_PWS}@127.0.0.1:20011/mcp"}\n'
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(text, "reg.yaml", environ={"T_PWS": password})
+    shown = [str(problem) for problem in caught.value.problems]
+    assert len(shown) == 1, shown
+    url = "'http://user:***@127.0.0.1:20011/mcp'"
+    assert shown[0].startswith(f"reg.yaml: servers.u.endpoint: malformed URL {url}: {why}"), shown
+    for part in [password, *password.replace("@", " ").replace("#", " ").replace("?", " ").split()]:
+        if len(part) >= 4:
+            assert part not in shown[0], (part, shown[0])
+
+
+def test_shown_url_masks_an_installed_value_before_cutting_the_url(installed: None) -> None:
+    masking.install(["pa#ssSecretH1"])
+    assert shown_url("http://user:pa#ssSecretH1@h/mcp") == "http://user:***@h/mcp"
+
+
+def test_a_hint_shows_no_spelling_or_character_of_a_value() -> None:
+    text = (
+        "gateway:\n  allowed_hosts: ['https://${T}.example.com']\n"
+        "  access:\n    - {principals: ['*'], servers: ['${T}!']}\nservers:\n  time: {command: [x]}\n"
+    )
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(text, "reg.yaml", environ={"T": "ghp_ArgsSecretValue111"})
+    shown = "\n".join(str(problem) for problem in caught.value.problems)
+    assert "write the host name only, ***.example.com" in shown, shown
+    assert "'***!' can match no server: it holds characters no server id has" in shown, shown
+    assert "argssecret" not in shown.lower() and "'A'" not in shown, shown

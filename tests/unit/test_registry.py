@@ -105,6 +105,14 @@ def test_unknown_server_names_the_known_ones() -> None:
         reg.server("nope")
 
 
+def test_an_id_in_other_letter_case_is_suggested_in_lowercase() -> None:
+    # A client file's `Time` is served as `time` (with a warning); the id people then type is `Time`.
+    reg = parse_registry('{"mcpServers": {"Time": {"command": "x"}}}', "cd.json", environ={})
+    with pytest.raises(UnknownServerError) as caught:
+        reg.server("Time")
+    assert str(caught.value) == "unknown server 'Time' (did you mean 'time'? known servers: time)"
+
+
 # --- errors: every one located ------------------------------------------------------------------------
 
 

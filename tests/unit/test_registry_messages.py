@@ -417,6 +417,23 @@ def test_a_pattern_naming_no_server_of_the_registry_is_a_warning() -> None:
     assert load(text.replace("gateway:\n", "gateway:\n  discovery: labels\n")).warnings[1:] == ()
 
 
+def test_a_pattern_naming_no_server_is_a_warning_beside_errors_too() -> None:
+    text = (
+        "servers:\n  time: {command: [x]}\ngateway:\n  port: 99999\n"
+        "  access:\n  - {principals: ['*'], servers: [tme, '${T}']}\n"
+    )
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(text, "reg.yaml", environ={"T": "value"})
+    assert [str(problem) for problem in caught.value.problems] == [
+        "reg.yaml: gateway.port: should be less than or equal to 65535"
+    ]
+    # The section did not validate: its patterns as written, a `${VAR}` one left alone (not expanded).
+    assert caught.value.warnings == (
+        "reg.yaml: gateway.access[0].servers[0]: 'tme' matches no server in this registry: it reaches nothing until"
+        " a server it matches is added",
+    )
+
+
 def test_principals_no_caller_can_have_are_warnings_naming_the_setting() -> None:
     text = (
         "servers:\n  a: {command: [x]}\n"

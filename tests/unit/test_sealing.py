@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from mcpfleet.errors import GatewayError
-from mcpfleet.gateway.sealing import Sealer
+from mcpfleet.errors import GatewayError, UsageError
+from mcpfleet.gateway.sealing import Sealer, environment_keys
 from mcpfleet.gateway.session import HttpSession, SessionTable
 
 
@@ -65,9 +65,17 @@ def test_without_configured_keys_ids_are_local_to_the_process(monkeypatch: pytes
     monkeypatch.delenv("MCPFLEET_SESSION_KEYS", raising=False)
     one, two = Sealer.from_settings((), 60), Sealer.from_settings((), 60)
     assert two.open(one.seal({"u": "1"})) is None
-    monkeypatch.setenv("MCPFLEET_SESSION_KEYS", "shared-a,shared-b")
+    monkeypatch.setenv("MCPFLEET_SESSION_KEYS", f"{'a' * 32}, {'b' * 40}")
     three, four = Sealer.from_settings((), 60), Sealer.from_settings((), 60)
     assert four.open(three.seal({"u": "1"})) is not None
+
+
+def test_a_short_key_in_the_environment_is_refused_as_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCPFLEET_SESSION_KEYS", f"{'a' * 32},tiny")
+    with pytest.raises(UsageError, match=r"\$MCPFLEET_SESSION_KEYS: key 2 of 2 is 4 bytes; .* at least 32 bytes"):
+        Sealer.from_settings((), 60)
+    assert environment_keys({"MCPFLEET_SESSION_KEYS": " " + "k" * 32 + " ,"}) == ["k" * 32]
+    assert Sealer.from_settings(["c" * 32], 60)  # the registry's keys: the environment is not read
 
 
 class Held:

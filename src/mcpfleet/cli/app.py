@@ -24,7 +24,7 @@ import typer
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
-from mcpfleet import __version__
+from mcpfleet import __version__, masking
 from mcpfleet.cli import output
 from mcpfleet.cli.target import Target, gateway_refusal, gateway_servers, registry_path, resolve
 from mcpfleet.client.connect import Connection, connect
@@ -38,7 +38,7 @@ from mcpfleet.errors import (
     UsageError,
     leaf_error,
 )
-from mcpfleet.masking import Masker
+from mcpfleet.masking import Masker, masked
 from mcpfleet.registry import Registry, load_registry, normalized, render
 from mcpfleet.registry.model import Logging
 
@@ -196,7 +196,7 @@ def servers(
         masker = Masker(target.registry.secrets)
         return [_describe(sid, server, masker) for sid, server in target.registry.servers.items()]
 
-    rows = _run(work)
+    rows = masked(_run(work))  # every field a `${VAR}` value may be in (a description), a later one too
     if json_:
         output.print_json(rows)
         return
@@ -489,6 +489,7 @@ def serve(
     from mcpfleet.gateway import tracing
     from mcpfleet.gateway.app import file_digest
     from mcpfleet.gateway.policy import open_door
+    from mcpfleet.gateway.sealing import environment_keys
     from mcpfleet.gateway.serve import bind
     from mcpfleet.gateway.serve import serve as run_gateway
 
@@ -500,6 +501,8 @@ def serve(
         # Read before the load: a change made while the gateway starts then differs from it and is reloaded.
         digest = file_digest(Path(path))
         loaded = load_registry(path, running=True)  # a served entry's advice is for a running gateway
+        if not loaded.gateway.session_keys:
+            environment_keys()  # $MCPFLEET_SESSION_KEYS checked as gateway.session_keys is, before a banner
         listener = bind(host or loaded.gateway.host, port if port is not None else loaded.gateway.port)
         # Refused before a banner is printed (a script waiting for it is not misled), once the address is known
         # to be this machine's (a wrong --host is its own error, exit 4).
@@ -708,6 +711,7 @@ def registry_show(file: FileArg, json_: ShowJsonOpt = False) -> None:
     except RegistryError as exc:
         output.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    masking.install(loaded.secrets)  # this process's errors and outputs show no `${VAR}` value
     form = normalized(loaded)
     if json_:
         output.print_json(form)

@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mcpfleet.masking import mask
+
 # Text that comes from servers (tool output, descriptions, stderr) is never read as Rich markup or emoji
 # codes: tables get `Text` cells, and content is written with `plain`, byte for byte.
 stdout = Console(soft_wrap=True, emoji=False, highlight=False)
@@ -90,4 +92,6 @@ def content_text(blocks: list[Any]) -> str:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/bold red] {escape(message)}")
+    """`error: message` on stderr, with the registry's `${VAR}` values masked (`masking.install`: a URL with
+    a host from the environment, a crashed server's stderr that echoes its token)."""
+    stderr.print(f"[bold red]error:[/bold red] {escape(mask(message))}")

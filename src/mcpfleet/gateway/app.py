@@ -693,7 +693,9 @@ class Gateway:
         ]
         failed = [{"id": sid, "error": error} for sid, error in self._snapshot.failed.items() if visible(sid)]
         status = {name: f"{base}/{name}" for name in ("servers", "metrics", "healthz", "readyz")}
-        return {"mcpfleet": __version__, "servers": servers, "failed": failed, "status": status}
+        document = {"mcpfleet": __version__, "servers": servers, "failed": failed, "status": status}
+        shown: dict[str, Any] = masking.masked(document)  # every field (a description), one added later too
+        return shown
 
     def status(self) -> GatewayView:
         """The read-only view of the gateway's state that `/servers` and `/metrics` show."""

@@ -17,13 +17,16 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from mcpfleet.errors import UsageError
+from mcpfleet.registry.model import SESSION_KEY_BYTES
 
 VERSION = b"\x01"
 NONCE_SIZE = 12
@@ -52,8 +55,9 @@ class Sealer:
 
     @classmethod
     def from_settings(cls, configured: Sequence[str], max_age: float) -> Sealer:
-        secrets = list(configured) or [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
-        return cls(secrets, max_age=max_age)
+        """Keys from `gateway.session_keys` (checked at load), else `$MCPFLEET_SESSION_KEYS`
+        (`environment_keys`: UsageError when one is short), else a random key for this process."""
+        return cls(list(configured) or environment_keys(), max_age=max_age)
 
     def seal(self, record: dict[str, Any], *, purpose: bytes = ASSOCIATED) -> str:
         """`purpose` is the associated data: a token sealed for one purpose does not open for another."""
@@ -80,3 +84,17 @@ class Sealer:
         if not isinstance(record, dict) or self._clock() - record.get("t", 0) > self.max_age:
             return None
         return record
+
+
+def environment_keys(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The comma-separated keys in `$MCPFLEET_SESSION_KEYS`, newest first; UsageError (exit 2) naming the
+    variable when one is shorter than `SESSION_KEY_BYTES` (the rule `gateway.session_keys` follows)."""
+    text = (os.environ if environ is None else environ).get(KEYS_ENV, "")
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    for index, key in enumerate(keys):
+        if len(key.encode()) < SESSION_KEY_BYTES:
+            raise UsageError(
+                f"${KEYS_ENV}: key {index + 1} of {len(keys)} is {len(key.encode())} bytes; a session key is at"
+                f" least {SESSION_KEY_BYTES} bytes of random material: make one with `openssl rand -base64 32`"
+            )
+    return keys

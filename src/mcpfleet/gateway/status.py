@@ -20,7 +20,7 @@ from mcpfleet.gateway.deployments import served_form
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.relay import RelayUpstream
-from mcpfleet.masking import mask
+from mcpfleet.masking import mask, masked
 from mcpfleet.registry import Registry
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
@@ -223,7 +223,7 @@ def _relays(
 
 
 def as_json(view: GatewayView) -> dict[str, Any]:
-    """The `/servers` document."""
+    """The `/servers` document (and the status page's), every string in it masked (`masking.masked`)."""
     servers = [_server_json(view, server) for server in view.servers]
     for server_id, error in view.failed.items():
         servers.append({"id": server_id, "health": "failed", "error": error, "sessions": 0})
@@ -239,7 +239,8 @@ def as_json(view: GatewayView) -> dict[str, Any]:
     }
     if view.draining:
         document["draining"] = [_server_json(view, server) for server in view.draining]
-    return document
+    masked_document: dict[str, Any] = masked(document)  # every field, one added later too (masking.py)
+    return masked_document
 
 
 def _server_json(view: GatewayView, server: ServerView) -> dict[str, Any]:

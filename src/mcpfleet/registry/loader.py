@@ -95,6 +95,8 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
         return [(path, reference.message(running=running)) for path, reference in unset]
 
     gateway = Gateway()
+    # The section idle rules are looked for in: as validated, else as written (warnings show beside errors).
+    judged: Any = document.gateway
     if document.gateway is not None:  # `gateway:` with nothing after it: the defaults (section 6.6)
         checked = check(Gateway, document.gateway, "gateway", environ)
         secrets |= checked.secrets
@@ -103,6 +105,7 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
         warnings += [f"{source}: {path}: {note}" for path, note in checked.notes]
         if isinstance(checked.value, Gateway):
             gateway = checked.value
+            judged = gateway.model_dump()
 
     servers: dict[str, Server] = {}
     failed: dict[str, str] = {}
@@ -119,16 +122,18 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
             servers[raw.server_id] = outcome.server
             warnings += [f"{source}: {raw.path}.{path}: {note}" for path, note in _unused_settings(outcome.server)]
 
+    ids = [raw.server_id for raw in document.entries if isinstance(raw.server_id, str)]
+    for loc, message, _ in idle_rules(judged if isinstance(judged, Mapping) else {}, ids):
+        if "${" in message:  # as written, not expanded (the section did not validate): no guess about it
+            continue
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        warnings.append(f"{source}: gateway{where}: {message}")
     shown = Masker(secrets)
     if blocking:
         raise RegistryError(
             [Problem(source, path, shown(message)) for path, message in located],
             warnings=[shown(warning) for warning in warnings],
         )
-    ids = [raw.server_id for raw in document.entries]
-    for loc, message, _ in idle_rules(gateway.model_dump(), ids):
-        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-        warnings.append(f"{source}: gateway{where}: {message}")
     return Registry(
         source=source,
         gateway=gateway,

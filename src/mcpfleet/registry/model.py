@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from pydantic_core import PydanticCustomError
 
 from mcpfleet.authority import host_entry_problem, origin_entry_problem
-from mcpfleet.masking import Masker, shown_url
+from mcpfleet.masking import Masker, mask, shown_url
 from mcpfleet.registry.checks import (
     ANONYMOUS,
     Finding,
@@ -165,6 +165,7 @@ class Resources(_Model):
         return value
 
 
+_ENCODE_USERINFO = "percent-encode it ('@' as %40, ':' as %3A, '/' as %2F, '?' as %3F, '#' as %23)"
 # What a host name may hold besides letters and digits (any script: an IDN is read as written).
 _HOST_PUNCTUATION = frozenset(".-_~%")
 
@@ -178,11 +179,21 @@ def _url_parts(url: str) -> SplitResult:
 
     if any(c.isspace() or not c.isprintable() for c in url):
         raise malformed("it holds a space or a control character (percent-encode one in a path: %20)")
+    rest = url.partition("//")[2]
+    authority = rest[: min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))]
+    if authority.count("@") > 1:  # clients split at the last '@', some servers and proxies at the first
+        raise malformed(
+            "the user or password holds an '@', which clients and servers split at differently:"
+            " percent-encode it as %40"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:  # urllib's words ("Invalid IPv6 URL", "Port out of range 0-65535") stay here
         text = str(exc)
+        if "Port" in text and "@" in rest and not authority.rpartition(":")[2].isdigit():
+            # `user:pa#ss@h`, `user:p@ss:w/rd@h`: the password's '#', '/' or '@' ended the host early
+            raise malformed(f"the user or password holds a reserved character: {_ENCODE_USERINFO}") from None
         if "Port" in text:
             raise malformed("the port is not a number from 1 to 65535") from None
         if "Invalid IPv6 URL" in text:
@@ -883,6 +894,8 @@ def _server_pattern(pattern: str) -> str:
     """A server id or glob (`fnmatch`: `*`, `?`, `[seq]`) that some server id could match (section 6.5)."""
     written = _GLOB_CLASS.sub("?", pattern)
     wrong = [repr(c) for c in sorted({c for c in written if c not in _ID_CHARACTERS and c not in "*?"})]
+    if wrong and mask(pattern) != pattern:  # no list of characters, which would show some of a `${VAR}` value
+        raise ValueError(f"{mask(pattern)!r} can match no server: it holds characters no server id has")
     if wrong:
         listed = wrong[0] if len(wrong) == 1 else ", ".join(wrong[:-1]) + " and " + wrong[-1]
         raise ValueError(

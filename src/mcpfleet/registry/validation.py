@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from mcpfleet import masking
 from mcpfleet.registry.checks import CROSS_CHECKED, Finding
 from mcpfleet.registry.expand import Unset, expand
 from mcpfleet.registry.fields import LIST_FORMS, accepted_keys, empty_message, field_names, model_at, shape
@@ -83,6 +84,20 @@ def check(
     empty: dict[str, str] = {}
     expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems, checked.secrets, empty)
     unset_paths = [path for path, _ in checked.unset]
+    with masking.validating(checked.secrets):  # a message built below masks each value whole (masking.py)
+        _validate(checked, model, expanded, prefix, renames, empty, unset_paths)
+    return checked
+
+
+def _validate(
+    checked: Checked,
+    model: type[BaseModel],
+    expanded: Any,
+    prefix: str,
+    renames: Mapping[str, str],
+    empty: Mapping[str, str],
+    unset_paths: list[str],
+) -> None:
     try:
         checked.value = model.model_validate(expanded, context={CROSS_CHECKED: True})
     except ValidationError as exc:
@@ -104,7 +119,6 @@ def check(
     if cross:
         checked.value = None
         checked.problems += cross
-    return checked
 
 
 def _cross_checks(model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> list[Finding]:
