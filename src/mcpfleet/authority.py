@@ -145,8 +145,11 @@ def host_entry_problem(entry: str) -> str | None:
     when `host_key` takes it. Entries: `*`, `name`, `name:port`, `name:*`, an IP (IPv6 in brackets)."""
     text = entry.strip()
     if "://" in text:
-        parts = urlsplit(text)
-        return f"a URL: write the host name only, {parts.hostname or 'mcp.example.com'}"
+        try:
+            hostname = urlsplit(text).hostname
+        except ValueError:  # `http://[::1`: no host can be read out of it
+            hostname = None
+        return f"a URL: write the host name only, {hostname or 'mcp.example.com'}"
     if text != ANY and "*" in text.removesuffix(":*"):
         return "a wildcard name: list each host name (mcp.example.com); '*' alone turns the check off"
     if "/" in text:

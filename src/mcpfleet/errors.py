@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mcpfleet.masking import mask
+from mcpfleet.masking import mask, masked
 
 
 class McpfleetError(Exception):
@@ -205,7 +205,7 @@ class GatewayError(McpfleetError):
         self.status = status
         self.code = code
         self.message = message
-        self.data = data
+        self.data = masked(data)  # a container's logs, a process's stderr: the same rule as the message
         self.headers = headers or {}
 
     @classmethod
@@ -239,7 +239,7 @@ class GatewayError(McpfleetError):
     def start_failed(cls, error: ServerStartError | DeployError) -> GatewayError:
         """A process or container that did not start: the first line of why, its last output as data."""
         tail = error.stderr_tail if isinstance(error, ServerStartError) else error.logs
-        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": mask(tail)})
+        return cls(502, -32013, str(error).split("\n")[0], data={"stderr": tail})
 
     @classmethod
     def timeout(cls, server_id: str, what: str, seconds: float, setting: str) -> GatewayError:

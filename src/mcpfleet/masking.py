@@ -34,13 +34,19 @@ MIN_LENGTH = 4
 _PLAIN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "null", "none"})
 
 
+# Numbers of up to this many digits are not masked: ports, counts, sizes (a 12-digit PIN or account number is).
+PLAIN_DIGITS = 6
+
+
 def maskable(value: str) -> bool:
     """Whether a value from the environment is masked: at least `MIN_LENGTH` characters, and neither a
-    decimal number (`8080`, `0.5`) nor a word YAML reads as a boolean or null (`true`, `false`)."""
+    short number (`8080`, `0.5`, at most `PLAIN_DIGITS` digits) nor a word YAML reads as a boolean or null
+    (`true`, `false`)."""
     plain = value.strip()
     if len(plain) < MIN_LENGTH or plain.lower() in _PLAIN_WORDS:
         return False
-    return not plain.replace(".", "", 1).isdigit()
+    digits = plain.replace(".", "", 1)
+    return not (digits.isdigit() and len(digits) <= PLAIN_DIGITS)
 
 
 def _escaped(value: str) -> set[str]:

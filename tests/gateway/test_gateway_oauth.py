@@ -566,6 +566,34 @@ def test_requests_that_arrive_during_the_first_key_set_fetch_wait_for_it(tmp_pat
     anyio.run(run)
 
 
+def test_a_routine_refresh_holds_up_only_the_request_that_makes_it(tmp_path: Path, echo_url: str) -> None:
+    """Once keys are held, a stale set is refetched by one request while the others go on with the held
+    keys: a slow issuer holds up that one request, never the traffic beside it."""
+
+    async def run() -> None:
+        jwt_settings = ", jwks_refresh: 0.5, jwks_min_refresh: 0"
+        async with issuer_and_gateway(tmp_path, echo_url, jwt=jwt_settings) as (auth, url, http):
+            target = f"{url}/web/mcp"
+            token = auth.mint(target)
+            assert (await http.post(target, json=INIT, headers=bearer(token))).status_code == 200
+            await anyio.sleep(0.6)  # the set is stale now (jwks_refresh)
+            auth.delay = 5.0  # and its refetch is slow
+            finished: list[str] = []
+
+            async def call(name: str) -> None:
+                answer = await http.post(target, json=INIT, headers=bearer(token))
+                assert answer.status_code == 200, answer.text
+                finished.append(name)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "refreshing")
+                await anyio.sleep(0.5)  # its fetch is under way
+                tg.start_soon(call, "beside")
+            assert finished == ["beside", "refreshing"]
+
+    anyio.run(run)
+
+
 def test_an_issuer_without_a_key_set_url_is_a_503_naming_jwks_url(tmp_path: Path, echo_url: str) -> None:
     """An issuer that answers but publishes no discovery document (404 at both URLs): the one case where
     `jwt.jwks_url` is the fix, so the message names it."""

@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from mcpfleet import masking
-from mcpfleet.errors import RegistryError, ServerStartError
+from mcpfleet.errors import GatewayError, RegistryError, ServerStartError
 from mcpfleet.gateway import logs
 from mcpfleet.masking import MASK, Masker, maskable, shown_url
 from mcpfleet.registry import normalized, parse_registry
@@ -44,7 +44,10 @@ def installed() -> Iterator[None]:
 # --- the rule: what is masked -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "masked"), [("abcd", True), ("abc", False), ("8080", False), ("0.25", False)])
+@pytest.mark.parametrize(
+    ("value", "masked"),
+    [("abcd", True), ("abc", False), ("8080", False), ("0.25", False), ("123456", False), ("123456789012", True)],
+)
 def test_short_values_numbers_and_yaml_words_are_not_masked(value: str, masked: bool) -> None:
     assert maskable(value) is masked
 
@@ -254,3 +257,23 @@ def test_a_hint_shows_no_spelling_or_character_of_a_value() -> None:
     assert "write the host name only, ***.example.com" in shown, shown
     assert "'***!' can match no server: it holds characters no server id has" in shown, shown
     assert "argssecret" not in shown.lower() and "'A'" not in shown, shown
+
+
+def test_a_gateway_errors_data_is_masked_like_its_message() -> None:
+    """A container's logs or a process's stderr ride in an error's `data` to every caller of the server."""
+    masking.install(["s3cr3t-token-value"])
+    try:
+        error = GatewayError(503, -32011, "no replica", data={"logs": "token=s3cr3t-token-value", "n": 1})
+        assert error.data == {"logs": "token=***", "n": 1}
+    finally:
+        masking.install(())
+
+
+def test_the_log_filter_lets_a_record_whose_args_do_not_fit_reach_its_handler() -> None:
+    """`logging` reports such a record itself ("--- Logging error ---"); masking must not raise instead."""
+    masking.install(["s3cr3t-token-value"])
+    try:
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, "bad %d", ("s3cr3t-token-value",), None)
+        assert logs.MaskFilter().filter(record) is True
+    finally:
+        masking.install(())

@@ -585,3 +585,34 @@ def test_an_open_door_is_refused_off_loopback_and_the_message_says_why(bind: str
         assert problem is not None and words in problem and "gateway.auth.anonymous: true" in problem
     assert open_door(Auth(anonymous=True), bind, "--host") is None
     assert open_door(Auth(api_keys=(ApiKey(name="ci", key="k" * 32),)), bind, "--host") is None
+
+
+def test_a_handshake_is_checked_in_full_at_the_first_message() -> None:
+    """A reload may land between the grant and the `Handshake` (authentication awaits): the first message
+    runs the full check whatever the generation, then only a new generation does."""
+    from mcpfleet.gateway.policy.access import EVERYTHING
+    from mcpfleet.gateway.policy.handshake import Handshake
+
+    checks: list[str] = []
+
+    def lapsed(identity: Identity, grant: Any, server_id: str) -> str | None:
+        checks.append(server_id)
+        return "revoked (gateway.auth changed)"
+
+    generation = 7
+    handshake = Handshake(Identity("ci", kind="key"), EVERYTHING, "demo", lambda: generation, lapsed)
+    assert handshake.revoked() == "revoked (gateway.auth changed)" and checks == ["demo"]
+    assert handshake.revoked() is None and checks == ["demo"]  # the same generation: no second check
+    generation = 8
+    assert handshake.revoked() == "revoked (gateway.auth changed)" and checks == ["demo", "demo"]
+
+
+def test_a_jwt_caller_is_accepted_again_only_with_the_scopes_now_required() -> None:
+    from mcpfleet.registry.model import Jwt
+
+    issuer = "https://login.example.com"
+    identity = Identity("alice", {"iss": issuer}, kind="jwt", scopes=frozenset({"mcp"}))
+    for required, accepted in (((), True), (("mcp",), True), (("mcp", "admin"), False)):
+        auth = Auth(jwt=Jwt(issuer=issuer, required_scopes=required))
+        assert GatewayAuthenticator(auth, lambda scope: "http://gw").accepts(identity) is accepted
+    assert not GatewayAuthenticator(Auth(jwt=Jwt(issuer="https://other.example.com")), lambda s: "").accepts(identity)

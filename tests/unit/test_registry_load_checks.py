@@ -32,6 +32,7 @@ def problems(text: str, environ: dict[str, str] | None = None, source: str = "re
         ("mcp.example.com.", "'mcp.example.com.' is a name with a trailing dot: write mcp.example.com"),
         ("::1", "'::1' is an IPv6 address without brackets: write [::1]"),
         ("h:99999", "'h:99999': the port is not a number from 1 to 65535"),
+        ("http://[::1", "'http://[::1' is a URL: write the host name only, mcp.example.com"),
     ],
 )
 def test_an_allowed_host_the_gateway_could_never_match_is_an_error_at_its_index(entry: str, expected: str) -> None:

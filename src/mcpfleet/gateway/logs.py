@@ -29,6 +29,7 @@ passes as `extra={"audit": {...}}`) nested as it is. Text: `time level logger [r
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -165,6 +166,13 @@ class MaskFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not masking():  # no `${VAR}` took a value: nothing to look for (a record's cost stays nil)
             return True
+        # A record whose args do not fit its message raises here: the handler reports it, as without masking.
+        with contextlib.suppress(Exception):
+            self._mask(record)
+        return True
+
+    @staticmethod
+    def _mask(record: logging.LogRecord) -> None:
         message = record.getMessage()
         shown = mask(message)
         if shown != message:
@@ -176,7 +184,6 @@ class MaskFilter(logging.Filter):
         for name, value in list(record.__dict__.items()):
             if isinstance(value, str) and name not in ("msg", "message"):
                 setattr(record, name, mask(value))
-        return True
 
 
 class JsonFormatter(_LibraryJsonFormatter):

@@ -79,8 +79,13 @@ class GatewayAuthenticator:
                 and groups == identity.groups
                 for name, digest, groups in self.keys
             )
-        if identity.kind == "jwt":
-            return self.auth.jwt is not None and identity.claims.get("iss") == self.auth.jwt.issuer
+        if identity.kind == "jwt":  # its signature, audience and expiry were checked; the expiry is Handshake's
+            jwt = self.auth.jwt
+            return (
+                jwt is not None
+                and identity.claims.get("iss") == jwt.issuer
+                and set(jwt.required_scopes) <= identity.scopes
+            )
         return False
 
     def insufficient_scope(self, scope: Scope, scopes: Sequence[str] = ()) -> str:

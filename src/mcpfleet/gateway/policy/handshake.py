@@ -16,7 +16,8 @@ each message the client sends, asks whether that still holds:
 A lapsed WebSocket is closed with 1008 (policy violation) and a reason naming the setting; the client
 connects again and is judged by the settings in force (a narrower grant means a tools list it must read
 again, so the connection is ended rather than re-granted in place). The cost per message is one integer
-comparison, and one clock read for a JWT caller; the full check runs once per reload per connection.
+comparison, and one clock read for a JWT caller; the full check runs at the first message and once per
+reload per connection.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class Handshake:
         self.server_id = server_id
         self.generation = generation
         self.lapsed = lapsed
-        self._checked = generation()
+        # None: the first message runs the full check, since a reload may have landed between the grant
+        # and this object (authentication and the handshake await); then once per reload.
+        self._checked: int | None = None
         exp = identity.claims.get("exp") if identity.kind == "jwt" else None
         self.expires = float(exp) + leeway if isinstance(exp, int | float) else None
 

@@ -92,11 +92,13 @@ class KeySet:
         stale = now - self._loaded > self.settings.jwks_refresh
         unknown = kid is not None and kid not in self._keys
         if stale or unknown:
-            if now - self._fetched >= self.settings.jwks_min_refresh:
+            if self._lock.locked():  # a fetch is under way
+                if unknown or not self._keys:  # the keys held cannot serve this token: its outcome decides
+                    async with self._lock:
+                        pass
+                # else a merely stale set serves on meanwhile: only the fetching request waits
+            elif now - self._fetched >= self.settings.jwks_min_refresh:
                 await self._refresh(now)
-            elif self._lock.locked():  # a fetch is under way (the first, or a rotation's): its outcome decides
-                async with self._lock:
-                    pass
         if not self._keys:
             wait = self.settings.jwks_min_refresh - (time.monotonic() - self._fetched)
             raise KeySetUnavailable(
