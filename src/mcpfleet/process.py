@@ -49,6 +49,11 @@ def child_environment(env: Mapping[str, str], secret_env: Mapping[str, str]) -> 
 
 def resolve_program(server_id: str, argv: Sequence[str], environ: Mapping[str, str], cwd: str | None) -> str:
     """The executable to run for argv[0], or a ServerStartError that says where it was looked for."""
+    if cwd is not None and not os.path.isdir(cwd):
+        # Else the OS says only "No such file or directory", which reads as the command's fault.
+        raise ServerStartError(
+            server_id, argv, f"could not be started: its working directory {cwd} (cwd) is not a directory"
+        )
     program = argv[0]
     if os.sep in program:
         path = program if os.path.isabs(program) or cwd is None else os.path.join(cwd, program)

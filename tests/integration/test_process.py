@@ -134,3 +134,14 @@ def test_non_executable_path_is_refused(tmp_path: os.PathLike[str]) -> None:
 
     with pytest.raises(ServerStartError, match="not executable"):
         anyio.run(main)
+
+
+def test_a_working_directory_that_is_not_there_is_named(tmp_path: os.PathLike[str]) -> None:
+    missing = os.path.join(tmp_path, "gone")
+
+    async def main() -> None:
+        async with StdioProcess("lost", ["true"], cwd=missing):
+            pass
+
+    with pytest.raises(ServerStartError, match=f"its working directory {missing} \\(cwd\\) is not a directory"):
+        anyio.run(main)
