@@ -7,7 +7,8 @@ Two things are masked, as CI systems mask their secrets (GitHub Actions' `***`):
   characters long (`Registry.secrets`), and `Masker` replaces each occurrence with `***`, also in the
   forms a URL or a JSON document writes it (percent-encoded, `+` for spaces, JSON-escaped). Values that
   could not be secrets and would blot out every log line are not masked (`maskable`): shorter ones (`1`,
-  `on`), decimal numbers (a port, a count: `8080`), and the words YAML reads as true, false or null.
+  `on`), numbers of up to `PLAIN_DIGITS` digits (a port, a count: `8080`), and the words YAML reads as
+  true, false or null.
 - **URL parts that hold credentials whatever their origin**: a userinfo password and every query value
   (`shown_url`: `http://u:***@h/p?api_key=***`).
 
@@ -23,7 +24,6 @@ import contextvars
 import json
 import re
 import shlex
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -32,8 +32,6 @@ MASK = "***"
 # Values shorter than this are not masked (decision: Plan Document, section 6.5).
 MIN_LENGTH = 4
 _PLAIN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "null", "none"})
-
-
 # Numbers of up to this many digits are not masked: ports, counts, sizes (a 12-digit PIN or account number is).
 PLAIN_DIGITS = 6
 
@@ -106,7 +104,6 @@ class Masker:
         return text
 
 
-_lock = threading.Lock()
 _installed = Masker()
 # Values being validated (`validating`): what a message built meanwhile masks besides the installed ones.
 _validating: contextvars.ContextVar[Masker | None] = contextvars.ContextVar("mcpfleet_validating", default=None)
@@ -115,9 +112,7 @@ _validating: contextvars.ContextVar[Masker | None] = contextvars.ContextVar("mcp
 def install(values: Iterable[str]) -> None:
     """Make `values` the ones this process masks (`mask`, the gateway's log filter); replaces the previous."""
     global _installed
-    masker = Masker(values)
-    with _lock:
-        _installed = masker
+    _installed = Masker(values)  # one assignment: a reader sees the old masker or the new one, whole
 
 
 @contextlib.contextmanager

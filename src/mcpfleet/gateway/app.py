@@ -508,10 +508,16 @@ class Gateway:
         try:
             return self.access.check(scope[IDENTITY], server_id)
         except AccessDenied as denied:
-            authenticator = self.credentials.authenticator if self.credentials is not None else None
-            if denied.scopes and isinstance(authenticator, GatewayAuthenticator):
+            authenticator = self._authenticator()
+            if denied.scopes and authenticator is not None:
                 denied.headers["WWW-Authenticate"] = authenticator.insufficient_scope(scope, denied.scopes)
             raise
+
+    def _authenticator(self) -> GatewayAuthenticator | None:
+        """The gateway's own authenticator in force (`gateway.auth`); None without credentials, or with one
+        plugged in by code, whose decisions the gateway cannot repeat."""
+        authenticator = self.credentials.authenticator if self.credentials is not None else None
+        return authenticator if isinstance(authenticator, GatewayAuthenticator) else None
 
     def _handshake(self, scope: Scope, server_id: str) -> Handshake:
         """The handshake's decision for a connection that outlives it (policy/handshake.py)."""
@@ -527,13 +533,9 @@ class Gateway:
 
     def _lapsed(self, identity: Identity, grant: Grant, server_id: str) -> str | None:
         """Why a caller let in with `grant` on `server_id` would not be now (None: it would, the same)."""
-        credentials = self.credentials
-        if credentials is not None and credentials is not self._fixed_credentials:
-            authenticator = credentials.authenticator
-            if identity.kind == "anonymous" or (
-                isinstance(authenticator, GatewayAuthenticator) and not authenticator.accepts(identity)
-            ):
-                return "the credential is no longer accepted (gateway.auth changed): connect again"
+        authenticator = self._authenticator()
+        if authenticator is not None and (identity.kind == "anonymous" or not authenticator.accepts(identity)):
+            return "the credential is no longer accepted (gateway.auth changed): connect again"
         if self.access.grant(identity, server_id) != grant:
             return "what it may use changed (gateway.access): connect again"
         return None
