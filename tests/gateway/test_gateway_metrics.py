@@ -27,7 +27,9 @@ def scrape(gw: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def test_metrics_count_what_happened(gateway: Callable[[str], RunningGateway], demo_http: Callable[[str], str]) -> None:
     live = demo_http("a")
-    dead = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    dead = f"http://user:s3cret-pass@127.0.0.1:{port}"  # a password in a replica's URL: never a label value
+    dead_label = f"http://user:***@127.0.0.1:{port}"
     gw = gateway(
         f"servers:\n  web: {{endpoints: ['{dead}', '{live}'], health: {{failures_to_eject: 1}}}}\n"
         f"  local: {{command: {DEMO}}}\n"
@@ -46,15 +48,16 @@ def test_metrics_count_what_happened(gateway: Callable[[str], RunningGateway], d
     assert httpx2.post(f"{gw.url}/admin/reload").status_code == 422
 
     samples = scrape(gw)
+    assert not [key for key in samples if "s3cret-pass" in str(key)]
     # initialize + initialized + 3 calls through web, initialize + initialized on local
     assert samples[("mcpfleet_requests_total", (("method", "POST"), ("server", "web")))] == 5
     assert samples[("mcpfleet_request_duration_seconds_count", (("server", "web"),))] == 5
     # An unknown id is not a label (a client could otherwise mint any number of series): it counts under "-".
     assert samples[("mcpfleet_errors_total", (("kind", "unknown_server"), ("server", "-"), ("status", "404")))] == 1
     assert samples[("mcpfleet_replica_requests_total", (("replica", live), ("server", "web")))] == 5
-    assert samples[("mcpfleet_replica_connect_failures_total", (("replica", dead), ("server", "web")))] >= 1
-    assert samples[("mcpfleet_replica_up", (("replica", dead), ("server", "web")))] == 0
-    assert samples[("mcpfleet_replica_ejections_total", (("replica", dead), ("server", "web")))] >= 1
+    assert samples[("mcpfleet_replica_connect_failures_total", (("replica", dead_label), ("server", "web")))] >= 1
+    assert samples[("mcpfleet_replica_up", (("replica", dead_label), ("server", "web")))] == 0
+    assert samples[("mcpfleet_replica_ejections_total", (("replica", dead_label), ("server", "web")))] >= 1
     assert samples[("mcpfleet_processes", (("kind", "stdio"), ("server", "local"), ("state", "idle")))] == 1
     assert samples[("mcpfleet_process_starts_total", (("kind", "stdio"), ("server", "local")))] == 1
     assert samples[("mcpfleet_sessions", ())] == 1

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from mcpfleet.gateway.recorder import Recorder
 from mcpfleet.gateway.status import GatewayView
+from mcpfleet.masking import shown_url
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -140,7 +141,7 @@ class _StateCollector(Collector):
             for replica in server.replicas:
                 if replica.state == "unknown":
                     continue
-                labels: tuple[str, ...] = (server.id, replica.url)
+                labels: tuple[str, ...] = (server.id, shown_url(replica.url))  # no password, query or ${VAR} value
                 sums["in_flight", labels] += replica.in_flight
                 sums["up", labels] = max(sums["up", labels], 0 if replica.state == "ejected" else 1)
                 sums["draining", labels] = max(sums["draining", labels], replica.state == "draining")

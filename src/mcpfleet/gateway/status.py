@@ -20,7 +20,7 @@ from mcpfleet.gateway.deployments import served_form
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.relay import RelayUpstream
-from mcpfleet.masking import mask, masked
+from mcpfleet.masking import masked
 from mcpfleet.registry import Registry
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
 from mcpfleet.registry.render import mask_url
@@ -138,15 +138,15 @@ def _server(
             replicas = tuple(_replica(r, now) for r in live)
         else:
             replicas = tuple(ReplicaView(e.url, e.weight, "unknown") for e in server.endpoints)
-        target = mask(", ".join(mask_url(server.mcp_url(Endpoint(url=r.url, weight=r.weight))) for r in replicas))
+        target = ", ".join(mask_url(server.mcp_url(Endpoint(url=r.url, weight=r.weight))) for r in replicas)
     command = None
     pool = None
     relays: list[RelayView] = []
     if isinstance(server, StdioServer | HttpServer) and server.command:
-        command = tuple(mask(part) for part in server.command)  # `${VAR}` values masked (masking.py)
+        command = tuple(server.command)  # its `${VAR}` values are masked with the whole document (`as_json`)
         pool = (server.pool.min, server.pool.max)
         if isinstance(server, StdioServer):
-            target = mask(" ".join(server.command))
+            target = " ".join(server.command)
     if runtime is not None:
         stdio = [r for r in (runtime.stdio, *runtime.draining_relays) if r is not None]
         if stdio:
@@ -276,7 +276,7 @@ def _server_json(view: GatewayView, server: ServerView) -> dict[str, Any]:
 
 
 def _replica_json(replica: ReplicaView) -> dict[str, Any]:
-    shown: dict[str, Any] = {"url": mask(mask_url(replica.url)), "weight": replica.weight, "health": replica.state}
+    shown: dict[str, Any] = {"url": mask_url(replica.url), "weight": replica.weight, "health": replica.state}
     if replica.state != "unknown":
         shown |= {
             "in_flight": replica.in_flight,
