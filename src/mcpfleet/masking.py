@@ -24,7 +24,7 @@ import contextvars
 import json
 import re
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -134,22 +134,25 @@ def mask(text: str) -> str:
     return extra(text) if extra is not None else text
 
 
-def masked(document: Any) -> Any:
-    """`document` (JSON-like: dicts, lists, tuples, strings, numbers) with `mask` applied to every string in
-    it, keys included: a listing masked whole, so a field added to it later is masked too. Returns the
-    document itself, untouched, when nothing is to be masked (`masking`)."""
-    if not masking() and _validating.get() is None:
-        return document
-    return _masked(document)
+def masked(document: Any, masker: Callable[[str], str] | None = None) -> Any:
+    """`document` (JSON-like: dicts, lists, tuples, strings, numbers) with `masker` applied to every string in
+    it, keys included: a listing masked whole, so a field added to it later is masked too. `masker`: a
+    `Masker` of given values (`registry show`), else `mask` (the installed ones), in which case the document
+    itself is returned, untouched, when nothing is to be masked (`masking`)."""
+    if masker is None:
+        if not masking() and _validating.get() is None:
+            return document
+        masker = mask
+    return _masked(document, masker)
 
 
-def _masked(document: Any) -> Any:
+def _masked(document: Any, masker: Callable[[str], str]) -> Any:
     if isinstance(document, str):
-        return mask(document)
+        return masker(document)
     if isinstance(document, dict):
-        return {_masked(key): _masked(value) for key, value in document.items()}
+        return {_masked(key, masker): _masked(value, masker) for key, value in document.items()}
     if isinstance(document, list | tuple):
-        return [_masked(item) for item in document]
+        return [_masked(item, masker) for item in document]
     return document
 
 

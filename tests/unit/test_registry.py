@@ -279,10 +279,10 @@ def test_container_paths_and_ports_are_checked() -> None:
 
 
 def test_ipv6_url_passwords_keep_their_brackets() -> None:
-    from mcpfleet.registry.render import mask_url
+    from mcpfleet.masking import shown_url
 
-    assert mask_url("http://u:pw@[::1]:8080/x") == "http://u:***@[::1]:8080/x"
-    assert mask_url("http://[::1]:8080") == "http://[::1]:8080"
+    assert shown_url("http://u:pw@[::1]:8080/x") == "http://u:***@[::1]:8080/x"
+    assert shown_url("http://[::1]:8080") == "http://[::1]:8080"
 
 
 # --- client files ---------------------------------------------------------------------------------------

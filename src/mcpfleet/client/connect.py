@@ -35,9 +35,9 @@ from mcpfleet.errors import (
     UsageError,
     leaf_error,
 )
+from mcpfleet.masking import shown_url
 from mcpfleet.process import StdioProcess
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, KubernetesServer, Server, StdioServer
-from mcpfleet.registry.render import mask_url
 
 if TYPE_CHECKING:
     from mcpfleet.deploy.docker.attach import ContainerProcess
@@ -108,7 +108,7 @@ class Tried:
         self.outcomes: list[str] = []
 
     def add(self, url: str, outcome: str) -> None:
-        self.outcomes.append(f"{mask_url(url)}: {outcome}")
+        self.outcomes.append(f"{shown_url(url)}: {outcome}")
 
     def before(self) -> str:
         return "; ".join(self.outcomes[:-1])
@@ -138,7 +138,7 @@ async def _connect_http(
         except _NotStreamable:
             if server.transport != "auto":
                 raise ProtocolError(
-                    f"server {server.id!r}: {mask_url(url)} does not serve Streamable HTTP (tried {tried})"
+                    f"server {server.id!r}: {shown_url(url)} does not serve Streamable HTTP (tried {tried})"
                 ) from None
     url = server.sse_url(endpoint)
     async with _entered(server, url, _sse(server, url), options, None, tried) as connection:
@@ -211,10 +211,10 @@ def _translate(server: HttpServer, url: str, exc: BaseException, log: _StatusLog
             said = f": {detail}" if detail else ""
             # 401: no credentials, or ones the server does not take; 403: these may not (RFC 9110 15.5.2/4).
             what = "requires authorization" if status == 401 else "refused this caller"
-            needs = f"server {server.id!r} at {mask_url(url)} {what} (HTTP {status}{said})"
+            needs = f"server {server.id!r} at {shown_url(url)} {what} (HTTP {status}{said})"
             return RefusedError(_named(needs, tried), status, detail)
         answered = f" (HTTP {status})" if status else ""
-        refused = f"server {server.id!r} at {mask_url(url)} refused the MCP handshake: {exc.error.message}{answered}"
+        refused = f"server {server.id!r} at {shown_url(url)} refused the MCP handshake: {exc.error.message}{answered}"
         return ProtocolError(_named(refused, tried))
     if isinstance(exc, httpx2.HTTPStatusError):
         tried.add(url, f"HTTP {exc.response.status_code}")

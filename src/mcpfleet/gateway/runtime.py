@@ -62,8 +62,8 @@ from mcpfleet.gateway.upstream.backend import (
 from mcpfleet.gateway.upstream.base import Unreachable, Upstream
 from mcpfleet.gateway.upstream.http import DEFAULT_MAX_MESSAGE_BYTES, HttpUpstream
 from mcpfleet.gateway.upstream.relay import Outbox, RelayUpstream, SharedSession, StdioSession
+from mcpfleet.masking import shown_url
 from mcpfleet.registry.model import Endpoint, HttpServer, Logging, Server, StdioServer
-from mcpfleet.registry.render import mask_url
 from mcpfleet.replicas import ReplicaAddress, ReplicaSource
 
 log = logging.getLogger("mcpfleet.gateway")
@@ -279,11 +279,11 @@ class ServerRuntime:
         self._replica_set_changed.set()
         self._replica_set_changed = anyio.Event()
         if after != before:
-            left = sorted(mask_url(u) for u in before - after)
+            left = sorted(shown_url(u) for u in before - after)
             log.info(
                 "server %r: replicas joined %s, left %s%s",
                 self.server.id,
-                sorted(mask_url(u) for u in after - before) or "none",
+                sorted(shown_url(u) for u in after - before) or "none",
                 left or "none",
                 f" (their sessions drain for up to {drain:g} s)" if left and drain else "",
             )
@@ -622,7 +622,7 @@ class ServerRuntime:
                     self.balancer.probed(replica, healthy, hold=interval)
                     if not healthy:
                         log.warning(
-                            "server %r: replica %s failed its health check", self.server.id, mask_url(replica.url)
+                            "server %r: replica %s failed its health check", self.server.id, shown_url(replica.url)
                         )
                 await anyio.sleep(interval)
         finally:

@@ -20,17 +20,16 @@ from mcpfleet.gateway.deployments import served_form
 from mcpfleet.gateway.runtime import ServerRuntime
 from mcpfleet.gateway.session import SessionTable
 from mcpfleet.gateway.upstream.relay import RelayUpstream
-from mcpfleet.masking import masked
+from mcpfleet.masking import masked, shown_url
 from mcpfleet.registry import Registry
 from mcpfleet.registry.model import DockerServer, Endpoint, HttpServer, Server, StdioServer
-from mcpfleet.registry.render import mask_url
 
 ReplicaState = Literal["ok", "ejected", "draining", "unknown"]
 
 
 @dataclass(frozen=True)
 class ReplicaView:
-    url: str  # as configured or discovered (may carry credentials: render it with mask_url)
+    url: str  # as configured or discovered (may carry credentials: render it with shown_url)
     weight: int
     state: ReplicaState
     in_flight: int = 0
@@ -138,7 +137,7 @@ def _server(
             replicas = tuple(_replica(r, now) for r in live)
         else:
             replicas = tuple(ReplicaView(e.url, e.weight, "unknown") for e in server.endpoints)
-        target = ", ".join(mask_url(server.mcp_url(Endpoint(url=r.url, weight=r.weight))) for r in replicas)
+        target = ", ".join(shown_url(server.mcp_url(Endpoint(url=r.url, weight=r.weight))) for r in replicas)
     command = None
     pool = None
     relays: list[RelayView] = []
@@ -276,7 +275,7 @@ def _server_json(view: GatewayView, server: ServerView) -> dict[str, Any]:
 
 
 def _replica_json(replica: ReplicaView) -> dict[str, Any]:
-    shown: dict[str, Any] = {"url": mask_url(replica.url), "weight": replica.weight, "health": replica.state}
+    shown: dict[str, Any] = {"url": shown_url(replica.url), "weight": replica.weight, "health": replica.state}
     if replica.state != "unknown":
         shown |= {
             "in_flight": replica.in_flight,

@@ -38,8 +38,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from mcpfleet import __version__
 from mcpfleet.errors import UsageError
+from mcpfleet.masking import shown_url
 from mcpfleet.registry.model import Tracing
-from mcpfleet.registry.render import mask_url
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -263,7 +263,7 @@ def _end(span: trace.Span) -> None:
 
 def _no_query(url: str) -> str:
     """`url` without userinfo or query (spans carry no credentials)."""
-    return mask_url(url).split("?", 1)[0]
+    return shown_url(url).split("?", 1)[0]
 
 
 def inject_meta(data: bytes) -> bytes:

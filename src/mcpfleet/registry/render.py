@@ -13,11 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mcpfleet.masking import MASK, Masker, shown_url
+from mcpfleet.masking import MASK, Masker, masked, shown_url
 from mcpfleet.registry.model import DockerServer, HttpServer, KubernetesServer, Registry, Server, StdioServer
 
-# The one way URLs are shown (masking.py): a password and every query value masked.
-mask_url = shown_url
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
@@ -37,17 +35,7 @@ def normalized(registry: Registry, *, mask: bool = True) -> dict[str, Any]:
     }
     if registry.failed:
         form["failed"] = dict(registry.failed)  # messages name variables, never their values
-    return _masked_tree(form, Masker(registry.secrets)) if mask else form
-
-
-def _masked_tree(value: Any, masker: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return masker(value)
-    if isinstance(value, dict):
-        return {key: _masked_tree(item, masker) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_masked_tree(item, masker) for item in value]
-    return value
+    return masked(form, Masker(registry.secrets)) if mask else form
 
 
 def target(server: Server, masker: Callable[[str], str]) -> str:

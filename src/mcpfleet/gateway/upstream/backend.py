@@ -52,9 +52,9 @@ from mcpfleet.gateway.protocol import (
     too_large,
     too_large_event,
 )
+from mcpfleet.masking import shown_url
 from mcpfleet.process import StdioProcess
 from mcpfleet.registry.model import Endpoint, HttpServer, StdioServer
-from mcpfleet.registry.render import mask_url
 
 if TYPE_CHECKING:
     from mcpfleet.deploy.docker.attach import ContainerProcess
@@ -395,7 +395,7 @@ class SseBackend:
         return self
 
     def _unreachable(self, detail: str) -> GatewayError:
-        return GatewayError.unreachable(self.server.id, f"{mask_url(self.url)}: {detail}")
+        return GatewayError.unreachable(self.server.id, f"{shown_url(self.url)}: {detail}")
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -441,7 +441,7 @@ class SseBackend:
         url = urljoin(self.url, data.decode("utf-8", "replace").strip())
         here, there = urlsplit(self.url), urlsplit(url)
         if (here.scheme, here.netloc) != (there.scheme, there.netloc):
-            raise self._unreachable(f"its endpoint event names another origin ({mask_url(url)})")
+            raise self._unreachable(f"its endpoint event names another origin ({shown_url(url)})")
         return url
 
     async def send(self, data: bytes) -> None:

@@ -70,8 +70,8 @@ from mcpfleet.gateway.protocol import (
 from mcpfleet.gateway.session import HttpSession, Session, SessionTable
 from mcpfleet.gateway.upstream.base import Unreachable
 from mcpfleet.gateway.upstream.wire import ConnectFailed, OutOfDescriptors, Pool, Response, UpstreamClosed
+from mcpfleet.masking import shown_url
 from mcpfleet.registry.model import Gateway, HttpServer
-from mcpfleet.registry.render import mask_url
 
 log = logging.getLogger("mcpfleet.gateway.http")
 
@@ -273,7 +273,7 @@ class HttpUpstream:
             except ConnectFailed as exc:
                 self.balancer.finished(replica, time.monotonic() - started)
                 self.balancer.failed(replica)
-                failures.append(f"{mask_url(replica.url)}: {exc}")
+                failures.append(f"{shown_url(replica.url)}: {exc}")
                 continue
             except BaseException:
                 self.balancer.finished(replica, time.monotonic() - started)
@@ -359,7 +359,7 @@ class HttpUpstream:
         except TimeoutError:
             raise GatewayError.timeout(self.server.id, what, seconds, setting) from None
         except UpstreamClosed as exc:
-            raise GatewayError.unreachable(self.server.id, f"{mask_url(replica)}: {exc}") from None
+            raise GatewayError.unreachable(self.server.id, f"{shown_url(replica)}: {exc}") from None
 
     async def _relay(
         self,
@@ -462,7 +462,7 @@ class HttpUpstream:
         if isinstance(exc, TimeoutError):
             error = GatewayError.timeout(self.server.id, "answer", idle or 0.0, "timeouts.idle_stream")
         else:
-            error = GatewayError.unreachable(self.server.id, f"replica {mask_url(replica)} ended the answer stream")
+            error = GatewayError.unreachable(self.server.id, f"replica {shown_url(replica)} ended the answer stream")
         log.warning("%s", error.message)
         with contextlib.suppress(OSError):
             await send_chunk(exchange.send, sse_event(error_response(request_id, error.code, error.message)))
