@@ -79,7 +79,10 @@ def test_serve_refuses_a_short_session_key_in_the_environment_before_its_banner(
     """`$MCPFLEET_SESSION_KEYS` follows the rule `gateway.session_keys` does: each at least 32 bytes."""
     result = run_cli("serve", "--demo", "--port", "0", env={"MCPFLEET_SESSION_KEYS": "tiny,alsotiny"})
     assert result.returncode == 2, result.stderr
-    assert one_error_line(result).startswith("error: $MCPFLEET_SESSION_KEYS: key 1 of 2 is 4 bytes; a session key")
+    assert one_error_line(result).startswith(
+        "error: $MCPFLEET_SESSION_KEYS: key 1 of 2: a session key is at least 32 bytes of random material, and"
+        " this one is 4"
+    )
     assert result.stdout == ""
 
 

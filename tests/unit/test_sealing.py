@@ -72,7 +72,7 @@ def test_without_configured_keys_ids_are_local_to_the_process(monkeypatch: pytes
 
 def test_a_short_key_in_the_environment_is_refused_as_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MCPFLEET_SESSION_KEYS", f"{'a' * 32},tiny")
-    with pytest.raises(UsageError, match=r"\$MCPFLEET_SESSION_KEYS: key 2 of 2 is 4 bytes; .* at least 32 bytes"):
+    with pytest.raises(UsageError, match=r"\$MCPFLEET_SESSION_KEYS: key 2 of 2: .* at least 32 bytes .* this one is 4"):
         Sealer.from_settings((), 60)
     assert environment_keys({"MCPFLEET_SESSION_KEYS": " " + "k" * 32 + " ,"}) == ["k" * 32]
     assert Sealer.from_settings(["c" * 32], 60)  # the registry's keys: the environment is not read

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mcpfleet.errors import UsageError
-from mcpfleet.registry.model import SESSION_KEY_BYTES
+from mcpfleet.registry.model import session_key_problem
 
 VERSION = b"\x01"
 NONCE_SIZE = 12
@@ -88,13 +88,10 @@ class Sealer:
 
 def environment_keys(environ: Mapping[str, str] | None = None) -> list[str]:
     """The comma-separated keys in `$MCPFLEET_SESSION_KEYS`, newest first; UsageError (exit 2) naming the
-    variable when one is shorter than `SESSION_KEY_BYTES` (the rule `gateway.session_keys` follows)."""
+    variable when one is too short (`session_key_problem`: the rule `gateway.session_keys` follows)."""
     text = (os.environ if environ is None else environ).get(KEYS_ENV, "")
     keys = [key.strip() for key in text.split(",") if key.strip()]
     for index, key in enumerate(keys):
-        if len(key.encode()) < SESSION_KEY_BYTES:
-            raise UsageError(
-                f"${KEYS_ENV}: key {index + 1} of {len(keys)} is {len(key.encode())} bytes; a session key is at"
-                f" least {SESSION_KEY_BYTES} bytes of random material: make one with `openssl rand -base64 32`"
-            )
+        if (problem := session_key_problem(key)) is not None:
+            raise UsageError(f"${KEYS_ENV}: key {index + 1} of {len(keys)}: {problem}")
     return keys

@@ -1013,13 +1013,21 @@ def _network(proxy: str) -> str:
 SESSION_KEY_BYTES = 32  # the AES-256 key HKDF derives from it: no less random material than that
 
 
+def session_key_problem(key: str) -> str | None:
+    """What is wrong with a session key (`gateway.session_keys`, or one in `$MCPFLEET_SESSION_KEYS`:
+    gateway/sealing.py), None when nothing: it must be at least `SESSION_KEY_BYTES` bytes (UTF-8)."""
+    if len(key.encode()) >= SESSION_KEY_BYTES:
+        return None
+    return (
+        f"a session key is at least {SESSION_KEY_BYTES} bytes of random material, and this one is"
+        f" {len(key.encode())}: make one with `openssl rand -base64 32`"
+    )
+
+
 def _session_key(key: str) -> str:
-    """A `gateway.session_keys` entry: at least `SESSION_KEY_BYTES` bytes (UTF-8) of key material."""
-    if len(key.encode()) < SESSION_KEY_BYTES:
-        raise ValueError(
-            f"a session key is at least {SESSION_KEY_BYTES} bytes of random material, and this one is"
-            f" {len(key.encode())}: make one with `openssl rand -base64 32`"
-        )
+    """A `gateway.session_keys` entry (`session_key_problem`)."""
+    if (problem := session_key_problem(key)) is not None:
+        raise ValueError(problem)
     return key
 
 

@@ -82,7 +82,7 @@ def check(
     checked = Checked()
     renames = renames or {}
     empty: dict[str, str] = {}
-    expanded = _expand_tree(data, prefix, environ, checked.unset, checked.problems, checked.secrets, empty)
+    expanded = _expand_tree(data, prefix, environ, checked, empty)
     unset_paths = [path for path, _ in checked.unset]
     with masking.validating(checked.secrets):  # a message built below masks each value whole (masking.py)
         _validate(checked, model, expanded, prefix, renames, empty, unset_paths)
@@ -148,36 +148,22 @@ def _at_or_above(path: str, errors: Sequence[str]) -> bool:
     return any(error == path or error.startswith((path + ".", path + "[")) for error in errors)
 
 
-def _expand_tree(
-    value: Any,
-    path: str,
-    environ: Mapping[str, str],
-    unset: list[tuple[str, Unset]],
-    problems: list[Located],
-    secrets: set[str],
-    empty: dict[str, str],
-) -> Any:
-    """`value` with every `${VAR}` expanded; records unset references, malformed ones, the values taken
-    (`secrets`) and the strings that are empty only because their variables are (`empty`: path -> as
-    written)."""
+def _expand_tree(value: Any, path: str, environ: Mapping[str, str], checked: Checked, empty: dict[str, str]) -> Any:
+    """`value` with every `${VAR}` expanded; records in `checked` the unset references, the malformed ones and
+    the values taken (`secrets`), and in `empty` the strings that are empty only because their variables are
+    (path -> as written)."""
     if isinstance(value, str):
         result = expand(value, environ)
-        unset += [(path, reference) for reference in result.unset]
-        problems += [(path, message) for message in result.problems]
-        secrets.update(result.values)
+        checked.unset += [(path, reference) for reference in result.unset]
+        checked.problems += [(path, message) for message in result.problems]
+        checked.secrets.update(result.values)
         if value and not result.text and result.used and not result.unset:
             empty[path] = value
         return result.text
     if isinstance(value, dict):
-        return {
-            key: _expand_tree(item, f"{path}.{key}", environ, unset, problems, secrets, empty)
-            for key, item in value.items()
-        }
+        return {key: _expand_tree(item, f"{path}.{key}", environ, checked, empty) for key, item in value.items()}
     if isinstance(value, list):
-        return [
-            _expand_tree(item, f"{path}[{index}]", environ, unset, problems, secrets, empty)
-            for index, item in enumerate(value)
-        ]
+        return [_expand_tree(item, f"{path}[{index}]", environ, checked, empty) for index, item in enumerate(value)]
     return value
 
 
