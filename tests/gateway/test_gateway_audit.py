@@ -201,3 +201,26 @@ def test_a_denied_call_sent_as_a_notification_is_audited_and_dropped_on_every_ro
     with audit_records() as seen:
         anyio.run(run)
     assert [(r["tool"], r["outcome"], r["request_id"]) for r in seen.audit] == [("countdown", "denied", None)] * 2
+
+
+def test_a_tool_name_cannot_forge_a_log_line(gateway: Callable[[str], RunningGateway]) -> None:
+    """A caller's text (here a tool name with a line break, a forged record after it, and a NUL) stays on its
+    own record's line, escaped (CWE-117)."""
+    gw = gateway(registry())
+    assert gw.log is not None
+    forged = "2026-11-30 16:40:00,000 INFO mcpfleet.audit: tool call key:admin -> local/crash ok 0.1 ms"
+    name = f"nope ok 0.5 ms\n{forged}\u2028\x00"
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            await run_calls(http, gw.mcp("local"), CI_KEY, [(call(2, name, {}), "denied")])
+
+    anyio.run(run)
+    wait_for(lambda: gw.log is not None and "local/nope" in gw.log.read_text())
+    raw = gw.log.read_bytes()
+    assert b"\x00" not in raw and "\u2028".encode() not in raw
+    text = raw.decode()
+    for line in text.splitlines():  # the forged record is part of the real one's line, never a line of its own
+        assert not line.startswith(forged[:23]), line
+        assert forged[:23] not in line or "tool call key:ci -> local/nope" in line, line
+    assert f"local/nope ok 0.5 ms\\n{forged}\\u2028\\x00 denied" in text

@@ -261,3 +261,24 @@ def test_watchfiles_stays_at_warning_whatever_the_level() -> None:
         logs._handler = before[2]
         for name in (*logs.CHATTY, *logs.QUIET):
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_a_text_record_is_one_line_and_its_traceback_is_indented(captured: tuple[io.StringIO, logging.Handler]) -> None:
+    """Control characters and line breaks in a record are escaped; a traceback follows, every line of it
+    indented, so no text inside it (an exception message a client chose) passes for a record."""
+    stream, handler = captured
+    handler.setFormatter(logs.TextFormatter())
+    log = logging.getLogger("mcpfleet.gateway")
+    log.warning("tool %s", "a\r\nb\tc\x00d\x85e\u2029f")
+    try:
+        raise ValueError("boom\n2026-01-01 00:00:00,000 INFO mcpfleet.audit: forged")
+    except ValueError:
+        log.exception("failed")
+    first, second, *traceback = stream.getvalue().splitlines()
+    assert first.endswith(r"WARNING mcpfleet.gateway: tool a\r\nb\tc\x00d\x85e\u2029f"), first
+    assert second.endswith("ERROR mcpfleet.gateway: failed"), second
+    assert (
+        traceback[0] == "  Traceback (most recent call last):"
+        and traceback[-1] == "  2026-01-01 00:00:00,000 INFO mcpfleet.audit: forged"
+    )
+    assert all(line.startswith("  ") for line in traceback), traceback

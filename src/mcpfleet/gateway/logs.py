@@ -218,17 +218,38 @@ def rfc3339(created: float) -> str:
     return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# What a text line shows in place of a control character (C0, DEL, C1) or a Unicode line break: a text a
+# client chose (a tool name, a path) cannot end its line and forge the next record, or put a NUL in the file
+# (CWE-117, log injection). The JSON format escapes them as JSON does.
+_ESCAPES: dict[int, str] = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
+    **{ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"},
+}
+
+
 class TextFormatter(logging.Formatter):
-    """`time level logger: message`, with `[request_id]` before the colon on lines logged for a request."""
+    """`time level logger: message`, with `[request_id]` before the colon on lines logged for a request.
+
+    One record is one line: control characters and line breaks in it are escaped (`\\n`, `\\x00`). A
+    traceback or stack follows on lines of its own, each indented by two spaces and escaped the same way, so
+    no line of it passes for a record (every record's line starts with its time)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
         self._in_request = logging.Formatter(TEXT_FORMAT_IN_REQUEST)
 
     def format(self, record: logging.LogRecord) -> str:
-        if getattr(record, "request_id", None) is not None:
-            return self._in_request.format(record)
-        return super().format(record)
+        # `logging.Formatter.format`, with the record's line escaped and what follows it indented.
+        record.message = record.getMessage()
+        chosen = self._in_request if getattr(record, "request_id", None) is not None else self
+        record.asctime = chosen.formatTime(record, chosen.datefmt)
+        lines = [chosen.formatMessage(record).translate(_ESCAPES)]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for block in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                lines += ["  " + line.translate(_ESCAPES) for line in block.split("\n")]
+        return "\n".join(lines)
 
 
 _handler: logging.Handler | None = None
