@@ -8,6 +8,7 @@ claims about its own address (never passed on: the gateway sets X-Forwarded-* it
 
 from __future__ import annotations
 
+import base64
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from mcpfleet.client.websocket import websocket_client
 from support import RunningGateway, free_port, running
 
 SERVER = """
+import base64
 import sys
 
 import uvicorn
@@ -141,3 +143,15 @@ def test_a_clients_claims_about_its_address_do_not_reach_the_server(gw: RunningG
     seen = headers_seen(gw, "web", transport, {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"})
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["http"]
+
+
+def test_a_user_and_password_in_the_endpoint_url_reach_the_server_as_basic_credentials(
+    gateway: Callable[[str], RunningGateway], echo_server: str
+) -> None:
+    """RFC 7617 Basic from the URL's userinfo (percent-decoded), as httpx sends it from the CLI; it replaces
+    the client's own Authorization (no `gateway.auth`, so the client's would otherwise pass), never beside it."""
+    with_userinfo = echo_server.replace("http://", "http://user:p%40ss@") + "/mcp"
+    gw = gateway(f"servers:\n  creds: {{endpoints: ['{with_userinfo}']}}\n")
+    seen = headers_seen(gw, "creds", "streamable-http")  # the client sends Authorization: Bearer client-token
+    assert seen["authorization"] == ["Basic " + base64.b64encode(b"user:p@ss").decode()]
+    assert seen["host"] == [urlsplit(echo_server).netloc]

@@ -11,12 +11,13 @@ while the client is slower than the replica). Errors are our own: `ConnectFailed
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import errno
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -192,8 +193,21 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
+def basic_credentials(user: str | None, password: str | None) -> bytes | None:
+    """The `Authorization` value for a URL's userinfo (RFC 3986 3.2.1): `Basic ` and the base64 of
+    `user:password` (RFC 7617 2), both percent-decoded and sent as UTF-8; None when the URL names neither.
+
+    The rule httpx applies to a URL with userinfo, so the CLI and the gateway send the same credentials."""
+    if not user and not password:
+        return None
+    pair = unquote(user or "") + ":" + unquote(password or "")
+    return b"Basic " + base64.b64encode(pair.encode())
+
+
 class Pool:
-    """Keep-alive connections to one replica (`http://host:port`, with an optional path prefix)."""
+    """Keep-alive connections to one replica (`http://[user[:password]@]host:port`, with an optional path
+    prefix). A user and password in the URL go out as HTTP Basic credentials (RFC 7617) on every request,
+    health probes included, in place of any `Authorization` the caller passes: the entry's URL wins."""
 
     def __init__(self, base_url: str, connect_timeout: float) -> None:
         parts = urlsplit(base_url)
@@ -201,6 +215,7 @@ class Pool:
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.authority = parts.netloc.rsplit("@", 1)[-1].encode()
+        self.authorization = basic_credentials(parts.username, parts.password)
         self.prefix = parts.path.rstrip("/")
         self.connect_timeout = connect_timeout
         self._idle: list[_Connection] = []
@@ -223,8 +238,13 @@ class Pool:
         return await connection.exchange(method, head, body, first_byte)
 
     def _head(self, method: str, target: str, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes:
+        """The request line and header block; `headers` has lowercase names and no `host`."""
         lines = [f"{method} {target} HTTP/1.1\r\n".encode(), b"host: " + self.authority + b"\r\n"]
-        lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
+        if self.authorization is not None:
+            lines.append(b"authorization: " + self.authorization + b"\r\n")
+            lines.extend(name + b": " + value + b"\r\n" for name, value in headers if name != b"authorization")
+        else:
+            lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
         lines.append(b"\r\n")
