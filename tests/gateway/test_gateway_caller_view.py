@@ -92,6 +92,23 @@ def test_a_recent_error_names_its_caller_to_that_caller_only(gw: RunningGateway)
     assert seen.startswith("another caller is over") and "reader" not in seen, seen
 
 
+def test_a_refusal_for_a_named_server_is_recorded_under_that_server(gw: RunningGateway) -> None:
+    """`reader` may not reach `local`: its 403 counts under `local` (an id the registry names, so a bounded
+    label), in the status page's recent errors of those who may see `local` and in `/metrics`, not under "-",
+    where every caller saw it (trial 4)."""
+    refused = httpx2.post(f"{gw.url}/local/mcp", json=INIT, headers={**ACCEPT, **bearer(READER_KEY)}, timeout=30)
+    assert refused.status_code == 403, refused.text
+
+    def recent(key: str) -> list[tuple[str, int]]:
+        page = httpx2.get(f"{gw.url}/", headers={"accept": "application/json", **bearer(key)}, timeout=30).json()
+        return [(e["server"], e["status"]) for e in page["recent_errors"]]
+
+    assert recent(OPS_KEY) == [("local", 403)]
+    assert recent(READER_KEY) == []  # a server it may not reach: not in its view, its errors neither
+    metrics = httpx2.get(f"{gw.url}/metrics", headers=bearer(OPS_KEY), timeout=30).text
+    assert 'mcpfleet_errors_total{kind="invalid_request",server="local",status="403"} 1.0' in metrics, metrics
+
+
 def test_only_a_caller_given_every_server_may_reload(gw: RunningGateway) -> None:
     for key in (READER_KEY, IDLE_KEY):
         refused = httpx2.post(f"{gw.url}/admin/reload", headers=bearer(key), timeout=30)

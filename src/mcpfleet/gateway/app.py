@@ -608,8 +608,8 @@ class Gateway:
             )
         if first not in snapshot.servers and first not in self._draining:
             raise self._unknown(scope, first)
+        scope["mcpfleet.server"] = first  # a named server: its refusals (a 403) are counted and logged under it
         scope[GRANT] = self._grant(scope, first)
-        scope["mcpfleet.server"] = first
         limits = snapshot.gateway.limits
         self.quotas.admit(scope, first, limits)  # 429 over gateway.limits.rate_per_principal / rate_per_server
         rest = raw_path[len(first.encode()) + 1 :].decode("latin-1") or "/"
