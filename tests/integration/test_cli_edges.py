@@ -398,3 +398,18 @@ def test_an_ipv6_wildcard_bind_still_takes_ipv4_clients() -> None:
     finally:
         for sock in listener.sockets:
             sock.close()
+
+
+def test_registry_validate_warns_about_a_bind_serve_would_refuse(tmp_path: Path) -> None:
+    """A registry `serve` refuses (non-loopback `gateway.host`, no `gateway.auth`) still validates (exit 0:
+    `serve --host` may bind elsewhere), with a warning that says so, so a CI check sees it (section 9.16)."""
+    path = tmp_path / "open.yaml"
+    path.write_text("servers: {}\ngateway: {host: 0.0.0.0}\n")
+    done = run_cli("registry", "validate", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"{path}: valid, 0 servers" in done.stdout
+    assert (
+        f"warning: {path}: gateway.host: '0.0.0.0' is not loopback and gateway.auth has no credentials: serve"
+        " refuses to start there (exit 2); configure gateway.auth.api_keys or gateway.auth.jwt, or set"
+        " gateway.auth.anonymous: true to serve every caller on purpose (docs/security.md)"
+    ) in done.stderr.replace("\n", " ")

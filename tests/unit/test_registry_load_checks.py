@@ -148,3 +148,44 @@ def test_an_empty_variable_is_said_to_be_empty() -> None:
         "reg.yaml: gateway.auth.api_keys[0].key: ${CI_KEY} is set to an empty value in the environment: give it the"
         " value"
     ]
+
+
+# --- a bind beyond this machine with no credentials: warned at load, refused by `serve` (section 9.16) --------
+
+OPEN_BIND = (
+    "reg.yaml: gateway.host: '0.0.0.0' is not loopback and gateway.auth has no credentials: serve refuses to"
+    " start there (exit 2); configure gateway.auth.api_keys or gateway.auth.jwt, or set gateway.auth.anonymous:"
+    " true to serve every caller on purpose (docs/security.md)"
+)
+
+
+def test_a_non_loopback_host_without_credentials_is_warned_about_in_the_registrys_terms() -> None:
+    for gateway in ("{host: 0.0.0.0}", "{host: 0.0.0.0, auth: {}}", "{host: 0.0.0.0, auth: {anonymous: false}}"):
+        registry = parse_registry(f"servers: {{}}\ngateway: {gateway}\n", "reg.yaml", environ={})
+        assert OPEN_BIND in registry.warnings, gateway
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [
+        "{host: 0.0.0.0, auth: {api_keys: [{name: ci, key: " + "k" * 32 + "}]}}",
+        "{host: 0.0.0.0, auth: {anonymous: true}}",
+        "{host: 127.0.0.1}",
+        "{host: '::1'}",
+        "{host: localhost}",
+        "{}",
+    ],
+)
+def test_credentials_anonymous_or_a_loopback_host_bring_no_open_bind_warning(gateway: str) -> None:
+    registry = parse_registry(f"servers: {{}}\ngateway: {gateway}\n", "reg.yaml", environ={})
+    assert not [warning for warning in registry.warnings if "gateway.host" in warning], registry.warnings
+
+
+def test_the_load_warns_exactly_when_serve_would_refuse() -> None:
+    """One rule (`Auth.open_door`) for both: the warning names the bind `serve` refuses, and no other."""
+    from mcpfleet.gateway.policy import open_door
+
+    for host in ("0.0.0.0", "::", "192.0.2.7", "gateway.example", "127.0.0.1", "::1", "localhost", "[::1]"):
+        registry = parse_registry(f"servers: {{}}\ngateway: {{host: '{host}'}}\n", "reg.yaml", environ={})
+        warned = any(warning.startswith("reg.yaml: gateway.host: ") for warning in registry.warnings)
+        assert warned == (open_door(registry.gateway.auth, host) is not None), host

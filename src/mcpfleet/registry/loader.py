@@ -128,6 +128,12 @@ def parse_registry(text: str, source: str, *, environ: Mapping[str, str], runnin
             continue
         where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
         warnings.append(f"{source}: gateway{where}: {message}")
+    if gateway.auth.open_door(gateway.host):  # a warning: `serve --host` may name another bind
+        warnings.append(
+            f"{source}: gateway.host: {gateway.host!r} is not loopback and gateway.auth has no credentials: serve"
+            " refuses to start there (exit 2); configure gateway.auth.api_keys or gateway.auth.jwt, or set"
+            " gateway.auth.anonymous: true to serve every caller on purpose (docs/security.md)"
+        )
     shown = Masker(secrets)
     if blocking:
         raise RegistryError(

@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from mcpfleet.authority import host_entry_problem, origin_entry_problem
+from mcpfleet.authority import host_entry_problem, is_loopback_bind, origin_entry_problem
 from mcpfleet.masking import Masker, mask, shown_url
 from mcpfleet.registry.checks import (
     ANONYMOUS,
@@ -861,6 +861,13 @@ class Auth(_Model):
     @property
     def required(self) -> bool:
         return bool(self.api_keys) or self.jwt is not None
+
+    def open_door(self, bind_host: str) -> bool:
+        """Whether serving on `bind_host` (an address or name, as `gateway.host` or `--host` give it) would
+        ask callers for no credentials beyond this machine without `anonymous: true`: the bind `serve` and the
+        gateway refuse (gateway/policy/credentials.py `open_door`) and the loader warns about (section 9.16).
+        Only `localhost` and loopback IP addresses (authority.py `is_loopback_bind`) count as this machine."""
+        return not (self.required or self.anonymous or is_loopback_bind(bind_host))
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Auth:

@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import Scope, header
 from mcpfleet.gateway.policy.auth import PROBES, Credentials, Identity, forbidden, unauthorized
-from mcpfleet.gateway.policy.hosts import is_loopback_bind
 from mcpfleet.gateway.policy.tokens import TokenRefused, TokenValidator
 from mcpfleet.gateway.urls import metadata_url, server_url
 from mcpfleet.registry.model import RESERVED_IDS, Auth
@@ -141,7 +140,7 @@ class GatewayAuthenticator:
 def open_door(auth: Auth, bind_host: str, where: str = "gateway.host") -> str | None:
     """Why `auth` may not serve on `bind_host` (None: it may): no credentials asked, a bind beyond this
     machine, and not `auth.anonymous` on purpose (Plan 9.16). `where`: what set the bind, for the message."""
-    if auth.required or auth.anonymous or is_loopback_bind(bind_host):
+    if not auth.open_door(bind_host):  # the rule the registry's load warns with (registry/loader.py)
         return None
     try:
         ipaddress.ip_address(bind_host.strip("[]"))

@@ -25,11 +25,9 @@ from mcpfleet.authority import (
     WEB_SCHEMES,
     Authority,
     host_key,
+    is_loopback_bind,
     parse_authority,
     parse_origin,
-)
-from mcpfleet.authority import (
-    is_loopback_bind as is_loopback_bind,  # credentials.py reads it here
 )
 from mcpfleet.errors import GatewayError
 from mcpfleet.gateway.asgi import App, Receive, Scope, Send
